@@ -1,0 +1,1 @@
+"""privsplit.cloud: the gRPC backend hosting the server layers and the purifier."""

@@ -1,0 +1,1 @@
+"""privsplit.export: the trained encoder as quantized TFLite / ONNX artefacts, parity and signed bundles."""

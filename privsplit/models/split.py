@@ -1,0 +1,132 @@
+"""The split model: a privacy encoder (device) and server layers (cloud), for both families.
+
+The encoder takes normalised float NCHW images and returns unit-variance features
+``(B, feature_channels, h, w)``. Gaussian noise of ``noise_sigma`` is *not* part of the encoder
+module (converters do not carry random ops): :meth:`SplitModel.features` adds it, in training and in
+every probe, and the edge pipeline adds it on the device from the sigma in the bundle manifest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from privsplit.models.config import Arch, ModelConfig
+from privsplit.models.mobilenet import block_strides, conv_bn, mobilenet_v2_blocks
+
+
+def _small_cnn_channels(width: int, count: int) -> list[int]:
+    return [width * (2 ** min(i, 2)) for i in range(count)]
+
+
+def _small_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Encoder(nn.Module):
+    """Device-side layers: ``split`` blocks, a 1x1 bottleneck and a parameter-free normalisation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch is Arch.SMALL_CNN:
+            chans = _small_cnn_channels(config.width, config.split)
+            blocks, cin = [], config.in_channels
+            for c in chans:
+                blocks.append(_small_block(cin, c, 2))
+                cin = c
+        else:
+            all_blocks, chans = mobilenet_v2_blocks(config.in_channels, config.width_mult)
+            blocks, cin = all_blocks[: config.split], chans[config.split - 1]
+        self.blocks = nn.Sequential(*blocks)
+        self.bottleneck = nn.Conv2d(cin, config.feature_channels, 1)
+        # affine=False: unit variance per channel, so a fixed noise sigma is a fixed signal-to-noise ratio
+        self.norm = nn.BatchNorm2d(config.feature_channels, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.bottleneck(self.blocks(x)))
+
+
+class ServerLayers(nn.Module):
+    """Cloud-side layers: from features to task logits."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch is Arch.SMALL_CNN:
+            width = _small_cnn_channels(config.width, config.split + config.head_blocks)
+            layers: list[nn.Module] = [conv_bn(config.feature_channels, width[config.split - 1], 1, 1)]
+            cin = width[config.split - 1]
+            for c in width[config.split :]:
+                layers.append(_small_block(cin, c, 2 if _spatial(config) > 2 else 1))
+                cin = c
+        else:
+            all_blocks, chans = mobilenet_v2_blocks(config.in_channels, config.width_mult)
+            cin = chans[config.split - 1]
+            layers = [conv_bn(config.feature_channels, cin, 1, 1), *all_blocks[config.split :]]
+            cin = chans[-1]
+            last = max(320, int(1280 * min(config.width_mult, 1.0)))
+            layers.append(conv_bn(cin, last, 1, 1))
+            cin = last
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(cin, config.num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.body(z)).flatten(1)
+        return self.classifier(self.dropout(h))
+
+
+def _spatial(config: ModelConfig) -> int:
+    return feature_shape(config)[1]
+
+
+def feature_shape(config: ModelConfig) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the encoder's output for this config."""
+    size = config.image_size
+    strides = [2] * config.split if config.arch is Arch.SMALL_CNN else block_strides()[: config.split]
+    for s in strides:
+        size = (size + s - 1) // s  # 3x3 conv, padding 1
+    return (config.feature_channels, size, size)
+
+
+class SplitModel(nn.Module):
+    """Encoder + noise channel + server layers, with the preprocessing the manifest will carry."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.head = ServerLayers(config)
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``uint8 (N, H, W, C)`` -> normalised float ``(N, C, H, W)``."""
+        x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.config.noise_sigma <= 0:
+            return z
+        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        return z + self.config.noise_sigma * noise
+
+    def features(self, x: torch.Tensor, *, noise: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What leaves the device: encoder output plus (by default) the channel noise."""
+        z = self.encoder(x)
+        return self.add_noise(z, generator) if noise else z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_split_model(config: ModelConfig) -> SplitModel:
+    return SplitModel(config)

@@ -1,0 +1,1 @@
+"""privsplit.proto: Open Inference Protocol sources, generated code and serde."""
