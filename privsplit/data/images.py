@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -45,3 +49,69 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
         r = np.asarray(pil.resize((size, size), Image.BILINEAR), dtype=np.uint8)
         out[i] = r[..., None] if r.ndim == 2 else r
     return out
+
+
+# --- many images: parallel decoding with progress -------------------------------------------
+
+PROGRESS_ENV = "PRIVSPLIT_PROGRESS"  # "0"/"off" hides progress bars, "1"/"on" forces them
+_PROGRESS_MIN = 500  # fewer images than this decode without a bar
+
+
+def progress_bar(*, total: int, desc: str, unit: str = "img"):
+    """A tqdm bar on stderr (a no-op bar when tqdm is absent or progress is switched off).
+
+    ``PRIVSPLIT_PROGRESS=0`` hides it, ``=1`` forces it; unset, it shows only on a terminal.
+    """
+    setting = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    disable: bool | None = None
+    if setting in ("0", "off", "false", "no"):
+        disable = True
+    elif setting in ("1", "on", "true", "yes"):
+        disable = False
+    if total < _PROGRESS_MIN:
+        disable = True
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the base install has no tqdm: decode silently
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, leave=False)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def read_images(
+    paths: Sequence[Path], *, size: int, channels: int = 3, crop_square: bool = True, desc: str = "decoding images"
+) -> np.ndarray:
+    """Decode ``paths`` in order to ``uint8 (N, size, size, channels)`` with a small thread pool.
+
+    Pillow releases the GIL while decoding, so a few threads overlap file reads and decoding.
+    The first unreadable file raises :class:`DataError` naming it.
+    """
+    paths = list(paths)
+    out = np.empty((len(paths), size, size, channels), dtype=np.uint8)
+    if not paths:
+        return out
+    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
+
+    def decode(chunk: range) -> int:
+        for i in chunk:
+            out[i] = read_image(paths[i], size=size, channels=channels, crop_square=crop_square)
+        return len(chunk)
+
+    workers = max(1, min(4, os.cpu_count() or 1, len(chunks)))
+    with progress_bar(total=len(paths), desc=desc) as bar, ThreadPoolExecutor(workers) as pool:
+        for done in pool.map(decode, chunks):
+            bar.update(done)
+    return out
+
+
+_CHUNK = 64

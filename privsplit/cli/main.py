@@ -1,0 +1,70 @@
+"""The one ``privsplit`` command.
+
+Each area registers its subcommands from its own small module in this package; those modules only
+declare arguments, and import their heavy machinery (torch, onnxruntime, grpc) inside the handler, so
+``privsplit edge ...`` starts without torch. Library code raises :class:`PrivsplitError`; only this
+module turns an error into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+from privsplit import __version__
+from privsplit.errors import PrivsplitError
+
+# Modules in privsplit.cli that each define ``register(subparsers)``; order = order in --help.
+COMMAND_MODULES = [
+    "quickstart",
+    "train",
+    "purifier",
+    "probe",
+    "export",
+    "keys",
+    "serve",
+    "bench",
+    "edge",
+    "flash",
+    "split_profile",
+    "report",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privsplit",
+        description="Privacy-preserving split inference: train, export, flash, serve and measure.",
+    )
+    parser.add_argument("--version", action="version", version=f"privsplit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        qualified = f"privsplit.cli.{name}"
+        if importlib.util.find_spec(qualified) is None:
+            continue
+        importlib.import_module(qualified).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.handler(args)
+    except PrivsplitError as exc:
+        print(f"privsplit {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"privsplit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

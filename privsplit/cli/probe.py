@@ -1,0 +1,46 @@
+"""``privsplit probe features|outputs RUN``: measure what the features and the returned scores leak."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from privsplit.cli._common import add_json_out, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    probe = sub.add_parser("probe", help="measure leakage with attackers trained after the fact")
+    kinds = probe.add_subparsers(dest="probe_kind", metavar="KIND", required=True)
+
+    feats = kinds.add_parser(
+        "features",
+        help="what the encoder's features leak: attribute inference and reconstruction",
+        description="Train fresh attackers on the frozen encoder's features of `attacker` data and "
+        "score them on `holdout`: attribute inference (logistic regression, MLP, CNN; the best is "
+        "reported beside chance and the task floor) and reconstruction (SSIM/PSNR/MSE beside the "
+        "mean-image baseline).",
+    )
+    feats.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
+    add_json_out(feats)
+    feats.add_argument("--plots", type=Path, metavar="DIR", help="write a reconstruction grid PNG here")
+    feats.add_argument("--epochs", type=positive_int, default=None, help="attacker training epochs (default: the probe's own)")
+    feats.add_argument("--seed", type=int, default=0, help="seed of the attackers and the noise")
+    feats.set_defaults(handler=_lazy("privsplit.cli.probe_features"))
+
+    outs = kinds.add_parser(
+        "outputs",
+        help="what the returned scores leak: membership inference and model inversion, without/with purifier",
+    )
+    outs.add_argument("run", type=Path, metavar="RUN", help="run folder with a purifier (`privsplit train-purifier`)")
+    add_json_out(outs)
+    outs.add_argument("--plots", type=Path, metavar="DIR", help="write ROC curves, histograms and an inversion grid here")
+    outs.add_argument("--seed", type=int, default=0, help="seed of the attackers")
+    outs.set_defaults(handler=_lazy("privsplit.cli.probe_outputs"))
+
+
+def _lazy(module: str):
+    def handler(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
+
+    return handler

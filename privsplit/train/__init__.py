@@ -1,0 +1,16 @@
+"""Training: adversarial split-model training (Privacy Partitioning) and the purifier."""
+
+from privsplit.train.adversarial import EpochStats, TrainResult, accuracy, predict, train_split_model
+from privsplit.train.config import AdversaryLoss, TrainConfig
+from privsplit.train.run import train_run
+
+__all__ = [
+    "AdversaryLoss",
+    "TrainConfig",
+    "EpochStats",
+    "TrainResult",
+    "train_split_model",
+    "train_run",
+    "accuracy",
+    "predict",
+]

@@ -1,0 +1,106 @@
+"""``train_run``: dataset spec in, complete run folder out."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from privsplit.data import Part, SplitFractions, load_dataset, make_split
+from privsplit.errors import ConfigError
+from privsplit.models import Arch, ModelConfig, build_split_model
+from privsplit.run import DataConfig, RunConfig, RunFolder
+from privsplit.train.adversarial import accuracy, train_split_model
+from privsplit.train.config import TrainConfig
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale."""
+    x = images.astype(np.float32) / 255.0
+    mean = x.mean(axis=(0, 1, 2))
+    std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3)
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def train_run(
+    data_spec: str,
+    out_dir,
+    *,
+    task: str | None = None,
+    private: str | None = None,
+    image_size: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    fractions: SplitFractions = SplitFractions(),
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+) -> RunFolder:
+    """Load the data, split it, train the split model and write the run folder."""
+    started = time.perf_counter()
+    data = load_dataset(data_spec, task=task, private=private, image_size=image_size, limit=limit)
+    split = make_split(len(data), fractions, seed=seed)
+    members = split[Part.MEMBERS]
+    try:
+        arch = Arch(config.arch)
+    except ValueError:
+        raise ConfigError(f"unknown architecture {config.arch!r}; choose from {[a.value for a in Arch]}") from None
+    mean, std = channel_stats(data.images[members])
+    model_config = ModelConfig(
+        arch=arch,
+        in_channels=data.channels,
+        image_size=data.image_size,
+        num_classes=data.num_classes(data.task),
+        split=config.split or ModelConfig.default_split(arch, data.image_size),
+        feature_channels=config.feature_channels,
+        width=config.width,
+        noise_sigma=config.noise_sigma,
+        num_private_classes=data.num_classes(data.private) if data.private else None,
+        mean=mean,
+        std=std,
+    )
+    torch.manual_seed(seed)
+    model = build_split_model(model_config)
+    if progress:
+        sizes = ", ".join(f"{k} {v}" for k, v in split.sizes().items())
+        print(f"privsplit train: {data.source} task={data.task} private={data.private} "
+              f"{data.image_size}px, {len(data)} images ({sizes})", file=sys.stderr, flush=True)
+    result = train_split_model(model, data, split, config, seed=seed, progress=progress)
+
+    run = RunFolder(out_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(
+        RunConfig(
+            data=DataConfig(spec=data_spec, task=data.task, private=data.private, image_size=data.image_size, limit=limit),
+            model=model_config,
+            seed=seed,
+            train=config.to_json(),
+        )
+    )
+    split.save(run.file("split.json"))
+    run.save_split_model(result.model)
+
+    x = result.model.preprocess(data.images)
+    y = torch.as_tensor(data.task_labels)
+    metrics = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "task": {
+            "name": data.task,
+            "accuracy": accuracy(result.model, x[split[Part.HOLDOUT]], y[split[Part.HOLDOUT]], noise_seed=seed + 11),
+            "accuracy_members": accuracy(result.model, x[members], y[members], noise_seed=seed + 11),
+            "accuracy_reference": accuracy(result.model, x[split[Part.REFERENCE]], y[split[Part.REFERENCE]], noise_seed=seed + 11),
+            "majority_baseline": float(np.bincount(data.task_labels[split[Part.HOLDOUT]]).max() / len(split[Part.HOLDOUT])),
+        },
+        "selected_epoch": result.selected_epoch,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "history": result.history_json(),
+    }
+    run.write_json("metrics.json", metrics)
+    if progress:
+        t = metrics["task"]
+        print(f"privsplit train: holdout accuracy {t['accuracy']:.4f} (members {t['accuracy_members']:.4f}, "
+              f"majority {t['majority_baseline']:.4f}) -> {run.path}", file=sys.stderr, flush=True)
+    return run
