@@ -73,7 +73,8 @@ class DataSpec:
             return cls(kind, None)
         p = Path(path).expanduser()
         if not p.exists():
-            raise DataError(f"dataset folder {p} does not exist (from spec {text!r})")
+            hint = f": {info.help}" if not rest and info.help else ""  # the default folder: say how to get it
+            raise DataError(f"dataset folder {p} does not exist (from spec {text!r}){hint}")
         return cls(kind, p)
 
 

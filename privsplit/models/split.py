@@ -20,15 +20,11 @@ def _small_cnn_channels(width: int, count: int) -> list[int]:
     return [width * (2 ** min(i, 2)) for i in range(count)]
 
 
-def _small_block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+def _small_block(cin: int, cout: int, stride: int, *, double: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    if double:
+        layers += [nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
 
 
 class Encoder(nn.Module):
@@ -39,8 +35,9 @@ class Encoder(nn.Module):
         if config.arch is Arch.SMALL_CNN:
             chans = _small_cnn_channels(config.width, config.split)
             blocks, cin = [], config.in_channels
-            for c in chans:
-                blocks.append(_small_block(cin, c, 2))
+            for i, c in enumerate(chans):
+                # one conv per block on the device (cheap at high resolution), two on the last block
+                blocks.append(_small_block(cin, c, 2, double=i == len(chans) - 1))
                 cin = c
         else:
             all_blocks, chans = mobilenet_v2_blocks(config.in_channels, config.width_mult)

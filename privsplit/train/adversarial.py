@@ -190,11 +190,14 @@ def train_split_model(
         if adv.active:
             adv.reset()
             adv.requires_grad(True)
+            # warm the fresh adversaries up on features of a sample computed once (cheap: no
+            # encoder pass per warm-up step), then keep them in step with the encoder below
+            pool = rng.permutation(len(members))[: 8 * config.batch_size]
+            with torch.no_grad():
+                z_pool = torch.cat([model.features(_augment(x_tr[pool[i : i + 256]], hflip)) for i in range(0, len(pool), 256)])
             for _ in range(config.adv_warmup_steps):
-                idx = rng.integers(0, len(members), size=min(config.batch_size, len(members)))
-                with torch.no_grad():
-                    z = model.features(_augment(x_tr[idx], hflip))
-                adv.step(z, p_tr[idx] if p_tr is not None else None, px_tr[idx])
+                j = rng.integers(0, len(pool), size=min(config.batch_size, len(pool)))
+                adv.step(z_pool[j], p_tr[pool[j]] if p_tr is not None else None, px_tr[pool[j]])
         sums = dict(loss=0.0, correct=0, n=0, adv_loss=0.0, adv_acc=0.0, rec=0.0, adv_n=0)
         bar = progress_bar(_batches(len(members), config.batch_size, rng), desc=f"epoch {epoch}/{config.epochs}", enabled=progress)
         for idx in bar:
