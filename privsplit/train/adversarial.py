@@ -137,6 +137,34 @@ class _Adversaries:
             m.requires_grad_(flag)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: SplitModel, x: torch.Tensor, *, rng: np.random.Generator, part: nn.Module | None = None,
+                          max_samples: int = 1024, batch_size: int = 256) -> None:
+    """Re-estimate BatchNorm running statistics on a sample of ``x`` ("precise BN").
+
+    With few optimiser steps per epoch the running averages lag far behind the weights, and eval-mode
+    accuracy is then meaningless; averaging over a fresh pass with frozen weights fixes it.
+    ``part`` limits the update to one sub-module (the server layers during their fine-tune).
+    """
+    target = part if part is not None else model
+    norms = [m for m in target.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.eval()
+    target.train()
+    sample = x[rng.permutation(len(x))[:max_samples]]
+    for i in range(0, len(sample), batch_size):
+        model.head(model.features(sample[i : i + batch_size]))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    model.train(was_training)
+
+
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     order = rng.permutation(n)
     return [order[i : i + batch_size] for i in range(0, n, batch_size) if len(order[i : i + batch_size]) > 1]
@@ -230,6 +258,7 @@ def train_split_model(
             if sums["adv_n"]:
                 post["adv_loss"] = f"{sums['adv_loss'] / sums['adv_n']:.3f}"
             bar.set_postfix(post)
+        recalibrate_batchnorm(model, x_tr, rng=rng)
         ref_acc = accuracy(model, x_ref, y_ref, noise_seed=seed + 7)
         k = max(1, sums["adv_n"])
         stats = EpochStats(
@@ -280,6 +309,7 @@ def _finetune_head(model, x_tr, y_tr, x_ref, y_ref, config: TrainConfig, rng, hf
             correct += int((logits.argmax(1) == y_tr[idx]).sum())
             n += len(idx)
             bar.set_postfix(acc=f"{correct / n:.3f}")
+        recalibrate_batchnorm(model, x_tr, rng=rng, part=model.head)
         ref_acc = accuracy(model, x_ref, y_ref, noise_seed=seed + 7)
         stats = EpochStats(config.epochs + e, "head", total / max(1, n), correct / max(1, n), ref_acc)
         history.append(stats)
