@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 from pathlib import Path
 
 from privsplit.cli._common import non_negative_float, positive_int
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.data import SplitFractions
     from privsplit.train import train_run
 
+    if args.quiet:
+        os.environ["PRIVSPLIT_PROGRESS"] = "0"  # the loaders' image-decoding bars too
     config = build_config(args)
     run_folder = train_run(
         args.data,
