@@ -1,1 +1,28 @@
-"""privsplit.export: the trained encoder as quantized TFLite / ONNX artefacts, parity and signed bundles."""
+"""privsplit.export: the trained encoder as quantized TFLite / ONNX artefacts, parity and signed bundles.
+
+Main entry point: :func:`privsplit.export.pipeline.export_run` (also importable from here; the heavy
+modules load on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "export_run": "privsplit.export.pipeline",
+    "ExportResult": "privsplit.export.pipeline",
+    "ExportFormat": "privsplit.export.formats",
+    "ALL_FORMATS": "privsplit.export.formats",
+    "parse_formats": "privsplit.export.formats",
+    "ParityReport": "privsplit.export.parity",
+    "FormatParity": "privsplit.export.parity",
+    "generate_keys": "privsplit.export.signing",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'privsplit.export' has no attribute {name!r}")

@@ -37,6 +37,12 @@ class BundleError(PrivsplitError):
     exit_code = 3
 
 
+class ExportError(PrivsplitError):
+    """A conversion produced a wrong artefact (I/O dtype or shape) or no format passed parity."""
+
+    exit_code = 5
+
+
 class MissingDependencyError(PrivsplitError, ImportError):
     """An optional backend is not installed; the message names the pip package to install."""
 

@@ -1,0 +1,62 @@
+"""Writing bundles: hash every file, write ``manifest.json`` and, with a key, ``manifest.sig``.
+
+The reading side (and the format) is :mod:`privsplit.bundle`; :func:`write_bundle` re-opens what it
+wrote with :func:`privsplit.bundle.load_bundle`, so a bundle that export hands over has passed the
+same check a device runs.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from privsplit.bundle import BUNDLE_SCHEMA_VERSION, MANIFEST, SIGNATURE, Bundle, BundleKind, load_bundle, sha256_file
+from privsplit.errors import ExportError
+
+
+def file_entries(root: Path) -> dict[str, dict[str, Any]]:
+    """``{relpath: {"sha256", "size"}}`` of every file under ``root`` except the manifest and signature."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in (MANIFEST, SIGNATURE):
+            entries[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return entries
+
+
+def write_bundle(
+    root: Path,
+    *,
+    kind: BundleKind,
+    version: str,
+    body: Mapping[str, Any],
+    sign_key=None,
+) -> Bundle:
+    """Write the manifest of the files already in ``root`` (+ the signature) and verify the result.
+
+    ``body`` holds the kind-specific keys (classes, features, preprocess/encoders or server/purifier);
+    ``sign_key`` is an Ed25519 private key object; the signature just written is verified with its
+    public key.
+    """
+    from privsplit.export.signing import sign_bytes
+
+    for stale in (MANIFEST, SIGNATURE):
+        (root / stale).unlink(missing_ok=True)
+    manifest = {
+        "schema_version": BUNDLE_SCHEMA_VERSION,
+        "kind": kind.value,
+        "version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": file_entries(root),
+        **body,
+    }
+    for key in ("schema_version", "kind", "version", "created", "files"):
+        if key in body:
+            raise ExportError(f"bundle body must not set {key!r} (the writer does)")
+    raw = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (root / MANIFEST).write_bytes(raw)
+    if sign_key is not None:
+        (root / SIGNATURE).write_bytes(sign_bytes(sign_key, raw))
+    return load_bundle(root, kind=kind, trust_key=None if sign_key is None else sign_key.public_key())

@@ -1,0 +1,262 @@
+"""``export_run``: a run folder in; signed edge and cloud bundles and ``parity.json`` out.
+
+OUT/edge/      encoder artefacts that passed parity + manifest.json (+ manifest.sig)
+OUT/cloud/     server.onnx, purifier.onnx (when the run has one) + manifest.json (+ manifest.sig)
+OUT/parity.json   the parity report (every requested format, shipped or not)
+OUT/rejected/  artefacts that failed parity, kept for inspection (never in a bundle)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from privsplit.bundle import Bundle, BundleKind, FeatureSpec, PreprocessSpec, sha256_file
+from privsplit.errors import ConfigError, ExportError, PrivsplitError
+from privsplit.export import measure
+from privsplit.export.artefacts import EncoderFactory, check_purifier_parity, load_run_purifier, make_cloud
+from privsplit.export.bundle_writer import write_bundle
+from privsplit.export.calibration import calibration_set, wire_quantization
+from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
+from privsplit.export.parity import FormatParity, ParityReport, TorchReference
+from privsplit.run import RunFolder
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    parity: ParityReport
+    edge: Bundle
+    cloud: Bundle
+    default_encoder: str
+
+    @property
+    def shipped(self) -> tuple[str, ...]:
+        return tuple(self.edge.manifest["encoders"])
+
+    @property
+    def parity_path(self) -> Path:
+        return self.out / "parity.json"
+
+
+def _log(msg: str, enabled: bool) -> None:
+    if enabled:
+        print(f"privsplit export: {msg}", file=sys.stderr, flush=True)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    taken = [out / n for n in ("edge", "cloud", "parity.json", "rejected") if (out / n).exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"{taken[0]} already exists: choose another --out or pass --force to replace the export")
+    for path in taken:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _format_row(fmt, factory, holdout, wire, server_session, shape, progress) -> tuple[FormatParity, object | None]:
+    started = time.perf_counter()
+    try:
+        path = factory.make(fmt)
+        art = factory.open_checked(fmt, path, shape)
+    except ExportError as exc:
+        return FormatParity(fmt.value, False, str(exc), seconds=time.perf_counter() - started), None
+    except Exception as exc:  # a converter crash fails this format only; the reason is reported
+        return FormatParity(fmt.value, False, f"conversion failed: {type(exc).__name__}: {exc}"[:500]), None
+    feats = art.encode(holdout.unit)
+    error = measure.feature_error(holdout.features, feats)
+    acc = measure.server_accuracy(server_session, measure.through_wire(feats, holdout.noise, wire), holdout.labels)
+    row = FormatParity(
+        fmt.value, True, "", size_bytes=path.stat().st_size, task_accuracy=acc, task_accuracy_torch=holdout.torch_accuracy,
+        input=art.input.to_json(), output=art.output.to_json(), seconds=round(time.perf_counter() - started, 2), **error,
+    )  # fmt: skip
+    _log(f"{fmt.value}: {row.size_bytes / 1024:.1f} KB, cosine {row.cosine:.5f}, accuracy {100 * acc:.2f} % "
+         f"(torch {100 * holdout.torch_accuracy:.2f} %)", progress)  # fmt: skip
+    return row, art
+
+
+def judge(row: FormatParity, tolerance: float, sizes: dict[str, int]) -> FormatParity:
+    """Fill the size ratio and fail the row when its accuracy drop exceeds ``tolerance`` (or is not finite)."""
+    if row.size_bytes is None:
+        return row
+    ref = sizes.get(ExportFormat(row.format).float_reference.value)
+    row = replace(row, size_ratio=None if not ref else round(row.size_bytes / ref, 4))
+    if not np.isfinite(row.max_abs_err) or not np.isfinite(row.task_accuracy):
+        return replace(row, passed=False, reason="non-finite features or accuracy")
+    drop = row.accuracy_drop
+    if drop > tolerance + 1e-12:
+        return replace(row, passed=False, reason=(
+            f"task accuracy {100 * row.task_accuracy:.2f} % is {100 * drop:.2f} points below PyTorch's "
+            f"{100 * row.task_accuracy_torch:.2f} % (tolerance {100 * tolerance:.2f})"))  # fmt: skip
+    return row
+
+
+def export_run(
+    run: str | Path | RunFolder,
+    out: str | Path,
+    *,
+    formats: tuple[ExportFormat, ...] = ALL_FORMATS,
+    calibration: int = 256,
+    sign_key: str | Path | None = None,
+    tolerance: float = 0.01,
+    seed: int = 0,
+    probe_spec=None,
+    probe_formats: tuple[ExportFormat, ...] | None = None,
+    holdout_limit: int | None = None,
+    version: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
+    leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
+    None skips it. ``tolerance``: the largest task-accuracy drop a shipped format may have (0.01 = 1 point).
+    """
+    from privsplit.export.signing import load_private_key
+    from privsplit.export.runtime import ort_session
+    from privsplit.models import feature_shape
+
+    if not formats:
+        raise ConfigError("no formats to export")
+    if calibration < 1:
+        raise ConfigError(f"--calibration must be >= 1, got {calibration}")
+    if not 0 <= tolerance < 1:
+        raise ConfigError(f"tolerance is a fraction of accuracy in [0, 1), got {tolerance}")
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    out = Path(out)
+    key = None if sign_key is None else load_private_key(sign_key)
+    model = run.load_split_model()
+    cfg = model.config
+    data, split = run.dataset(), run.split()
+    shape = feature_shape(cfg)
+    _prepare_out(out, overwrite)
+
+    calib = calibration_set(data, split, count=calibration, seed=seed)
+    gen_noise = np.random.default_rng(seed + 1).standard_normal((len(calib), *shape)).astype(np.float32)
+    scale, zero_point = wire_quantization(measure.torch_features(model, calib.images) + cfg.noise_sigma * gen_noise)
+    wire = FeatureSpec(shape=shape, scale=scale, zero_point=zero_point, noise_sigma=float(cfg.noise_sigma))
+    holdout = measure.holdout_reference(model, data, split, seed=seed + 2, limit=holdout_limit)
+    _log(f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "
+         f"zero point {zero_point}; torch holdout accuracy {100 * holdout.torch_accuracy:.2f} %", progress)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="export-", dir=out) as tmp:
+        work = Path(tmp)
+        cloud_dir = work / "cloud"
+        cloud_dir.mkdir()
+        server_path, purifier_path = make_cloud(model, run, cloud_dir)
+        server_session = ort_session(server_path)
+        cloud_parity = _cloud_parity(model, run, holdout, server_session, purifier_path)
+        _log(f"server.onnx max abs err {cloud_parity['server']['max_abs_err']:.2e}"
+             + ("" if purifier_path is None else f", purifier.onnx {cloud_parity['purifier']['max_abs_err']:.2e}"), progress)  # fmt: skip
+
+        factory = EncoderFactory(model, work, calib=calib, progress=progress)
+        rows, arts = [], {}
+        for fmt in formats:
+            _log(f"{fmt.value}: converting", progress)
+            row, art = _format_row(fmt, factory, holdout, wire, server_session, shape, progress)
+            rows.append(row)
+            if art is not None:
+                arts[fmt] = art
+        sizes = {r.format: r.size_bytes for r in rows if r.size_bytes}
+        rows = [judge(r, tolerance, sizes) for r in rows]
+
+        reference = TorchReference(task_accuracy=holdout.torch_accuracy)
+        if probe_spec is not None:
+            rows, reference = _probe(model, data, split, rows, arts, wire, probe_spec, probe_formats, seed, reference, progress)
+
+        passed = [ExportFormat(r.format) for r in rows if r.passed]
+        report = ParityReport(
+            run=str(run.path.name), holdout_size=len(holdout.labels), tolerance=tolerance, noise_sigma=float(cfg.noise_sigma),
+            seed=seed, calibration_size=len(calib), wire=wire.to_json(), reference=reference, formats=tuple(rows),
+            probe=None if probe_spec is None else probe_spec.to_json(), cloud=cloud_parity,
+        )  # fmt: skip
+        report.save(out / "parity.json")
+        for r in rows:
+            if not r.passed and (work / ExportFormat(r.format).filename).is_file():
+                (out / "rejected").mkdir(exist_ok=True)
+                shutil.copy2(work / ExportFormat(r.format).filename, out / "rejected" / ExportFormat(r.format).filename)
+        if not passed:
+            raise ExportError(f"no format passed parity (see {out / 'parity.json'}): nothing shipped")
+
+        edge_dir, final_cloud = out / "edge", out / "cloud"
+        edge_dir.mkdir()
+        for fmt in passed:
+            shutil.copy2(work / fmt.filename, edge_dir / fmt.filename)
+        shutil.copytree(cloud_dir, final_cloud)
+        hashes = {fmt: sha256_file(edge_dir / fmt.filename) for fmt in passed}
+        digest = hashlib.sha256("".join(sorted(hashes.values()) + [sha256_file(server_path)]).encode()).hexdigest()
+        version = version or f"{run.path.name}-{digest[:12]}"
+        default = next(f for f in DEFAULT_PREFERENCE if f in passed)
+        common = {"classes": list(data.classes[data.task]), "features": wire.to_json(), "task": data.task,
+                  "private": data.private, "model": cfg.to_json()}  # fmt: skip
+        preprocess = PreprocessSpec(
+            size=cfg.image_size, channels=cfg.in_channels, mean=(0.0,) * cfg.in_channels, std=(1.0,) * cfg.in_channels,
+            channel_order="RGB" if cfg.in_channels == 3 else "L",
+        )  # fmt: skip
+        edge_body = {
+            **common,
+            "preprocess": {**preprocess.to_json(), "normalisation": "in-artefact", "model_mean": list(cfg.mean),
+                           "model_std": list(cfg.std), "resize": "centre-crop to square, bilinear"},
+            "encoders": {
+                fmt.value: {"file": fmt.filename, "sha256": hashes[fmt], "runtime": fmt.backend.value,
+                            "input": report.format(fmt.value).input, "output": report.format(fmt.value).output}
+                for fmt in passed
+            },
+            "default_encoder": default.value,
+        }  # fmt: skip
+        cloud_body = {
+            **common,
+            "server": {"file": "server.onnx", "input": "features", "output": "probs"},
+            "purifier": None if purifier_path is None else {"file": "purifier.onnx", "input": "probs", "output": "purified"},
+            "accepted_encoder_hashes": sorted(hashes.values()),
+        }
+    edge = write_bundle(edge_dir, kind=BundleKind.EDGE, version=version, body=edge_body, sign_key=key)
+    cloud = write_bundle(final_cloud, kind=BundleKind.CLOUD, version=version, body=cloud_body, sign_key=key)
+    _log(f"shipped {', '.join(f.value for f in passed)} (default {default.value}) -> {out}"
+         + (" (signed)" if key is not None else " (unsigned)"), progress)  # fmt: skip
+    return ExportResult(out=out, parity=report, edge=edge, cloud=cloud, default_encoder=default.value)
+
+
+def _cloud_parity(model, run, holdout, server_session, purifier_path) -> dict:
+    """server.onnx (and purifier.onnx) vs torch on the holdout's noisy torch features."""
+    import torch
+
+    z = holdout.features + holdout.noise
+    with torch.no_grad():
+        ref = torch.softmax(model.head(torch.from_numpy(z)), dim=1).numpy()
+    got = server_session.run(None, {"features": z})[0]
+    out = {"server": {"max_abs_err": float(np.abs(ref - got).max()), "rows": int(len(z))}, "purifier": None}
+    if float(np.abs(ref - got).max()) > 1e-3:
+        raise ExportError(f"server.onnx differs from the torch server layers by {np.abs(ref - got).max():.2e} (> 1e-3)")
+    if purifier_path is not None:
+        out["purifier"] = check_purifier_parity(load_run_purifier(run), purifier_path, ref)
+    return out
+
+
+def _probe(model, data, split, rows, arts, wire, spec, probe_formats, seed, reference, progress):
+    from privsplit.probes.feature_probe import torch_encoder_fn
+
+    _log("feature-leakage probe on PyTorch's features", progress)
+    ref = measure.leakage(torch_encoder_fn(model, seed=seed + 3), data, split, spec=spec, progress=progress)
+    reference = replace(
+        reference, attribute_balanced_accuracy=ref.attribute_balanced_accuracy, attribute_chance=ref.attribute_chance,
+        attribute_task_floor=ref.attribute_task_floor, reconstruction_ssim=ref.reconstruction_ssim,
+        reconstruction_baseline_ssim=ref.reconstruction_baseline_ssim,
+    )  # fmt: skip
+    out = []
+    for row in rows:
+        fmt = ExportFormat(row.format)
+        if fmt in arts and (probe_formats is None or fmt in probe_formats):
+            _log(f"feature-leakage probe on {fmt.value}'s wire features", progress)
+            try:
+                got = measure.leakage(measure.artefact_encode_fn(arts[fmt], wire, seed=seed + 3), data, split, spec=spec, progress=progress)
+            except PrivsplitError as exc:
+                raise ExportError(f"the feature probe failed on {fmt.value}: {exc}") from exc
+            row = replace(row, attribute_balanced_accuracy=got.attribute_balanced_accuracy, reconstruction_ssim=got.reconstruction_ssim)
+        out.append(row)
+    return out, reference

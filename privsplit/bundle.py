@@ -1,0 +1,367 @@
+"""Reading and verifying bundles (torch-free: numpy and ``cryptography`` only; edge and cloud import it).
+
+A bundle is a folder written by ``privsplit export``::
+
+    BUNDLE/manifest.json   {"schema_version": 1, "kind": "edge"|"cloud", "version", "created",
+                            "files": {relpath: {"sha256", "size"}}, "classes", "features", ...}
+    BUNDLE/manifest.sig    optional: {"algorithm": "ed25519", "key_id", "signature"} (JSON), where
+                           ``signature`` is the base64 Ed25519 signature over the exact bytes of
+                           manifest.json and ``key_id`` the first 16 hex digits of the sha256 of the
+                           signing public key (raw 32 bytes)
+    BUNDLE/<files>         every other file, each listed in ``files``
+
+Verification (:func:`load_bundle`) is strict and names the offending file:
+
+* with a trusted public key, ``manifest.sig`` must exist and verify over ``manifest.json`` (checked
+  first, so a rewritten manifest is refused before its hashes are believed);
+* every listed file must exist, have the listed size (else: truncated/grown) and sha256 (else: tampered);
+* a file that is in the folder but not listed is refused too (nothing unverified sits beside the
+  models: remove it or re-export);
+* listed paths must be relative, inside the bundle, with no ``..``.
+
+Tensor conventions recorded in the manifests (helpers below implement them):
+
+* edge input: ``x = (pixel / 255 - preprocess.mean) / preprocess.std`` as float32 NHWC; an encoder whose
+  ``input.dtype`` is int8 takes ``clip(round(x / scale) + zero_point, -128, 127)``; a float tensor has
+  ``scale`` and ``zero_point`` null.
+* encoder output: NHWC (``output.layout``), dequantized with its own scale/zero point when int8;
+  the device transposes to ``(C, h, w)``, adds Gaussian noise of ``features.noise_sigma`` and
+  quantizes with ``features.scale/zero_point`` (int8) for the wire; the cloud dequantizes and runs
+  ``server.onnx`` (float32 ``[B, C, h, w]`` -> probabilities ``[B, K]``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+import numpy as np
+
+from privsplit.errors import BundleError, require
+
+BUNDLE_SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+SIGNATURE_ALGORITHM = "ed25519"
+_CHUNK = 1 << 20
+
+
+class BundleKind(str, Enum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+# ---- tensor and wire specs -------------------------------------------------------------------
+def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    info = np.iinfo(np.dtype(dtype))
+    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((np.asarray(q).astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One artefact input or output: dtype, shape (-1 = dynamic batch), layout and int quantization."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    scale: float | None = None
+    zero_point: int | None = None
+    layout: str = "NHWC"
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale is not None
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float values -> this tensor's dtype (identity cast for float tensors)."""
+        if not self.quantized:
+            return np.asarray(x, dtype=self.dtype)
+        return _quantize(x, self.scale, int(self.zero_point or 0), self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return np.asarray(q, dtype=np.float32)
+        return _dequantize(q, self.scale, int(self.zero_point or 0))
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape), "scale": self.scale,
+                "zero_point": self.zero_point, "layout": self.layout}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TensorSpec":
+        scale = data.get("scale")
+        zp = data.get("zero_point")
+        return cls(dtype=str(data["dtype"]), shape=tuple(int(v) for v in data["shape"]),
+                   scale=None if scale is None else float(scale), zero_point=None if zp is None else int(zp),
+                   layout=str(data.get("layout", "NHWC")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The wire format of the features: ``(C, h, w)`` int8 with one scale/zero point, after noise."""
+
+    shape: tuple[int, int, int]
+    scale: float
+    zero_point: int
+    noise_sigma: float
+    dtype: str = "int8"
+
+    def quantize(self, z: np.ndarray) -> np.ndarray:
+        return _quantize(z, self.scale, self.zero_point, self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return _dequantize(q, self.scale, self.zero_point)
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale,
+                "zero_point": self.zero_point, "noise_sigma": self.noise_sigma}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "FeatureSpec":
+        return cls(shape=tuple(int(v) for v in data["shape"]), scale=float(data["scale"]),
+                   zero_point=int(data["zero_point"]), noise_sigma=float(data["noise_sigma"]),
+                   dtype=str(data.get("dtype", "int8")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Edge preprocessing: resize to ``size``, ``x = (pixel / 255 - mean) / std``, NHWC float32."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str
+    layout: str = "NHWC"
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """``uint8 (N, size, size, channels)`` -> float32 NHWC model input."""
+        x = np.asarray(images, dtype=np.float32) / np.float32(255.0)
+        return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "channel_order": self.channel_order, "layout": self.layout}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+        return cls(size=int(data["size"]), channels=int(data["channels"]),
+                   mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
+                   channel_order=str(data["channel_order"]), layout=str(data.get("layout", "NHWC")))  # fmt: skip
+
+
+# ---- hashing and keys --------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _ed25519():
+    return require("cryptography.hazmat.primitives.asymmetric.ed25519", package="cryptography", extra="edge")
+
+
+def load_public_key(path: Path):
+    """An Ed25519 public key from a PEM file written by ``privsplit keys generate`` (``PREFIX.pub``)."""
+    serialization = require("cryptography.hazmat.primitives.serialization", package="cryptography", extra="edge")
+    path = Path(path)
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"trusted key {path} not found: pass the PREFIX.pub written by `privsplit keys generate`") from None
+    except ValueError as exc:
+        raise BundleError(f"trusted key {path} is not a PEM public key ({exc}): pass PREFIX.pub, not PREFIX.key") from None
+    if not isinstance(key, _ed25519().Ed25519PublicKey):
+        raise BundleError(f"trusted key {path} is not an Ed25519 key: make one with `privsplit keys generate`")
+    return key
+
+
+def key_id(public_key) -> str:
+    """First 16 hex digits of the sha256 of the raw public key: names a key in signatures and messages."""
+    serialization = require("cryptography.hazmat.primitives.serialization", package="cryptography", extra="edge")
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# ---- the bundle ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: ``manifest`` is the parsed manifest.json, every listed file checked."""
+
+    root: Path
+    manifest: Mapping[str, Any]
+    kind: BundleKind
+    version: str
+    signed: bool  # manifest.sig present
+    verified_key_id: str | None  # key id the signature was verified with (None: not checked)
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{name} is not listed in {self.root / MANIFEST}: it is not part of this bundle")
+        return self.root / name
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["classes"])
+
+    @property
+    def features(self) -> FeatureSpec:
+        return FeatureSpec.from_json(self.manifest["features"])
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        self._need(BundleKind.EDGE, "preprocess")
+        return PreprocessSpec.from_json(self.manifest["preprocess"])
+
+    def encoder(self, name: str | None = None) -> tuple[Path, TensorSpec, TensorSpec]:
+        """``(path, input spec, output spec)`` of an encoder format (default: ``default_encoder``)."""
+        self._need(BundleKind.EDGE, "encoders")
+        name = name or self.manifest["default_encoder"]
+        entry = self.manifest["encoders"].get(name)
+        if entry is None:
+            raise BundleError(f"{self.root} has no encoder {name!r}; it has {sorted(self.manifest['encoders'])}")
+        return self.file(entry["file"]), TensorSpec.from_json(entry["input"]), TensorSpec.from_json(entry["output"])
+
+    def _need(self, kind: BundleKind, what: str) -> None:
+        if self.kind is not kind:
+            raise BundleError(f"{self.root} is a {self.kind.value} bundle; {what} lives in the {kind.value} bundle")
+
+
+def _read_manifest(root: Path) -> tuple[bytes, dict]:
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle folder {root} does not exist: pass OUT/edge or OUT/cloud written by `privsplit export`")
+    if not path.is_file():
+        raise BundleError(f"{path} missing: {root} is not a bundle (re-export with `privsplit export`)")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}): the manifest is damaged, re-export the bundle") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} is not a JSON object: re-export the bundle")
+    return raw, manifest
+
+
+def _verify_signature(root: Path, raw: bytes, trust_key) -> str:
+    public = load_public_key(trust_key) if isinstance(trust_key, (str, Path)) else trust_key
+    wanted = key_id(public)
+    sig_path = root / SIGNATURE
+    if not sig_path.is_file():
+        raise BundleError(f"{sig_path} missing: the bundle is unsigned but a trusted key was given (export with --sign-key)")
+    try:
+        sig = json.loads(sig_path.read_bytes())
+        signature = base64.b64decode(sig["signature"], validate=True)
+        algorithm, signer = sig.get("algorithm"), sig.get("key_id")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BundleError(f"{sig_path} is malformed: expected JSON with algorithm, key_id and base64 signature") from None
+    if algorithm != SIGNATURE_ALGORITHM:
+        raise BundleError(f"{sig_path} uses algorithm {algorithm!r}; only {SIGNATURE_ALGORITHM} is accepted")
+    exceptions = require("cryptography.exceptions", package="cryptography", extra="edge")
+    try:
+        public.verify(signature, raw)
+    except exceptions.InvalidSignature:
+        if signer != wanted:
+            raise BundleError(f"{sig_path}: signed by key {signer}, not by the trusted key {wanted}") from None
+        raise BundleError(f"{sig_path}: signature does not match {root / MANIFEST} (the manifest was altered after signing)") from None
+    return wanted
+
+
+def _safe_relpath(root: Path, name: str) -> Path:
+    rel = PurePosixPath(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or name in (MANIFEST, SIGNATURE) or "\\" in name:
+        raise BundleError(f"{root / MANIFEST} lists an unsafe file path {name!r}: refusing the bundle")
+    return root / rel
+
+
+def _verify_files(root: Path, files: Mapping[str, Any]) -> None:
+    for name, entry in files.items():
+        path = _safe_relpath(root, name)
+        try:
+            size, digest = int(entry["size"]), str(entry["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{root / MANIFEST}: the entry of {name} lacks sha256/size: re-export the bundle") from None
+        if not path.is_file():
+            raise BundleError(f"{path} missing: the bundle lists it (restore it or re-export the bundle)")
+        actual = path.stat().st_size
+        if actual != size:
+            what = "truncated" if actual < size else "has extra bytes"
+            raise BundleError(f"{path} {what}: {actual} bytes, the manifest says {size} (re-copy or re-export the bundle)")
+        if sha256_file(path) != digest:
+            raise BundleError(f"{path} is tampered: its sha256 does not match the manifest (re-copy or re-export the bundle)")
+    listed = {str(PurePosixPath(n)) for n in files} | {MANIFEST, SIGNATURE}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in listed:
+            raise BundleError(f"{path} is not listed in the manifest: remove it (bundles hold only verified files)")
+
+
+def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind | None) -> BundleKind:
+    where = root / MANIFEST
+    if manifest.get("schema_version") != BUNDLE_SCHEMA_VERSION:
+        raise BundleError(
+            f"{where} has schema_version {manifest.get('schema_version')!r}; this privsplit reads "
+            f"{BUNDLE_SCHEMA_VERSION} (re-export the bundle or upgrade privsplit)"
+        )
+    for key in ("kind", "version", "files", "classes", "features"):
+        if key not in manifest:
+            raise BundleError(f"{where} lacks {key!r}: re-export the bundle")
+    try:
+        actual = BundleKind(manifest["kind"])
+    except ValueError:
+        raise BundleError(f"{where} has unknown kind {manifest['kind']!r}") from None
+    if kind is not None and actual is not BundleKind(kind):
+        raise BundleError(f"{root} is a {actual.value} bundle, a {BundleKind(kind).value} bundle was expected")
+    if not isinstance(manifest["files"], dict):
+        raise BundleError(f"{where}: 'files' must be an object of relpath -> {{sha256, size}}")
+    files = manifest["files"]
+    required = ("preprocess", "encoders", "default_encoder") if actual is BundleKind.EDGE else ("server", "purifier", "accepted_encoder_hashes")
+    for key in required:
+        if key not in manifest:
+            raise BundleError(f"{where} lacks {key!r} required in a {actual.value} bundle: re-export it")
+    if actual is BundleKind.EDGE:
+        if manifest["default_encoder"] not in manifest["encoders"]:
+            raise BundleError(f"{where}: default_encoder {manifest['default_encoder']!r} is not among its encoders")
+        for name, entry in manifest["encoders"].items():
+            f = entry.get("file")
+            if f not in files or files[f].get("sha256") != entry.get("sha256"):
+                raise BundleError(f"{where}: encoder {name} names {f!r}, which is not listed with the same sha256")
+    else:
+        for key in ("server", "purifier"):
+            entry = manifest[key]
+            if entry is not None and entry.get("file") not in files:
+                raise BundleError(f"{where}: {key} file {entry.get('file')!r} is not listed in 'files'")
+    return actual
+
+
+def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | None = None) -> Bundle:
+    """Verify and open a bundle; raise :class:`BundleError` naming the offending file.
+
+    With ``trust_key`` (the path of a PEM Ed25519 public key, or an ``Ed25519PublicKey``), the manifest
+    must carry a valid signature by it. Without, only hashes and sizes are checked (integrity, not
+    authenticity).
+    """
+    root = Path(path)
+    raw, manifest = _read_manifest(root)
+    verified = _verify_signature(root, raw, trust_key) if trust_key is not None else None
+    actual = _check_structure(root, manifest, kind)
+    _verify_files(root, manifest["files"])
+    return Bundle(
+        root=root,
+        manifest=manifest,
+        kind=actual,
+        version=str(manifest["version"]),
+        signed=(root / SIGNATURE).is_file(),
+        verified_key_id=verified,
+    )

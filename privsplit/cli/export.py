@@ -1,0 +1,74 @@
+"""``privsplit export RUN --out DIR``: quantized TFLite/ONNX encoders, parity report, signed bundles."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from privsplit.cli._common import non_negative_float, positive_int
+
+_FORMATS = "tflite-fp32,tflite-fp16,tflite-dynamic,tflite-int8,onnx-fp32,onnx-int8"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="convert the encoder to TFLite/ONNX, prove parity, write signed edge and cloud bundles",
+        description="Export a run: encoder artefacts per format (TFLite float32/float16/dynamic-range/full "
+        "int8 with int8 I/O, ONNX float32/static int8), each checked for I/O dtypes and measured against "
+        "PyTorch on holdout images (feature error, end-to-end task accuracy through the int8 wire and "
+        "server.onnx, feature-leakage probe on its wire features). Formats whose accuracy drops more "
+        "than --tolerance are reported and not shipped. Writes DIR/edge, DIR/cloud (manifest.json with "
+        "sha256 of every file, manifest.sig with --sign-key) and DIR/parity.json.",
+    )
+    p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--formats", default=_FORMATS, metavar="F,F", help="comma-separated formats or 'all' (default: all six)")
+    p.add_argument("--calibration", type=positive_int, default=256, metavar="N", help="reference images to calibrate int8 on (default %(default)s)")
+    p.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PREFIX.key from `privsplit keys generate`)")
+    p.add_argument("--tolerance", type=non_negative_float, default=0.01, metavar="F",
+                   help="largest holdout task-accuracy drop vs PyTorch a shipped format may have, as a fraction (default %(default)s = 1 point)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling, noise and probe attackers (default %(default)s)")
+    p.add_argument("--holdout-limit", type=positive_int, metavar="N", help="measure parity on at most N holdout images (default all)")
+    p.add_argument("--no-probe", action="store_true", help="skip the feature-leakage probe (attribute / reconstruction columns stay empty)")
+    p.add_argument("--probe-formats", metavar="F,F", help="run the leakage probe only on these formats (default: all exported)")
+    p.add_argument("--probe-epochs", type=positive_int, metavar="N", help="training budget of the probe's attackers (default: the probe's own)")
+    p.add_argument("--version", dest="bundle_version", metavar="STR", help="bundle version string (default RUNNAME-<content hash>)")
+    p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from privsplit.export.formats import parse_formats
+    from privsplit.export.pipeline import export_run
+
+    probe_spec = None
+    if not args.no_probe:
+        from privsplit.probes.feature_spec import FeatureProbeSpec
+
+        probe_spec = FeatureProbeSpec(seed=args.seed)
+        if args.probe_epochs:
+            probe_spec = probe_spec.with_epochs(args.probe_epochs)
+    result = export_run(
+        args.run,
+        args.out,
+        formats=parse_formats(args.formats),
+        calibration=args.calibration,
+        sign_key=args.sign_key,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        probe_spec=probe_spec,
+        probe_formats=parse_formats(args.probe_formats) if args.probe_formats else None,
+        holdout_limit=args.holdout_limit,
+        version=args.bundle_version,
+        overwrite=args.force,
+        progress=not args.quiet,
+    )
+    print(result.parity.summary())
+    print(f"edge bundle  {result.edge.root} ({', '.join(result.shipped)}; default {result.default_encoder})")
+    print(f"cloud bundle {result.cloud.root}" + ("" if result.cloud.manifest["purifier"] else " (no purifier)"))
+    print(f"parity       {result.parity_path}")
+    failed = [r.format for r in result.parity.formats if not r.passed]
+    return 1 if (args.strict and failed) else 0
