@@ -141,7 +141,14 @@ class RunFolder:
         target = self.file(f"{name}.safetensors")
         if not target.is_file():
             raise RunError(f"{target} not found: the run lacks its {name} weights")
-        module.load_state_dict(load_file(str(target)))
+        try:
+            module.load_state_dict(load_file(str(target)))
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise RunError(
+                f"{target} does not fit the model that config.json describes ({first}); "
+                "the run was written by another privsplit version: re-run `privsplit train`"
+            ) from exc
         return module
 
     def save_split_model(self, model: "SplitModel") -> None:

@@ -1,0 +1,187 @@
+"""Attribute inference from the encoder's features, and the task floor it is measured against.
+
+Attackers are fitted on attacker-part features only (C chosen by cross-validation, MLP/CNN epoch
+chosen on a validation slice of attacker data) and scored once on holdout with scikit-learn's
+balanced accuracy and ROC AUC (one-vs-rest macro for more than two classes).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from privsplit.errors import DataError
+from privsplit.probes._fit import Standardizer, balanced_class_weights, batches, epoch_bar, predict, seeded, validation_split
+from privsplit.probes.feature_results import AttackerScore, AttributeLeakage
+from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
+
+
+def attribute_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
+    """ROC AUC of scores ``proba`` (N, K): binary on column 1, else one-vs-rest macro over the classes in ``y``."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import label_binarize
+
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    k = proba.shape[1]
+    if k == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    onehot = label_binarize(y, classes=np.arange(k))
+    return float(roc_auc_score(onehot[:, present], proba[:, present], average="macro"))
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        return float(balanced_accuracy_score(y, pred))
+
+
+def _full_proba(model, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """``predict_proba`` spread to all ``num_classes`` columns (classes unseen in training get 0)."""
+    proba = np.zeros((len(x), num_classes))
+    proba[:, model.classes_] = model.predict_proba(x)
+    return proba
+
+
+def task_floor(
+    task_train: np.ndarray,
+    private_train: np.ndarray,
+    task_test: np.ndarray,
+    private_test: np.ndarray,
+    *,
+    num_task_classes: int,
+    num_classes: int,
+) -> tuple[float, float | None]:
+    """(balanced accuracy, AUC) of inferring the private label from the true task label alone.
+
+    A class-balanced logistic regression on the one-hot task label is fitted on the attacker part and
+    scored on holdout: what any server that learns the task output can infer with no feature at all.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(private_train)) < 2:
+        raise DataError("the attacker part holds one class of the private attribute only: use more data")
+    eye = np.eye(num_task_classes)
+    model = LogisticRegression(C=100.0, class_weight="balanced", max_iter=2000)
+    model.fit(eye[task_train], private_train)
+    proba = _full_proba(model, eye[task_test], num_classes)
+    return _balanced_accuracy(private_test, proba.argmax(1)), attribute_auc(private_test, proba)
+
+
+def _logistic(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec):
+    """Standardise + class-balanced logistic regression; C over ``spec.logistic_cs`` by stratified CV."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    flat_train, flat_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=3000))
+    folds = min(spec.cv_folds, int(np.bincount(y_train)[np.unique(y_train)].min()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if folds >= 2 and len(spec.logistic_cs) > 1:
+            search = GridSearchCV(
+                pipe,
+                {"logisticregression__C": list(spec.logistic_cs)},
+                cv=StratifiedKFold(folds, shuffle=True, random_state=spec.seed),
+                scoring="balanced_accuracy",
+                refit=True,
+            )
+            search.fit(flat_train, y_train)
+            model, c, cv_score = search.best_estimator_, search.best_params_["logisticregression__C"], search.best_score_
+        else:
+            c, cv_score = spec.logistic_cs[-1], None
+            model = pipe.set_params(logisticregression__C=c).fit(flat_train, y_train)
+    proba = _full_proba(model, flat_test, num_classes)
+    return proba, cv_score, f"C={c:g} by {folds}-fold CV" if cv_score is not None else f"C={c:g}"
+
+
+def _network(kind: AttributeAttacker, x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec, progress: bool):
+    """Train an MLP/CNN attacker with Adam and class-balanced CE; keep the best validation epoch."""
+    import torch
+    from torch.nn import functional as F
+
+    from privsplit.models import CNNAttacker, MLPAttacker
+
+    per_channel = kind is AttributeAttacker.CNN
+    tr, va = validation_split(len(x_train), spec.validation_fraction, seed=spec.seed, stratify=y_train)
+    scaler = Standardizer.fit(x_train[tr], per_channel=per_channel)
+    xs_tr, xs_va, xs_te = scaler(x_train[tr]), scaler(x_train[va]), scaler(x_test)
+    ys_tr, ys_va = torch.from_numpy(y_train[tr]), y_train[va]
+    weight = torch.from_numpy(balanced_class_weights(y_train[tr], num_classes))
+    shape = tuple(x_train.shape[1:])
+    rng = np.random.default_rng(spec.seed)
+    seed = spec.seed + (1 if kind is AttributeAttacker.MLP else 2)
+    with seeded(seed):
+        net = (CNNAttacker if per_channel else MLPAttacker)(shape, num_classes)
+        opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        best = (-1.0, -np.inf)  # (validation balanced accuracy, -validation loss)
+        best_state, best_epoch, stale = None, 0, 0
+        bar = epoch_bar(spec.epochs, desc=f"attribute {kind.value}", progress=progress)
+        for epoch in bar:
+            net.train()
+            for idx in batches(len(xs_tr), spec.batch_size, rng):
+                loss = F.cross_entropy(net(torch.from_numpy(xs_tr[idx])), ys_tr[idx], weight=weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            logits = torch.from_numpy(predict(net, xs_va))
+            val_loss = float(F.cross_entropy(logits, torch.from_numpy(ys_va), weight=weight))
+            score = (_balanced_accuracy(ys_va, logits.argmax(1).numpy()), -val_loss)
+            if score > best:
+                best, best_epoch, stale = score, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                stale += 1
+            bar.set_postfix(val_bacc=f"{score[0]:.3f}", best=f"{best[0]:.3f}@{best_epoch}")
+            if stale >= spec.patience:
+                break
+        net.load_state_dict(best_state)
+    proba = torch.softmax(torch.from_numpy(predict(net, xs_te)), dim=1).numpy()
+    return proba, best[0], f"epoch {best_epoch} of {epoch + 1} by validation"
+
+
+def attack_attribute(
+    features_train: np.ndarray,
+    private_train: np.ndarray,
+    task_train: np.ndarray,
+    features_test: np.ndarray,
+    private_test: np.ndarray,
+    task_test: np.ndarray,
+    *,
+    name: str,
+    classes: tuple[str, ...],
+    num_task_classes: int,
+    spec: FeatureProbeSpec,
+    progress: bool = True,
+) -> AttributeLeakage:
+    """Fit every attacker in ``spec.attackers`` on (features_train, private_train); score on the test part."""
+    if not spec.attackers:
+        raise DataError("FeatureProbeSpec.attackers is empty: name at least one attribute attacker")
+    num_classes = len(classes)
+    floor, floor_auc = task_floor(
+        task_train, private_train, task_test, private_test, num_task_classes=num_task_classes, num_classes=num_classes
+    )
+    scores: dict[str, AttackerScore] = {}
+    for kind in spec.attackers:
+        fit: Callable = _logistic if kind is AttributeAttacker.LOGISTIC else _network
+        kwargs = {"num_classes": num_classes, "spec": spec}
+        if kind is not AttributeAttacker.LOGISTIC:
+            kwargs.update(kind=kind, progress=progress)
+        proba, val_score, selection = fit(x_train=features_train, y_train=private_train, x_test=features_test, **kwargs)
+        scores[kind.value] = AttackerScore(
+            balanced_accuracy=_balanced_accuracy(private_test, proba.argmax(1)),
+            auc=attribute_auc(private_test, proba),
+            validation_balanced_accuracy=None if val_score is None else float(val_score),
+            selection=selection,
+        )
+    return AttributeLeakage(
+        name=name, classes=tuple(classes), attackers=scores, chance=1.0 / num_classes, task_floor=floor, task_floor_auc=floor_auc
+    )

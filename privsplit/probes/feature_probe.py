@@ -1,0 +1,189 @@
+"""The feature-leakage probe: what an eavesdropper or the cloud learns from the features sent.
+
+Fresh attackers are trained *after* training, on the frozen encoder's features of the run's
+``attacker`` part, and scored on ``holdout``: attribute inference (logistic regression, MLP, CNN)
+beside chance and the task floor, and reconstruction beside the mean-image baseline.
+
+The encoder is any function ``uint8 (N, H, W, C) -> features (N, C, h, w)``, so the same probe runs
+on the torch model (:func:`torch_encoder_fn`) and on exported TFLite/ONNX artefacts. The function must
+include the channel noise the deployed system adds; any numeric dtype (e.g. int8 wire features) is
+accepted and converted to float32 (the attackers standardise their inputs, so scale does not matter).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from privsplit.data import Dataset, Part, Split
+from privsplit.errors import ConfigError, DataError, RunError
+from privsplit.probes.attribute_attack import attack_attribute
+from privsplit.probes.feature_results import (
+    AttackerScore,
+    AttributeLeakage,
+    FeatureLeakageResult,
+    ReconstructionLeakage,
+    ReconstructionSamples,
+)
+from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
+from privsplit.probes.reconstruction_attack import attack_reconstruction
+
+if TYPE_CHECKING:  # pragma: no cover
+    from privsplit.models import SplitModel
+
+Encoder = Callable[[np.ndarray], np.ndarray]
+
+__all__ = [
+    "AttackerScore",
+    "AttributeAttacker",
+    "AttributeLeakage",
+    "FeatureLeakageResult",
+    "FeatureProbeSpec",
+    "ReconstructionLeakage",
+    "ReconstructionSamples",
+    "encode_images",
+    "probe_features",
+    "torch_encoder_fn",
+    "torch_task_accuracy",
+]
+
+
+def torch_encoder_fn(model: "SplitModel", *, seed: int = 0, batch_size: int = 256, noise: bool = True) -> Encoder:
+    """``images -> model.features(model.preprocess(images), noise=True)`` as numpy, under ``no_grad``.
+
+    The model is put in eval mode. The channel noise comes from one generator seeded with ``seed``
+    that advances across calls, so repeated calls draw fresh noise (as the device does) yet the
+    whole sequence is reproducible.
+    """
+    import torch
+
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = model.preprocess(images[start : start + batch_size])
+                out.append(model.features(x, noise=noise, generator=generator).numpy())
+        return np.concatenate(out)
+
+    return encode
+
+
+def torch_task_accuracy(model: "SplitModel", data: Dataset, *, seed: int = 0, batch_size: int = 256) -> float:
+    """Task accuracy of the full model on ``data`` with the channel noise on (what the deployment delivers)."""
+    import torch
+    from sklearn.metrics import accuracy_score
+
+    encode = torch_encoder_fn(model, seed=seed, batch_size=batch_size)
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            z = torch.from_numpy(encode(data.images[start : start + batch_size]))
+            preds.append(model.head(z).argmax(1).numpy())
+    return float(accuracy_score(data.task_labels, np.concatenate(preds)))
+
+
+def encode_images(encode: Encoder, images: np.ndarray, *, batch_size: int = 256, desc: str = "encode", progress: bool = True) -> np.ndarray:
+    """Run ``encode`` over ``images`` in batches; check and return ``float32 (N, C, h, w)`` features.
+
+    2-D outputs ``(N, D)`` are read as ``(N, D, 1, 1)``.
+    """
+    return _encode(encode, images, batch_size=batch_size, desc=desc, progress=progress)[0]
+
+
+def _encode(encode: Encoder, images: np.ndarray, *, batch_size: int, desc: str, progress: bool) -> tuple[np.ndarray, str]:
+    """Features as float32 and the dtype the encoder returned them in."""
+    from tqdm.auto import tqdm
+
+    chunks = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, file=sys.stderr, leave=False, disable=not progress):
+        batch = images[start : start + batch_size]
+        out = np.asarray(encode(batch))
+        if out.shape[:1] != (len(batch),):
+            raise DataError(f"the encoder returned {out.shape[:1]} rows for a batch of {len(batch)} images")
+        if not (np.issubdtype(out.dtype, np.number) or out.dtype == np.bool_):
+            raise DataError(f"the encoder returned non-numeric features of dtype {out.dtype}")
+        if chunks and out.shape[1:] != chunks[0].shape[1:]:
+            raise DataError(f"the encoder returned features of shape {out.shape[1:]} after {chunks[0].shape[1:]}")
+        chunks_dtype = out.dtype
+        chunks.append(out.astype(np.float32, copy=False))
+    features = np.concatenate(chunks)
+    if features.ndim == 2:
+        features = features[:, :, None, None]
+    if features.ndim != 4:
+        raise DataError(f"features must be (N, C, h, w) or (N, D), the encoder returned shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise DataError("the encoder returned NaN or infinite features")
+    return features, str(chunks_dtype)
+
+
+def _part(split: Split, part: Part, cap: int | None, seed: int) -> np.ndarray:
+    index = split[part]
+    if cap is not None and len(index) > cap:
+        index = np.sort(np.random.default_rng(seed).choice(index, size=cap, replace=False))
+    return index
+
+
+def probe_features(
+    encode: Encoder,
+    data: Dataset,
+    split: Split,
+    *,
+    spec: FeatureProbeSpec = FeatureProbeSpec(),
+    progress: bool = True,
+) -> FeatureLeakageResult:
+    """Train fresh attackers on ``encode``'s features of the attacker part; score them on holdout.
+
+    Attribute inference runs when ``data`` has a private attribute (else ``attribute`` is None);
+    reconstruction runs when ``spec.reconstruction``. ``task_accuracy`` is left None: fill it with
+    :meth:`FeatureLeakageResult.with_task_accuracy` from the full model (see :func:`torch_task_accuracy`).
+    """
+    started = time.perf_counter()
+    if split.n != len(data):
+        raise RunError(f"the split was made for {split.n} items but the dataset holds {len(data)}")
+    attacker_idx = _part(split, Part.ATTACKER, spec.max_attacker, spec.seed)
+    holdout_idx = _part(split, Part.HOLDOUT, spec.max_holdout, spec.seed + 1)
+    for part, index in ((Part.ATTACKER, attacker_idx), (Part.HOLDOUT, holdout_idx)):
+        if len(index) < 10:
+            raise ConfigError(
+                f"the split's {part.value} part holds {len(index)} images; the feature probe needs at least 10 "
+                "(train with a larger --split share for it, e.g. --split 0.4,0.2,0.2,0.2)"
+            )
+    attacker, holdout = data.subset(attacker_idx), data.subset(holdout_idx)
+    f_att, dtype = _encode(encode, attacker.images, batch_size=spec.encode_batch_size, desc="encode attacker", progress=progress)
+    f_hold, _ = _encode(encode, holdout.images, batch_size=spec.encode_batch_size, desc="encode holdout", progress=progress)
+    if f_att.shape[1:] != f_hold.shape[1:]:
+        raise DataError(f"the encoder returned shapes {f_att.shape[1:]} and {f_hold.shape[1:]} for two batches")
+
+    attribute = None
+    if data.private is not None:
+        attribute = attack_attribute(
+            f_att, attacker.private_labels, attacker.task_labels,
+            f_hold, holdout.private_labels, holdout.task_labels,
+            name=data.private, classes=tuple(data.classes[data.private]),
+            num_task_classes=data.num_classes(data.task), spec=spec, progress=progress,
+        )  # fmt: skip
+    reconstruction = None
+    if spec.reconstruction:
+        reconstruction = attack_reconstruction(f_att, attacker.images, f_hold, holdout.images, spec=spec, progress=progress)
+    return FeatureLeakageResult(
+        source=data.source,
+        task=data.task,
+        image_shape=tuple(int(v) for v in data.images.shape[1:]),
+        feature_shape=tuple(int(v) for v in f_att.shape[1:]),
+        feature_dtype=dtype,
+        attacker_size=len(attacker_idx),
+        holdout_size=len(holdout_idx),
+        spec=spec,
+        attribute=attribute,
+        reconstruction=reconstruction,
+        runtime_s=time.perf_counter() - started,
+    )
+
+

@@ -1,0 +1,277 @@
+"""Typed results of the feature-leakage probe: versioned JSON plus an npz of reconstruction samples.
+
+No torch here: results can be loaded, summarised and plotted anywhere numpy runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from privsplit.errors import RunError
+from privsplit.probes.feature_spec import FeatureProbeSpec
+
+FEATURE_LEAKAGE_SCHEMA_VERSION = 1
+DEFAULT_NAME = "probe_features"
+
+
+def _num(value: float | None) -> float | None:
+    """JSON-safe float: NaN/inf/None become null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class AttackerScore:
+    """One attribute attacker scored on holdout. ``selection`` says what was chosen on attacker data."""
+
+    balanced_accuracy: float
+    auc: float | None
+    validation_balanced_accuracy: float | None = None
+    selection: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "balanced_accuracy": _num(self.balanced_accuracy),
+            "auc": _num(self.auc),
+            "validation_balanced_accuracy": _num(self.validation_balanced_accuracy),
+            "selection": self.selection,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "AttackerScore":
+        return cls(
+            balanced_accuracy=float(data["balanced_accuracy"]),
+            auc=_num(data.get("auc")),
+            validation_balanced_accuracy=_num(data.get("validation_balanced_accuracy")),
+            selection=str(data.get("selection", "")),
+        )
+
+
+@dataclass(frozen=True, eq=True)
+class AttributeLeakage:
+    """Attribute inference from the features, with its two yardsticks beside it.
+
+    ``chance`` is the balanced accuracy of guessing (1/K); ``task_floor`` is the balanced accuracy an
+    attacker reaches from the true task label alone (the server learns the task anyway), so leakage
+    *beyond the task* is the best attacker's margin over ``task_floor``.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    attackers: Mapping[str, AttackerScore]
+    chance: float
+    task_floor: float
+    task_floor_auc: float | None
+
+    def __post_init__(self) -> None:
+        if not self.attackers:
+            raise ValueError("AttributeLeakage needs at least one attacker score")
+
+    @property
+    def best(self) -> str:
+        """The attacker with the highest holdout balanced accuracy."""
+        return max(self.attackers, key=lambda k: self.attackers[k].balanced_accuracy)
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return self.attackers[self.best].balanced_accuracy
+
+    @property
+    def auc(self) -> float | None:
+        return self.attackers[self.best].auc
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "best": self.best,
+            "balanced_accuracy": _num(self.balanced_accuracy),
+            "auc": _num(self.auc),
+            "chance": _num(self.chance),
+            "chance_auc": 0.5,
+            "task_floor": _num(self.task_floor),
+            "task_floor_auc": _num(self.task_floor_auc),
+            "attackers": {k: v.to_json() for k, v in self.attackers.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "AttributeLeakage":
+        return cls(
+            name=str(data["name"]),
+            classes=tuple(data["classes"]),
+            attackers={k: AttackerScore.from_json(v) for k, v in data["attackers"].items()},
+            chance=float(data["chance"]),
+            task_floor=float(data["task_floor"]),
+            task_floor_auc=_num(data.get("task_floor_auc")),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ReconstructionSamples:
+    """A few holdout images and their reconstructions, ``uint8 (n, H, W, C)``, plus the mean image."""
+
+    originals: np.ndarray
+    reconstructions: np.ndarray
+    mean_image: np.ndarray
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, originals=self.originals, reconstructions=self.reconstructions, mean_image=self.mean_image)
+
+    @classmethod
+    def load(cls, path: Path) -> "ReconstructionSamples":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["originals"], z["reconstructions"], z["mean_image"])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReconstructionSamples) and all(
+            np.array_equal(getattr(self, k), getattr(other, k)) for k in ("originals", "reconstructions", "mean_image")
+        )
+
+
+@dataclass(frozen=True)
+class ReconstructionLeakage:
+    """A decoder's reconstructions of holdout images beside the mean-image baseline.
+
+    SSIM and PSNR are per-image means (PSNR in dB, pixels in [0, 1]); MSE is over all pixels.
+    """
+
+    ssim: float
+    psnr: float
+    mse: float
+    baseline_ssim: float
+    baseline_psnr: float
+    baseline_mse: float
+    best_epoch: int
+    epochs: int
+    samples: ReconstructionSamples | None = field(default=None, compare=False)
+
+    def to_json(self, samples_file: str | None = None) -> dict:
+        data = {k: _num(getattr(self, k)) for k in ("ssim", "psnr", "mse", "baseline_ssim", "baseline_psnr", "baseline_mse")}
+        data.update(best_epoch=self.best_epoch, epochs=self.epochs, samples=samples_file)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], samples: ReconstructionSamples | None = None) -> "ReconstructionLeakage":
+        keys = ("ssim", "psnr", "mse", "baseline_ssim", "baseline_psnr", "baseline_mse")
+        return cls(**{k: float(data[k]) for k in keys}, best_epoch=int(data["best_epoch"]), epochs=int(data["epochs"]), samples=samples)
+
+
+@dataclass(frozen=True)
+class FeatureLeakageResult:
+    """Everything the feature probe measured on one encoder."""
+
+    source: str
+    task: str
+    image_shape: tuple[int, int, int]  # H, W, C
+    feature_shape: tuple[int, int, int]  # C, h, w
+    feature_dtype: str
+    attacker_size: int
+    holdout_size: int
+    spec: FeatureProbeSpec
+    attribute: AttributeLeakage | None
+    reconstruction: ReconstructionLeakage | None
+    runtime_s: float
+    task_accuracy: float | None = None
+
+    def with_task_accuracy(self, accuracy: float | None) -> "FeatureLeakageResult":
+        return replace(self, task_accuracy=accuracy)
+
+    # ---- JSON ---------------------------------------------------------------------------------
+    def to_json(self, *, samples_file: str | None = None) -> dict:
+        return {
+            "schema_version": FEATURE_LEAKAGE_SCHEMA_VERSION,
+            "kind": "feature_leakage",
+            "data": {
+                "source": self.source,
+                "image_shape": list(self.image_shape),
+                "feature_shape": list(self.feature_shape),
+                "feature_dtype": self.feature_dtype,
+            },
+            "sizes": {"attacker": self.attacker_size, "holdout": self.holdout_size},
+            "task": {"name": self.task, "accuracy": _num(self.task_accuracy)},
+            "attribute": None if self.attribute is None else self.attribute.to_json(),
+            "reconstruction": None if self.reconstruction is None else self.reconstruction.to_json(samples_file),
+            "spec": self.spec.to_json(),
+            "runtime_s": float(self.runtime_s),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, samples: ReconstructionSamples | None = None) -> "FeatureLeakageResult":
+        version = data.get("schema_version")
+        if data.get("kind") != "feature_leakage" or version != FEATURE_LEAKAGE_SCHEMA_VERSION:
+            raise RunError(
+                f"not a feature-leakage result of schema {FEATURE_LEAKAGE_SCHEMA_VERSION} "
+                f"(kind={data.get('kind')!r}, schema_version={version!r}): re-run `privsplit probe features`"
+            )
+        d = data["data"]
+        return cls(
+            source=str(d["source"]),
+            task=str(data["task"]["name"]),
+            image_shape=tuple(int(v) for v in d["image_shape"]),
+            feature_shape=tuple(int(v) for v in d["feature_shape"]),
+            feature_dtype=str(d["feature_dtype"]),
+            attacker_size=int(data["sizes"]["attacker"]),
+            holdout_size=int(data["sizes"]["holdout"]),
+            spec=FeatureProbeSpec.from_json(data["spec"]),
+            attribute=None if data["attribute"] is None else AttributeLeakage.from_json(data["attribute"]),
+            reconstruction=None
+            if data["reconstruction"] is None
+            else ReconstructionLeakage.from_json(data["reconstruction"], samples),
+            runtime_s=float(data["runtime_s"]),
+            task_accuracy=_num(data["task"].get("accuracy")),
+        )
+
+    # ---- files --------------------------------------------------------------------------------
+    def save(self, target: str | Path) -> Path:
+        """Write JSON (+ an npz of reconstruction samples beside it); returns the JSON path.
+
+        ``target`` is a folder when it is an existing directory or has no suffix (it then gets
+        ``probe_features.json`` and ``probe_features.samples.npz``), else the JSON file itself
+        (``X.json`` gets ``X.samples.npz`` beside it).
+        """
+        target = Path(target)
+        is_dir = target.is_dir() or not target.suffix
+        json_path = target / f"{DEFAULT_NAME}.json" if is_dir else target
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        samples_file = None
+        rec = self.reconstruction
+        if rec is not None and rec.samples is not None:
+            npz = json_path.with_name(json_path.stem + ".samples.npz")
+            rec.samples.save(npz)
+            samples_file = npz.name
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(samples_file=samples_file), indent=2))
+        tmp.replace(json_path)
+        return json_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureLeakageResult":
+        """Read a result written by :meth:`save` (a ``.json`` file or the folder holding ``probe_features.json``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / f"{DEFAULT_NAME}.json"
+        if not path.is_file():
+            raise RunError(f"{path} not found: run `privsplit probe features RUN` first")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path} is not valid JSON ({exc.msg}): re-run `privsplit probe features`") from exc
+        samples = None
+        name = (data.get("reconstruction") or {}).get("samples")
+        if name and (path.parent / name).is_file():
+            samples = ReconstructionSamples.load(path.parent / name)
+        return cls.from_json(data, samples=samples)
+
+    # ---- text ---------------------------------------------------------------------------------
+    def summary(self) -> str:
+        from privsplit.probes.feature_summary import summary_text
+
+        return summary_text(self)

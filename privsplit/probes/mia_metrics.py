@@ -1,0 +1,115 @@
+"""Membership-inference metrics from attack scores: AUC, attacker advantage, TPR at low FPR.
+
+Every figure comes from scikit-learn's ROC tools (:func:`sklearn.metrics.roc_curve`,
+:func:`sklearn.metrics.roc_auc_score`); nothing here hand-rolls a ROC.
+
+Conventions: ``is_member`` is 1 for members (positives) and 0 for non-members; a *higher* score means
+"more likely a member". The attacker advantage is ``max |TPR - FPR|`` over all thresholds (Yeom et al.;
+an attack that is reliably *wrong* is as informative as one that is right, hence the absolute value).
+TPR at a fixed FPR is read off the ROC curve by linear interpolation between its vertices (the ROC of
+randomised thresholds), so it is well defined below the FPR resolution ``1 / n_nonmembers``;
+:attr:`MIAMetrics.min_resolvable_fpr` says how far the data can actually resolve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from privsplit.errors import ConfigError
+
+LOW_FPRS = (0.01, 0.001)
+
+
+@dataclass(frozen=True)
+class MIAMetrics:
+    """One attack's figures on one balanced member/non-member set."""
+
+    auc: float
+    advantage: float
+    tpr_at_1pct_fpr: float
+    tpr_at_01pct_fpr: float
+    n_members: int
+    n_nonmembers: int
+
+    @property
+    def min_resolvable_fpr(self) -> float:
+        return 1.0 / self.n_nonmembers
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        # the JSON key spells the FPR the way the issue names it
+        data["tpr_at_0.1pct_fpr"] = data.pop("tpr_at_01pct_fpr")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MIAMetrics":
+        data = dict(data)
+        data["tpr_at_01pct_fpr"] = data.pop("tpr_at_0.1pct_fpr")
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, eq=False)
+class RocCurve:
+    """The ROC vertices sklearn returns (kept for the plots)."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+
+
+def _check(is_member: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(is_member).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ConfigError(f"membership labels ({y.shape[0]}) and attack scores ({s.shape[0]}) differ in length")
+    if not np.isin(y, (0, 1)).all():
+        raise ConfigError("membership labels must be 0 (non-member) or 1 (member)")
+    if y.sum() == 0 or y.sum() == len(y):
+        raise ConfigError("membership metrics need both members and non-members")
+    if not np.isfinite(s).all():
+        raise ConfigError("attack scores contain NaN or infinity")
+    return y, s
+
+
+def roc(is_member: np.ndarray, scores: np.ndarray) -> RocCurve:
+    from sklearn.metrics import roc_curve
+
+    y, s = _check(is_member, scores)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return RocCurve(fpr=fpr, tpr=tpr)
+
+
+def tpr_at_fpr(curve: RocCurve, fpr: float) -> float:
+    """TPR of the ROC curve at ``fpr``, linearly interpolated between vertices.
+
+    sklearn's curve is non-decreasing in FPR with possibly several vertices at one FPR (a vertical
+    step); the upper end of such a step is what an attacker can achieve, so ties take the maximum TPR.
+    """
+    uniq = np.unique(curve.fpr)
+    best = np.array([curve.tpr[curve.fpr == u].max() for u in uniq])
+    return float(np.interp(fpr, uniq, best))
+
+
+def mia_metrics(is_member: np.ndarray, scores: np.ndarray) -> MIAMetrics:
+    """AUC, advantage and TPR at 1% / 0.1% FPR of ``scores`` (higher = member)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _check(is_member, scores)
+    curve = roc(y, s)
+    return MIAMetrics(
+        auc=float(roc_auc_score(y, s)),
+        advantage=float(np.max(np.abs(curve.tpr - curve.fpr))),
+        tpr_at_1pct_fpr=tpr_at_fpr(curve, 0.01),
+        tpr_at_01pct_fpr=tpr_at_fpr(curve, 0.001),
+        n_members=int(y.sum()),
+        n_nonmembers=int(len(y) - y.sum()),
+    )
+
+
+def label_floor(member_accuracy: float, nonmember_accuracy: float) -> float:
+    """AUC of the label-only attack (score 1 when the prediction is correct) on a balanced set.
+
+    ``0.5 + (acc_members - acc_nonmembers) / 2``: the leakage no label-preserving purifier can remove.
+    """
+    return 0.5 + (member_accuracy - nonmember_accuracy) / 2.0

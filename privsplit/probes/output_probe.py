@@ -1,0 +1,257 @@
+"""The output-leakage probe: membership inference and model inversion on the scores the cloud returns.
+
+Everything is measured twice, side by side: on the raw confidence vectors and on the purified ones.
+With the purifier the attacker is *adaptive*: every score it sees — the target's on the evaluated
+records, the target's on its own images (inversion training) and its shadow models' (attack
+training) — is purified, as for a client of the deployed service that knows the defence.
+
+Data: balanced ``members`` vs ``holdout`` sets (the larger part is subsampled with the seed); the
+attacker's own data is the ``attacker`` part: split in halves into shadow-in/shadow-out for shadow
+classifiers trained with the run's own recipe, and used whole as the inversion decoder's training set.
+Scores are those of the deployed system: encoder, channel noise (seeded: ``noise_seed``), server
+layers, softmax (float; the wire's int8 quantization of the features is not applied here).
+
+Utility figures (accuracy, label agreement, distortion) are on the whole ``holdout`` part (what
+deployment traffic looks like), with ``*_members`` twins on the whole ``members`` part.
+``distortion_pct`` = 100 x mean over records of the L1 distance ``sum_k |p_k - q_k|`` between the
+original and the purified vector (range 0-200; the total-variation distance is half of it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from privsplit.errors import RunError
+from privsplit.probes.inversion import invert
+from privsplit.probes.membership import ScoredRecords, ShadowData, run_attacks
+from privsplit.probes.mia_metrics import label_floor
+from privsplit.probes.output_results import MIAReport, OutputArrays, OutputProbeResult, OutputProbeSpec
+
+MIN_PER_SIDE = 50  # members and non-members each, for a balanced test
+MIN_ATTACKER = 20  # attacker records (shadow-in + shadow-out, inversion training)
+N_EXAMPLES = 8
+
+__all__ = ["OutputProbeSpec", "OutputProbeResult", "ServiceView", "observe", "probe_outputs", "service_scores"]
+
+
+def service_scores(model, images: np.ndarray, *, noise_seed: int, batch_size: int = 512) -> np.ndarray:
+    """Softmax scores of the deployed pipeline (encoder + seeded channel noise + server layers)."""
+    import torch
+
+    model.eval()
+    gen = torch.Generator().manual_seed(noise_seed)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = model.preprocess(images[i : i + batch_size])
+            out.append(torch.softmax(model.head(model.features(x, generator=gen)), dim=1).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def train_shadow(run_config, data, in_idx: np.ndarray, out_idx: np.ndarray, *, seed: int, epochs: int | None):
+    """A shadow classifier: the run's architecture and recipe, trained on ``in_idx`` (selection on ``out_idx``)."""
+    import torch
+
+    from privsplit.data import Part, Split, SplitFractions
+    from privsplit.models import build_split_model
+    from privsplit.train import TrainConfig, train_split_model
+
+    recipe = TrainConfig.from_json(run_config.train) if run_config.train else TrainConfig.unprotected()
+    if epochs is not None:
+        recipe = recipe.with_(epochs=epochs)
+    sub = data.subset(np.r_[in_idx, out_idx])
+    n_in = len(in_idx)
+    empty = np.zeros(0, dtype=np.int64)
+    split = Split(
+        n=len(sub),
+        seed=seed,
+        fractions=SplitFractions(),
+        indices={Part.MEMBERS: np.arange(n_in), Part.REFERENCE: np.arange(n_in, len(sub)), Part.HOLDOUT: empty, Part.ATTACKER: empty},
+    )
+    torch.manual_seed(seed)
+    model = build_split_model(run_config.model)
+    return train_split_model(model, sub, split, recipe, seed=seed, progress=False).model.eval()
+
+
+@dataclass(frozen=True, eq=False)
+class ServiceView:
+    """What the service returns on every record the probe uses, before any purification."""
+
+    members: ScoredRecords  # balanced evaluation set
+    nonmembers: ScoredRecords
+    member_images: np.ndarray
+    nonmember_images: np.ndarray
+    members_all: ScoredRecords  # whole parts, for the utility figures
+    holdout_all: ScoredRecords
+    attacker: ScoredRecords  # the target's scores on the attacker's own images
+    attacker_images: np.ndarray
+    shadow: ShadowData  # shadow classifiers' scores on their own members / non-members
+    noise_seed: int
+
+    def purified(self, purify) -> "ServiceView":
+        def p(r: ScoredRecords) -> ScoredRecords:
+            return ScoredRecords(purify(r.probs), r.labels)
+
+        return replace(
+            self,
+            members=p(self.members),
+            nonmembers=p(self.nonmembers),
+            members_all=p(self.members_all),
+            holdout_all=p(self.holdout_all),
+            attacker=p(self.attacker),
+            shadow=ShadowData(p(self.shadow.members), p(self.shadow.nonmembers)),
+        )
+
+
+def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
+    """Score every part with the run's model and train the attacker's shadow classifiers."""
+    from privsplit.data import Part
+    from privsplit.train.progress import progress_bar
+
+    run.check()
+    config = run.config()
+    split = run.split()
+    members, holdout, attacker = split[Part.MEMBERS], split[Part.HOLDOUT], split[Part.ATTACKER]
+    n = min(len(members), len(holdout))
+    if spec.max_per_side is not None:
+        n = min(n, spec.max_per_side)
+    if n < MIN_PER_SIDE:
+        raise RunError(
+            f"{run.path}'s split holds {len(members)} members and {len(holdout)} holdout records: a balanced "
+            f"membership test needs at least {MIN_PER_SIDE} of each; train with more data (--limit) or larger "
+            "members/holdout fractions (--split)"
+        )
+    if len(attacker) < MIN_ATTACKER:
+        raise RunError(
+            f"{run.path}'s split holds {len(attacker)} attacker records: the shadow models and the inversion "
+            f"decoder need at least {MIN_ATTACKER}; use a larger attacker fraction (--split)"
+        )
+    rng = np.random.default_rng(spec.seed)
+    eval_m = np.sort(rng.choice(members, n, replace=False))
+    eval_n = np.sort(rng.choice(holdout, n, replace=False))
+    data = run.dataset()
+    model = run.load_split_model()
+    labels = data.task_labels
+    noise_seed = spec.resolved_noise_seed
+
+    def scored(idx: np.ndarray, salt: int) -> ScoredRecords:
+        return ScoredRecords(service_scores(model, data.images[idx], noise_seed=noise_seed + salt), labels[idx])
+
+    members_all, holdout_all = scored(members, 0), scored(holdout, 1)
+    pos_m = np.searchsorted(members, eval_m)
+    pos_n = np.searchsorted(holdout, eval_n)
+    shadow_in, shadow_out = [], []
+    for s in progress_bar(range(spec.shadows), desc="shadow models", enabled=spec.progress):
+        order = np.random.default_rng(spec.seed + 1000 + s).permutation(attacker)
+        half = len(order) // 2
+        in_idx, out_idx = order[:half], order[half:]
+        shadow = train_shadow(config, data, in_idx, out_idx, seed=spec.seed + 2000 + s, epochs=spec.shadow_epochs)
+        shadow_in.append(ScoredRecords(service_scores(shadow, data.images[in_idx], noise_seed=noise_seed + 10 + s), labels[in_idx]))
+        shadow_out.append(ScoredRecords(service_scores(shadow, data.images[out_idx], noise_seed=noise_seed + 20 + s), labels[out_idx]))
+    return ServiceView(
+        members=members_all.subset(pos_m),
+        nonmembers=holdout_all.subset(pos_n),
+        member_images=data.images[eval_m],
+        nonmember_images=data.images[eval_n],
+        members_all=members_all,
+        holdout_all=holdout_all,
+        attacker=scored(attacker, 2),
+        attacker_images=data.images[attacker],
+        shadow=ShadowData(ScoredRecords.concat(*shadow_in), ScoredRecords.concat(*shadow_out)),
+        noise_seed=noise_seed,
+    )
+
+
+def _mia(view: ServiceView, spec: OutputProbeSpec) -> tuple[MIAReport, dict[str, np.ndarray]]:
+    outcomes = run_attacks(view.members, view.nonmembers, view.shadow, config=spec.attack, seed=spec.seed)
+    floor = label_floor(float(view.members.correct.mean()), float(view.nonmembers.correct.mean()))
+    report = MIAReport.from_metrics(floor, {a.value: o.metrics for a, o in outcomes.items()})
+    return report, {a.value: o.scores for a, o in outcomes.items()}
+
+
+def _inversion(view: ServiceView, spec: OutputProbeSpec):
+    return invert(
+        view.attacker.probs,
+        view.attacker_images,
+        (view.members.probs, view.member_images),
+        (view.nonmembers.probs, view.nonmember_images),
+        config=spec.inversion,
+        seed=spec.seed,
+        n_examples=N_EXAMPLES,
+        progress=spec.progress,
+    )
+
+
+def _l1_pct(p: np.ndarray, q: np.ndarray) -> float:
+    return float(np.abs(p.astype(np.float64) - q.astype(np.float64)).sum(1).mean() * 100.0)
+
+
+def probe_outputs(run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=None, view: ServiceView | None = None) -> OutputProbeResult:
+    """Membership inference and inversion on ``run``'s returned scores, without and with its purifier.
+
+    ``purifier`` defaults to the run's own (``privsplit train-purifier``); a run without one raises
+    :class:`RunError`. ``view`` reuses an :func:`observe` result (the benchmark compares purifiers).
+    """
+    from privsplit.models.purifier import load_purifier, purify_numpy, purifier_training_facts
+
+    facts: dict = {}
+    if purifier is None:
+        purifier = load_purifier(run)
+        if purifier is None:
+            raise RunError(
+                f"{run.path} has no purifier: train one with `privsplit train-purifier {run.path}` "
+                "(the probe compares the scores without and with it)"
+            )
+        facts = purifier_training_facts(run)
+    view = view if view is not None else observe(run, spec)
+    pure = view.purified(lambda p: purify_numpy(purifier, p))
+
+    mia, mia_scores = _mia(view, spec)
+    mia_p, mia_scores_p = _mia(pure, spec)
+    inv, inv_p = _inversion(view, spec), _inversion(pure, spec)
+
+    def acc(r: ScoredRecords) -> float:
+        return float(r.correct.mean())
+
+    def agree(a: ScoredRecords, b: ScoredRecords) -> float:
+        return float((a.probs.argmax(1) == b.probs.argmax(1)).mean())
+
+    is_member = np.r_[np.ones(len(view.members)), np.zeros(len(view.nonmembers))]
+    arrays = OutputArrays(
+        is_member=is_member,
+        scores={**{f"raw/{k}": v for k, v in mia_scores.items()}, **{f"purified/{k}": v for k, v in mia_scores_p.items()}},
+        top_prob={
+            "raw": np.r_[view.members.probs.max(1), view.nonmembers.probs.max(1)],
+            "purified": np.r_[pure.members.probs.max(1), pure.nonmembers.probs.max(1)],
+        },
+        images=np.concatenate([view.member_images[:N_EXAMPLES], view.nonmember_images[:N_EXAMPLES]]),
+        reconstructions={
+            "raw": np.concatenate([inv.reconstructions_members, inv.reconstructions_nonmembers]),
+            "purified": np.concatenate([inv_p.reconstructions_members, inv_p.reconstructions_nonmembers]),
+        },
+    )
+    return OutputProbeResult(
+        run=str(run.path),
+        spec=spec,
+        n_members=len(view.members),
+        n_nonmembers=len(view.nonmembers),
+        n_shadow_train=len(view.shadow.members) + len(view.shadow.nonmembers),
+        noise_seed=view.noise_seed,
+        accuracy=acc(view.holdout_all),
+        accuracy_members=acc(view.members_all),
+        accuracy_purified=acc(pure.holdout_all),
+        accuracy_members_purified=acc(pure.members_all),
+        label_agreement=agree(view.holdout_all, pure.holdout_all),
+        label_agreement_members=agree(view.members_all, pure.members_all),
+        distortion_pct=_l1_pct(view.holdout_all.probs, pure.holdout_all.probs),
+        distortion_pct_members=_l1_pct(view.members_all.probs, pure.members_all.probs),
+        mia=mia,
+        mia_purified=mia_p,
+        inversion=inv.metrics,
+        inversion_purified=inv_p.metrics,
+        purifier={"config": purifier.config.to_json(), "training": facts},
+        arrays=arrays,
+    )
+

@@ -1,0 +1,260 @@
+"""Typed spec and result of the output-leakage probe: versioned JSON + an npz of arrays, never pickle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privsplit.errors import RunError
+from privsplit.probes.inversion import InversionConfig, InversionMetrics
+from privsplit.probes.membership import AttackConfig
+from privsplit.probes.mia_metrics import MIAMetrics
+
+OUTPUT_PROBE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OutputProbeSpec:
+    """How the probe runs. ``noise_seed`` fixes the channel noise of a protected run (default ``seed + 101``)."""
+
+    seed: int = 0
+    noise_seed: int | None = None
+    shadows: int = 1
+    shadow_epochs: int | None = None  # None: the run's own training recipe
+    max_per_side: int | None = None  # cap the balanced member/non-member sets (None: as many as the split allows)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    progress: bool = True
+
+    @property
+    def resolved_noise_seed(self) -> int:
+        return self.seed + 101 if self.noise_seed is None else self.noise_seed
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "OutputProbeSpec":
+        data = dict(data)
+        data["attack"] = AttackConfig(**data.get("attack", {}))
+        data["inversion"] = InversionConfig(**data.get("inversion", {}))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class MIAReport:
+    """Every attack's metrics on one setting (raw or purified), the best one and the label floor."""
+
+    label_floor: float
+    attacks: dict[str, MIAMetrics]
+    best_attack: str
+
+    @property
+    def best(self) -> MIAMetrics:
+        return self.attacks[self.best_attack]
+
+    @property
+    def excess_auc(self) -> float:
+        return self.best.auc - self.label_floor
+
+    @classmethod
+    def from_metrics(cls, floor: float, attacks: dict[str, MIAMetrics]) -> "MIAReport":
+        best = max(attacks, key=lambda name: (attacks[name].auc, attacks[name].advantage))
+        return cls(label_floor=floor, attacks=dict(attacks), best_attack=best)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label_floor": self.label_floor,
+            "excess_auc": self.excess_auc,
+            "best": {"attack": self.best_attack, **self.best.to_json()},
+            "attacks": {k: v.to_json() for k, v in self.attacks.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "MIAReport":
+        return cls(
+            label_floor=float(data["label_floor"]),
+            attacks={k: MIAMetrics.from_json(v) for k, v in data["attacks"].items()},
+            best_attack=data["best"]["attack"],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class OutputArrays:
+    """What the plots need: membership labels, every attack's scores, top probabilities, inversion examples."""
+
+    is_member: np.ndarray
+    scores: dict[str, np.ndarray]  # "raw/<attack>" and "purified/<attack>"
+    top_prob: dict[str, np.ndarray]  # "raw", "purified"
+    images: np.ndarray  # uint8 (2n, H, W, C): n members then n non-members
+    reconstructions: dict[str, np.ndarray]  # "raw"/"purified": float (2n, C, H, W)
+
+    def save(self, path: Path) -> None:
+        flat = {"is_member": self.is_member, "images": self.images}
+        flat.update({f"scores/{k}": v for k, v in self.scores.items()})
+        flat.update({f"top_prob/{k}": v for k, v in self.top_prob.items()})
+        flat.update({f"reconstructions/{k}": v for k, v in self.reconstructions.items()})
+        np.savez_compressed(path, **flat)
+
+    @classmethod
+    def load(cls, path: Path) -> "OutputArrays":
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+
+        def group(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix) + 1 :]: v for k, v in data.items() if k.startswith(prefix + "/")}
+
+        return cls(data["is_member"], group("scores"), group("top_prob"), data["images"], group("reconstructions"))
+
+
+@dataclass(frozen=True, eq=False)
+class OutputProbeResult:
+    run: str
+    spec: OutputProbeSpec
+    n_members: int
+    n_nonmembers: int
+    n_shadow_train: int
+    noise_seed: int
+    accuracy: float
+    accuracy_members: float
+    accuracy_purified: float
+    accuracy_members_purified: float
+    label_agreement: float
+    label_agreement_members: float
+    distortion_pct: float
+    distortion_pct_members: float
+    mia: MIAReport
+    mia_purified: MIAReport
+    inversion: InversionMetrics
+    inversion_purified: InversionMetrics
+    purifier: dict[str, Any]
+    arrays: OutputArrays | None = None
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * (self.accuracy - self.accuracy_purified)
+
+    @property
+    def inversion_mse_ratio(self) -> float:
+        return self.inversion_purified.mse / max(self.inversion.mse, 1e-12)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": OUTPUT_PROBE_SCHEMA_VERSION,
+            "kind": "output-probe",
+            "run": self.run,
+            "spec": self.spec.to_json(),
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+            "n_shadow_train": self.n_shadow_train,
+            "noise_seed": self.noise_seed,
+            "accuracy": self.accuracy,
+            "accuracy_members": self.accuracy_members,
+            "accuracy_purified": self.accuracy_purified,
+            "accuracy_members_purified": self.accuracy_members_purified,
+            "accuracy_drop_points": self.accuracy_drop_points,
+            "label_agreement": self.label_agreement,
+            "label_agreement_members": self.label_agreement_members,
+            "distortion_pct": self.distortion_pct,
+            "distortion_pct_members": self.distortion_pct_members,
+            "distortion_definition": "100 x mean over holdout records of sum_k |p_k - q_k| (L1; range 0-200; "
+            "total variation = half); distortion_pct_members: the same over members",
+            "mia": self.mia.to_json(),
+            "mia_purified": self.mia_purified.to_json(),
+            "inversion": self.inversion.to_json(),
+            "inversion_purified": self.inversion_purified.to_json(),
+            "inversion_mse_ratio": self.inversion_mse_ratio,
+            "purifier": self.purifier,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], arrays: OutputArrays | None = None) -> "OutputProbeResult":
+        if data.get("schema_version") != OUTPUT_PROBE_SCHEMA_VERSION or data.get("kind") != "output-probe":
+            raise RunError(
+                f"not an output-probe result of schema version {OUTPUT_PROBE_SCHEMA_VERSION} "
+                f"(kind {data.get('kind')!r}, version {data.get('schema_version')!r}): re-run `privsplit probe outputs`"
+            )
+        plain = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("spec", "mia", "mia_purified", "inversion", "inversion_purified", "arrays")}
+        return cls(
+            spec=OutputProbeSpec.from_json(data["spec"]),
+            mia=MIAReport.from_json(data["mia"]),
+            mia_purified=MIAReport.from_json(data["mia_purified"]),
+            inversion=InversionMetrics.from_json(data["inversion"]),
+            inversion_purified=InversionMetrics.from_json(data["inversion_purified"]),
+            arrays=arrays,
+            **plain,
+        )
+
+    def save(self, json_path: str | Path) -> Path:
+        """Write ``json_path`` and, when arrays are held, ``<stem>.npz`` beside it."""
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(self.to_json(), indent=2))
+        if self.arrays is not None:
+            self.arrays.save(json_path.with_suffix(".npz"))
+        return json_path
+
+    @classmethod
+    def load(cls, json_path: str | Path) -> "OutputProbeResult":
+        json_path = Path(json_path)
+        if not json_path.is_file():
+            raise RunError(f"{json_path} not found: write it with `privsplit probe outputs RUN --json {json_path}`")
+        npz = json_path.with_suffix(".npz")
+        arrays = OutputArrays.load(npz) if npz.is_file() else None
+        return cls.from_json(json.loads(json_path.read_text()), arrays)
+
+    def summary(self) -> str:
+        """A side-by-side text table: every figure without and with the purifier."""
+        rows: list[tuple[str, str, str]] = []
+
+        def add(name: str, raw: float, pur: float, fmt: str = "{:.3f}") -> None:
+            rows.append((name, fmt.format(raw), fmt.format(pur)))
+
+        add("holdout accuracy", self.accuracy, self.accuracy_purified, "{:.4f}")
+        add("members accuracy", self.accuracy_members, self.accuracy_members_purified, "{:.4f}")
+        rows.append(("label agreement (holdout)", "-", f"{self.label_agreement:.4f}"))
+        rows.append(("distortion % L1 (holdout / members)", "-", f"{self.distortion_pct:.2f} / {self.distortion_pct_members:.2f}"))
+        rows.append(("MIA label floor (AUC)", f"{self.mia.label_floor:.3f}", f"{self.mia_purified.label_floor:.3f}"))
+        for name in self.mia.attacks:
+            a, b = self.mia.attacks[name], self.mia_purified.attacks.get(name)
+            rows.append((
+                f"  {name}: AUC / adv / TPR@1% / TPR@0.1%",
+                _fmt_mia(a),
+                _fmt_mia(b) if b is not None else "-",
+            ))
+        rows.append(("best attack", self.mia.best_attack, self.mia_purified.best_attack))
+        add("best AUC", self.mia.best.auc, self.mia_purified.best.auc)
+        add("best AUC - label floor", self.mia.excess_auc, self.mia_purified.excess_auc, "{:+.3f}")
+        add("best advantage", self.mia.best.advantage, self.mia_purified.best.advantage)
+        add("inversion MSE (members / non-members)", self.inversion.mse, self.inversion_purified.mse, "{:.4f}")
+        rows[-1] = (
+            rows[-1][0],
+            f"{self.inversion.mse:.4f} ({self.inversion.mse_members:.4f}/{self.inversion.mse_nonmembers:.4f})",
+            f"{self.inversion_purified.mse:.4f} ({self.inversion_purified.mse_members:.4f}/{self.inversion_purified.mse_nonmembers:.4f})",
+        )
+        add("inversion SSIM", self.inversion.ssim, self.inversion_purified.ssim)
+        rows.append((
+            "inversion baselines: mean image / class-mean MSE",
+            f"{self.inversion.mean_image_mse:.4f} / {self.inversion.class_mean_mse:.4f}",
+            f"{self.inversion_purified.mean_image_mse:.4f} / {self.inversion_purified.class_mean_mse:.4f}",
+        ))
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows + [("", "without purifier", "")])
+        head = f"{'':{w0}}  {'without purifier':>{w1}}  with purifier (adaptive attacker)"
+        lines = [
+            f"output leakage of {self.run}: {self.n_members} members vs {self.n_nonmembers} non-members, "
+            f"attack models trained on {self.n_shadow_train} shadow records",
+            head,
+            "-" * len(head),
+        ]
+        lines += [f"{a:{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+        lines.append(f"inversion MSE ratio purified/raw: {self.inversion_mse_ratio:.2f}x")
+        return "\n".join(lines)
+
+
+def _fmt_mia(m: MIAMetrics) -> str:
+    return f"{m.auc:.3f} / {m.advantage:.3f} / {m.tpr_at_1pct_fpr:.3f} / {m.tpr_at_01pct_fpr:.3f}"

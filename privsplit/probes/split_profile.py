@@ -1,0 +1,335 @@
+"""Where to split (Neurosurgeon-style, with a privacy column): per candidate split of the run's
+architecture, the device latency of the encoder prefix, the server latency of the rest, the bytes on
+the wire, and a cheap leakage indicator; then the split to use for an uplink bandwidth and budget.
+
+For split ``k`` the prefix is the architecture's encoder at ``k`` blocks (blocks + the 1x1 bottleneck
+to ``feature_channels``, what a device would run after training at ``k``); its latency does not depend
+on weights, so fresh modules are timed (``runtime``: onnxruntime on an exported prefix, closest to a
+device, or torch eager). Bytes are the serialised int8 request of the features at ``k``.
+
+The leakage indicator is the distance correlation (Szekely et al. 2007, as in NoPeek) between the
+input images and the *trained* network's activations at cut ``k`` on holdout images (the run's own
+encoder up to its split, then its server blocks), and, when the run has a private attribute, the
+balanced accuracy of a logistic-regression probe on channel-pooled activations beside its chance.
+It indicates how much of the input a cut carries; it is not the full attribute / reconstruction probe
+(``privsplit probe``), and a model re-trained adversarially at ``k`` would leak less.
+
+Suggestion: minimise ``device + uplink + server`` (Neurosurgeon) when no budget is given; with
+``budget_ms``, the split with the lowest leakage indicator among those within the budget (ties:
+faster); when none fits, the fastest, flagged ``within_budget: false``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from privsplit.errors import ConfigError
+
+PROFILE_SCHEMA_VERSION = 1
+_PROJECT_DIM = 1024  # activations are randomly projected to this many dims for distances (JL lemma)
+_CHUNK = 32
+
+
+class SplitRuntime(str, Enum):
+    ONNXRUNTIME = "onnxruntime"
+    TORCH = "torch"
+
+
+@dataclass(frozen=True)
+class SplitProfileSpec:
+    bandwidth_mbps: float = 10.0
+    budget_ms: float | None = None
+    rtt_ms: float = 0.0  # network round trip added to every split
+    runtime: SplitRuntime = SplitRuntime.ONNXRUNTIME
+    threads: int = 1
+    runs: int = 30
+    samples: int = 256  # holdout images for the leakage indicator
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth_mbps > 0:
+            raise ConfigError(f"--bandwidth-mbps must be > 0, got {self.bandwidth_mbps}")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise ConfigError(f"--budget-ms must be > 0, got {self.budget_ms}")
+        if self.threads < 1 or self.runs < 1 or self.samples < 8 or self.rtt_ms < 0:
+            raise ConfigError("need threads >= 1, runs >= 1, samples >= 8 and rtt >= 0")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "runtime": self.runtime.value}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SplitProfileSpec":
+        return cls(**{**data, "runtime": SplitRuntime(data["runtime"])})
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    split: int
+    trained: bool  # the run's own split
+    feature_shape: tuple[int, int, int]
+    request_bytes: int
+    device_ms: float  # p50 of the encoder prefix
+    server_ms: float  # p50 of the server layers after it (this machine)
+    uplink_ms: float
+    total_ms: float
+    distance_correlation: float
+    private_balanced_accuracy: float | None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "feature_shape": list(self.feature_shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SplitRow":
+        return cls(**{**data, "feature_shape": tuple(data["feature_shape"])})
+
+
+@dataclass(frozen=True)
+class SplitProfile:
+    run: str
+    arch: str
+    image_size: int
+    spec: SplitProfileSpec
+    rows: tuple[SplitRow, ...]
+    suggested: int
+    within_budget: bool
+    reason: str
+    private_chance: float | None
+
+    def row(self, split: int) -> SplitRow:
+        return next(r for r in self.rows if r.split == split)
+
+    def to_json(self) -> dict:
+        return {"schema_version": PROFILE_SCHEMA_VERSION, "run": self.run, "arch": self.arch, "image_size": self.image_size,
+                "spec": self.spec.to_json(), "rows": [r.to_json() for r in self.rows], "suggested": self.suggested,
+                "within_budget": self.within_budget, "reason": self.reason, "private_chance": self.private_chance}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SplitProfile":
+        if data.get("schema_version") != PROFILE_SCHEMA_VERSION:
+            raise ConfigError(f"split profile schema_version {data.get('schema_version')!r}; this privsplit reads {PROFILE_SCHEMA_VERSION}")
+        return cls(run=data["run"], arch=data["arch"], image_size=data["image_size"], spec=SplitProfileSpec.from_json(data["spec"]),
+                   rows=tuple(SplitRow.from_json(r) for r in data["rows"]), suggested=data["suggested"],
+                   within_budget=data["within_budget"], reason=data["reason"], private_chance=data["private_chance"])  # fmt: skip
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def summary(self) -> str:
+        s = self.spec
+        priv = self.private_chance is not None
+        head = f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} {'dCor':>6}" + (" private" if priv else "")
+        lines = [f"split profile of {self.run} ({self.arch}, {self.image_size} px) on {s.runtime.value}, {s.threads} thread(s); "
+                 f"uplink {s.bandwidth_mbps:g} Mbit/s, rtt {s.rtt_ms:g} ms" + (f", budget {s.budget_ms:g} ms" if s.budget_ms else ""), head]  # fmt: skip
+        for r in self.rows:
+            mark = ("*" if r.split == self.suggested else " ") + ("t" if r.trained else " ")
+            shape = "x".join(map(str, r.feature_shape))
+            line = f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} {r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.distance_correlation:>6.3f}"
+            lines.append(line + (f" {r.private_balanced_accuracy:>7.3f}" if priv else ""))
+        lines.append("(ms; * suggested, t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")"))
+        lines.append(f"suggested split {self.suggested}: {self.reason}")
+        return "\n".join(lines)
+
+
+# ---- latency ------------------------------------------------------------------------------------------
+def _timed(fn, runs: int) -> float:
+    for _ in range(min(5, runs)):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def _latency_ms(module, shape: tuple[int, ...], spec: SplitProfileSpec, workdir: Path) -> float:
+    import torch
+
+    module = module.eval()
+    x = torch.zeros((1, *shape))
+    if spec.runtime is SplitRuntime.TORCH:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(spec.threads)
+        try:
+            with torch.no_grad():
+                return _timed(lambda: module(x), spec.runs)
+        finally:
+            torch.set_num_threads(previous)
+    from privsplit.errors import require
+
+    ort = require("onnxruntime", package="onnxruntime", extra="export")
+    path = workdir / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = spec.threads, 1, 3
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return _timed(lambda: session.run(None, feed), spec.runs)
+
+
+def _request_bytes(shape: tuple[int, int, int]) -> int:
+    from privsplit.proto.wire import features_request
+
+    request = features_request(np.zeros((1, *shape), np.int8), encoder_hash="0" * 64, scale=0.05, zero_point=0, request_id="0")
+    return len(request.to_proto().SerializeToString())
+
+
+# ---- leakage ------------------------------------------------------------------------------------------
+def distance_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Sample distance correlation of paired rows of ``x`` (n, p) and ``y`` (n, q), in [0, 1]."""
+    from sklearn.metrics import pairwise_distances
+
+    def centred(z):
+        d = pairwise_distances(np.asarray(z, np.float64))
+        return d - d.mean(0, keepdims=True) - d.mean(1, keepdims=True) + d.mean()
+
+    a, b = centred(x), centred(y)
+    dcov, vx, vy = (a * b).mean(), (a * a).mean(), (b * b).mean()
+    return float(np.sqrt(max(dcov, 0.0) / np.sqrt(vx * vy))) if vx > 0 and vy > 0 else 0.0
+
+
+def _cut_modules(model) -> list:
+    """The trained network as a sequence of cut points: ``modules[k - 1]`` maps images to the
+    activation at split ``k`` (the run's own split yields its features, bottleneck included)."""
+    from torch import nn
+
+    enc, body = model.encoder, model.head.body
+    split = len(enc.blocks)
+    cuts = [nn.Sequential(*enc.blocks[:k]) for k in range(1, split)]
+    cuts.append(enc)
+    for j in range(1, len(body)):
+        cuts.append(nn.Sequential(enc, *body[: j + 1]))
+    return cuts
+
+
+def _activations(module, images: np.ndarray, preprocess, projector) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images), _CHUNK):
+            z = module(preprocess(images[s : s + _CHUNK])).flatten(1).numpy()
+            out.append(projector(z))
+    return np.concatenate(out)
+
+
+def _projector(dim: int, seed: int):
+    if dim <= _PROJECT_DIM:
+        return lambda z: z.astype(np.float64)
+    from sklearn.random_projection import SparseRandomProjection
+
+    proj = SparseRandomProjection(n_components=_PROJECT_DIM, random_state=seed).fit(np.zeros((1, dim), np.float32))
+    return lambda z: proj.transform(z).astype(np.float64)
+
+
+def _private_probe(acts_pooled: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, xte, ytr, yte = train_test_split(acts_pooled, labels, test_size=0.5, random_state=seed, stratify=labels)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(xtr, ytr)
+    return float(balanced_accuracy_score(yte, clf.predict(xte)))
+
+
+# ---- the profile -----------------------------------------------------------------------------------------
+def _candidates(cfg) -> list[int]:
+    from privsplit.models.config import Arch
+
+    if cfg.arch is Arch.MOBILENET_V2:
+        from privsplit.models.mobilenet import NUM_BLOCKS
+
+        top = NUM_BLOCKS - 1
+    else:
+        top = cfg.split + cfg.head_blocks
+    out = []
+    for k in range(1, top + 1):
+        try:
+            replace(cfg, split=k)
+        except ConfigError:
+            break
+        out.append(k)
+    return out
+
+
+def suggest(rows: list[SplitRow], spec: SplitProfileSpec) -> tuple[int, bool, str]:
+    fastest = min(rows, key=lambda r: (r.total_ms, r.split))
+    if spec.budget_ms is None:
+        return fastest.split, True, f"lowest end-to-end latency ({fastest.total_ms:.2f} ms; no budget given)"
+    fits = [r for r in rows if r.total_ms <= spec.budget_ms]
+    if not fits:
+        return fastest.split, False, f"no split fits {spec.budget_ms:g} ms; the fastest takes {fastest.total_ms:.2f} ms"
+    best = min(fits, key=lambda r: (round(r.distance_correlation, 3), r.total_ms))
+    return best.split, True, (f"lowest leakage indicator (dCor {best.distance_correlation:.3f}) of the {len(fits)} split(s) within "
+                              f"{spec.budget_ms:g} ms ({best.total_ms:.2f} ms)")  # fmt: skip
+
+
+def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress: bool = False) -> SplitProfile:
+    """Profile every candidate split of ``run`` (a run folder or path); see the module doc."""
+    import torch
+
+    from privsplit.data import Part
+    from privsplit.models import feature_shape
+    from privsplit.models.split import Encoder, ServerLayers
+    from privsplit.run import RunFolder
+
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    model = run.load_split_model().eval()
+    cfg = model.config
+    data, split = run.dataset(), run.split()
+    rng = np.random.default_rng(spec.seed)
+    holdout = split[Part.HOLDOUT]
+    idx = np.sort(rng.choice(holdout, size=min(spec.samples, len(holdout)), replace=False))
+    images = data.images[idx]
+    torch.manual_seed(spec.seed)
+    x_dim = int(np.prod(images.shape[1:]))
+    x_proj = _projector(x_dim, spec.seed)(images.reshape(len(images), -1).astype(np.float32))
+    private = data.private_labels[idx] if data.private is not None else None
+    chance = None if private is None else 1.0 / len(data.classes[data.private])
+    cuts = _cut_modules(model)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="split-profile-") as tmp:
+        for k in _candidates(cfg):
+            cfg_k = replace(cfg, split=k)
+            shape = feature_shape(cfg_k)
+            device_ms = _latency_ms(Encoder(cfg_k), (cfg.in_channels, cfg.image_size, cfg.image_size), spec, Path(tmp))
+            server_ms = _latency_ms(ServerLayers(cfg_k), shape, spec, Path(tmp))
+            nbytes = _request_bytes(shape)
+            uplink_ms = nbytes * 8 / (spec.bandwidth_mbps * 1e6) * 1e3
+            cut = cuts[k - 1]
+            with torch.no_grad():
+                probe_shape = cut(model.preprocess(images[:1])).shape
+            acts = _activations(cut, images, model.preprocess, _projector(int(np.prod(probe_shape[1:])), spec.seed + k))
+            dcor = distance_correlation(x_proj, acts)
+            priv = None
+            if private is not None:
+                with torch.no_grad():
+                    pooled = []
+                    for s in range(0, len(images), _CHUNK):
+                        a = cut(model.preprocess(images[s : s + _CHUNK]))
+                        pooled.append(torch.cat([a.mean((2, 3)), a.std((2, 3))], 1).numpy())
+                priv = _private_probe(np.concatenate(pooled), private, spec.seed)
+            rows.append(SplitRow(
+                split=k, trained=k == cfg.split, feature_shape=tuple(shape), request_bytes=nbytes, device_ms=round(device_ms, 4),
+                server_ms=round(server_ms, 4), uplink_ms=round(uplink_ms, 4), total_ms=round(device_ms + uplink_ms + server_ms + spec.rtt_ms, 4),
+                distance_correlation=round(dcor, 4), private_balanced_accuracy=None if priv is None else round(priv, 4),
+            ))  # fmt: skip
+            if progress:
+                import sys
+
+                print(f"split-profile: split {k}: device {device_ms:.2f} ms, {nbytes} B, dCor {dcor:.3f}", file=sys.stderr, flush=True)
+    chosen, ok, reason = suggest(rows, spec)
+    return SplitProfile(run=run.path.name, arch=cfg.arch.value, image_size=cfg.image_size, spec=spec, rows=tuple(rows),
+                        suggested=chosen, within_budget=ok, reason=reason, private_chance=chance)  # fmt: skip
