@@ -30,7 +30,7 @@ LOG_FLOOR = -30.0
 class InversionConfig:
     top_k: int = 3
     hidden: int = 256
-    epochs: int = 300
+    epochs: int = 100
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4

@@ -144,7 +144,7 @@ def mlleaks_features(records: ScoredRecords, k: int) -> np.ndarray:
 class _Standardise:
     def __init__(self, x: np.ndarray) -> None:
         self.mean = x.mean(0)
-        self.std = x.std(0) + 1e-6
+        self.std = np.maximum(x.std(0), 1e-3)  # a constant column (e.g. collapsed scores) must not blow up
 
     def __call__(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor((x - self.mean) / self.std, dtype=torch.float32)

@@ -1,0 +1,181 @@
+"""Purifier benchmark (issue 7): output leakage without and with the purifier, adaptive attacker.
+
+Targets (unprotected, trained with ``privsplit train``'s recipe, seed 0):
+
+* ``fashion-mnist``: the first 1,250 images (``--limit 1250``: 500 members), 80 epochs;
+* ``digits``: all 1,797 images, 80 epochs.
+
+For each target the service's scores and the attacker's shadow model are computed once; then every
+purifier is trained on ``reference`` only and probed: the default (``ae``, calibrated privacy-first),
+``adversarial``, and a sweep of fixed clamps that traces the leakage/distortion frontier. Printed: a
+table and the JSON; written: ``benchmarks/results/purifier_benchmark.json`` (+ per-probe JSON/npz).
+Runs are cached under ``benchmarks/results/runs/`` (git-ignored); ``--retrain`` rebuilds them.
+
+Goals (issue 7, default purifier): best attack AUC <= label floor + 0.02, accuracy drop <= 0.3
+points, label agreement >= 99.7 %, distortion <= 5.5 % (L1 on holdout, see the probe's docstring),
+inversion MSE >= 2x the unpurified one.
+
+    python benchmarks/purifier_benchmark.py [--targets fashion-mnist,digits] [--sweep 0.5,1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TARGETS = {
+    "fashion-mnist": dict(spec="fashion-mnist", limit=1250, epochs=80),
+    "digits": dict(spec="digits", limit=None, epochs=80),
+}
+GOALS = dict(excess_auc=0.02, accuracy_drop_points=0.3, label_agreement=0.997, distortion_pct=5.5, inversion_ratio=2.0)
+
+
+def ensure_run(name: str, runs_dir: Path, retrain: bool):
+    from privsplit.run import RunFolder
+    from privsplit.train import TrainConfig, train_run
+
+    t = TARGETS[name]
+    out = runs_dir / name
+    if retrain or not RunFolder(out).has("metrics.json"):
+        train_run(t["spec"], out, limit=t["limit"], seed=0, config=TrainConfig.unprotected(epochs=t["epochs"]), progress=True)
+    return RunFolder(out)
+
+
+def row(result, *, label: str, seconds: float) -> dict:
+    mia, pur = result.mia, result.mia_purified
+    return {
+        "purifier": label,
+        "log_clamp": result.purifier["config"]["log_clamp"],
+        "label_floor": mia.label_floor,
+        "best_auc": mia.best.auc,
+        "best_attack": mia.best_attack,
+        "best_auc_purified": pur.best.auc,
+        "best_attack_purified": pur.best_attack,
+        "excess_auc": mia.excess_auc,
+        "excess_auc_purified": pur.excess_auc,
+        "advantage": mia.best.advantage,
+        "advantage_purified": pur.best.advantage,
+        "tpr_at_0.1pct_fpr": mia.best.tpr_at_01pct_fpr,
+        "tpr_at_0.1pct_fpr_purified": pur.best.tpr_at_01pct_fpr,
+        "attacks": {
+            k: {
+                "auc": v.auc,
+                "auc_purified": pur.attacks[k].auc,
+                "advantage": v.advantage,
+                "advantage_purified": pur.attacks[k].advantage,
+                "tpr_at_0.1pct_fpr": v.tpr_at_01pct_fpr,
+                "tpr_at_0.1pct_fpr_purified": pur.attacks[k].tpr_at_01pct_fpr,
+            }
+            for k, v in mia.attacks.items()
+        },
+        "accuracy": result.accuracy,
+        "accuracy_members": result.accuracy_members,
+        "accuracy_drop_points": result.accuracy_drop_points,
+        "label_agreement": result.label_agreement,
+        "distortion_pct": result.distortion_pct,
+        "distortion_pct_members": result.distortion_pct_members,
+        "inversion_mse": result.inversion.mse,
+        "inversion_mse_purified": result.inversion_purified.mse,
+        "inversion_mse_ratio": result.inversion_mse_ratio,
+        "inversion_class_mean_mse": result.inversion.class_mean_mse,
+        "inversion_ssim": result.inversion.ssim,
+        "inversion_ssim_purified": result.inversion_purified.ssim,
+        "n_members": result.n_members,
+        "seconds": round(seconds, 1),
+        "goals": {
+            "excess_auc": pur.excess_auc <= GOALS["excess_auc"],
+            "accuracy_drop": result.accuracy_drop_points <= GOALS["accuracy_drop_points"],
+            "label_agreement": result.label_agreement >= GOALS["label_agreement"],
+            "distortion": result.distortion_pct <= GOALS["distortion_pct"],
+            "inversion_ratio": result.inversion_mse_ratio >= GOALS["inversion_ratio"],
+        },
+    }
+
+
+def bench_target(name: str, args) -> dict:
+    from privsplit.models.purifier import load_purifier, purifier_training_facts
+    from privsplit.probes.output_probe import OutputProbeSpec, observe, probe_outputs
+    from privsplit.train.purifier import PurifierMode, PurifierTrainConfig, train_purifier
+
+    run = ensure_run(name, args.runs, args.retrain)
+    spec = OutputProbeSpec(seed=0, progress=False)
+    t0 = time.perf_counter()
+    view = observe(run, spec)
+    print(f"[{name}] scores + shadow model: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    configs = [("ae (default)", PurifierTrainConfig(mode=PurifierMode.AE)), ("adversarial", PurifierTrainConfig(mode=PurifierMode.ADVERSARIAL))]
+    configs += [(f"ae clamp {c:g}", PurifierTrainConfig(mode=PurifierMode.AE, log_clamp=c)) for c in args.sweep]
+    rows = []
+    out_dir = RESULTS / "purifier_probes" / name
+    for label, config in configs:
+        t = time.perf_counter()
+        train_purifier(run, config, progress=False)
+        purifier = load_purifier(run)
+        result = probe_outputs(run, spec, purifier=purifier, view=view)
+        result = replace(result, purifier={"config": purifier.config.to_json(), "training": purifier_training_facts(run)})
+        result.save(out_dir / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}.json")
+        rows.append(row(result, label=label, seconds=time.perf_counter() - t))
+        r = rows[-1]
+        print(f"[{name}] {label}: best AUC {r['best_auc']:.3f} -> {r['best_auc_purified']:.3f} (floor {r['label_floor']:.3f}), "
+              f"distortion {r['distortion_pct']:.2f}%, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+    # leave the default purifier in the run folder
+    train_purifier(run, configs[0][1], progress=False)
+    return {"target": name, **TARGETS[name], "run": str(run.path.relative_to(REPO)) if run.path.is_relative_to(REPO) else str(run.path), "rows": rows}
+
+
+def table(report: dict) -> str:
+    head = (f"{'target':14} {'purifier':16} {'clamp':>6} {'floor':>6} {'AUC raw':>8} {'AUC pur':>8} {'excess':>7} "
+            f"{'TPR.1%':>7} {'acc drop':>8} {'agree':>7} {'dist%':>6} {'dist%m':>6} {'inv x':>6}  goals")
+    lines = [head, "-" * len(head)]
+    for t in report["targets"]:
+        for r in t["rows"]:
+            goals = "".join("Y" if ok else "n" for ok in r["goals"].values())
+            lines.append(
+                f"{t['target']:14} {r['purifier']:16} {r['log_clamp']:6.3f} {r['label_floor']:6.3f} {r['best_auc']:8.3f} "
+                f"{r['best_auc_purified']:8.3f} {r['excess_auc_purified']:+7.3f} {r['tpr_at_0.1pct_fpr_purified']:7.3f} "
+                f"{r['accuracy_drop_points']:8.2f} {r['label_agreement']:7.4f} {r['distortion_pct']:6.2f} "
+                f"{r['distortion_pct_members']:6.2f} {r['inversion_mse_ratio']:6.2f}  {goals}"
+            )
+        lines.append("")
+        first = t["rows"][0]
+        lines.append(f"{t['target']}: every attack's AUC raw -> purified ({first['purifier']}):")
+        lines.append("  " + ", ".join(f"{k} {v['auc']:.3f}->{v['auc_purified']:.3f}" for k, v in first["attacks"].items()))
+        lines.append("")
+    lines.append("goals: excess<=0.02, acc drop<=0.3 pt, agreement>=0.997, distortion<=5.5% (holdout L1), inversion MSE>=2x")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", default="fashion-mnist,digits", help="comma-separated: fashion-mnist, digits")
+    parser.add_argument("--sweep", default="0.5,1,2,4", help="fixed clamps for the frontier (comma-separated; '' for none)")
+    parser.add_argument("--runs", type=Path, default=RESULTS / "runs", help="where the target runs are cached")
+    parser.add_argument("--retrain", action="store_true", help="retrain the targets even if cached")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    args.sweep = [float(v) for v in args.sweep.split(",") if v.strip()]
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    report = {"schema_version": 1, "goals": GOALS, "targets": []}
+    for name in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        if name not in TARGETS:
+            parser.error(f"unknown target {name!r}; choose from {sorted(TARGETS)}")
+        report["targets"].append(bench_target(name, args))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "purifier_benchmark.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Membership-inference metric maths on hand-made scores with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privsplit.errors import ConfigError
+from privsplit.probes.mia_metrics import label_floor, mia_metrics, roc, tpr_at_fpr
+
+
+def _labels(n_members: int, n_nonmembers: int) -> np.ndarray:
+    return np.r_[np.ones(n_members), np.zeros(n_nonmembers)]
+
+
+def test_perfect_separation():
+    m = mia_metrics(_labels(4, 4), [5, 6, 7, 8, 1, 2, 3, 4])
+    assert m.auc == 1.0 and m.advantage == 1.0
+    assert m.tpr_at_1pct_fpr == 1.0 and m.tpr_at_01pct_fpr == 1.0
+    assert (m.n_members, m.n_nonmembers) == (4, 4)
+
+
+def test_reliably_wrong_attack_has_full_advantage():
+    m = mia_metrics(_labels(3, 3), [1, 2, 3, 4, 5, 6])
+    assert m.auc == 0.0
+    assert m.advantage == 1.0  # max |TPR - FPR|: an inverted attack is as informative
+    assert m.tpr_at_1pct_fpr == 0.0
+
+
+def test_interleaved_scores_known_auc_and_advantage():
+    # members 1,2,3,4 vs non-members 0.5,1.5,2.5,3.5: 10 of 16 pairs ordered -> AUC 0.625
+    m = mia_metrics(_labels(4, 4), [1, 2, 3, 4, 0.5, 1.5, 2.5, 3.5])
+    assert m.auc == pytest.approx(0.625)
+    assert m.advantage == pytest.approx(0.25)
+
+
+def test_constant_scores_are_chance():
+    m = mia_metrics(_labels(50, 50), np.zeros(100))
+    assert m.auc == 0.5 and m.advantage == 0.0
+    # the ROC is the diagonal: TPR equals the FPR asked for
+    assert m.tpr_at_1pct_fpr == pytest.approx(0.01)
+    assert m.tpr_at_01pct_fpr == pytest.approx(0.001)
+
+
+def test_tpr_at_low_fpr_reads_the_vertical_step():
+    # 10 of 100 members score above every non-member; the rest below all of them
+    scores = np.r_[np.full(10, 1000.0), np.full(90, -1.0), np.arange(100.0)]
+    m = mia_metrics(_labels(100, 100), scores)
+    assert m.tpr_at_01pct_fpr == pytest.approx(0.1)
+    assert m.tpr_at_1pct_fpr == pytest.approx(0.1)
+    assert m.min_resolvable_fpr == pytest.approx(0.01)
+    curve = roc(_labels(100, 100), scores)
+    assert tpr_at_fpr(curve, 0.0) == pytest.approx(0.1)  # top of the step at FPR 0
+    assert tpr_at_fpr(curve, 1.0) == pytest.approx(1.0)
+
+
+def test_json_round_trip_uses_the_issue_key():
+    m = mia_metrics(_labels(4, 4), [1, 2, 3, 4, 0.5, 1.5, 2.5, 3.5])
+    data = m.to_json()
+    assert "tpr_at_0.1pct_fpr" in data and "tpr_at_1pct_fpr" in data
+    assert type(m).from_json(data) == m
+
+
+def test_label_floor_is_the_label_only_attack_auc():
+    rng = np.random.default_rng(0)
+    correct_m = rng.random(400) < 0.97
+    correct_n = rng.random(400) < 0.8
+    m = mia_metrics(_labels(400, 400), np.r_[correct_m, correct_n].astype(float))
+    assert m.auc == pytest.approx(label_floor(correct_m.mean(), correct_n.mean()))
+
+
+@pytest.mark.parametrize(
+    "labels, scores",
+    [([1, 0], [0.1]), ([1, 1], [0.1, 0.2]), ([1, 2], [0.1, 0.2]), ([1, 0], [0.1, np.nan])],
+)
+def test_bad_inputs_raise_config_errors(labels, scores):
+    with pytest.raises(ConfigError):
+        mia_metrics(labels, scores)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    members=st.lists(st.integers(-20, 20), min_size=1, max_size=30),
+    nonmembers=st.lists(st.integers(-20, 20), min_size=1, max_size=30),
+)
+def test_auc_is_the_pairwise_probability(members, nonmembers):
+    m, n = np.array(members, float), np.array(nonmembers, float)
+    pairs = (m[:, None] > n[None, :]).mean() + 0.5 * (m[:, None] == n[None, :]).mean()
+    result = mia_metrics(_labels(len(m), len(n)), np.r_[m, n])
+    assert result.auc == pytest.approx(pairs)
+    # the advantage bounds |TPR - FPR| at every threshold, and AUC is invariant to monotone maps
+    for t in np.unique(np.r_[m, n]):
+        assert result.advantage >= abs((m >= t).mean() - (n >= t).mean()) - 1e-12
+    assert mia_metrics(_labels(len(m), len(n)), np.exp(np.r_[m, n] / 10)).auc == pytest.approx(result.auc)
+    assert 0.0 <= result.tpr_at_01pct_fpr <= result.tpr_at_1pct_fpr <= 1.0

@@ -1,0 +1,94 @@
+"""The output-leakage probe: attacks on real trained targets, typed results, CLI, error messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from privsplit.cli.main import main
+from privsplit.errors import RunError
+from privsplit.probes.membership import Attack, ScoredRecords, ShadowData, run_attacks
+from privsplit.run import RunFolder
+
+
+def _constant(n: int, k: int, seed: int) -> ScoredRecords:
+    probs = np.tile(np.linspace(1.0, 2.0, k) / np.linspace(1.0, 2.0, k).sum(), (n, 1)).astype(np.float32)
+    return ScoredRecords(probs, np.random.default_rng(seed).integers(0, k, n))
+
+
+def test_constant_scores_give_chance():
+    """A target that returns the same vector for everyone leaks nothing: every attack sits near 0.5."""
+    outcomes = run_attacks(_constant(300, 10, 0), _constant(300, 10, 1), ShadowData(_constant(100, 10, 2), _constant(100, 10, 3)), seed=0)
+    assert set(outcomes) == set(Attack)
+    for attack, outcome in outcomes.items():
+        assert abs(outcome.metrics.auc - 0.5) < 0.06, (attack, outcome.metrics.auc)
+        assert outcome.metrics.n_members == outcome.metrics.n_nonmembers == 300
+
+
+def test_run_without_purifier_names_train_purifier(digits_run, capsys):
+    code = main(["probe", "outputs", str(digits_run)])
+    assert code == RunError.exit_code
+    assert "privsplit train-purifier" in capsys.readouterr().err
+
+
+def test_too_few_members_for_a_balanced_test(tmp_path):
+    from privsplit.models.purifier import Purifier, PurifierConfig
+    from privsplit.probes.output_probe import probe_outputs
+    from privsplit.train import TrainConfig, train_run
+
+    run = train_run("digits", tmp_path / "tiny", limit=100, image_size=8, config=TrainConfig.unprotected(epochs=1), progress=False)
+    with pytest.raises(RunError, match="balanced membership test needs at least 50"):
+        probe_outputs(run, purifier=Purifier(PurifierConfig(10)))
+
+
+@pytest.fixture(scope="module")
+def overfit_run(tmp_path_factory) -> RunFolder:
+    """Digits at their native 8 px, 180 members, 40 epochs: members 100% vs holdout ~93%."""
+    from privsplit.train import TrainConfig, train_run
+
+    out = tmp_path_factory.mktemp("outputs") / "overfit"
+    return train_run("digits", out, limit=450, image_size=8, seed=0, config=TrainConfig.unprotected(epochs=40), progress=False)
+
+
+@pytest.mark.slow
+def test_cli_purifier_and_probe_on_an_overfit_target(overfit_run, tmp_path, capsys):
+    from privsplit.probes.output_probe import OutputProbeResult
+
+    run = RunFolder(tmp_path / "run")
+    shutil.copytree(overfit_run.path, run.path)
+    assert main(["train-purifier", str(run.path), "--epochs", "50", "--quiet"]) == 0
+    assert run.has("purifier.json") and run.has("purifier.safetensors")
+    report, plots = tmp_path / "out.json", tmp_path / "plots"
+    assert main(["probe", "outputs", str(run.path), "--json", str(report), "--plots", str(plots), "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "without purifier" in out and "label floor" in out
+
+    data = json.loads(report.read_text())
+    assert data["schema_version"] == 1
+    for key in ("accuracy", "accuracy_members", "accuracy_purified", "label_agreement", "distortion_pct"):
+        assert isinstance(data[key], float), key
+    for side in ("mia", "mia_purified"):
+        assert {"auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"} <= set(data[side]["best"])
+        assert set(data[side]["attacks"]) == {a.value for a in Attack}
+    for side in ("inversion", "inversion_purified"):
+        assert {"mse", "ssim", "mse_members", "mse_nonmembers"} <= set(data[side])
+
+    # the overfit target leaks well above chance and above its label floor
+    assert data["accuracy_members"] == 1.0 and data["accuracy"] < 0.98
+    assert data["mia"]["best"]["auc"] > 0.6
+    assert data["mia"]["best"]["auc"] > data["mia"]["label_floor"] + 0.05
+    assert data["mia"]["attacks"]["label_only"]["auc"] == pytest.approx(data["mia"]["label_floor"])
+    # the purifier keeps every label and removes most of the excess leakage (adaptive attacker)
+    assert data["label_agreement"] == 1.0 and data["accuracy_purified"] == data["accuracy"]
+    assert data["mia_purified"]["excess_auc"] < 0.5 * data["mia"]["excess_auc"]
+    assert 0 < data["distortion_pct"] < 200
+
+    result = OutputProbeResult.load(report)
+    assert result.arrays is not None and len(result.arrays.is_member) == result.n_members + result.n_nonmembers
+    assert result.to_json() == data
+    assert json.loads(run.file("probe_outputs.json").read_text())["mia"] == data["mia"]
+    for name in ("outputs_roc.png", "outputs_score_histograms.png", "outputs_inversion_grid.png"):
+        assert (plots / name).stat().st_size > 5_000
