@@ -1,1 +1,41 @@
-"""privsplit.cloud: the gRPC backend hosting the server layers and the purifier."""
+"""privsplit.cloud: the gRPC backend hosting the server layers and the purifier (no torch).
+
+* :func:`create_server` / :func:`serve` (:mod:`~privsplit.cloud.server`): Open Inference Protocol over
+  gRPC (health, reflection, TLS / mTLS, bearer token, metrics, graceful drain);
+* :class:`ModelHost` (:mod:`~privsplit.cloud.model_host`): a verified cloud bundle on onnxruntime;
+* :class:`DynamicBatcher` (:mod:`~privsplit.cloud.batcher`); pure handlers in
+  :mod:`~privsplit.cloud.handlers`; the thin servicer in :mod:`~privsplit.cloud.servicer`;
+* :func:`run_load` (:mod:`~privsplit.cloud.loadgen`): the load probe behind ``privsplit bench cloud``.
+
+Importing this package is cheap; the names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ServeConfig": "privsplit.cloud.config",
+    "BatchConfig": "privsplit.cloud.config",
+    "TlsConfig": "privsplit.cloud.config",
+    "read_token": "privsplit.cloud.config",
+    "ModelHost": "privsplit.cloud.model_host",
+    "ModelSpec": "privsplit.cloud.model_host",
+    "DynamicBatcher": "privsplit.cloud.batcher",
+    "Metrics": "privsplit.cloud.metrics",
+    "CloudServer": "privsplit.cloud.server",
+    "create_server": "privsplit.cloud.server",
+    "serve": "privsplit.cloud.server",
+    "LoadSpec": "privsplit.cloud.loadgen",
+    "LoadPoint": "privsplit.cloud.loadgen",
+    "LoadResult": "privsplit.cloud.loadgen",
+    "run_load": "privsplit.cloud.loadgen",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'privsplit.cloud' has no attribute {name!r}")

@@ -1,1 +1,40 @@
-"""privsplit.proto: Open Inference Protocol sources, generated code and serde."""
+"""privsplit.proto: the Open Inference Protocol (gRPC) — sources, generated code and serde.
+
+* ``inference/open_inference_grpc.proto`` and its generated ``_pb2`` / ``_pb2_grpc`` / ``.pyi``
+  (``python -m privsplit.proto.codegen`` regenerates them; never edit them by hand);
+* :mod:`~privsplit.proto.messages`: dataclasses of the messages with ``to_proto()`` / ``from_proto()``;
+* :mod:`~privsplit.proto.wire`: privsplit's tensor and parameter names, :func:`features_request`,
+  :class:`Prediction`;
+* :mod:`~privsplit.proto.status`: :class:`Code` and :class:`ProtocolError`.
+
+A leaf: numpy, protobuf and (for the stubs) grpcio; no torch. The names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "Code": "privsplit.proto.status",
+    "ProtocolError": "privsplit.proto.status",
+    "Datatype": "privsplit.proto.datatypes",
+    "Tensor": "privsplit.proto.messages",
+    "InferRequest": "privsplit.proto.messages",
+    "InferResponse": "privsplit.proto.messages",
+    "RequestedOutput": "privsplit.proto.messages",
+    "StreamInferResponse": "privsplit.proto.messages",
+    "ModelRef": "privsplit.proto.messages",
+    "ModelMetadata": "privsplit.proto.messages",
+    "TensorMetadata": "privsplit.proto.messages",
+    "ServerMetadata": "privsplit.proto.messages",
+    "features_request": "privsplit.proto.wire",
+    "Prediction": "privsplit.proto.wire",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'privsplit.proto' has no attribute {name!r}")

@@ -1,0 +1,266 @@
+"""Dynamic batching: a bounded FIFO queue fed by the RPC threads, drained by one model thread.
+
+Requests (each ``[n, C, h, w]`` float32) queue in arrival order. The model thread takes the oldest
+requests while their rows fit in ``max_batch`` (a request larger than that runs alone). With
+``max_delay_ms > 0`` it waits up to that long for a fuller batch, but only while more requests are
+already arriving (announced with :meth:`DynamicBatcher.expect` by RPC threads still decoding them):
+a lone request never waits, and under load batches fill instead of trickling. A request that finds
+the model idle, the queue empty and nothing else arriving runs at once in its own RPC thread (no
+thread hand-off: the unloaded round trip stays short). While the model
+computes (onnxruntime releases the GIL) the RPC threads keep queueing. Each request gets its own rows
+back, in order. A full queue refuses at once (RESOURCE_EXHAUSTED); a request that waited longer than
+``queue_timeout_ms`` (UNAVAILABLE) or past its deadline (DEADLINE_EXCEEDED) is dropped unrun;
+abandoned requests (client gone) are skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from privsplit.cloud.config import BatchConfig
+from privsplit.proto.status import Code, ProtocolError
+
+
+@dataclass(frozen=True, eq=False)
+class BatchResult:
+    probs: np.ndarray
+    labels: np.ndarray
+    compute_us: int
+    queue_us: int
+    batch_size: int
+
+
+class Ticket:
+    """One queued request: :meth:`result` blocks until its rows are computed (or it is refused)."""
+
+    __slots__ = ("features", "rows", "enqueued", "expires", "deadline", "_done", "_result", "_error", "abandoned")
+
+    def __init__(self, features: np.ndarray, enqueued: float, expires: float, deadline: float | None) -> None:
+        self.features = features
+        self.rows = int(features.shape[0])
+        self.enqueued = enqueued
+        self.expires = expires
+        self.deadline = deadline
+        self._done = threading.Event()
+        self._result: BatchResult | None = None
+        self._error: ProtocolError | None = None
+        self.abandoned = False  # set by the caller when its client went away: skipped if still queued
+
+    def _finish(self, result: BatchResult | None = None, error: ProtocolError | None = None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def abandon(self) -> None:
+        """The caller no longer wants the result (its client went away)."""
+        if not self._done.is_set():
+            self.abandoned = True
+
+    def result(self, timeout: float | None = None) -> BatchResult:
+        if not self._done.wait(timeout):
+            self.abandoned = True
+            raise ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed before the model ran the request")
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+class DynamicBatcher:
+    """``run(features) -> object with .probs, .labels, .compute_us``, executed in batches on one thread.
+
+    ``on_batch(rows, compute_us)`` and ``on_depth(depth)`` report to metrics. :meth:`start` the model
+    thread, :meth:`submit` from any thread, :meth:`close` to drain.
+    """
+
+    def __init__(self, run: Callable, config: BatchConfig, *, on_batch: Callable | None = None, on_depth: Callable | None = None) -> None:
+        self._run = run
+        self.config = config
+        self._on_batch = on_batch or (lambda rows, compute_us: None)
+        self._on_depth = on_depth or (lambda depth: None)
+        self._queue: deque[Ticket] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._closed = False
+        self._stopping = False
+        self._incoming = 0  # requests announced by expect() and not yet submitted
+        self._filling = False  # the model thread waits for announced requests
+        self._max_delay = config.max_delay_ms / 1e3
+        self._queue_timeout = config.queue_timeout_ms / 1e3
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> "DynamicBatcher":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="privsplit-model", daemon=True)
+            self._thread.start()
+        return self
+
+    def expect(self) -> None:
+        """Announce a request that is being received (call :meth:`submit` with ``expected=True`` or
+        :meth:`unexpect` next): the model thread may wait for it to join the batch."""
+        with self._cond:
+            self._incoming += 1
+
+    def unexpect(self) -> None:
+        """An announced request will not be submitted (it was refused while decoding)."""
+        with self._cond:
+            self._incoming = max(self._incoming - 1, 0)
+            if self._filling:
+                self._cond.notify()
+
+    def submit(self, features: np.ndarray, *, timeout_s: float | None = None, expected: bool = False) -> Ticket:
+        """Queue one request (``timeout_s``: its RPC deadline); wait with ``ticket.result(timeout)``.
+        ``expected``: it was announced with :meth:`expect`."""
+        if self._closed:
+            if expected:
+                self.unexpect()
+            raise ProtocolError(Code.UNAVAILABLE, "the server is draining and takes no new requests; retry another replica")
+        now = time.monotonic()
+        deadline = None if timeout_s is None else now + timeout_s
+        expires = now + self._queue_timeout if deadline is None else min(now + self._queue_timeout, deadline)
+        ticket = Ticket(features, now, expires, deadline)
+        with self._cond:
+            if expected:
+                self._incoming = max(self._incoming - 1, 0)
+            if len(self._queue) >= self.config.max_queue:
+                if self._filling:
+                    self._cond.notify()
+                raise ProtocolError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"the request queue is full ({self.config.max_queue} requests waiting); retry with backoff",
+                )
+            inline = not self._queue and not self._busy and self._incoming == 0 and not self._stopping
+            if inline:  # the model is idle and nothing else is coming: run it here, saving two thread hand-offs
+                self._busy = True
+            else:
+                self._queue.append(ticket)
+                if len(self._queue) == 1 or self._filling:
+                    self._cond.notify()
+        if inline:
+            try:
+                self._execute([ticket])
+            finally:
+                with self._cond:
+                    self._busy = False
+                    if self._queue:
+                        self._cond.notify()
+        return ticket
+
+    def infer(self, features: np.ndarray, *, timeout_s: float | None = None) -> BatchResult:
+        """Submit and wait (up to the deadline)."""
+        return self.submit(features, timeout_s=timeout_s).result(timeout_s)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, finish every queued one, then stop the model thread."""
+        self._closed = True
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- model thread -------------------------------------------------------------------------------
+    def _expired(self, ticket: Ticket, now: float) -> ProtocolError | None:
+        if now <= ticket.expires:
+            return None
+        if ticket.deadline is not None and now > ticket.deadline:
+            return ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed while the request was queued")
+        return ProtocolError(
+            Code.UNAVAILABLE,
+            f"the request waited more than {self.config.queue_timeout_ms:g} ms in the queue (server overloaded); retry with backoff",
+        )
+
+    def _fill(self, items: list[Ticket], rows: int) -> int:
+        """Under the lock: move queued requests into ``items`` while they fit; return the row count."""
+        now = time.monotonic()
+        queue, limit = self._queue, self.config.max_batch
+        while queue:
+            ticket = queue[0]
+            if ticket.abandoned:
+                queue.popleft()
+                continue
+            error = self._expired(ticket, now)
+            if error is not None:
+                queue.popleft()
+                ticket._finish(error=error)
+                continue
+            if items and rows + ticket.rows > limit:
+                break
+            queue.popleft()
+            items.append(ticket)
+            rows += ticket.rows
+            if rows >= limit:
+                break
+        return rows
+
+    def _take(self) -> list[Ticket]:
+        """Block until there is work; return the next batch (empty: stop)."""
+        items: list[Ticket] = []
+        with self._cond:
+            while True:
+                while (not self._queue or self._busy) and not self._stopping:
+                    self._cond.wait()  # nothing queued, or a request is running inline in its RPC thread
+                while self._busy:  # stopping: let the inline run finish first
+                    self._cond.wait(0.01)
+                if not self._queue:
+                    return items  # stopping and drained
+                self._busy = True
+                rows = self._fill(items, 0)
+                if items:
+                    break
+                self._busy = False
+            if self._max_delay > 0:
+                fill_by = time.monotonic() + self._max_delay
+                self._filling = True
+                try:
+                    while rows < self.config.max_batch and self._incoming > 0 and not self._stopping:
+                        if self._queue and rows + self._queue[0].rows > self.config.max_batch:
+                            break
+                        remaining = fill_by - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                        rows = self._fill(items, rows)
+                finally:
+                    self._filling = False
+        return items
+
+    def _work(self) -> None:
+        while True:
+            items = self._take()
+            if not items:
+                return
+            try:
+                self._execute(items)
+            finally:
+                with self._cond:
+                    self._busy = False
+            self._on_depth(len(self._queue))
+
+    def _execute(self, items: list[Ticket]) -> None:
+        dispatched = time.monotonic()
+        rows = sum(t.rows for t in items)
+        try:
+            feats = items[0].features if len(items) == 1 else np.concatenate([t.features for t in items], axis=0)
+            out = self._run(feats)
+        except Exception as exc:  # the model failed on this batch: fail its requests, keep serving
+            error = ProtocolError(Code.INTERNAL, f"the model failed on a batch of {rows} rows: {type(exc).__name__}: {exc}")
+            for ticket in items:
+                ticket._finish(error=error)
+            return
+        self._on_batch(rows, out.compute_us)
+        offset = 0
+        for ticket in items:
+            ticket._finish(BatchResult(
+                probs=out.probs[offset:offset + ticket.rows], labels=out.labels[offset:offset + ticket.rows],
+                compute_us=out.compute_us, queue_us=int((dispatched - ticket.enqueued) * 1e6), batch_size=rows,
+            ))  # fmt: skip
+            offset += ticket.rows

@@ -1,0 +1,118 @@
+"""What a cloud server is started with: frozen, validated, keyword-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from privsplit.errors import ConfigError
+from privsplit.proto.wire import DEFAULT_MODEL_NAME
+
+DEFAULT_PORT = 8001  # Triton's gRPC port
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Dynamic batching. ``max_batch`` rows per model run (1 = batching off). When the model is free it
+    runs what is queued, waiting up to ``max_delay_ms`` for a fuller batch only while more requests are
+    already being received (a lone request never waits; 0 = never wait). At most ``max_queue``
+    requests wait (more: RESOURCE_EXHAUSTED) and none longer than ``queue_timeout_ms`` (else:
+    UNAVAILABLE). One request carries at most ``max_request_batch`` rows."""
+
+    max_batch: int = 64
+    max_delay_ms: float = 1.0
+    max_queue: int = 1024
+    queue_timeout_ms: float = 5000.0
+    max_request_batch: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_request_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_delay_ms", "queue_timeout_ms"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.queue_timeout_ms == 0:
+            raise ConfigError("queue_timeout_ms must be > 0 (it bounds how long a request may wait)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch > 1
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate chain and key (PEM); with ``client_ca``, clients must present a certificate
+    signed by it (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        out = []
+        for what, path in (("--tls-cert", self.cert), ("--tls-key", self.key), ("--client-ca", self.client_ca)):
+            if path is None:
+                out.append(None)
+                continue
+            try:
+                out.append(Path(path).read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
+        return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``privsplit serve`` takes. ``token``: the bearer token clients must send (None: no auth)."""
+
+    bundle: Path
+    model_name: str = DEFAULT_MODEL_NAME
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    tls: TlsConfig | None = None
+    token: str | None = None
+    trust_key: Path | None = None
+    metrics_port: int | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+    threads: int = 1  # onnxruntime intra-op threads
+    workers: int = 128  # gRPC worker threads: concurrent RPCs being handled (each open stream holds one)
+    grace_s: float = 30.0  # drain: how long in-flight requests may take after SIGTERM
+
+    def __post_init__(self) -> None:
+        if not self.model_name or "/" in self.model_name:
+            raise ConfigError(f"--model-name must be a non-empty name without '/', got {self.model_name!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in [0, 65535], got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be in [0, 65535], got {self.metrics_port}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"max message size must be >= 1024 bytes, got {self.max_message_bytes}")
+        if self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.workers < 2:
+            raise ConfigError(f"--workers must be >= 2, got {self.workers}")
+        if self.grace_s < 0:
+            raise ConfigError(f"the drain grace must be >= 0 s, got {self.grace_s}")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("the bearer token is empty: put the token in the --token-file")
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (surrounding whitespace stripped)."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--token-file {path}: not text; put the token on one line") from None
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"--token-file {path}: must hold one token without spaces")
+    return token

@@ -1,0 +1,275 @@
+"""The load probe (like Triton's perf_analyzer): a closed-loop concurrency sweep against a running server.
+
+For each concurrency ``c``, ``c`` workers each keep one request in flight (unary ``ModelInfer``, or one
+``ModelStreamInfer`` stream per worker with ``stream=True``) for ``duration_s`` after a warm-up, and
+the probe reports throughput, latency percentiles (p50/p90/p99) and the server's own compute and
+queue time (reply parameters ``compute_us`` / ``queue_us``) beside them. The request is serialised
+once and re-sent (as perf_analyzer does), so client-side protobuf cost stays out of the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from privsplit.errors import ConfigError
+
+LOAD_SCHEMA_VERSION = 1
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """How to reach a protected server (never written to results)."""
+
+    token: str | None = None
+    ca: bytes | None = None  # PEM roots; set -> TLS
+    cert: bytes | None = None  # PEM client chain (mutual TLS)
+    key: bytes | None = None
+    server_name: str | None = None  # TLS name override
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    target: str
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    duration_s: float = 10.0
+    warmup_s: float = 1.0
+    stream: bool = False
+    timeout_s: float = 30.0
+    parse_replies: bool = True  # False: count replies without reading them (for a bare echo baseline)
+
+    def __post_init__(self) -> None:
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ConfigError(f"--concurrency needs values >= 1, got {list(self.concurrency)}")
+        if not self.duration_s > 0 or self.warmup_s < 0:
+            raise ConfigError(f"--duration must be > 0 and warm-up >= 0, got {self.duration_s} / {self.warmup_s}")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "concurrency": list(self.concurrency)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LoadSpec":
+        return cls(**{**data, "concurrency": tuple(data["concurrency"])})
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One concurrency level: throughput, client latency percentiles and the server's own times."""
+
+    concurrency: int
+    stream: bool
+    requests: int
+    errors: int
+    duration_s: float
+    throughput: float  # successful requests per second
+    rows_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    server_compute_us_p50: float
+    server_queue_us_p50: float
+    batch_size_mean: float
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    spec: LoadSpec
+    points: tuple[LoadPoint, ...]
+    request_bytes: int
+    rows_per_request: int
+    label: str = ""
+    schema_version: int = LOAD_SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        return {"schema_version": self.schema_version, "label": self.label, "spec": self.spec.to_json(),
+                "request_bytes": self.request_bytes, "rows_per_request": self.rows_per_request,
+                "points": [asdict(p) for p in self.points]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LoadResult":
+        if data.get("schema_version") != LOAD_SCHEMA_VERSION:
+            raise ConfigError(f"load result schema_version {data.get('schema_version')!r}; this privsplit reads {LOAD_SCHEMA_VERSION}")
+        return cls(spec=LoadSpec.from_json(data["spec"]), points=tuple(LoadPoint(**p) for p in data["points"]),
+                   request_bytes=int(data["request_bytes"]), rows_per_request=int(data["rows_per_request"]),
+                   label=data.get("label", ""))  # fmt: skip
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    def summary(self) -> str:
+        head = f"{self.label + ': ' if self.label else ''}{self.spec.target} {'stream' if self.spec.stream else 'unary'}, " \
+               f"{self.request_bytes} B requests of {self.rows_per_request} row(s), {self.spec.duration_s:g} s per level"
+        rows = [f"{'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv compute us':>15} "
+                f"{'srv queue us':>13} {'batch':>6} {'errors':>7}"]  # fmt: skip
+        for p in self.points:
+            rows.append(f"{p.concurrency:>5} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
+                        f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} {p.batch_size_mean:>6.1f} {p.errors:>7}")  # fmt: skip
+        return "\n".join([head, *rows])
+
+
+def _channel(target: str, creds: ClientCredentials, max_message_bytes: int):
+    import grpc
+
+    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+    if creds.server_name:
+        options.append(("grpc.ssl_target_name_override", creds.server_name))
+    if creds.tls:
+        ssl = grpc.ssl_channel_credentials(root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.cert)
+        return grpc.aio.secure_channel(target, ssl, options=options)
+    return grpc.aio.insecure_channel(target, options=options)
+
+
+_UNPARSED = (True, "", 0, 0, 0)
+
+
+def _reply_stats(raw: bytes, stream: bool, parse: bool = True) -> tuple[bool, str, int, int, int]:
+    """(ok, error, compute_us, queue_us, batch_size) of one serialised reply."""
+    from privsplit.proto.inference import open_inference_grpc_pb2 as pb
+
+    if not parse:
+        return _UNPARSED
+    if stream:
+        msg = pb.ModelStreamInferResponse.FromString(raw)
+        if msg.error_message:
+            return False, msg.error_message.split(":", 1)[0], 0, 0, 0
+        params = msg.infer_response.parameters
+    else:
+        params = pb.ModelInferResponse.FromString(raw).parameters
+
+    def get(key):
+        p = params.get(key)
+        return int(p.int64_param) if p is not None else 0
+
+    return True, "", get("compute_us"), get("queue_us"), get("batch_size")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.latency: list[float] = []
+        self.compute: list[int] = []
+        self.queue: list[int] = []
+        self.batch: list[int] = []
+        self.errors: dict[str, int] = {}
+        self.recording = False
+
+    def ok(self, seconds: float, stats) -> None:
+        if self.recording:
+            self.latency.append(seconds)
+            self.compute.append(stats[2])
+            self.queue.append(stats[3])
+            self.batch.append(stats[4])
+
+    def error(self, code: str) -> None:
+        if self.recording:
+            self.errors[code] = self.errors.get(code, 0) + 1
+
+
+async def _unary_worker(call, payload: bytes, rec: _Recorder, stop: list, timeout: float, metadata, parse: bool) -> None:
+    import grpc
+
+    while not stop[0]:
+        started = time.perf_counter()
+        try:
+            raw = await call(payload, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            rec.error(exc.code().name)
+            await asyncio.sleep(0.001)
+            continue
+        stats = _reply_stats(raw, False, parse)
+        rec.ok(time.perf_counter() - started, stats) if stats[0] else rec.error(stats[1])
+
+
+async def _stream_worker(call, payload: bytes, rec: _Recorder, stop: list, timeout: float, metadata, parse: bool) -> None:
+    import grpc
+
+    try:
+        stream = call(metadata=metadata)
+        while not stop[0]:
+            started = time.perf_counter()
+            await stream.write(payload)
+            raw = await asyncio.wait_for(stream.read(), timeout)
+            if raw is grpc.aio.EOF:
+                rec.error("EOF")
+                return
+            stats = _reply_stats(raw, True, parse)
+            rec.ok(time.perf_counter() - started, stats) if stats[0] else rec.error(stats[1])
+        await stream.done_writing()
+        async for _ in stream:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        rec.error(exc.code().name)
+    except asyncio.TimeoutError:
+        rec.error("DEADLINE_EXCEEDED")
+
+
+def _pct(values, q) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+async def _level(spec: LoadSpec, creds: ClientCredentials, payload: bytes, concurrency: int, rows: int) -> LoadPoint:
+    n_channels = max(1, min(4, concurrency // 16 + 1))
+    channels = [_channel(spec.target, creds, max(4 << 20, 2 * len(payload))) for _ in range(n_channels)]
+    ident = lambda b: b  # noqa: E731 (pre-serialised bytes in and out)
+    calls = [
+        (ch.stream_stream(STREAM_METHOD, request_serializer=ident, response_deserializer=ident) if spec.stream
+         else ch.unary_unary(INFER_METHOD, request_serializer=ident, response_deserializer=ident))
+        for ch in channels
+    ]  # fmt: skip
+    metadata = (("authorization", f"Bearer {creds.token}"),) if creds.token else None
+    rec, stop = _Recorder(), [False]
+    worker = _stream_worker if spec.stream else _unary_worker
+    try:
+        tasks = [asyncio.ensure_future(worker(calls[i % n_channels], payload, rec, stop, spec.timeout_s, metadata, spec.parse_replies)) for i in range(concurrency)]
+        await asyncio.sleep(spec.warmup_s)
+        rec.recording = True
+        started = time.perf_counter()
+        await asyncio.sleep(spec.duration_s)
+        rec.recording = False
+        elapsed = time.perf_counter() - started
+        stop[0] = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for ch in channels:
+            await ch.close()
+    lat_ms = np.asarray(rec.latency) * 1e3
+    n = len(lat_ms)
+    return LoadPoint(
+        concurrency=concurrency, stream=spec.stream, requests=n, errors=sum(rec.errors.values()), duration_s=round(elapsed, 3),
+        throughput=n / elapsed, rows_per_s=n * rows / elapsed, p50_ms=_pct(lat_ms, 50), p90_ms=_pct(lat_ms, 90),
+        p99_ms=_pct(lat_ms, 99), mean_ms=float(lat_ms.mean()) if n else float("nan"),
+        server_compute_us_p50=_pct(rec.compute, 50), server_queue_us_p50=_pct(rec.queue, 50),
+        batch_size_mean=float(np.mean(rec.batch)) if n else float("nan"), error_codes=dict(rec.errors),
+    )  # fmt: skip
+
+
+def run_load(spec: LoadSpec, request, *, credentials: ClientCredentials | None = None, label: str = "", progress=None) -> LoadResult:
+    """Sweep ``spec.concurrency`` with ``request`` (an :class:`~privsplit.proto.messages.InferRequest`).
+
+    ``progress(point)`` is called after each level (e.g. to print it).
+    """
+    creds = credentials or ClientCredentials()
+    payload = request.to_proto().SerializeToString()
+    rows = int(request.inputs[0].data.shape[0])
+    points = []
+    for c in spec.concurrency:
+        point = asyncio.run(_level(spec, creds, payload, c, rows))
+        points.append(point)
+        if progress is not None:
+            progress(point)
+    return LoadResult(spec=spec, points=tuple(points), request_bytes=len(payload), rows_per_request=rows, label=label)

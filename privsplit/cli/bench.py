@@ -1,0 +1,163 @@
+"""``privsplit bench``: load probes. ``bench cloud`` sweeps concurrency against a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from privsplit.cli._common import add_json_out, non_negative_float, positive_int
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1, e.g. 1,8,32")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="load probes (bench cloud: concurrency sweep against a server)",
+                       description="Load probes. `privsplit bench cloud` measures a running server.")  # fmt: skip
+    bench_sub = p.add_subparsers(dest="bench_command", metavar="TARGET")
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    c = bench_sub.add_parser(
+        "cloud",
+        help="concurrency sweep against a running `privsplit serve` (throughput, p50/p90/p99)",
+        description="Like Triton's perf_analyzer: for each concurrency C, C closed-loop clients send ModelInfer "
+        "(or keep one ModelStreamInfer stream each with --stream) for --duration seconds after a warm-up; "
+        "reports throughput, latency percentiles and the server's own compute/queue time. Requests carry "
+        "random int8 features of the model's shape, quantized as the bundle says, with an accepted encoder "
+        "hash: from --bundle, or --encoder-hash (the shape is then read from ModelMetadata).",
+    )
+    c.add_argument("--target", required=True, metavar="HOST:PORT", help="server address")
+    c.add_argument("--concurrency", type=_int_list, default=(1, 8, 32), metavar="N,N,...", help="concurrency levels (default 1,8,32)")
+    c.add_argument("--duration", type=non_negative_float, default=10.0, metavar="S", help="seconds measured per level (default %(default)s)")
+    c.add_argument("--warmup", type=non_negative_float, default=1.0, metavar="S", help="seconds of unmeasured warm-up per level (default %(default)s)")
+    c.add_argument("--stream", action="store_true", help="use ModelStreamInfer (one stream per client) instead of unary ModelInfer")
+    c.add_argument("--bundle", type=Path, metavar="DIR", help="the cloud (or edge) bundle the server runs: feature shape, quantization, encoder hash")
+    c.add_argument("--encoder-hash", metavar="HEX", help="an encoder hash the server accepts (instead of --bundle)")
+    c.add_argument("--model-name", default="privsplit", metavar="NAME", help="model name (default %(default)s)")
+    c.add_argument("--rows", type=positive_int, default=1, metavar="N", help="rows (images) per request (default %(default)s)")
+    c.add_argument("--label-only", action="store_true", help="ask for the label only")
+    c.add_argument("--token-file", type=Path, metavar="F", help="bearer token file")
+    c.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) to verify the server: turns TLS on")
+    c.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (PEM) for mutual TLS")
+    c.add_argument("--tls-key", type=Path, metavar="F", help="client key (PEM) for mutual TLS")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
+    add_json_out(c)
+    c.set_defaults(handler=run_cloud)
+    # Other areas add `privsplit bench <target>` from privsplit/cli/bench_<target>.py (``register(bench_sub)``).
+    import importlib
+    import pkgutil
+
+    import privsplit.cli
+
+    for info in sorted(pkgutil.iter_modules(privsplit.cli.__path__), key=lambda m: m.name):
+        if info.name.startswith("bench_"):
+            importlib.import_module(f"privsplit.cli.{info.name}").register(bench_sub)
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    from privsplit.errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
+
+
+def _request_spec(args, creds):
+    """(feature shape, scale, zero point, encoder hash) from --bundle or from the server's metadata."""
+    from privsplit.errors import ConfigError
+
+    if args.bundle is not None:
+        from privsplit.bundle import BundleKind, load_bundle
+
+        bundle = load_bundle(args.bundle)
+        f = bundle.features
+        if args.encoder_hash:
+            encoder_hash = args.encoder_hash
+        elif bundle.kind is BundleKind.CLOUD:
+            encoder_hash = sorted(bundle.manifest["accepted_encoder_hashes"])[0]
+        else:
+            encoder_hash = bundle.manifest["encoders"][bundle.manifest["default_encoder"]]["sha256"]
+        return tuple(f.shape), f.scale, f.zero_point, encoder_hash
+    if not args.encoder_hash:
+        raise ConfigError("pass --bundle (the bundle the server runs) or --encoder-hash (an encoder hash it accepts)")
+    shape = _metadata_shape(args, creds)
+    return shape, 0.05, 0, args.encoder_hash
+
+
+def _metadata_shape(args, creds) -> tuple[int, int, int]:
+    import grpc
+
+    from privsplit.cloud.loadgen import _channel
+    from privsplit.errors import ConfigError
+    from privsplit.proto.inference import open_inference_grpc_pb2 as pb
+    from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
+    from privsplit.proto.messages import ModelMetadata
+
+    async def fetch():
+        channel = _channel(args.target, creds, 4 << 20)
+        try:
+            metadata = (("authorization", f"Bearer {creds.token}"),) if creds.token else None
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return await stub.ModelMetadata(pb.ModelMetadataRequest(name=args.model_name), timeout=10, metadata=metadata)
+        finally:
+            await channel.close()
+
+    import asyncio
+
+    try:
+        meta = ModelMetadata.from_proto(asyncio.run(fetch()))
+    except grpc.aio.AioRpcError as exc:
+        raise ConfigError(f"ModelMetadata from {args.target} failed: {exc.code().name}: {exc.details()}") from None
+    shape = meta.inputs[0].shape
+    if len(shape) != 4:
+        raise ConfigError(f"{args.target}: model {args.model_name!r} input has shape {list(shape)}, expected [-1, C, h, w]")
+    return tuple(int(d) for d in shape[1:])
+
+
+def run_cloud(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from privsplit.cloud.config import read_token
+    from privsplit.cloud.loadgen import ClientCredentials, LoadSpec, run_load
+    from privsplit.errors import ConfigError
+    from privsplit.proto.wire import features_request
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    creds = ClientCredentials(
+        token=None if args.token_file is None else read_token(args.token_file), ca=_read(args.tls_ca, "--tls-ca"),
+        cert=_read(args.tls_cert, "--tls-cert"), key=_read(args.tls_key, "--tls-key"),
+    )  # fmt: skip
+    if args.tls_cert is not None and creds.ca is None:
+        raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
+    shape, scale, zero_point, encoder_hash = _request_spec(args, creds)
+    rng = np.random.default_rng(args.seed)
+    features = rng.integers(-128, 128, size=(args.rows, *shape), dtype=np.int16).astype(np.int8)
+    request = features_request(features, encoder_hash=encoder_hash, scale=scale, zero_point=zero_point,
+                               model_name=args.model_name, label_only=args.label_only)  # fmt: skip
+    spec = LoadSpec(target=args.target, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup, stream=args.stream)
+
+    def show(point):
+        print(f"concurrency {point.concurrency}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
+              f"p99 {point.p99_ms:.3f} ms, errors {point.errors}", file=sys.stderr, flush=True)  # fmt: skip
+
+    result = run_load(spec, request, credentials=creds, label="bench cloud", progress=show)
+    print(result.summary())
+    if args.json is not None:
+        result.save(args.json)
+    failed = sum(p.errors for p in result.points)
+    if all(p.requests == 0 for p in result.points):
+        codes = {k: v for p in result.points for k, v in p.error_codes.items()}
+        raise ConfigError(f"no request to {args.target} succeeded (errors: {json.dumps(codes)})")
+    return 0 if failed == 0 else 1

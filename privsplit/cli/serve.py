@@ -1,0 +1,76 @@
+"""``privsplit serve``: the cloud backend (Open Inference Protocol over gRPC) for a cloud bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from privsplit.cli._common import non_negative_float, positive_int
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 65535] (0 picks a free port)")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a cloud bundle over gRPC (Open Inference Protocol; Triton/KServe clients work)",
+        description="Host the server layers and purifier of a cloud bundle (OUT/cloud from `privsplit export`) "
+        "with onnxruntime behind the Open Inference Protocol v2 gRPC API (ServerLive/Ready, ModelReady, "
+        "ServerMetadata, ModelMetadata, ModelInfer, ModelStreamInfer), grpc.health.v1 and reflection, with "
+        "dynamic batching. Logs the bound address; on SIGTERM/SIGINT it stops taking requests, finishes the "
+        "ones in flight and exits 0.",
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="cloud bundle folder (OUT/cloud)")
+    p.add_argument("--model-name", default="privsplit", metavar="NAME", help="model name clients ask for (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", metavar="H", help="address to listen on (default %(default)s; 0.0.0.0 or :: for all)")
+    p.add_argument("--port", type=_port, default=8001, metavar="P", help="gRPC port (default %(default)s; 0 picks a free one)")
+    p.add_argument("--max-batch", type=positive_int, default=64, metavar="N", help="max rows per model run; 1 turns batching off (default %(default)s)")
+    p.add_argument("--max-delay-ms", type=non_negative_float, default=1.0, metavar="F",
+                   help="wait up to F ms for a fuller batch while more requests are arriving; a lone request never waits (default %(default)s; 0 = never)")
+    p.add_argument("--max-queue", type=positive_int, default=1024, metavar="N", help="requests that may wait; more are refused with RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--queue-timeout-ms", type=non_negative_float, default=5000.0, metavar="F", help="refuse (UNAVAILABLE) requests queued longer than this (default %(default)s)")
+    p.add_argument("--max-request-batch", type=positive_int, default=256, metavar="N", help="max rows in one request (default %(default)s)")
+    p.add_argument("--max-message-mb", type=non_negative_float, default=16.0, metavar="MB", help="max gRPC message size (default %(default)s MiB)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="onnxruntime intra-op threads (default %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=128, metavar="N", help="gRPC worker threads = RPCs handled at once; each open stream holds one (default %(default)s)")
+    p.add_argument("--tls-cert", type=Path, metavar="F", help="server certificate chain (PEM); with --tls-key turns TLS on")
+    p.add_argument("--tls-key", type=Path, metavar="F", help="server private key (PEM)")
+    p.add_argument("--client-ca", type=Path, metavar="F", help="CA (PEM) client certificates must be signed by: mutual TLS")
+    p.add_argument("--token-file", type=Path, metavar="F", help="file holding the bearer token clients must send as 'authorization: Bearer <token>'")
+    p.add_argument("--metrics-port", type=_port, metavar="P", help="serve Prometheus metrics on http://HOST:P/metrics (0 picks a free port)")
+    p.add_argument("--trust-key", type=Path, metavar="PUB", help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)")
+    p.add_argument("--grace", type=non_negative_float, default=30.0, metavar="S", help="on SIGTERM, let in-flight requests finish for up to S s (default %(default)s)")
+    p.set_defaults(handler=run)
+
+
+def build_config(args: argparse.Namespace):
+    from privsplit.cloud.config import BatchConfig, ServeConfig, TlsConfig, read_token
+    from privsplit.errors import ConfigError
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    tls = None if args.tls_cert is None else TlsConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
+    batch = BatchConfig(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+                        queue_timeout_ms=args.queue_timeout_ms, max_request_batch=args.max_request_batch)  # fmt: skip
+    return ServeConfig(
+        bundle=args.bundle, model_name=args.model_name, host=args.host, port=args.port, batch=batch, tls=tls,
+        token=None if args.token_file is None else read_token(args.token_file), trust_key=args.trust_key,
+        metrics_port=args.metrics_port, max_message_bytes=int(args.max_message_mb * 1024 * 1024), threads=args.threads, workers=args.workers,
+        grace_s=args.grace,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from privsplit.cloud.server import serve
+
+    return serve(build_config(args))
