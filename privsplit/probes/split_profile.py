@@ -7,7 +7,8 @@ to ``feature_channels``, what a device would run after training at ``k``); its l
 on weights, so fresh modules are timed (``runtime``: onnxruntime on an exported prefix, closest to a
 device, or torch eager). Bytes are the serialised int8 request of the features at ``k``.
 
-The leakage indicator is the distance correlation (Szekely et al. 2007, as in NoPeek) between the
+The leakage indicator is the bias-corrected squared distance correlation (Szekely & Rizzo 2014;
+NoPeek uses distance correlation the same way) between the
 input images and the *trained* network's activations at cut ``k`` on holdout images (the run's own
 encoder up to its split, then its server blocks), and, when the run has a private attribute, the
 balanced accuracy of a logistic-regression probe on channel-pooled activations beside its chance.
@@ -15,8 +16,8 @@ It indicates how much of the input a cut carries; it is not the full attribute /
 (``privsplit probe``), and a model re-trained adversarially at ``k`` would leak less.
 
 Suggestion: minimise ``device + uplink + server`` (Neurosurgeon) when no budget is given; with
-``budget_ms``, the split with the lowest leakage indicator among those within the budget (ties:
-faster); when none fits, the fastest, flagged ``within_budget: false``.
+``budget_ms``, the split with the lowest leakage indicator among those within the budget (indicators
+within 0.01 of the lowest count as ties: the fastest of them); when none fits, the fastest, flagged ``within_budget: false``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from privsplit.errors import ConfigError
 PROFILE_SCHEMA_VERSION = 1
 _PROJECT_DIM = 1024  # activations are randomly projected to this many dims for distances (JL lemma)
 _CHUNK = 32
+LEAKAGE_TIE = 0.01  # leakage indicators this close count as equal; the faster split wins
 
 
 class SplitRuntime(str, Enum):
@@ -80,7 +82,7 @@ class SplitRow:
     server_ms: float  # p50 of the server layers after it (this machine)
     uplink_ms: float
     total_ms: float
-    distance_correlation: float
+    dcor: float  # bias-corrected squared distance correlation of input and activation (leakage indicator)
     private_balanced_accuracy: float | None
 
     def to_json(self) -> dict:
@@ -125,13 +127,13 @@ class SplitProfile:
     def summary(self) -> str:
         s = self.spec
         priv = self.private_chance is not None
-        head = f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} {'dCor':>6}" + (" private" if priv else "")
+        head = f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} {'dCor²':>6}" + (" private" if priv else "")
         lines = [f"split profile of {self.run} ({self.arch}, {self.image_size} px) on {s.runtime.value}, {s.threads} thread(s); "
                  f"uplink {s.bandwidth_mbps:g} Mbit/s, rtt {s.rtt_ms:g} ms" + (f", budget {s.budget_ms:g} ms" if s.budget_ms else ""), head]  # fmt: skip
         for r in self.rows:
             mark = ("*" if r.split == self.suggested else " ") + ("t" if r.trained else " ")
             shape = "x".join(map(str, r.feature_shape))
-            line = f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} {r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.distance_correlation:>6.3f}"
+            line = f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} {r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f}"
             lines.append(line + (f" {r.private_balanced_accuracy:>7.3f}" if priv else ""))
         lines.append("(ms; * suggested, t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")"))
         lines.append(f"suggested split {self.suggested}: {self.reason}")
@@ -186,16 +188,25 @@ def _request_bytes(shape: tuple[int, int, int]) -> int:
 
 # ---- leakage ------------------------------------------------------------------------------------------
 def distance_correlation(x: np.ndarray, y: np.ndarray) -> float:
-    """Sample distance correlation of paired rows of ``x`` (n, p) and ``y`` (n, q), in [0, 1]."""
+    """Bias-corrected squared distance correlation of paired rows of ``x`` (n, p) and ``y`` (n, q)
+    (Szekely & Rizzo 2014, U-centred): 1 for a similarity transform, about 0 (it can dip below) for
+    independent samples, unbiased also in high dimension."""
     from sklearn.metrics import pairwise_distances
 
-    def centred(z):
-        d = pairwise_distances(np.asarray(z, np.float64))
-        return d - d.mean(0, keepdims=True) - d.mean(1, keepdims=True) + d.mean()
+    n = len(x)
+    if n < 4:
+        raise ConfigError("distance correlation needs at least 4 samples")
 
-    a, b = centred(x), centred(y)
-    dcov, vx, vy = (a * b).mean(), (a * a).mean(), (b * b).mean()
-    return float(np.sqrt(max(dcov, 0.0) / np.sqrt(vx * vy))) if vx > 0 and vy > 0 else 0.0
+    def u_centred(z):
+        d = pairwise_distances(np.asarray(z, np.float64))
+        rows = d.sum(1, keepdims=True) / (n - 2)
+        out = d - rows - rows.T + d.sum() / ((n - 1) * (n - 2))
+        np.fill_diagonal(out, 0.0)
+        return out
+
+    a, b = u_centred(x), u_centred(y)
+    dcov, vx, vy = (a * b).sum(), (a * a).sum(), (b * b).sum()
+    return float(dcov / np.sqrt(vx * vy)) if vx > 0 and vy > 0 else 0.0
 
 
 def _cut_modules(model) -> list:
@@ -271,9 +282,10 @@ def suggest(rows: list[SplitRow], spec: SplitProfileSpec) -> tuple[int, bool, st
     fits = [r for r in rows if r.total_ms <= spec.budget_ms]
     if not fits:
         return fastest.split, False, f"no split fits {spec.budget_ms:g} ms; the fastest takes {fastest.total_ms:.2f} ms"
-    best = min(fits, key=lambda r: (round(r.distance_correlation, 3), r.total_ms))
-    return best.split, True, (f"lowest leakage indicator (dCor {best.distance_correlation:.3f}) of the {len(fits)} split(s) within "
-                              f"{spec.budget_ms:g} ms ({best.total_ms:.2f} ms)")  # fmt: skip
+    floor = min(r.dcor for r in fits)
+    best = min((r for r in fits if r.dcor <= floor + LEAKAGE_TIE), key=lambda r: (r.total_ms, r.split))
+    return best.split, True, (f"lowest leakage indicator (dCor² {best.dcor:.3f}, within {LEAKAGE_TIE} of the lowest, then "
+                              f"fastest) of the {len(fits)} split(s) within {spec.budget_ms:g} ms ({best.total_ms:.2f} ms)")  # fmt: skip
 
 
 def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress: bool = False) -> SplitProfile:
@@ -324,7 +336,7 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
             rows.append(SplitRow(
                 split=k, trained=k == cfg.split, feature_shape=tuple(shape), request_bytes=nbytes, device_ms=round(device_ms, 4),
                 server_ms=round(server_ms, 4), uplink_ms=round(uplink_ms, 4), total_ms=round(device_ms + uplink_ms + server_ms + spec.rtt_ms, 4),
-                distance_correlation=round(dcor, 4), private_balanced_accuracy=None if priv is None else round(priv, 4),
+                dcor=round(dcor, 4), private_balanced_accuracy=None if priv is None else round(priv, 4),
             ))  # fmt: skip
             if progress:
                 import sys

@@ -1,0 +1,356 @@
+"""Installing an edge bundle on a device: a local folder (an SD card, a mounted rootfs) or ``ssh://``.
+
+Device layout::
+
+    TARGET/releases/<version>/          the bundle's files, as exported
+    TARGET/releases/<version>.sha256    their checksums (``sha256sum -c`` format), written on install
+    TARGET/current -> releases/<version>   the active release (a relative symlink)
+    TARGET/.privsplit-history           activated versions, oldest first (for --rollback)
+
+:func:`flash` verifies the bundle here (hashes; signature with a trusted key), uploads it into a
+fresh ``releases/.incoming-*`` folder, verifies every hash *on the device*, moves it to
+``releases/<version>`` and only then switches ``current`` with one ``rename(2)`` of a new symlink over
+the old one (atomic). A transfer that fails, is interrupted or arrives corrupted never touches
+``current``; its leftovers are removed by the next flash. The last ``keep`` releases stay;
+:func:`rollback` re-verifies the previous one and switches back to it.
+
+Both kinds of target run the same POSIX ``sh`` scripts (locally with ``sh``, remotely over the system
+``ssh``; files go with ``cp`` / ``scp``), so the device needs only ``sh``, coreutils and ``sha256sum``
+(or ``shasum``). One flash at a time per target.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from privsplit.bundle import MANIFEST, SIGNATURE, BundleKind, load_bundle, sha256_file
+from privsplit.errors import ConfigError, PrivsplitError
+
+HISTORY = ".privsplit-history"
+_SAFE = re.compile(r"^[A-Za-z0-9._+@~/-]+$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class FlashError(PrivsplitError):
+    """Installing, verifying or switching a release on the device failed; ``current`` is unchanged."""
+
+    exit_code = 8
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    path: str  # absolute path on the device
+    user: str | None = None
+    port: int | None = None
+    identity: Path | None = None  # private key file (ssh -i)
+    known_hosts: Path | None = None  # pinned host keys (StrictHostKeyChecking=yes with this file)
+    options: tuple[str, ...] = ()  # extra `-o Key=Value` options
+    limit_kbps: int | None = None  # scp -l: bandwidth cap (Kbit/s) for slow links
+    timeout_s: float = 600.0
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"ssh://{user}{self.host}{port}{self.path}"
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def _common(self, port_flag: str) -> list[str]:
+        args = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        if self.port:
+            args += [port_flag, str(self.port)]
+        if self.identity:
+            args += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            args += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        for opt in self.options:
+            args += ["-o", opt]
+        return args
+
+
+Target = LocalTarget | SshTarget
+
+
+def parse_target(text: str, **ssh) -> Target:
+    """``/path`` or ``ssh://[user@]host[:port]/path`` (``ssh`` keywords: identity, known_hosts, options, limit_kbps)."""
+    if not text.startswith("ssh://"):
+        if "://" in text:
+            raise ConfigError(f"--to {text!r}: use a folder or ssh://user@host[:port]/path")
+        return LocalTarget(Path(text))
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"--to {text!r}: the port is not a number in 1..65535") from None
+    if not parts.hostname or not parts.path or parts.path == "/":
+        raise ConfigError(f"--to {text!r}: give ssh://user@host[:port]/absolute/path")
+    if not _SAFE.match(parts.path) or ".." in parts.path.split("/"):
+        raise ConfigError(f"--to {text!r}: the device path may hold only letters, digits and ._+@~/- (no spaces or '..')")
+    return SshTarget(host=parts.hostname, path=parts.path.rstrip("/"), user=parts.username, port=port, **ssh)
+
+
+# ---- running scripts on the device -------------------------------------------------------------------
+_SUMCHECK = """sumcheck() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum -c "$1" >/dev/null
+  elif command -v shasum >/dev/null 2>&1; then shasum -a 256 -c "$1" >/dev/null
+  else echo "privsplit flash: the device has neither sha256sum nor shasum" >&2; return 127; fi
+}
+switch() {  # atomically point `current` at releases/$1: rename a fresh symlink over the old one
+  ln -s "releases/$1" ".current-$2"
+  mv -T ".current-$2" current 2>/dev/null || mv -h ".current-$2" current 2>/dev/null || { rm -f ".current-$2"; echo "privsplit flash: cannot rename the current link (mv -T / mv -h)" >&2; return 1; }
+}
+"""
+
+
+def _sh(target: Target, script: str, *args: str) -> str:
+    """Run ``script`` with ``sh -s -- args`` on the device; return stdout; FlashError with its stderr."""
+    if isinstance(target, LocalTarget):
+        cmd = ["sh", "-s", "--", *args]
+        timeout = 300.0
+    else:
+        remote = " ".join(["sh", "-s", "--", *(shlex.quote(a) for a in args)])
+        cmd = ["ssh", *target._common("-p"), target.destination, remote]
+        timeout = target.timeout_s
+    try:
+        proc = subprocess.run(cmd, input=_SUMCHECK + script, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise FlashError(f"{exc.filename} not found: install the OpenSSH client (ssh, scp) to flash over ssh://") from None
+    except subprocess.TimeoutExpired:
+        raise FlashError(f"{target}: the device did not answer within {timeout:g} s") from None
+    if proc.returncode != 0:
+        err = proc.stderr.strip().splitlines()
+        tail = " | ".join(err[-3:]) or f"exit status {proc.returncode}"
+        if isinstance(target, SshTarget) and proc.returncode == 255:
+            raise FlashError(f"cannot run commands on {target} over ssh: {tail} (check the address, --identity and --known-hosts)")
+        raise FlashError(f"{target}: {tail}")
+    return proc.stdout
+
+
+def _upload(target: Target, bundle_root: Path, files: list[str], staging: str) -> int:
+    """Copy the bundle's files into ``releases/<staging>`` on the device; return the bytes sent."""
+    sent = sum((bundle_root / f).stat().st_size for f in files)
+    if isinstance(target, LocalTarget):
+        dest = target.path / "releases" / staging
+        try:
+            for name in files:
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(bundle_root / name, dest / name)
+        except OSError as exc:
+            raise FlashError(f"copying the bundle to {dest} failed ({exc}); the active release is unchanged") from None
+        return sent
+    cmd = ["scp", "-q", "-r", *target._common("-P")]
+    if target.limit_kbps:
+        cmd += ["-l", str(target.limit_kbps)]
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    remote = f"{target.user + '@' if target.user else ''}{host}:{target.path}/releases/{staging}"
+    try:
+        proc = subprocess.run([*cmd, str(bundle_root), remote], capture_output=True, text=True, timeout=target.timeout_s)
+    except subprocess.TimeoutExpired:
+        raise FlashError(f"scp to {target} did not finish within {target.timeout_s:g} s; the active release is unchanged") from None
+    if proc.returncode != 0:
+        raise FlashError(f"scp to {target} failed ({proc.stderr.strip()[-300:] or proc.returncode}); the active release is unchanged")
+    return sent
+
+
+# ---- device state --------------------------------------------------------------------------------------
+_STATE = """set -u
+root=$1; sums=$2; version=$3; create=$4
+if [ "$create" = 1 ]; then mkdir -p -- "$root/releases"; elif [ ! -d "$root" ]; then exit 0; fi
+cd -- "$root"
+if [ -L current ]; then echo "current=$(readlink current)"; elif [ -e current ]; then echo "current-not-link"; fi
+if [ -f .privsplit-history ]; then while IFS= read -r l; do echo "history=$l"; done < .privsplit-history; fi
+for d in releases/* releases/.incoming-* releases/.trash-* .current-*; do
+  [ -e "$d" ] || [ -L "$d" ] || continue
+  case "$d" in releases/.incoming-*|releases/.trash-*|.current-*) rm -rf -- "$d"; continue;; esac
+  [ -d "$d" ] && echo "release=${d#releases/}"
+done
+if [ -n "$version" ] && [ -d "releases/$version" ]; then
+  printf '%s' "$sums" > "releases/.incoming-check.sha256"
+  if (cd "releases/$version" && sumcheck ../.incoming-check.sha256) 2>/dev/null; then echo "existing=ok"; else echo "existing=bad"; fi
+  rm -f "releases/.incoming-check.sha256"
+fi
+"""
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    current: str | None  # version the current link points at
+    history: tuple[str, ...]
+    releases: tuple[str, ...]
+    existing_ok: bool | None  # the version being flashed: already there and intact (None: not there)
+
+    @classmethod
+    def read(cls, target: Target, *, sums: str = "", version: str = "", create: bool = False) -> "DeviceState":
+        """The device's releases, history and current link; stale leftovers of interrupted flashes are
+        removed on the way. ``create``: make TARGET/releases when missing (flash), else read only."""
+        root = str(target.path)
+        out = _sh(target, _STATE, root, sums, version, "1" if create else "0")
+        current, history, releases, existing = None, [], [], None
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            if key == "current-not-link":
+                raise FlashError(f"{target}/current exists but is not a symlink: move it away (flash manages it as a link)")
+            if key == "current":
+                current = value.removeprefix("releases/").rstrip("/")
+            elif key == "history" and value:
+                history.append(value)
+            elif key == "release":
+                releases.append(value)
+            elif key == "existing":
+                existing = value == "ok"
+        return cls(current=current, history=tuple(history), releases=tuple(releases), existing_ok=existing)
+
+
+class FlashAction(str, Enum):
+    INSTALLED = "installed"  # uploaded, verified on the device, switched
+    SWITCHED = "switched"  # already on the device and intact: verified and switched, nothing uploaded
+    UNCHANGED = "unchanged"  # already the current release
+    ROLLED_BACK = "rolled-back"
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    target: str
+    version: str
+    previous: str | None
+    action: FlashAction
+    uploaded_bytes: int
+    kept: tuple[str, ...]
+    removed: tuple[str, ...]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"schema_version": 1, "target": self.target, "version": self.version, "previous": self.previous,
+                "action": self.action.value, "uploaded_bytes": self.uploaded_bytes, "kept": list(self.kept),
+                "removed": list(self.removed), "seconds": round(self.seconds, 3)}  # fmt: skip
+
+    def summary(self) -> str:
+        how = {
+            FlashAction.INSTALLED: f"{self.uploaded_bytes / 1024:.1f} KB uploaded and verified on the device",
+            FlashAction.SWITCHED: "already on the device, re-verified there",
+            FlashAction.UNCHANGED: "already current, nothing to do",
+            FlashAction.ROLLED_BACK: "rolled back, re-verified on the device",
+        }[self.action]
+        prev = f" (was {self.previous})" if self.previous and self.previous != self.version else ""
+        gone = f"; removed {', '.join(self.removed)}" if self.removed else ""
+        return f"{self.target}: current -> releases/{self.version}{prev}: {how} in {self.seconds:.1f} s; kept {', '.join(self.kept)}{gone}"
+
+
+def _q(name: str) -> str:
+    return shlex.quote(name)
+
+
+def _activation(version: str, token: str, history: list[str], remove: list[str]) -> str:
+    lines = [f"switch {_q(version)} {_q(token)}", f"printf '%s\\n' {' '.join(_q(h) for h in history)} > .privsplit-history.tmp",
+             "mv -f .privsplit-history.tmp .privsplit-history"]  # fmt: skip
+    lines += [f"rm -rf -- releases/{_q(r)} releases/{_q(r + '.sha256')}" for r in remove]
+    return "\n".join(lines) + "\n"
+
+
+def _plan(state: DeviceState, version: str, keep: int) -> tuple[list[str], list[str]]:
+    """(new history, releases to remove): ``version`` becomes the newest entry; the last ``keep`` stay."""
+    history = [h for h in state.history if h != version and h in state.releases] + [version]
+    kept = history[-keep:]
+    return kept, [r for r in state.releases if r not in kept]
+
+
+def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=None) -> FlashResult:
+    """Install ``bundle`` (an edge bundle folder) on ``target`` and make it current; see the module doc."""
+    started = time.perf_counter()
+    if keep < 1:
+        raise ConfigError(f"--keep must be >= 1, got {keep}")
+    target = parse_target(target) if isinstance(target, str) else target
+    verified = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)
+    version = verified.version
+    if not _SAFE_NAME.match(version):
+        raise FlashError(f"bundle version {version!r} cannot name a release folder (letters, digits, ._+- only): re-export with --version")
+    root = verified.root
+    files = sorted(verified.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (root / SIGNATURE).is_file() else [])
+    if any("\n" in f or "\\" in f for f in files):
+        raise FlashError("a bundle file name holds a newline or backslash: re-export the bundle")
+    digests = {f: verified.manifest["files"][f]["sha256"] for f in verified.manifest["files"]}
+    digests.update({f: sha256_file(root / f) for f in (MANIFEST, SIGNATURE) if f in files})
+    sums = "".join(f"{digests[f]}  {f}\n" for f in files)
+
+    state = DeviceState.read(target, sums=sums, version=version, create=True)
+    token = f"{int(time.time())}-{secrets.token_hex(4)}"
+    staging = f".incoming-{token}"
+    kept, remove = _plan(state, version, keep)
+    reused = bool(state.existing_ok)
+    if reused and state.current == version:
+        return FlashResult(str(target), version, state.current, FlashAction.UNCHANGED, 0, tuple(state.releases), (), time.perf_counter() - started)
+    sent = 0
+    script = f"set -eu\ncd -- {_q(str(target.path))}\n"
+    if not reused:
+        sent = _upload(target, root, files, staging)
+        script += (
+            f"cat > releases/{_q(staging + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
+            f"if ! (cd releases/{_q(staging)} && sumcheck ../{_q(staging + '.sha256')}); then\n"
+            f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
+            "  echo 'the copy on the device does not match the bundle hashes (interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
+            f"if [ -e releases/{_q(version)} ]; then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
+            f"mv -- releases/{_q(staging)} releases/{_q(version)}\n"
+            f"mv -f -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
+            f"rm -rf -- releases/{_q('.trash-' + token)}\n"
+        )  # fmt: skip
+    else:
+        script += (
+            f"cat > releases/{_q(version + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
+            f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
+            f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n"
+        )  # fmt: skip
+    _sh(target, script + _activation(version, token, kept, remove))
+    action = FlashAction.SWITCHED if reused else FlashAction.INSTALLED
+    return FlashResult(str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started)
+
+
+def rollback(target: Target | str) -> FlashResult:
+    """Switch ``current`` back to the release activated before it (verified on the device first)."""
+    started = time.perf_counter()
+    target = parse_target(target) if isinstance(target, str) else target
+    state = DeviceState.read(target)
+    if state.current is None:
+        raise FlashError(f"{target} has no current release: flash one first")
+    history = [h for h in state.history if h in state.releases]
+    before = history[: history.index(state.current)] if state.current in history else history
+    before = [h for h in before if h != state.current]
+    if not before:
+        raise FlashError(f"{target}: no earlier release to roll back to (history: {', '.join(state.history) or 'empty'})")
+    previous = before[-1]
+    token = f"{int(time.time())}-{secrets.token_hex(4)}"
+    script = (
+        f"set -eu\ncd -- {_q(str(target.path))}\n"
+        f"(cd releases/{_q(previous)} && sumcheck ../{_q(previous + '.sha256')}) || "
+        f"{{ echo 'release {previous} does not match its checksums on the device: not rolling back (flash a bundle instead)' >&2; exit 3; }}\n"
+    )  # fmt: skip
+    _sh(target, script + _activation(previous, token, before, []))
+    return FlashResult(str(target), previous, state.current, FlashAction.ROLLED_BACK, 0, tuple(state.releases), (), time.perf_counter() - started)
+
+
+def current_release(target: Target | str | Path) -> Path | None:
+    """The folder ``current`` resolves to on a local target (None when there is none)."""
+    target = LocalTarget(target) if isinstance(target, Path) else parse_target(target) if isinstance(target, str) else target
+    if not isinstance(target, LocalTarget):
+        raise ConfigError("current_release reads local targets only")
+    link = target.path / "current"
+    return link.resolve() if link.is_symlink() else None

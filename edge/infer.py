@@ -1,0 +1,200 @@
+"""Inputs in, one result per input out: the device pipeline and the client together.
+
+:func:`infer_inputs` runs files, folders or frames through :class:`~privsplit.edge.pipeline.EdgePipeline`
+and sends the features to the cloud (unary requests of ``batch_size`` rows, or one stream);
+:func:`stream_frames` does the same lazily for an endless camera iterator. An input that cannot be
+decoded, a request the server refuses and a server that cannot be reached each become an
+:class:`InferResult` with its ``error``: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from privsplit.edge.client import EdgeClient
+from privsplit.edge.pipeline import EdgePipeline
+from privsplit.errors import PrivsplitError
+from privsplit.proto.wire import features_request
+
+INFER_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class InferResult:
+    source: str
+    label: int | None = None
+    class_name: str | None = None
+    confidence: float | None = None
+    probs: tuple[float, ...] | None = None
+    error: str | None = None
+    latency_ms: float | None = None  # encode + round trip of the request this input travelled in
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "label": self.label, "class": self.class_name, "confidence": self.confidence,
+                "probs": None if self.probs is None else list(self.probs), "error": self.error, "latency_ms": self.latency_ms}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InferResult":
+        probs = data.get("probs")
+        return cls(source=data["source"], label=data.get("label"), class_name=data.get("class"), confidence=data.get("confidence"),
+                   probs=None if probs is None else tuple(probs), error=data.get("error"), latency_ms=data.get("latency_ms"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InferReport:
+    pipeline: dict  # EdgePipeline.describe()
+    server: str
+    results: tuple[InferResult, ...]
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.ok for r in self.results)
+
+    def to_json(self) -> dict:
+        return {"schema_version": INFER_SCHEMA_VERSION, "pipeline": self.pipeline, "server": self.server,
+                "results": [r.to_json() for r in self.results], "failed": self.failed}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InferReport":
+        if data.get("schema_version") != INFER_SCHEMA_VERSION:
+            raise PrivsplitError(f"infer report schema_version {data.get('schema_version')!r}; this privsplit reads {INFER_SCHEMA_VERSION}")
+        return cls(pipeline=data["pipeline"], server=data["server"], results=tuple(InferResult.from_json(r) for r in data["results"]))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+
+    def summary(self) -> str:
+        width = max([len("input")] + [len(r.source) for r in self.results])
+        lines = [f"{'input':<{width}}  {'class':<12} {'conf':>6}  {'ms':>7}  error"]
+        for r in self.results:
+            if r.ok:
+                lines.append(f"{r.source:<{width}}  {str(r.class_name):<12} {r.confidence if r.confidence is not None else float('nan'):>6.3f}  {r.latency_ms:>7.2f}")
+            else:
+                lines.append(f"{r.source:<{width}}  {'-':<12} {'-':>6}  {'-':>7}  {r.error}")
+        p = self.pipeline
+        lines.append(f"{len(self.results) - self.failed}/{len(self.results)} ok; encoder {p['encoder']} on {p['runtime']} "
+                     f"({p['threads']} thread(s)), bundle {p['version']}, server {self.server}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def _results(pred, sources: Sequence[str], classes: Sequence[str], latency_ms: float) -> list[InferResult]:
+    out = []
+    for i, src in enumerate(sources):
+        label = int(pred.label[i])
+        probs = None if pred.probs is None else tuple(float(v) for v in pred.probs[i])
+        out.append(InferResult(
+            source=src, label=label, class_name=classes[label] if 0 <= label < len(classes) else str(label),
+            confidence=None if probs is None else probs[label], probs=probs, latency_ms=round(latency_ms, 3),
+        ))  # fmt: skip
+    return out
+
+
+def _payload(pipeline: EdgePipeline, pixels: np.ndarray, *, model_name: str, request_id: str, label_only: bool) -> bytes:
+    wire = pipeline.encode_pixels(pixels)
+    request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point,
+                               model_name=model_name, request_id=request_id, label_only=label_only)  # fmt: skip
+    return request.to_proto().SerializeToString()
+
+
+def infer_inputs(
+    pipeline: EdgePipeline,
+    client: EdgeClient,
+    inputs: Sequence[str | Path] | np.ndarray,
+    *,
+    batch_size: int = 1,
+    stream: bool = False,
+    label_only: bool = False,
+) -> InferReport:
+    """Every input -> an :class:`InferResult` (prediction or error), in input order. Files are decoded
+    one request (``batch_size`` inputs) at a time."""
+    items = pipeline.expand(inputs)
+    classes = pipeline.bundle.classes
+    slots: dict[int, InferResult] = {i: InferResult(source=it.source, error=it.error) for i, it in enumerate(items) if not it.ok}
+    good = [i for i, it in enumerate(items) if it.ok]
+    chunks = [good[s : s + batch_size] for s in range(0, len(good), max(1, batch_size))]
+    model = client.config.model_name
+    groups: dict[str, list[int]] = {}  # request id -> the inputs it carries
+    starts: dict[str, float] = {}
+
+    def requests() -> Iterator[tuple[str, bytes]]:
+        """Decode a chunk, record decode errors, encode the rest into one request."""
+        for g, chunk in enumerate(chunks):
+            started = time.perf_counter()
+            loaded = {i: pipeline.load(items[i]) for i in chunk}
+            slots.update({i: InferResult(source=it.source, error=it.error) for i, it in loaded.items() if not it.ok})
+            idx = [i for i in chunk if loaded[i].ok]
+            if not idx:
+                continue
+            rid = f"req-{g}"
+            groups[rid], starts[rid] = idx, started
+            yield rid, _payload(pipeline, np.stack([loaded[i].pixels for i in idx]), model_name=model, request_id=rid, label_only=label_only)
+
+    def fill(rid: str, pred=None, error: str | None = None) -> None:
+        idx = groups[rid]
+        if error is not None:
+            slots.update({i: InferResult(source=items[i].source, error=error) for i in idx})
+            return
+        latency = (time.perf_counter() - starts[rid]) * 1e3
+        slots.update(zip(idx, _results(pred, [items[i].source for i in idx], classes, latency)))
+
+    if stream:
+        try:
+            for reply in client.stream(requests()):
+                fill(reply.request_id, reply.prediction, reply.error)
+        except PrivsplitError as exc:
+            for rid, idx in list(groups.items()):
+                if idx[0] not in slots:
+                    fill(rid, error=str(exc))
+            for i in good:  # inputs the broken stream never asked for
+                slots.setdefault(i, InferResult(source=items[i].source, error=str(exc)))
+    else:
+        for rid, payload in requests():
+            try:
+                fill(rid, client.infer_payload(payload))
+            except PrivsplitError as exc:
+                fill(rid, error=str(exc))
+    return InferReport(pipeline=pipeline.describe(), server=client.config.target, results=tuple(slots[i] for i in range(len(items))))
+
+
+def stream_frames(
+    pipeline: EdgePipeline, client: EdgeClient, frames: Iterable[np.ndarray], *, bgr: bool = False, label_only: bool = False
+) -> Iterator[InferResult]:
+    """Camera-rate mode: each ``uint8 (H, W, C)`` frame is encoded as the stream asks for it and sent on
+    one ``ModelStreamInfer`` stream; yields one result per frame, in order (``source`` = ``frame[i]``).
+    A frame that cannot be preprocessed yields its error without being sent."""
+    classes = pipeline.bundle.classes
+    model = client.config.model_name
+    starts: dict[str, float] = {}
+    early: list[InferResult] = []  # preprocessing errors, yielded in frame order with the replies
+
+    def requests():
+        for i, frame in enumerate(frames):
+            rid = f"frame[{i}]"
+            starts[rid] = time.perf_counter()
+            try:
+                pixels = pipeline.preprocessor.frame(frame, bgr=bgr)[None]
+            except PrivsplitError as exc:
+                early.append(InferResult(source=rid, error=str(exc)))
+                continue
+            yield rid, _payload(pipeline, pixels, model_name=model, request_id=rid, label_only=label_only)
+
+    for reply in client.stream(requests()):
+        index = int(reply.request_id[6:-1])
+        while early and int(early[0].source[6:-1]) < index:
+            yield early.pop(0)
+        if reply.ok:
+            yield _results(reply.prediction, [reply.request_id], classes, (time.perf_counter() - starts[reply.request_id]) * 1e3)[0]
+        else:
+            yield InferResult(source=reply.request_id, error=reply.error)
+    yield from early
+

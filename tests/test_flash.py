@@ -1,0 +1,151 @@
+"""Flashing bundles into a device folder: releases, the atomic ``current`` switch, keep-N, rollback,
+verification on the device, and flashes killed at arbitrary moments that never break ``current``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_edge_support import build_edge_bundles, holdout, rewrite_bundle
+
+from privsplit.bundle import BundleKind, load_bundle
+from privsplit.cli.main import main
+from privsplit.edge.flash import FlashAction, FlashError, LocalTarget, current_release, flash, rollback
+from privsplit.edge.pipeline import EdgePipeline
+from privsplit.errors import BundleError
+
+pytestmark = pytest.mark.slow  # the session's bundles (training + export, shared with the other edge tests)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, digits_run):
+    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
+
+
+@pytest.fixture(scope="module")
+def versions(bundles, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flash-versions")
+    return {v: rewrite_bundle(bundles.edge, root / v, version=v) for v in ("v1", "v2", "v3", "v4")}
+
+
+def _releases(device) -> list[str]:
+    return sorted(p.name for p in (device / "releases").iterdir() if p.is_dir())
+
+
+def _history(device) -> list[str]:
+    return (device / ".privsplit-history").read_text().split()
+
+
+def test_flash_switch_keep_and_rollback(bundles, versions, tmp_path):
+    device = tmp_path / "device"
+    target = LocalTarget(device)
+    first = flash(versions["v1"], target, keep=2)
+    assert first.action is FlashAction.INSTALLED and first.previous is None and first.uploaded_bytes > 50_000
+    assert os.readlink(device / "current") == "releases/v1"  # relative: the folder can move (SD card, rootfs)
+    flash(versions["v2"], target, keep=2)
+    third = flash(versions["v3"], target, keep=2)
+    assert third.previous == "v2" and third.removed == ("v1",)
+    assert _releases(device) == ["v2", "v3"] and _history(device) == ["v2", "v3"]
+    assert not (device / "releases" / "v1.sha256").exists()
+    # the active release is a verified bundle a device pipeline runs
+    pipe = EdgePipeline.open(device / "current")
+    assert pipe.bundle.version == "v3" and current_release(device) == (device / "releases" / "v3").resolve()
+    images, _ = holdout(bundles.run, 4)
+    np.testing.assert_array_equal(pipe.encode(images)[1].data, EdgePipeline.open(bundles.edge).encode(images)[1].data)
+
+    assert flash(versions["v3"], target).action is FlashAction.UNCHANGED
+    back = rollback(target)
+    assert back.action is FlashAction.ROLLED_BACK and back.version == "v2" and back.previous == "v3"
+    assert os.readlink(device / "current") == "releases/v2" and _history(device) == ["v2"]
+    with pytest.raises(FlashError, match="no earlier release"):
+        rollback(target)
+    again = flash(versions["v3"], target, keep=2)  # still on the device: re-verified, switched, nothing uploaded
+    assert again.action is FlashAction.SWITCHED and again.uploaded_bytes == 0 and _history(device) == ["v2", "v3"]
+    with pytest.raises(FlashError, match="no current release"):
+        rollback(LocalTarget(tmp_path / "empty"))
+    assert not (tmp_path / "empty").exists()  # a mistyped target is not created by a rollback
+
+
+def test_only_verified_bundles_reach_the_device(bundles, versions, tmp_path):
+    device = tmp_path / "device"
+    flash(bundles.edge, device.as_posix(), trust_key=bundles.trust_key)
+    active = os.readlink(device / "current")
+    with pytest.raises(BundleError, match="signed by key"):
+        flash(bundles.edge, device.as_posix(), trust_key=bundles.other_key)
+    with pytest.raises(BundleError, match="unsigned"):
+        flash(versions["v1"], device.as_posix(), trust_key=bundles.trust_key)
+    tampered = rewrite_bundle(bundles.edge, tmp_path / "tampered", version="v9")
+    with open(tampered / "encoder-onnx-fp32.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="encoder-onnx-fp32.onnx has extra bytes"):
+        flash(tampered, device.as_posix())
+    with pytest.raises(BundleError, match="cloud bundle"):
+        flash(bundles.cloud, device.as_posix())
+    assert os.readlink(device / "current") == active and _releases(device) == [active.split("/")[1]]
+
+
+def test_a_release_corrupted_on_the_device_is_never_switched_to(versions, tmp_path):
+    device = tmp_path / "device"
+    for v in ("v1", "v2"):
+        flash(versions[v], LocalTarget(device))
+    victim = device / "releases" / "v1" / "encoder-tflite-int8.tflite"
+    victim.write_bytes(victim.read_bytes()[:1000])  # truncated on the device (bad SD card, partial copy)
+    with pytest.raises(FlashError, match="does not match its checksums"):
+        rollback(LocalTarget(device))
+    assert os.readlink(device / "current") == "releases/v2"
+    healed = flash(versions["v1"], LocalTarget(device))  # the broken copy is detected and replaced
+    assert healed.action is FlashAction.INSTALLED
+    assert load_bundle(device / "current", kind=BundleKind.EDGE).version == "v1"
+
+
+def test_a_flash_killed_at_any_moment_leaves_a_working_current(versions, tmp_path):
+    """Kill the flashing process (and its shell) at spread-out moments: ``current`` always resolves to a
+    complete, verified release (the old or the new one), and the next flash cleans up and succeeds."""
+    device = tmp_path / "device"
+    flash(versions["v1"], LocalTarget(device), keep=1)
+    started = time.perf_counter()
+    flash(versions["v2"], LocalTarget(device), keep=1)
+    duration = time.perf_counter() - started
+    child = "import sys; from privsplit.edge.flash import flash; print('go', flush=True); flash(sys.argv[1], sys.argv[2], keep=1)"
+    for i, fraction in enumerate(np.linspace(0.0, 1.3, 10)):
+        want = "v1" if i % 2 == 0 else "v2"
+        before = os.readlink(device / "current")
+        proc = subprocess.Popen([sys.executable, "-c", child, str(versions[want]), str(device)], stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
+        assert proc.stdout.readline().strip() == "go"
+        time.sleep(fraction * duration)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        proc.stdout.close()
+        now = os.readlink(device / "current")
+        assert now in (before, f"releases/{want}")
+        assert load_bundle(device / "current", kind=BundleKind.EDGE).version == now.split("/")[1]
+    result = flash(versions["v3"], LocalTarget(device), keep=1)
+    assert result.version == "v3" and _releases(device) == ["v3"]
+    assert not [p for p in (device / "releases").iterdir() if p.name.startswith(".")]
+    assert not [p for p in device.iterdir() if p.name.startswith(".current-")]
+
+
+def test_flash_command(versions, tmp_path, capsys):
+    device = tmp_path / "device"
+    out = tmp_path / "flash.json"
+    assert main(["flash", str(versions["v1"]), "--to", str(device)]) == 0
+    assert main(["flash", str(versions["v2"]), "--to", str(device), "--keep", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["action"] == "installed" and "current -> releases/v2" in capsys.readouterr().out
+    assert main(["flash", "--rollback", "--to", str(device)]) == 0
+    assert "current -> releases/v1 (was v2): rolled back" in capsys.readouterr().out
+    assert main(["flash", "--to", str(device)]) == 2
+    assert "give the BUNDLE" in capsys.readouterr().err
+    assert main(["flash", str(versions["v1"]), "--rollback", "--to", str(device)]) == 2
+    assert main(["flash", str(versions["v1"]), "--to", "ftp://host/x"]) == 2
+    assert main(["flash", str(versions["v1"]), "--to", str(device), "--identity", "k"]) == 2
+    assert os.readlink(device / "current") == "releases/v1"
