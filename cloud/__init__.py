@@ -12,7 +12,7 @@ Importing this package is cheap; the names below load on first use.
 
 from __future__ import annotations
 
-import importlib
+from privsplit._lazy import lazy_exports
 
 _LAZY = {
     "ServeConfig": "privsplit.cloud.config",
@@ -32,10 +32,4 @@ _LAZY = {
     "run_load": "privsplit.cloud.loadgen",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'privsplit.cloud' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports('privsplit.cloud', _LAZY)

@@ -13,7 +13,7 @@ where used). Importing this package is cheap; the names below load on first use.
 
 from __future__ import annotations
 
-import importlib
+from privsplit._lazy import lazy_exports
 
 _LAZY = {
     "EdgePipeline": "privsplit.edge.pipeline",
@@ -45,10 +45,4 @@ _LAZY = {
     "run_bench": "privsplit.edge.latency",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'privsplit.edge' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports('privsplit.edge', _LAZY)

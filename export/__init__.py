@@ -6,7 +6,7 @@ modules load on first use).
 
 from __future__ import annotations
 
-import importlib
+from privsplit._lazy import lazy_exports
 
 _LAZY = {
     "export_run": "privsplit.export.pipeline",
@@ -19,10 +19,4 @@ _LAZY = {
     "generate_keys": "privsplit.export.signing",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'privsplit.export' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports('privsplit.export', _LAZY)

@@ -12,7 +12,7 @@ A leaf: numpy, protobuf and (for the stubs) grpcio; no torch. The names below lo
 
 from __future__ import annotations
 
-import importlib
+from privsplit._lazy import lazy_exports
 
 _LAZY = {
     "Code": "privsplit.proto.status",
@@ -31,10 +31,4 @@ _LAZY = {
     "Prediction": "privsplit.proto.wire",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'privsplit.proto' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports('privsplit.proto', _LAZY)

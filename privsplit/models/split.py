@@ -124,6 +124,21 @@ class SplitModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    @torch.no_grad()
+    def scores(self, images: np.ndarray, *, noise_seed: int, batch_size: int = 512) -> np.ndarray:
+        """Softmax scores the deployed pipeline returns for ``uint8 (N, H, W, C)`` images.
+
+        Encoder, channel noise from one generator seeded with ``noise_seed`` (advancing across
+        batches), server layers; eval mode. The one place probes and the purifier get scores from.
+        """
+        self.eval()
+        gen = torch.Generator().manual_seed(noise_seed)
+        out = [
+            torch.softmax(self.head(self.features(self.preprocess(images[i : i + batch_size]), generator=gen)), dim=1).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.config.num_classes), np.float32)
+
 
 def build_split_model(config: ModelConfig) -> SplitModel:
     return SplitModel(config)

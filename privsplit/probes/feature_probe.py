@@ -76,16 +76,10 @@ def torch_encoder_fn(model: "SplitModel", *, seed: int = 0, batch_size: int = 25
 
 def torch_task_accuracy(model: "SplitModel", data: Dataset, *, seed: int = 0, batch_size: int = 256) -> float:
     """Task accuracy of the full model on ``data`` with the channel noise on (what the deployment delivers)."""
-    import torch
     from sklearn.metrics import accuracy_score
 
-    encode = torch_encoder_fn(model, seed=seed, batch_size=batch_size)
-    preds = []
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            z = torch.from_numpy(encode(data.images[start : start + batch_size]))
-            preds.append(model.head(z).argmax(1).numpy())
-    return float(accuracy_score(data.task_labels, np.concatenate(preds)))
+    predictions = model.scores(data.images, noise_seed=seed, batch_size=batch_size).argmax(1)
+    return float(accuracy_score(data.task_labels, predictions))
 
 
 def encode_images(encode: Encoder, images: np.ndarray, *, batch_size: int = 256, desc: str = "encode", progress: bool = True) -> np.ndarray:

@@ -38,16 +38,7 @@ __all__ = ["OutputProbeSpec", "OutputProbeResult", "ServiceView", "observe", "pr
 
 def service_scores(model, images: np.ndarray, *, noise_seed: int, batch_size: int = 512) -> np.ndarray:
     """Softmax scores of the deployed pipeline (encoder + seeded channel noise + server layers)."""
-    import torch
-
-    model.eval()
-    gen = torch.Generator().manual_seed(noise_seed)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = model.preprocess(images[i : i + batch_size])
-            out.append(torch.softmax(model.head(model.features(x, generator=gen)), dim=1).numpy())
-    return np.concatenate(out).astype(np.float32)
+    return model.scores(images, noise_seed=noise_seed, batch_size=batch_size)
 
 
 def train_shadow(run_config, data, in_idx: np.ndarray, out_idx: np.ndarray, *, seed: int, epochs: int | None):
