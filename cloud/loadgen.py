@@ -20,6 +20,7 @@ import numpy as np
 from privsplit.errors import ConfigError
 
 LOAD_SCHEMA_VERSION = 1
+SAMPLE_CAP = 2000  # latencies kept per level for histograms
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
@@ -82,6 +83,7 @@ class LoadPoint:
     server_queue_us_p50: float
     batch_size_mean: float
     error_codes: dict[str, int] = field(default_factory=dict)
+    latency_sample_ms: tuple[float, ...] = ()  # up to SAMPLE_CAP client latencies, evenly spaced over the level
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ class LoadResult:
     def from_json(cls, data: dict) -> "LoadResult":
         if data.get("schema_version") != LOAD_SCHEMA_VERSION:
             raise ConfigError(f"load result schema_version {data.get('schema_version')!r}; this privsplit reads {LOAD_SCHEMA_VERSION}")
-        return cls(spec=LoadSpec.from_json(data["spec"]), points=tuple(LoadPoint(**p) for p in data["points"]),
+        points = tuple(LoadPoint(**{**p, "latency_sample_ms": tuple(p.get("latency_sample_ms", ()))}) for p in data["points"])
+        return cls(spec=LoadSpec.from_json(data["spec"]), points=points,
                    request_bytes=int(data["request_bytes"]), rows_per_request=int(data["rows_per_request"]),
                    label=data.get("label", ""))  # fmt: skip
 
@@ -255,6 +258,7 @@ async def _level(spec: LoadSpec, creds: ClientCredentials, payload: bytes, concu
         p99_ms=_pct(lat_ms, 99), mean_ms=float(lat_ms.mean()) if n else float("nan"),
         server_compute_us_p50=_pct(rec.compute, 50), server_queue_us_p50=_pct(rec.queue, 50),
         batch_size_mean=float(np.mean(rec.batch)) if n else float("nan"), error_codes=dict(rec.errors),
+        latency_sample_ms=tuple(round(float(v), 4) for v in lat_ms[np.linspace(0, n - 1, min(n, SAMPLE_CAP)).astype(int)]) if n else (),
     )  # fmt: skip
 
 

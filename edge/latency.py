@@ -103,6 +103,7 @@ class BenchResult:
     bytes_input_jpeg: int  # the model-size input as a quality-90 JPEG (what sending the image instead would cost)
     feature_bytes: int  # the int8 feature tensor alone
     platform: dict = field(default_factory=dict)
+    samples_ms: tuple[float, ...] = ()  # every measured run's device total (ms), in order: for histograms
 
     @property
     def overhead_share(self) -> float:
@@ -124,6 +125,7 @@ class BenchResult:
         body = {k: v for k, v in data.items() if k not in ("schema_version", "overhead_share")}
         body["spec"] = BenchSpec.from_json(data["spec"])
         body["stages"] = {k: StageStats(**v) for k, v in data["stages"].items()}
+        body["samples_ms"] = tuple(data.get("samples_ms", ()))
         return cls(**body)
 
     def save(self, path: str | Path) -> None:
@@ -275,7 +277,7 @@ def run_bench(bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_c
         runs=len(rows), mean_ms=total.mean_ms, p50_ms=total.p50_ms, p90_ms=total.p90_ms, p99_ms=total.p99_ms,
         peak_rss_mb=round(peak_rss_mb(), 1), stages=stages, bytes_per_request=nbytes, bytes_float32_request=float_bytes,
         bytes_input_jpeg=_jpeg_bytes(pixels),
-        feature_bytes=int(c * h * w), platform=info,
+        feature_bytes=int(c * h * w), platform=info, samples_ms=tuple(round(t, 4) for t in totals),
     )  # fmt: skip
     pipe.close()
     return result
