@@ -17,9 +17,9 @@ from privsplit.errors import RunError
 
 
 def _bar(items, *, desc: str, enabled: bool, total: int | None = None):
-    from tqdm.auto import tqdm
+    from privsplit.progress import progress_bar
 
-    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, disable=not enabled, dynamic_ncols=True)
+    return progress_bar(items, desc=desc, total=total, enabled=enabled)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,31 +12,16 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from privsplit.data import Part
-    from privsplit.probes.feature_probe import FeatureProbeSpec, probe_features, torch_encoder_fn, torch_task_accuracy
+    from privsplit.probes.feature_probe import FeatureProbeSpec, probe_run_features
     from privsplit.run import RunFolder
 
     folder = RunFolder(args.run).check()
-    model = folder.load_split_model()
-    data = folder.dataset()
-    split = folder.split()
     spec = FeatureProbeSpec(seed=args.seed)
     if args.epochs is not None:
         spec = spec.with_epochs(args.epochs)
-    print(
-        f"privsplit probe features: {folder.path} ({data.source}, task {data.task}, private {data.private}, "
-        f"noise sigma {model.config.noise_sigma:g}); attacker {len(split[Part.ATTACKER])}, holdout {len(split[Part.HOLDOUT])}",
-        file=sys.stderr,
-        flush=True,
-    )
-    # The deployed system's accuracy: the full model on holdout with the channel noise on.
-    accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=args.seed)
-    # A separate noise stream for the probe's features, as a different transmission would draw.
-    encode = torch_encoder_fn(model, seed=args.seed + 1)
-    result = probe_features(encode, data, split, spec=spec, progress=True).with_task_accuracy(accuracy)
-
+    result = probe_run_features(folder, spec, progress=True)
     print(result.summary())
-    written = [result.save(folder.path)]
+    written = [folder.file("probe_features.json")]
     if args.json is not None:
         written.append(result.save(args.json))
     if args.plots is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -53,39 +52,14 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
 
 # --- many images: parallel decoding with progress -------------------------------------------
 
-PROGRESS_ENV = "PRIVSPLIT_PROGRESS"  # "0"/"off" hides progress bars, "1"/"on" forces them
 _PROGRESS_MIN = 500  # fewer images than this decode without a bar
 
 
 def progress_bar(*, total: int, desc: str, unit: str = "img"):
-    """A tqdm bar on stderr (a no-op bar when tqdm is absent or progress is switched off).
+    """A manual bar for decoding ``total`` images (see :mod:`privsplit.progress` for when it shows)."""
+    from privsplit.progress import progress_bar as bar
 
-    ``PRIVSPLIT_PROGRESS=0`` hides it, ``=1`` forces it; unset, it shows only on a terminal.
-    """
-    setting = os.environ.get(PROGRESS_ENV, "").strip().lower()
-    disable: bool | None = None
-    if setting in ("0", "off", "false", "no"):
-        disable = True
-    elif setting in ("1", "on", "true", "yes"):
-        disable = False
-    if total < _PROGRESS_MIN:
-        disable = True
-    try:
-        from tqdm import tqdm
-    except ImportError:  # the base install has no tqdm: decode silently
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, leave=False)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
+    return bar(desc=desc, total=total, unit=unit, enabled=total >= _PROGRESS_MIN)
 
 
 def read_images(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +81,6 @@ def predict(net: torch.nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np
 
 
 def epoch_bar(total: int, *, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    from privsplit.progress import progress_bar
 
-    return tqdm(range(total), desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True, disable=not progress)
+    return progress_bar(range(total), desc=desc, enabled=progress)

@@ -46,6 +46,7 @@ __all__ = [
     "ReconstructionSamples",
     "encode_images",
     "probe_features",
+    "probe_run_features",
     "torch_encoder_fn",
     "torch_task_accuracy",
 ]
@@ -92,11 +93,11 @@ def encode_images(encode: Encoder, images: np.ndarray, *, batch_size: int = 256,
 
 def _encode(encode: Encoder, images: np.ndarray, *, batch_size: int, desc: str, progress: bool) -> tuple[np.ndarray, str]:
     """Features as float32 and the dtype the encoder returned them in."""
-    from tqdm.auto import tqdm
+    from privsplit.progress import progress_bar
 
     chunks = []
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, file=sys.stderr, leave=False, disable=not progress):
+    for start in progress_bar(starts, desc=desc, enabled=progress):
         batch = images[start : start + batch_size]
         out = np.asarray(encode(batch))
         if out.shape[:1] != (len(batch),):
@@ -181,3 +182,30 @@ def probe_features(
     )
 
 
+
+
+def probe_run_features(run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, progress: bool = True) -> FeatureLeakageResult:
+    """The probe on a run folder's torch model, as deployed (channel noise on), with its task accuracy.
+
+    Saves ``RUN/probe_features.json`` (+ samples npz) and returns the result. The accuracy and the
+    probe's features use separate noise streams (``spec.seed`` and ``spec.seed + 1``), as two
+    transmissions would draw.
+    """
+    from privsplit.run import RunFolder
+
+    folder = run if isinstance(run, RunFolder) else RunFolder(run).check()
+    model = folder.load_split_model()
+    data = folder.dataset()
+    split = folder.split()
+    if progress:
+        print(
+            f"privsplit probe features: {folder.path} ({data.source}, task {data.task}, private {data.private}, "
+            f"noise sigma {model.config.noise_sigma:g}); attacker {len(split[Part.ATTACKER])}, holdout {len(split[Part.HOLDOUT])}",
+            file=sys.stderr,
+            flush=True,
+        )
+    accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=spec.seed)
+    encode = torch_encoder_fn(model, seed=spec.seed + 1)
+    result = probe_features(encode, data, split, spec=spec, progress=progress).with_task_accuracy(accuracy)
+    result.save(folder.path)
+    return result

@@ -1,0 +1,244 @@
+"""``run_quickstart``: the whole path on one dataset, each stage timed, everything saved for the report.
+
+train (unprotected, protected, curve points) -> feature probes -> purifier -> output probe -> export
+(INT8 TFLite + ONNX, signed) -> flash to a device folder -> serve (child process, loopback, free port)
+-> edge inference over gRPC on holdout images -> device and cloud latency -> stop -> report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from privsplit import __version__
+from privsplit.errors import ConfigError, RunError
+from privsplit.quickstart.config import QUICKSTART_SCHEMA_VERSION, QuickstartConfig
+from privsplit.quickstart.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
+from privsplit.quickstart.service import ServiceProcess
+from privsplit.quickstart.stages import StageLog
+
+# The encoder format each device runtime runs in the quickstart's bundle.
+_RUNTIME_ENCODER = {"litert": "tflite-int8", "tflite-runtime": "tflite-int8", "onnxruntime": "onnx-int8"}
+
+
+def _prepare(root: Path, force: bool) -> None:
+    if root.exists() and any(root.iterdir()):
+        if not force:
+            raise ConfigError(f"{root} exists and is not empty: choose a new --out, or pass --force to replace a previous quickstart there")
+        if not (root / "quickstart.json").is_file():
+            raise ConfigError(f"{root} is not a quickstart folder (no quickstart.json): refusing to delete it even with --force")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _models(config: QuickstartConfig):
+    """(run name, TrainConfig) of every model the quickstart trains, least protected first."""
+    from privsplit.train import TrainConfig
+
+    epochs = {} if config.epochs is None else {"epochs": config.epochs}
+    models = [(UNPROTECTED, TrainConfig.unprotected(**epochs))]
+    protected = TrainConfig(**epochs)
+    models += [(curve_run_name(w), protected.with_(adv_weight=w)) for w in config.curve_weights if w != protected.adv_weight]
+    models.append((PROTECTED, protected))
+    return models
+
+
+def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
+    """Run every stage into ``config.out`` and build the report; returns the report's HTML path."""
+    from privsplit.report.build import build_report
+
+    layout = QuickstartLayout(config.out)
+    _prepare(layout.root, force)
+    models = _models(config)
+    state: dict = {
+        "schema_version": QUICKSTART_SCHEMA_VERSION, "kind": "quickstart", "privsplit": __version__,
+        "config": config.to_json(), "models": [], "stages": [], "complete": False,
+    }  # fmt: skip
+
+    def save() -> None:
+        state["stages"] = [t.to_json() for t in log.times]
+        state["total_seconds"] = round(log.elapsed, 3)
+        layout.state.write_text(json.dumps(state, indent=2) + "\n")
+
+    # train x models, probe, purifier, outputs, export, flash, serve, infer, device latency, cloud latency, stop, report
+    log = StageLog(len(models) + 11, progress=config.progress, on_record=save)
+    save()
+    log.say(f"{config.data} (task {config.task}, private {config.private}) into {layout.root}")
+    _train(config, layout, models, log, state)
+    _probe_features(config, layout, models, log)
+    _purify(config, layout, log)
+    _export_and_flash(config, layout, log)
+    _serve_and_measure(config, layout, log, state)
+    with log.stage("report") as st:
+        state["complete"] = True
+        save()
+        paths = build_report(layout.root)
+        st.detail = f"{paths.html.name}, {paths.markdown.name}, {paths.summary.name}"
+    save()
+    log.say(f"all done in {log.elapsed:.0f} s: open {paths.html}")
+    return paths.html
+
+
+def _train(config, layout, models, log, state) -> None:
+    from privsplit.train import train_run
+
+    for name, train_config in models:
+        with log.stage(f"train {name} model") as st:
+            folder = train_run(
+                config.data, layout.run(name), task=config.task, private=config.private, image_size=config.image_size,
+                limit=config.limit, seed=config.seed, config=train_config, progress=config.progress,
+            )  # fmt: skip
+            acc = folder.read_json("metrics.json")["task"]["accuracy"]
+            st.detail = f"holdout task accuracy {acc:.3f}"
+        state["models"].append({"name": name, "run": str(layout.run(name).relative_to(layout.root)), "adv_weight": train_config.adv_weight,
+                                "noise_sigma": train_config.noise_sigma, "feature_channels": train_config.feature_channels})  # fmt: skip
+
+
+def _feature_spec(config):
+    from privsplit.probes.feature_spec import FeatureProbeSpec
+
+    spec = FeatureProbeSpec(seed=config.seed)
+    return spec.with_epochs(config.probe_epochs) if config.probe_epochs else spec
+
+
+def _probe_features(config, layout, models, log) -> None:
+    from privsplit.probes.feature_probe import probe_run_features
+
+    with log.stage(f"feature-leakage probe of {len(models)} models") as st:
+        found = []
+        for name, _ in models:
+            result = probe_run_features(layout.run(name), _feature_spec(config), progress=config.progress)
+            found.append(f"{name} {result.attribute.balanced_accuracy:.3f}" if result.attribute else name)
+        st.detail = "attribute attacker: " + ", ".join(found)
+
+
+def _purify(config, layout, log) -> None:
+    from privsplit.probes.output_probe import OutputProbeSpec, probe_outputs
+    from privsplit.run import RunFolder
+    from privsplit.train.purifier import PurifierTrainConfig, train_purifier
+
+    folder = RunFolder(layout.run(PROTECTED)).check()
+    with log.stage("train purifier") as st:
+        train_purifier(folder, PurifierTrainConfig(epochs=config.purifier_epochs, seed=config.seed), progress=config.progress)
+        st.detail = "on the protected model's reference outputs"
+    with log.stage("output-leakage probe (membership inference, inversion)") as st:
+        result = probe_outputs(folder, OutputProbeSpec(seed=config.seed, progress=config.progress))
+        result.save(folder.file("probe_outputs.json"))
+        st.detail = f"best attack AUC {result.mia.best.auc:.3f} -> {result.mia_purified.best.auc:.3f} with purifier"
+
+
+def _export_and_flash(config, layout, log) -> None:
+    from privsplit.edge.flash import flash
+    from privsplit.export.formats import ExportFormat
+    from privsplit.export.pipeline import export_run
+    from privsplit.export.signing import generate_keys
+
+    with log.stage("export INT8 TFLite + ONNX, signed") as st:
+        keys = generate_keys(layout.key_prefix)
+        result = export_run(
+            layout.run(PROTECTED), layout.export, formats=(ExportFormat.TFLITE_INT8, ExportFormat.ONNX_INT8),
+            calibration=config.calibration, sign_key=keys.private, seed=config.seed, probe_spec=_feature_spec(config),
+            probe_formats=(ExportFormat.TFLITE_INT8,), overwrite=True, progress=config.progress,
+        )  # fmt: skip
+        if not result.shipped:
+            raise RunError(f"no exported format passed parity; see {result.parity_path}")
+        st.detail = f"shipped {', '.join(result.shipped)}"
+    with log.stage("flash the edge bundle to a device folder") as st:
+        flashed = flash(layout.edge_bundle, str(layout.device), trust_key=layout.key_prefix.with_suffix(".pub"))
+        layout.measure.mkdir(parents=True, exist_ok=True)
+        layout.flash.write_text(json.dumps(flashed.to_json(), indent=2) + "\n")
+        st.detail = f"{flashed.uploaded_bytes / 1024:.0f} KB, signature and hashes verified"
+
+
+def _holdout(config, layout):
+    """Up to ``infer_images`` holdout images (uint8) and their task labels, as the device would see them."""
+    from privsplit.data import Part
+    from privsplit.run import RunFolder
+
+    folder = RunFolder(layout.run(PROTECTED)).check()
+    data = folder.dataset()
+    index = folder.split()[Part.HOLDOUT][: config.infer_images]
+    return data.images[index], data.task_labels[index]
+
+
+def _serve_and_measure(config, layout, log, state) -> None:
+    public_key = layout.key_prefix.with_suffix(".pub")
+    service = ServiceProcess(layout.cloud_bundle, extra_args=("--trust-key", str(public_key)))
+    with log.stage("start the cloud service (privsplit serve, loopback, free port)") as st:
+        service.start()
+        st.detail = f"listening on {service.target}"
+    try:
+        wire = _edge_infer(config, layout, log, state, service.target, public_key)
+        _device_latency(config, layout, log, service.target, public_key)
+        _cloud_latency(config, layout, log, service.target, wire)
+    except BaseException:
+        service.kill()
+        raise
+    with log.stage("stop the cloud service (SIGTERM, drain)") as st:
+        code = service.stop()
+        state["service"] = {"exit_code": code, "log": service.lines[-6:]}
+        st.detail = f"exit code {code}"
+    if code != 0:
+        raise RunError(f"the cloud service exited with code {code} on SIGTERM: {' | '.join(service.lines[-3:])}")
+
+
+def _edge_infer(config, layout, log, state, target, public_key):
+    from privsplit.edge.client import ClientConfig, EdgeClient
+    from privsplit.edge.infer import infer_inputs
+    from privsplit.edge.pipeline import EdgePipeline
+
+    images, labels = _holdout(config, layout)
+    with log.stage(f"edge inference over gRPC on {len(images)} holdout images") as st:
+        pipeline = EdgePipeline.open(layout.device / "current", trust_key=public_key, seed=config.seed)
+        with EdgeClient(ClientConfig(target=target)) as client:
+            report = infer_inputs(pipeline, client, images, batch_size=1)
+        report.save(layout.edge_infer)
+        ok = np.array([r.ok for r in report.results])
+        predicted = np.array([r.label if r.ok else -1 for r in report.results])
+        accuracy = float((predicted == labels).mean())
+        latency = [r.latency_ms for r in report.results if r.ok]
+        state["serving"] = {
+            "images": len(images), "ok": int(ok.sum()), "failed": int((~ok).sum()), "accuracy": accuracy,
+            "encoder": pipeline.encoder, "runtime": pipeline.runtime.name.value,
+            "latency_ms_p50": float(np.median(latency)) if latency else None, "server": target,
+        }  # fmt: skip
+        wire = pipeline.encode_pixels(images[:1])
+        pipeline.close()
+        if not ok.all():
+            raise RunError(f"{int((~ok).sum())} of {len(images)} edge requests failed: {next(r.error for r in report.results if not r.ok)}")
+        st.detail = f"accuracy {accuracy:.3f} through {pipeline.encoder} on {pipeline.runtime.name.value} + server"
+    return wire
+
+
+def _device_latency(config, layout, log, target, public_key) -> None:
+    from privsplit.edge.latency import BenchSpec, run_bench
+    from privsplit.edge.runtimes import available_runtimes
+
+    runtimes = [r.value for r in available_runtimes() if r.value in _RUNTIME_ENCODER]
+    with log.stage(f"device latency ({', '.join(runtimes)}; {config.edge_runs} runs each, with round trip)") as st:
+        found = []
+        for runtime in runtimes:
+            spec = BenchSpec(runtime=runtime, encoder=_RUNTIME_ENCODER[runtime], runs=config.edge_runs, server=target, seed=config.seed)
+            result = run_bench(layout.device / "current", spec, trust_key=public_key)
+            result.save(layout.edge_bench(runtime))
+            found.append(f"{runtime} p50 {result.p50_ms:.2f} ms")
+        st.detail = ", ".join(found)
+
+
+def _cloud_latency(config, layout, log, target, wire) -> None:
+    from privsplit.cloud.loadgen import LoadSpec, run_load
+    from privsplit.proto.wire import features_request
+
+    levels = ", ".join(map(str, config.load_concurrency))
+    with log.stage(f"cloud latency and throughput (concurrency {levels}, {config.load_seconds:g} s each)") as st:
+        request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point)
+        spec = LoadSpec(target=target, concurrency=config.load_concurrency, duration_s=config.load_seconds, warmup_s=0.5)
+        result = run_load(spec, request, label="quickstart cloud")
+        result.save(layout.cloud_load)
+        errors = sum(p.errors for p in result.points)
+        if errors:
+            raise RunError(f"{errors} requests to the cloud service failed under load: {result.points[-1].error_codes}")
+        st.detail = ", ".join(f"c={p.concurrency}: {p.throughput:.0f} req/s, p50 {p.p50_ms:.2f} ms" for p in result.points)

@@ -1,0 +1,170 @@
+"""``build_report(DIR)``: summary.json, report.md and a self-contained report.html from saved results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from privsplit.quickstart.layout import QuickstartLayout
+from privsplit.report.document import Document, Figure, Table, to_html, to_markdown
+from privsplit.report.summary import build_summary
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    summary: Path
+    markdown: Path
+    html: Path
+    figures: tuple[Path, ...]
+
+
+def _f(value, digits: int = 3, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _pct(value, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def _features(doc: Document, s: dict) -> None:
+    sec = doc.section("What the device sends: feature leakage")
+    models = s["models"]
+    if not models:
+        sec.add("No feature-leakage probe was found (`privsplit probe features RUN`).")
+        return
+    m0 = models[0]
+    sec.add(
+        f"An attacker who holds the features trains, after the fact, on the `attacker` part and is scored on `holdout`: the best of "
+        f"logistic regression, an MLP and a CNN for the private attribute **{m0['attribute']}**, and a decoder for the image. "
+        f"Chance is {_f(m0['attribute_chance'])}; the **task floor** ({_f(m0['attribute_task_floor'])}) is what the true task label alone "
+        f"gives away (the server learns the task anyway); the mean-image baseline SSIM is {_f(m0['reconstruction_baseline_ssim'])}."
+    )
+    rows = [[m["name"], f"{m['feature_channels']} ch, σ {m['noise_sigma']:g}, λ {m['adv_weight']:g}", _f(m["task_accuracy"]),
+             f"{_f(m['attribute_balanced_accuracy'])} ({m['attribute_attacker']})", _f(m["reconstruction_ssim"])] for m in models]  # fmt: skip
+    sec.add(Table(["model", "encoder (channels, noise, adversary weight)", "task accuracy", "attribute attacker bal. acc.", "reconstruction SSIM"], rows))
+    if s["artefacts"]:
+        rows = [[a["format"], _f(a["size_kb"], 1), _f(a["task_accuracy"]), _f(a["attribute_balanced_accuracy"]), _f(a["reconstruction_ssim"]),
+                 _f(a["cosine"], 5), "yes" if a["shipped"] else "no"] for a in s["artefacts"]]  # fmt: skip
+        sec.add(Table(["protected encoder as", "size KB", "task accuracy", "attribute attacker bal. acc.", "reconstruction SSIM", "cosine vs PyTorch", "shipped"], rows,
+                      caption="PyTorch against the exported artefacts, on the same holdout images with the same int8 wire (export parity)."))  # fmt: skip
+
+
+def _outputs(doc: Document, s: dict) -> None:
+    o = s["outputs"]
+    sec = doc.section("What the cloud returns: membership inference and inversion")
+    if o is None:
+        sec.add("No output-leakage probe was found (`privsplit train-purifier RUN` then `privsplit probe outputs RUN`).")
+        return
+    sec.add(
+        f"{o['members']} training members against {o['nonmembers']} non-members. Eight attacks (thresholds, ML-Leaks, NSH, label-only, a "
+        "shadow model) are trained on the attacker's own data; with the purifier the attacker is **adaptive**: it sees only purified scores, "
+        f"for its own data too. A label-preserving purifier cannot go below the **label floor** (AUC {_f(o['label_floor'])}): what the "
+        "predicted label says about membership."
+    )
+    r, p = o["raw"], o["purified"]
+    rows = [
+        ["task accuracy (holdout)", _f(o["accuracy"]), _f(o["accuracy_purified"])],
+        ["best attack", r["attack"], p["attack"]],
+        ["best attack AUC (label floor " + _f(o["label_floor"]) + ")", _f(r["auc"]), _f(p["auc"])],
+        ["attacker advantage", _f(r["advantage"]), _f(p["advantage"])],
+        ["TPR at 1 % FPR", _f(r["tpr_at_1pct_fpr"]), _f(p["tpr_at_1pct_fpr"])],
+        ["TPR at 0.1 % FPR", _f(r["tpr_at_0.1pct_fpr"]), _f(p["tpr_at_0.1pct_fpr"])],
+        ["inversion MSE (class-mean floor " + _f(o["inversion_class_mean_mse"], 4) + ")", _f(o["inversion_mse"], 4), _f(o["inversion_mse_purified"], 4)],
+        ["label agreement with the unpurified argmax", "–", _f(o["label_agreement"], 4)],
+        ["distortion (mean L1, %)", "–", _f(o["distortion_pct"], 2)],
+    ]
+    sec.add(Table(["", "without purifier", "with purifier"], rows))
+
+
+def _latency(doc: Document, s: dict) -> None:
+    sec = doc.section("Latency and bytes")
+    if s["serving"]:
+        v = s["serving"]
+        sec.add(f"Edge inference from the flashed device folder over real gRPC: {v['ok']}/{v['images']} holdout images answered, accuracy "
+                f"{_f(v['accuracy'])} through {v['encoder']} on {v['runtime']}.")  # fmt: skip
+    if s["device_latency"]:
+        rows = [[d["runtime"], d["encoder"], _f(d["p50_ms"]), _f(d["p99_ms"]), _f(d["encode_p50_ms"]), _f(d["rpc_p50_ms"]), _f(d["init_ms"], 1),
+                 _f(d["peak_rss_mb"], 0), f"{d['bytes_per_request']} (float32 {d['bytes_float32_request']}, JPEG {d['bytes_input_jpeg']})"]
+                for d in s["device_latency"]]  # fmt: skip
+        sec.add(Table(["device runtime", "encoder", "p50 ms", "p99 ms", "encode p50 ms", "round trip p50 ms", "init ms", "peak RSS MB", "bytes per request"], rows,
+                      caption="One image per request, 1 thread, measured on this machine (not a Pi): compare backends as ratios."))  # fmt: skip
+    if s["cloud"]:
+        c = s["cloud"]
+        rows = [[p["concurrency"], _f(p["throughput"], 0), _f(p["p50_ms"]), _f(p["p99_ms"]), _f(p["server_compute_us_p50"], 0), _f(p["batch_size_mean"], 1), p["errors"]]
+                for p in c["points"]]  # fmt: skip
+        sec.add(Table(["cloud concurrency", "requests/s", "p50 ms", "p99 ms", "server compute µs", "mean batch", "errors"], rows,
+                      caption=f"{c['request_bytes']} B requests (int8 features of one image), {c['duration_s']:g} s per level."))  # fmt: skip
+
+
+def _stages(doc: Document, s: dict) -> None:
+    if not s["stages"]:
+        return
+    sec = doc.section("Stages")
+    rows = [[t["name"], _f(t["seconds"], 1), t.get("detail", "")] for t in s["stages"]]
+    sec.add(Table(["stage", "seconds", "result"], rows, caption=f"Total {_f(s['total_seconds'], 0)} s."))
+    if s.get("service"):
+        sec.add(f"The cloud service stopped on SIGTERM with exit code {s['service']['exit_code']}.")
+
+
+_THREAT = """- Feature probe: the attacker holds the features the device sends (an eavesdropper or the cloud itself), knows the encoder's outputs for its own labelled images (`attacker` part, disjoint from training) and trains any of three classifiers and a decoder on them.
+- Output probe: the attacker is a client of the deployed service; it knows which of its own records were training members of a shadow model it trains on its own data, and queries the service for the scores of the records it tests.
+- Limits: one seed per figure; small test sets give ±1–3 points of sampling noise (the holdout accuracy itself varies with the channel-noise draw); latency is measured on this machine, not on a device; a label-preserving purifier cannot remove what the label itself reveals (the label floor)."""
+
+
+def build_document(s: dict, figures: dict[str, Path]) -> Document:
+    d = s["data"]
+    doc = Document(
+        title="privsplit report",
+        subtitle=f"{d['spec']}: task {d['task']}, private attribute {d['private']}, seed {d['seed']}; privsplit {s['privsplit']}"
+        + ("" if s["complete"] else " — INCOMPLETE: some stages did not run"),
+    )
+    _features(doc, s)
+    for key, caption in (("privacy_utility", "Privacy-utility: task accuracy against the best attacker (left) and the decoder (right)."),
+                         ("reconstructions", "Holdout images and what a decoder rebuilds from each model's features.")):  # fmt: skip
+        if key in figures:
+            doc.sections[-1].add(Figure(figures[key], caption))
+    _outputs(doc, s)
+    for key, caption in (("roc", "ROC curves of the membership attacks (log FPR), without and with the purifier."),
+                         ("inversion", "Model inversion from the returned top-k scores, without and with the purifier.")):  # fmt: skip
+        if key in figures:
+            doc.sections[-1].add(Figure(figures[key], caption))
+    _latency(doc, s)
+    if "latency" in figures:
+        doc.sections[-1].add(Figure(figures["latency"], "Latency histograms: the device path per backend and the cloud round trip per concurrency."))
+    _stages(doc, s)
+    doc.section("Threat model and limits").add(_THREAT)
+    return doc
+
+
+def _figures(layout: QuickstartLayout, s: dict) -> dict[str, Path]:
+    from privsplit.report import quickstart_plots as qp
+
+    plots = layout.plots
+    found = {
+        "privacy_utility": qp.plot_privacy_utility(s, plots / "privacy_utility.png"),
+        "reconstructions": qp.plot_reconstructions(layout, s, plots / "reconstructions.png"),
+        "latency": qp.plot_latency(layout, plots / "latency.png") if layout.measure.is_dir() else None,
+    }
+    if s["outputs_file"]:
+        from privsplit.probes.output_results import OutputProbeResult
+        from privsplit.report.output_plots import plot_inversion_grid, plot_roc
+
+        result = OutputProbeResult.load(layout.root / s["outputs_file"])
+        if result.arrays is not None:
+            found["roc"] = plot_roc(result, plots / "roc.png")
+            found["inversion"] = plot_inversion_grid(result, plots / "inversion.png")
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def build_report(root: str | Path) -> ReportPaths:
+    """Write ``summary.json``, ``report.md``, ``report.html`` and ``plots/`` into ``root`` (a quickstart or run folder)."""
+    layout = QuickstartLayout(Path(root))
+    summary = build_summary(layout.root)
+    figures = _figures(layout, summary)
+    summary["figures"] = {k: str(v.relative_to(layout.root)) for k, v in figures.items()}
+    layout.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    doc = build_document(summary, figures)
+    layout.report_md.write_text(to_markdown(doc, relative_to=layout.root))
+    layout.report_html.write_text(to_html(doc))
+    return ReportPaths(summary=layout.summary, markdown=layout.report_md, html=layout.report_html, figures=tuple(figures.values()))
