@@ -76,7 +76,9 @@ def _calibrate(float_path: Path, recipe, calibration, progress: bool = True) -> 
     manager = _recipe().recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe)
     # the calibrator draws its own tqdm bar ("Running Calibration") on stderr; hide it when asked
-    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+    from privsplit.progress import bars_enabled
+
+    quiet = contextlib.nullcontext() if bars_enabled(progress) else contextlib.redirect_stderr(io.StringIO())
     with warnings.catch_warnings(), quiet:
         warnings.simplefilter("ignore")  # "experimental_preserve_all_tensors ... debugging purposes only"
         calib = cal_mod.Calibrator(float_path.read_bytes(), num_threads=1, qsv_update_func=qsv_utils.min_max_update)

@@ -63,8 +63,8 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
         state["total_seconds"] = round(log.elapsed, 3)
         layout.state.write_text(json.dumps(state, indent=2) + "\n")
 
-    # train x models, probe, purifier, outputs, export, flash, serve, infer, device latency, cloud latency, stop, report
-    log = StageLog(len(models) + 11, progress=config.progress, on_record=save)
+    # train x models, probe, purifier, outputs, export, flash, serve, infer, device latency, cloud latency, stop
+    log = StageLog(len(models) + 10, progress=config.progress, on_record=save)
     save()
     log.say(f"{config.data} (task {config.task}, private {config.private}) into {layout.root}")
     _train(config, layout, models, log, state)
@@ -72,13 +72,11 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
     _purify(config, layout, log)
     _export_and_flash(config, layout, log)
     _serve_and_measure(config, layout, log, state)
-    with log.stage("report") as st:
-        state["complete"] = True
-        save()
-        paths = build_report(layout.root)
-        st.detail = f"{paths.html.name}, {paths.markdown.name}, {paths.summary.name}"
-    save()
-    log.say(f"all done in {log.elapsed:.0f} s: open {paths.html}")
+    state["complete"] = True
+    save()  # final: the report reads only saved results, so `privsplit report` rebuilds the same one
+    log.say(f"all {len(log.times)} stages done in {log.elapsed:.0f} s; writing the report")
+    paths = build_report(layout.root)
+    log.say(f"open {paths.html} ({len(paths.figures)} figures; also {paths.markdown.name} and {paths.summary.name})")
     return paths.html
 
 

@@ -36,8 +36,8 @@ def plot_privacy_utility(summary: dict, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    panels = (("attribute_balanced_accuracy", f"attribute attacker balanced accuracy ({models[0]['attribute']})"),
-              ("reconstruction_ssim", "reconstruction SSIM (decoder on the features)"))  # fmt: skip
+    panels = (("attribute_balanced_accuracy", f"best attribute attacker, balanced accuracy ({models[0]['attribute']})"),
+              ("reconstruction_ssim", "reconstruction SSIM of the decoder"))  # fmt: skip
     for ax, (key, label) in zip(axes, panels):
         xs = [m[key] for m in models]
         ys = [m["task_accuracy"] for m in models]
@@ -56,7 +56,8 @@ def plot_privacy_utility(summary: dict, path: Path) -> Path | None:
             ax.axvline(models[0]["attribute_task_floor"], color="tab:red", ls="--", label="task floor")
         elif models[0]["reconstruction_baseline_ssim"] is not None:
             ax.axvline(models[0]["reconstruction_baseline_ssim"], color="tab:red", ls="--", label="mean-image baseline")
-        ax.set_xlabel(label + "  (less is more private)")
+        ax.set_xlabel(label)
+        ax.set_title("further left = more private", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel("task accuracy (holdout, channel noise on)")
