@@ -7,8 +7,10 @@ Targets (unprotected, trained with ``privsplit train``'s recipe, seed 0):
 
 For each target the service's scores and the attacker's shadow model are computed once; then every
 purifier is trained on ``reference`` only and probed: the default (``ae``, calibrated privacy-first),
-``adversarial``, and a sweep of fixed clamps that traces the leakage/distortion frontier. Printed: a
-table and the JSON; written: ``benchmarks/results/purifier_benchmark.json`` (+ per-probe JSON/npz).
+``adversarial``, and a sweep of fixed clamps that traces the leakage/distortion frontier; beside them
+the limits of any label-preserving purifier on the target (:mod:`privsplit.probes.purifier_bounds`:
+the inversion ceiling and the oracle collapse frontier). Printed: a table and the JSON; written:
+``benchmarks/results/purifier_benchmark.json`` (+ per-probe JSON/npz) and ``purifier_frontier.png``.
 Runs are cached under ``benchmarks/results/runs/`` (git-ignored); ``--retrain`` rebuilds them.
 
 Goals (issue 7, default purifier): best attack AUC <= label floor + 0.02, accuracy drop <= 0.3
@@ -101,6 +103,7 @@ def row(result, *, label: str, seconds: float) -> dict:
 def bench_target(name: str, args) -> dict:
     from privsplit.models.purifier import load_purifier, purifier_training_facts
     from privsplit.probes.output_probe import OutputProbeSpec, observe, probe_outputs
+    from privsplit.probes.purifier_bounds import purifier_bounds
     from privsplit.train.purifier import PurifierMode, PurifierTrainConfig, train_purifier
 
     run = ensure_run(name, args.runs, args.retrain)
@@ -125,7 +128,42 @@ def bench_target(name: str, args) -> dict:
               f"distortion {r['distortion_pct']:.2f}%, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
     # leave the default purifier in the run folder
     train_purifier(run, configs[0][1], progress=False)
-    return {"target": name, **TARGETS[name], "run": str(run.path.relative_to(REPO)) if run.path.is_relative_to(REPO) else str(run.path), "rows": rows}
+    bounds = purifier_bounds(view, raw_inversion_mse=rows[0]["inversion_mse"], class_mean_mse=rows[0]["inversion_class_mean_mse"])
+    return {"target": name, **TARGETS[name], "run": str(run.path.relative_to(REPO)) if run.path.is_relative_to(REPO) else str(run.path),
+            "rows": rows, "bounds": {**bounds.to_json(), "min_distortion_for_goal_excess": bounds.min_distortion_for(GOALS["excess_auc"]),
+                                     "excess_at_goal_distortion": bounds.excess_at(GOALS["distortion_pct"])}}  # fmt: skip
+
+
+def plot_frontier(report: dict, path: Path) -> Path:
+    """Excess AUC over the label floor against distortion: the oracle frontier, the purifiers, the goal box."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = report["targets"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.2), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        pts = sorted(t["bounds"]["frontier"], key=lambda p: p["distortion_pct"])
+        ax.plot([p["distortion_pct"] for p in pts], [p["excess_auc"] for p in pts], "-", color="grey",
+                label="oracle collapse frontier (loss attack)")  # fmt: skip
+        for r in t["rows"]:
+            ax.scatter(r["distortion_pct"], r["excess_auc_purified"], s=40, zorder=3)
+            ax.annotate(r["purifier"], (r["distortion_pct"], r["excess_auc_purified"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.add_patch(plt.Rectangle((0, -0.01), GOALS["distortion_pct"], GOALS["excess_auc"] + 0.01, color="tab:green", alpha=0.15,
+                                   label="goal: distortion <= 5.5 %, excess <= 0.02"))  # fmt: skip
+        ax.set_xlabel("distortion on non-members (mean L1, %)")
+        ax.set_ylabel("best attack AUC - label floor (adaptive attacker)")
+        ax.set_title(f"{t['target']} (label floor {t['bounds']['label_floor']:.3f})", fontsize=9)
+        ax.set_xlim(0, max(30, max(r["distortion_pct"] for r in t["rows"]) + 2))
+        ax.set_ylim(-0.01, 0.35)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def table(report: dict) -> str:
@@ -145,6 +183,12 @@ def table(report: dict) -> str:
         first = t["rows"][0]
         lines.append(f"{t['target']}: every attack's AUC raw -> purified ({first['purifier']}):")
         lines.append("  " + ", ".join(f"{k} {v['auc']:.3f}->{v['auc_purified']:.3f}" for k, v in first["attacks"].items()))
+        b = t["bounds"]
+        need, left = b["min_distortion_for_goal_excess"], b["excess_at_goal_distortion"]
+        lines.append(f"{t['target']}: limits of any label-preserving purifier: inversion MSE ratio <= {b['inversion_ceiling']:.2f} "
+                     f"(class-mean / raw); oracle frontier: excess <= {GOALS['excess_auc']} needs >= "
+                     + (f"{need:.1f}" if need is not None else "n/a") + f" % distortion; at {GOALS['distortion_pct']} % the least excess is "
+                     + (f"{left:+.3f}" if left is not None else "n/a"))  # fmt: skip
         lines.append("")
     lines.append("goals: excess<=0.02, acc drop<=0.3 pt, agreement>=0.997, distortion<=5.5% (holdout L1), inversion MSE>=2x")
     return "\n".join(lines)
@@ -172,6 +216,7 @@ def main(argv=None) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "purifier_benchmark.json").write_text(json.dumps(report, indent=2))
+    plot_frontier(report, RESULTS / "purifier_frontier.png")
     print(json.dumps(report, indent=2))
     print(table(report))
     return 0

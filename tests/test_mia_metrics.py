@@ -95,3 +95,29 @@ def test_auc_is_the_pairwise_probability(members, nonmembers):
         assert result.advantage >= abs((m >= t).mean() - (n >= t).mean()) - 1e-12
     assert mia_metrics(_labels(len(m), len(n)), np.exp(np.r_[m, n] / 10)).auc == pytest.approx(result.auc)
     assert 0.0 <= result.tpr_at_01pct_fpr <= result.tpr_at_1pct_fpr <= 1.0
+
+
+def test_purifier_bounds_collapse_frontier_on_hand_made_scores():
+    """Members saturated; half the non-members at top 0.7 (the giveaway), half saturated; all correct."""
+    from privsplit.probes.purifier_bounds import PurifierBounds, collapse_frontier
+
+    sat, low = [0.999, 0.001], [0.7, 0.3]
+    members = np.array([sat] * 100)
+    nonmembers = np.array([low] * 50 + [sat] * 50)
+    labels = np.zeros(100, dtype=int)
+    floor, frontier = collapse_frontier(members, labels, nonmembers, labels, thresholds=(0.0, 0.8, 1.01))
+    assert floor == pytest.approx(0.5)
+    by = {p.threshold: p for p in frontier}
+    # everything collapses: 2 (1 - t) per record, identical vectors -> no excess
+    assert by[0.0].distortion_pct == pytest.approx(100 * (0.5 * 0.6 + 0.5 * 0.002))
+    assert by[0.0].excess_auc == pytest.approx(0.0)
+    # only the saturated collapse: cheap, and the 0.7 records still give themselves away
+    assert by[0.8].distortion_pct == pytest.approx(100 * 0.5 * 0.002)
+    assert by[0.8].excess_auc == pytest.approx(0.25)
+    # nothing collapses: the loss attack separates the low half perfectly, ties on the rest
+    assert by[1.01].distortion_pct == pytest.approx(0.0)
+    assert by[1.01].excess_auc == pytest.approx(0.25)
+    bounds = PurifierBounds(label_floor=floor, inversion_ceiling=1.0, frontier=frontier)
+    assert bounds.min_distortion_for(0.02) == pytest.approx(30.1)
+    assert bounds.excess_at(5.5) == pytest.approx(0.25)
+    assert bounds.min_distortion_for(-1) is None
