@@ -139,7 +139,8 @@ class Runtime:
         pass
 
 
-def _tflite_spec(detail: dict) -> TensorSpec:
+def tflite_spec(detail: dict) -> TensorSpec:
+    """A TFLite interpreter's tensor detail as a :class:`TensorSpec` (quantization only for integer tensors)."""
     scale, zero_point = detail["quantization"]
     dtype = np.dtype(detail["dtype"]).name
     quantized = dtype in ("int8", "uint8", "int16") and scale != 0.0
@@ -163,7 +164,7 @@ class TfliteRuntime(Runtime):
             raise BundleError(f"{path.name}: expected one input and one output, it has {len(inputs)} and {len(outputs)}")
         self._interp = interp
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
-        self.io = IOSpec(_tflite_spec(inputs[0]), _tflite_spec(outputs[0]))
+        self.io = IOSpec(tflite_spec(inputs[0]), tflite_spec(outputs[0]))
         self.max_batch = int(inputs[0]["shape"][0])
         self._invoke = interp.invoke
         self._set = interp.set_tensor
@@ -191,6 +192,12 @@ class TfliteRuntime(Runtime):
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
 
 
+def ort_spec(arg) -> TensorSpec:
+    """An onnxruntime input/output description as a :class:`TensorSpec` (symbolic dimensions -> -1)."""
+    shape = tuple(int(v) if isinstance(v, int) else -1 for v in arg.shape)
+    return TensorSpec(dtype=_ORT_DTYPES.get(arg.type, arg.type), shape=shape)
+
+
 class OnnxRuntime(Runtime):
     """onnxruntime on the CPU provider; ONNX encoders take any batch in one call."""
 
@@ -209,13 +216,9 @@ class OnnxRuntime(Runtime):
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleError(f"{path.name}: expected one input and one output, it has {len(inputs)} and {len(outputs)}")
 
-        def spec(arg) -> TensorSpec:
-            shape = tuple(int(v) if isinstance(v, int) else -1 for v in arg.shape)
-            return TensorSpec(dtype=_ORT_DTYPES.get(arg.type, arg.type), shape=shape)
-
         self._session = session
         self._in_name, self._out_name = inputs[0].name, outputs[0].name
-        self.io = IOSpec(spec(inputs[0]), spec(outputs[0]))
+        self.io = IOSpec(ort_spec(inputs[0]), ort_spec(outputs[0]))
         self.max_batch = None if self.io.input.shape[0] == -1 else self.io.input.shape[0]
 
     def run(self, x: np.ndarray) -> np.ndarray:

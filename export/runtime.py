@@ -12,24 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from privsplit.bundle import TensorSpec
-from privsplit.errors import ExportError, require
+from privsplit.errors import BundleError, ExportError, require
 from privsplit.export.formats import Backend, ExportFormat
 
 
-def _tflite_spec(detail: dict) -> TensorSpec:
-    scale, zero_point = detail["quantization"]
-    dtype = np.dtype(detail["dtype"]).name
-    quantized = dtype in ("int8", "uint8", "int16") and scale != 0.0
-    return TensorSpec(dtype=dtype, shape=tuple(int(v) for v in detail["shape"]),
-                      scale=float(scale) if quantized else None, zero_point=int(zero_point) if quantized else None)  # fmt: skip
-
-
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
-
-
 def _ort_spec(arg) -> TensorSpec:
-    shape = tuple(int(v) if isinstance(v, int) else -1 for v in arg.shape)
-    return TensorSpec(dtype=_ORT_DTYPES.get(arg.type, arg.type), shape=shape)
+    from privsplit.edge.runtimes import ort_spec
+
+    return ort_spec(arg)
 
 
 def ort_session(path: Path, *, threads: int = 1):
@@ -43,42 +33,40 @@ def ort_session(path: Path, *, threads: int = 1):
 
 @dataclass
 class EncoderArtefact:
-    """One written encoder: ``encode(unit NHWC float32) -> float32 features (N, C, h, w)``."""
+    """One written encoder, opened with the device's own runtime registry (:mod:`privsplit.edge.runtimes`):
+    ``encode(unit NHWC float32) -> float32 features (N, C, h, w)``. TFLite encoders are batch 1, like the
+    device, and are looped over the rows."""
 
     fmt: ExportFormat
     path: Path
-    input: TensorSpec
-    output: TensorSpec
-    _runner: object
+    runtime: object  # privsplit.edge.runtimes.Runtime
+
+    @property
+    def input(self) -> TensorSpec:
+        return self.runtime.io.input
+
+    @property
+    def output(self) -> TensorSpec:
+        return self.runtime.io.output
 
     def encode(self, unit: np.ndarray) -> np.ndarray:
         unit = np.asarray(unit, dtype=np.float32)
-        if self.fmt.backend is Backend.ONNX:
-            out = self._runner.run(None, {self._runner.get_inputs()[0].name: self.input.quantize(unit)})[0]
-        else:
-            interp = self._runner
-            in_index = interp.get_input_details()[0]["index"]
-            out_index = interp.get_output_details()[0]["index"]
-            rows = []
-            for i in range(len(unit)):  # TFLite encoders are batch 1, like the device
-                interp.set_tensor(in_index, self.input.quantize(unit[i : i + 1]))
-                interp.invoke()
-                rows.append(interp.get_tensor(out_index).copy())
-            out = np.concatenate(rows) if rows else np.zeros((0, *self.output.shape[1:]), np.float32)
+        if len(unit) == 0:
+            return np.zeros((0, *(self.output.shape[i] for i in (3, 1, 2))), np.float32)
+        out = self.runtime.run(self.input.quantize(unit))
         return np.ascontiguousarray(self.output.dequantize(out).transpose(0, 3, 1, 2))
 
 
 def open_encoder(path: Path, fmt: ExportFormat, *, threads: int = 1) -> EncoderArtefact:
-    if fmt.backend is Backend.ONNX:
-        session = ort_session(path, threads=threads)
-        return EncoderArtefact(fmt, path, _ort_spec(session.get_inputs()[0]), _ort_spec(session.get_outputs()[0]), session)
-    litert = require("ai_edge_litert.interpreter", package="ai-edge-litert==2.3.*", extra="edge")
-    interp = litert.Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
-    inp, out = interp.get_input_details(), interp.get_output_details()
-    if len(inp) != 1 or len(out) != 1:
-        raise ExportError(f"{path.name}: expected one input and one output, the converter wrote {len(inp)} and {len(out)}")
-    return EncoderArtefact(fmt, path, _tflite_spec(inp[0]), _tflite_spec(out[0]), interp)
+    """Open a written encoder with onnxruntime or LiteRT (the interpreters the device and the cloud use)."""
+    from privsplit.edge.runtimes import RuntimeName, open_runtime
+
+    backend = RuntimeName.ONNXRUNTIME if fmt.backend is Backend.ONNX else RuntimeName.LITERT
+    try:
+        runtime = open_runtime(Path(path), artefact=backend.artefact, runtime=backend, threads=threads)
+    except BundleError as exc:
+        raise ExportError(f"the converter wrote an artefact its interpreter rejects: {exc}") from None
+    return EncoderArtefact(fmt, Path(path), runtime)
 
 
 def check_encoder_io(art: EncoderArtefact, *, image_shape: tuple[int, int, int], feature_shape: tuple[int, int, int]) -> None:
