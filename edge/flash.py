@@ -6,6 +6,7 @@ Device layout::
     TARGET/releases/<version>.sha256    their checksums (``sha256sum -c`` format), written on install
     TARGET/current -> releases/<version>   the active release (a relative symlink)
     TARGET/.privsplit-history           activated versions, oldest first (for --rollback)
+    TARGET/.privsplit-lock/             held while a flash or rollback runs (``mkdir`` is atomic)
 
 :func:`flash` verifies the bundle here (hashes; signature with a trusted key), uploads it into a
 fresh ``releases/.incoming-*`` folder, verifies every hash *on the device*, moves it to
@@ -16,13 +17,16 @@ the old one (atomic). A transfer that fails, is interrupted or arrives corrupted
 
 Both kinds of target run the same POSIX ``sh`` scripts (locally with ``sh``, remotely over the system
 ``ssh``; files go with ``cp`` / ``scp``), so the device needs only ``sh``, coreutils and ``sha256sum``
-(or ``shasum``). One flash at a time per target.
+(or ``shasum``). One flash at a time per target: a second one finds the lock and stops without
+touching anything; a lock left by a killed flash is taken over (owner process gone, or over an hour old).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 import shlex
 import shutil
 import subprocess
@@ -36,6 +40,7 @@ from privsplit.bundle import MANIFEST, SIGNATURE, BundleKind, load_bundle, sha25
 from privsplit.errors import ConfigError, PrivsplitError
 
 HISTORY = ".privsplit-history"
+LOCK = ".privsplit-lock"
 _SAFE = re.compile(r"^[A-Za-z0-9._+@~/-]+$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -192,6 +197,79 @@ fi
 """
 
 
+_LOCK = """set -u
+root=$1; token=$2; create=$3
+if [ ! -d "$root" ]; then
+  if [ "$create" = 1 ]; then mkdir -p -- "$root" || exit 1; else echo locked; exit 0; fi
+fi
+if mkdir -- "$root/.privsplit-lock" 2>/dev/null; then
+  printf '%s\\n' "$token" > "$root/.privsplit-lock/owner"; echo locked
+else
+  echo "held=$(cat "$root/.privsplit-lock/owner" 2>/dev/null || echo unknown)"
+fi
+"""
+_UNLOCK = """set -u
+lock="$1/.privsplit-lock"
+if [ -d "$lock" ] && [ "$(cat "$lock/owner" 2>/dev/null)" = "$2" ]; then rm -rf -- "$lock"; fi
+"""
+STALE_LOCK_S = 3600.0  # a lock older than this is left by a flash that died (flashes time out long before)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(owner: str) -> bool:
+    """A lock whose owner (``epoch pid host token``) died: same host and no such process, or too old."""
+    parts = owner.split()
+    try:
+        epoch, pid, host = float(parts[0]), int(parts[1]), parts[2]
+    except (IndexError, ValueError):
+        return False
+    if host == socket.gethostname() and not _pid_alive(pid):
+        return True
+    return time.time() - epoch > STALE_LOCK_S
+
+
+class _DeviceLock:
+    """``with _DeviceLock(target, create=...):`` holds TARGET/.privsplit-lock for one flash or rollback.
+
+    A lock left by a flash that was killed (its process is gone on this host, or it is older than
+    :data:`STALE_LOCK_S`) is taken over; a live one stops this flash before it touches anything."""
+
+    def __init__(self, target: Target, *, create: bool) -> None:
+        self.target, self.create = target, create
+        self.token = f"{time.time():.0f} {os.getpid()} {socket.gethostname()} {secrets.token_hex(4)}"
+
+    def _try(self) -> str:
+        return _sh(self.target, _LOCK, str(self.target.path), self.token, "1" if self.create else "0").strip()
+
+    def __enter__(self) -> "_DeviceLock":
+        out = self._try()
+        if out.startswith("held=") and _stale(out[5:]):
+            _sh(self.target, _UNLOCK, str(self.target.path), out[5:])  # only if it is still that owner's
+            out = self._try()
+        if out.startswith("held="):
+            raise FlashError(
+                f"{self.target}: another flash or rollback is running (lock {LOCK} held by {out[5:] or 'unknown'}); "
+                f"if none is, remove {self.target.path}/{LOCK} on the device and retry"
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            _sh(self.target, _UNLOCK, str(self.target.path), self.token)
+        except FlashError:
+            if exc[0] is None:
+                raise
+
+
 @dataclass(frozen=True)
 class DeviceState:
     current: str | None  # version the current link points at
@@ -292,6 +370,11 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
     digests.update({f: sha256_file(root / f) for f in (MANIFEST, SIGNATURE) if f in files})
     sums = "".join(f"{digests[f]}  {f}\n" for f in files)
 
+    with _DeviceLock(target, create=True):
+        return _install(target, root, files, sums, version, keep, started)
+
+
+def _install(target: Target, root: Path, files: list[str], sums: str, version: str, keep: int, started: float) -> FlashResult:
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     staging = f".incoming-{token}"
@@ -328,6 +411,11 @@ def rollback(target: Target | str) -> FlashResult:
     """Switch ``current`` back to the release activated before it (verified on the device first)."""
     started = time.perf_counter()
     target = parse_target(target) if isinstance(target, str) else target
+    with _DeviceLock(target, create=False):
+        return _roll_back(target, started)
+
+
+def _roll_back(target: Target, started: float) -> FlashResult:
     state = DeviceState.read(target)
     if state.current is None:
         raise FlashError(f"{target} has no current release: flash one first")

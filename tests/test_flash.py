@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +71,29 @@ def test_flash_switch_keep_and_rollback(bundles, versions, tmp_path):
     with pytest.raises(FlashError, match="no current release"):
         rollback(LocalTarget(tmp_path / "empty"))
     assert not (tmp_path / "empty").exists()  # a mistyped target is not created by a rollback
+
+
+def test_one_flash_at_a_time_per_device(versions, tmp_path):
+    device = tmp_path / "device"
+    target = LocalTarget(device)
+    flash(versions["v1"], target)
+    assert not (device / ".privsplit-lock").exists()  # released after a flash
+    (device / ".privsplit-lock").mkdir()  # another flash is running (or was killed)
+    owner = f"{time.time():.0f} 1 other-laptop cafe\n"  # a live flash from another machine
+    (device / ".privsplit-lock" / "owner").write_text(owner)
+    for attempt in (lambda: flash(versions["v2"], target), lambda: rollback(target)):
+        with pytest.raises(FlashError, match=r"another flash or rollback is running .*other-laptop.*remove .*\.privsplit-lock"):
+            attempt()
+    assert os.readlink(device / "current") == "releases/v1" and _releases(device) == ["v1"]
+    assert (device / ".privsplit-lock" / "owner").read_text() == owner  # someone else's lock is left alone
+    # a lock whose owner died on this host, or one over an hour old, is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    for stale in (f"{time.time():.0f} {dead} {socket.gethostname()} dead\n", f"{time.time() - 7200:.0f} 1 other-laptop old\n"):
+        (device / ".privsplit-lock" / "owner").write_text(stale)
+        assert flash(versions["v2" if "dead" in stale else "v1"], target).action in (FlashAction.INSTALLED, FlashAction.SWITCHED)
+        assert not (device / ".privsplit-lock").exists()
+        (device / ".privsplit-lock").mkdir()
+    (device / ".privsplit-lock").rmdir()
 
 
 def test_only_verified_bundles_reach_the_device(bundles, versions, tmp_path):
