@@ -212,17 +212,27 @@ def _edge_infer(config, layout, log, state, target, public_key):
 
 
 def _device_latency(config, layout, log, target, public_key) -> None:
-    from privsplit.edge.latency import BenchSpec, run_bench
+    """``privsplit edge bench`` per installed backend, each in its own process as on a device (no torch
+    loaded, so peak RSS is the device side's own), with the round trip to the service."""
+    import subprocess
+    import sys
+
     from privsplit.edge.runtimes import available_runtimes
 
     runtimes = [r.value for r in available_runtimes() if r.value in _RUNTIME_ENCODER]
     with log.stage(f"device latency ({', '.join(runtimes)}; {config.edge_runs} runs each, with round trip)") as st:
         found = []
         for runtime in runtimes:
-            spec = BenchSpec(runtime=runtime, encoder=_RUNTIME_ENCODER[runtime], runs=config.edge_runs, server=target, seed=config.seed)
-            result = run_bench(layout.device / "current", spec, trust_key=public_key)
-            result.save(layout.edge_bench(runtime))
-            found.append(f"{runtime} p50 {result.p50_ms:.2f} ms")
+            out = layout.edge_bench(runtime)
+            cmd = [sys.executable, "-m", "privsplit.cli.main", "edge", "bench", str(layout.device / "current"), "--runtime", runtime,
+                   "--encoder", _RUNTIME_ENCODER[runtime], "--runs", str(config.edge_runs), "--server", target,
+                   "--trust-key", str(public_key), "--seed", str(config.seed), "--json", str(out)]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                tail = " | ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit status {proc.returncode}"
+                raise RunError(f"privsplit edge bench --runtime {runtime} failed: {tail}")
+            result = json.loads(out.read_text())
+            found.append(f"{runtime} p50 {result['p50_ms']:.2f} ms, {result['peak_rss_mb']:.0f} MB")
         st.detail = ", ".join(found)
 
 
