@@ -136,11 +136,9 @@ def bench_target(name: str, args) -> dict:
 
 def plot_frontier(report: dict, path: Path) -> Path:
     """Excess AUC over the label floor against distortion: the oracle frontier, the purifiers, the goal box."""
-    import matplotlib
+    from privsplit.report._figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     targets = report["targets"]
     fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.2), squeeze=False)
     for ax, t in zip(axes[0], targets):
@@ -159,11 +157,7 @@ def plot_frontier(report: dict, path: Path) -> Path:
         ax.set_ylim(-0.01, 0.35)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def table(report: dict) -> str:

@@ -26,9 +26,10 @@ def _setting() -> str:
 
 def bars_enabled(requested: bool = True) -> bool:
     """Whether a bar asked for with ``requested`` is drawn (see the module doc for the rules)."""
-    if not requested or _setting() == "off":
+    setting = _setting()
+    if not requested or setting == "off":
         return False
-    return _setting() == "on" or bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return setting == "on" or bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 class SilentBar:

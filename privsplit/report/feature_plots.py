@@ -5,30 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 from privsplit.errors import RunError
+from privsplit.report._figures import pyplot as _pyplot
+from privsplit.report._figures import save, show_image as _show
 
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.feature_results import FeatureLeakageResult
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _show(ax, image: np.ndarray) -> None:
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def plot_reconstruction_grid(result: "FeatureLeakageResult", path: str | Path, *, per_row: int = 8) -> Path:
@@ -66,12 +49,7 @@ def plot_reconstruction_grid(result: "FeatureLeakageResult", path: str | Path, *
         f"PSNR {rec.psnr:.1f} dB ({rec.baseline_psnr:.1f}), holdout n={result.holdout_size}",
         fontsize=8,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def plot_attribute_leakage(result: "FeatureLeakageResult", path: str | Path) -> Path:
@@ -93,12 +71,7 @@ def plot_attribute_leakage(result: "FeatureLeakageResult", path: str | Path) -> 
     ax.set_ylabel("holdout balanced accuracy")
     ax.set_title(f"Inferring {att.name} from the features (n={result.holdout_size})", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def write_feature_plots(result: "FeatureLeakageResult", out_dir: str | Path) -> list[Path]:

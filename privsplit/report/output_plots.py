@@ -12,21 +12,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from privsplit.errors import RunError
+from privsplit.report._figures import pyplot as _pyplot
+from privsplit.report._figures import save, show_image as _show
 from privsplit.probes.mia_metrics import roc
 
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.output_results import OutputProbeResult
 
 SETTINGS = (("raw", "without purifier"), ("purified", "with purifier (adaptive attacker)"))
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _arrays(result: "OutputProbeResult"):
@@ -57,8 +50,7 @@ def plot_roc(result: "OutputProbeResult", path: str | Path) -> Path:
         ax.set_title(f"{title}\nlabel floor {report.label_floor:.3f}, best {report.best.auc:.3f}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("true positive rate")
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_score_histograms(result: "OutputProbeResult", path: str | Path) -> Path:
@@ -77,20 +69,7 @@ def plot_score_histograms(result: "OutputProbeResult", path: str | Path) -> Path
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("records")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _show(ax, image: np.ndarray) -> None:
-    """``image``: HWC uint8 or CHW float in [0, 1]."""
-    if image.dtype != np.uint8:
-        image = np.clip(np.transpose(image, (1, 2, 0)) * 255.0, 0, 255).astype(np.uint8)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return save(fig, path)
 
 
 def plot_inversion_grid(result: "OutputProbeResult", path: str | Path) -> Path:
@@ -113,17 +92,7 @@ def plot_inversion_grid(result: "OutputProbeResult", path: str | Path) -> Path:
         f"(class-mean floor {result.inversion.class_mean_mse:.4f})",
         fontsize=8,
     )
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return save(fig, path, tight=False)
 
 
 def write_output_plots(result: "OutputProbeResult", out_dir: str | Path) -> list[Path]:

@@ -8,23 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from privsplit.quickstart.layout import QuickstartLayout
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
+from privsplit.report._figures import pyplot as _pyplot
+from privsplit.report._figures import save as _save
+from privsplit.report._figures import show_image
 
 
 def plot_privacy_utility(summary: dict, path: Path) -> Path | None:
@@ -69,7 +55,7 @@ def plot_reconstructions(layout: QuickstartLayout, summary: dict, path: Path, *,
     """Holdout originals over each model's decoder reconstructions (rows: least to most protected)."""
     rows = []
     for m in summary["models"]:
-        npz = layout.root / _run_of(layout, summary, m["name"]) / "probe_features.samples.npz"
+        npz = layout.root / m["run"] / "probe_features.samples.npz"
         if npz.is_file():
             with np.load(npz, allow_pickle=False) as z:
                 if not rows:
@@ -83,20 +69,10 @@ def plot_reconstructions(layout: QuickstartLayout, summary: dict, path: Path, *,
     for r, (label, images) in enumerate(rows):
         for c in range(n):
             ax = axes[r][c]
-            image = images[c]
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            show_image(ax, images[c])
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle("what a decoder trained on the attacker's data rebuilds from the features", fontsize=10)
     return _save(fig, path)
-
-
-def _run_of(layout: QuickstartLayout, summary: dict, name: str) -> str:
-    if summary.get("source") == "run":
-        return "."
-    state = json.loads(layout.state.read_text())
-    return next(m["run"] for m in state["models"] if m["name"] == name)
 
 
 def plot_latency(layout: QuickstartLayout, path: Path) -> Path | None:

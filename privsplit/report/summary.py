@@ -34,6 +34,7 @@ def _feature_row(name: str, probe: dict, metrics: dict, train: dict) -> dict:
     attr, rec = probe.get("attribute") or {}, probe.get("reconstruction") or {}
     return {
         "name": name,
+        "run": train["run"],
         "adv_weight": train.get("adv_weight"),
         "noise_sigma": train.get("noise_sigma"),
         "feature_channels": train.get("feature_channels"),
