@@ -54,6 +54,10 @@ class QuickstartLayout:
         return self.root / "keys" / "privsplit"
 
     @property
+    def public_key(self) -> Path:
+        return self.key_prefix.with_suffix(".pub")
+
+    @property
     def measure(self) -> Path:
         return self.root / "measure"
 

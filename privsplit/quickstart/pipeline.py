@@ -145,7 +145,7 @@ def _export_and_flash(config, layout, log) -> None:
             raise RunError(f"no exported format passed parity; see {result.parity_path}")
         st.detail = f"shipped {', '.join(result.shipped)}"
     with log.stage("flash the edge bundle to a device folder") as st:
-        flashed = flash(layout.edge_bundle, str(layout.device), trust_key=layout.key_prefix.with_suffix(".pub"))
+        flashed = flash(layout.edge_bundle, str(layout.device), trust_key=layout.public_key)
         layout.measure.mkdir(parents=True, exist_ok=True)
         layout.flash.write_text(json.dumps(flashed.to_json(), indent=2) + "\n")
         st.detail = f"{flashed.uploaded_bytes / 1024:.0f} KB, signature and hashes verified"
@@ -163,7 +163,7 @@ def _holdout(config, layout):
 
 
 def _serve_and_measure(config, layout, log, state) -> None:
-    public_key = layout.key_prefix.with_suffix(".pub")
+    public_key = layout.public_key
     service = ServiceProcess(layout.cloud_bundle, extra_args=("--trust-key", str(public_key)))
     with log.stage("start the cloud service (privsplit serve, loopback, free port)") as st:
         service.start()
