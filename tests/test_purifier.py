@@ -122,7 +122,6 @@ def _copy_run(src, tmp_path) -> RunFolder:
 
 def test_purifier_keeps_the_label_on_a_trained_target(digits_run, tmp_path):
     from privsplit.data import Part
-    from privsplit.probes.output_probe import service_scores
 
     run = _copy_run(digits_run, tmp_path)
     train_purifier(run, PurifierTrainConfig(epochs=30), progress=False)
@@ -131,7 +130,7 @@ def test_purifier_keeps_the_label_on_a_trained_target(digits_run, tmp_path):
     assert facts["mode"] == "ae" and facts["reference_label_agreement"] == 1.0
     data, split, model = run.dataset(), run.split(), run.load_split_model()
     holdout = split[Part.HOLDOUT]
-    p = service_scores(model, data.images[holdout], noise_seed=5)
+    p = model.scores(data.images[holdout], noise_seed=5)
     q = purify_numpy(purifier, p)
     assert np.array_equal(q.argmax(1), p.argmax(1))
     assert (q.argmax(1) == data.task_labels[holdout]).mean() == (p.argmax(1) == data.task_labels[holdout]).mean()

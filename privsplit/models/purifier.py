@@ -30,20 +30,31 @@ Where a run stores it: ``RUN/purifier.json`` (:class:`PurifierConfig` + training
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from privsplit.errors import ConfigError, RunError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from privsplit.run import RunFolder
-
 PURIFIER_SCHEMA_VERSION = 1
 PURIFIER_JSON = "purifier.json"
 PURIFIER_WEIGHTS = "purifier"  # -> purifier.safetensors
 COLLAPSED_LOGIT = -30.0
+
+
+class RunStore(Protocol):
+    """What the purifier needs of a run folder (:class:`privsplit.run.RunFolder`, a layer above the models)."""
+
+    path: Path
+
+    def file(self, name: str) -> Path: ...
+    def has(self, name: str) -> bool: ...
+    def read_json(self, name: str) -> Any: ...
+    def write_json(self, name: str, data: Any) -> Path: ...
+    def save_module(self, name: str, module: nn.Module) -> Path: ...
+    def load_module(self, name: str, module: nn.Module) -> nn.Module: ...
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,7 @@ def purify_numpy(purifier: Purifier, probs, batch_size: int = 4096):
     return np.concatenate(out) if out else np.zeros((0, purifier.config.num_classes), np.float32)
 
 
-def save_purifier(run: "RunFolder", purifier: Purifier, *, training: dict[str, Any] | None = None) -> None:
+def save_purifier(run: RunStore, purifier: Purifier, *, training: dict[str, Any] | None = None) -> None:
     """Write ``RUN/purifier.json`` and ``RUN/purifier.safetensors``."""
     run.save_module(PURIFIER_WEIGHTS, purifier)
     run.write_json(
@@ -175,7 +186,7 @@ def save_purifier(run: "RunFolder", purifier: Purifier, *, training: dict[str, A
     )
 
 
-def load_purifier(run: "RunFolder") -> Purifier | None:
+def load_purifier(run: RunStore) -> Purifier | None:
     """The run's purifier in eval mode, or ``None`` when the run has none."""
     if not run.has(PURIFIER_JSON):
         return None
@@ -192,7 +203,7 @@ def load_purifier(run: "RunFolder") -> Purifier | None:
     return purifier.eval()
 
 
-def purifier_training_facts(run: "RunFolder") -> dict[str, Any]:
+def purifier_training_facts(run: RunStore) -> dict[str, Any]:
     """The ``training`` block of ``purifier.json`` (mode, epochs, reference figures)."""
     return dict(run.read_json(PURIFIER_JSON).get("training", {}))
 

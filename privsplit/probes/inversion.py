@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from privsplit.errors import ConfigError
+from privsplit.models.threads import tiny_model_threads
 
 LOG_FLOOR = -30.0
 
@@ -129,7 +130,7 @@ def fit_decoder(probs: np.ndarray, images: np.ndarray, *, config: InversionConfi
         raise ConfigError(f"inversion needs at least 5 (scores, image) pairs, got {len(probs)} scores and {len(images)} images")
     import copy
 
-    from privsplit.train.progress import progress_bar
+    from privsplit.progress import progress_bar
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -175,8 +176,6 @@ def invert(
     progress: bool = False,
 ) -> InversionOutcome:
     """Train on ``(train_probs, train_images)``; score on ``members`` and ``nonmembers`` ``(probs, images)``."""
-    from privsplit.train.purifier import tiny_model_threads
-
     with tiny_model_threads():
         net = fit_decoder(train_probs, train_images, config=config, seed=seed, progress=progress)
     train_pixels = to_pixels(train_images)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from privsplit.errors import ConfigError
+from privsplit.models.threads import tiny_model_threads
 from privsplit.probes.mia_metrics import MIAMetrics, mia_metrics
 
 LOG_EPS = 1e-30  # the attacker takes the log of what it receives; float32 underflows to 0 below ~1e-38
@@ -227,8 +228,6 @@ def run_attacks(
     seed: int = 0,
 ) -> dict[Attack, AttackOutcome]:
     """Every attack's membership scores and metrics on ``members`` vs ``nonmembers``."""
-    from privsplit.train.purifier import tiny_model_threads
-
     evaluate = ScoredRecords.concat(members, nonmembers)
     is_member = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     out: dict[Attack, AttackOutcome] = {}

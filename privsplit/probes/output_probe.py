@@ -28,42 +28,13 @@ from privsplit.probes.inversion import invert
 from privsplit.probes.membership import ScoredRecords, ShadowData, run_attacks
 from privsplit.probes.mia_metrics import label_floor
 from privsplit.probes.output_results import MIAReport, OutputArrays, OutputProbeResult, OutputProbeSpec
+from privsplit.train.shadow import train_shadow
 
 MIN_PER_SIDE = 50  # members and non-members each, for a balanced test
 MIN_ATTACKER = 20  # attacker records (shadow-in + shadow-out, inversion training)
 N_EXAMPLES = 8
 
-__all__ = ["OutputProbeSpec", "OutputProbeResult", "ServiceView", "observe", "probe_outputs", "service_scores"]
-
-
-def service_scores(model, images: np.ndarray, *, noise_seed: int, batch_size: int = 512) -> np.ndarray:
-    """Softmax scores of the deployed pipeline (encoder + seeded channel noise + server layers)."""
-    return model.scores(images, noise_seed=noise_seed, batch_size=batch_size)
-
-
-def train_shadow(run_config, data, in_idx: np.ndarray, out_idx: np.ndarray, *, seed: int, epochs: int | None):
-    """A shadow classifier: the run's architecture and recipe, trained on ``in_idx`` (selection on ``out_idx``)."""
-    import torch
-
-    from privsplit.data import Part, Split, SplitFractions
-    from privsplit.models import build_split_model
-    from privsplit.train import TrainConfig, train_split_model
-
-    recipe = TrainConfig.from_json(run_config.train) if run_config.train else TrainConfig.unprotected()
-    if epochs is not None:
-        recipe = recipe.with_(epochs=epochs)
-    sub = data.subset(np.r_[in_idx, out_idx])
-    n_in = len(in_idx)
-    empty = np.zeros(0, dtype=np.int64)
-    split = Split(
-        n=len(sub),
-        seed=seed,
-        fractions=SplitFractions(),
-        indices={Part.MEMBERS: np.arange(n_in), Part.REFERENCE: np.arange(n_in, len(sub)), Part.HOLDOUT: empty, Part.ATTACKER: empty},
-    )
-    torch.manual_seed(seed)
-    model = build_split_model(run_config.model)
-    return train_split_model(model, sub, split, recipe, seed=seed, progress=False).model.eval()
+__all__ = ["OutputProbeSpec", "OutputProbeResult", "ServiceView", "observe", "probe_outputs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +70,7 @@ class ServiceView:
 def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
     """Score every part with the run's model and train the attacker's shadow classifiers."""
     from privsplit.data import Part
-    from privsplit.train.progress import progress_bar
+    from privsplit.progress import progress_bar
 
     run.check()
     config = run.config()
@@ -128,7 +99,7 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
     noise_seed = spec.resolved_noise_seed
 
     def scored(idx: np.ndarray, salt: int) -> ScoredRecords:
-        return ScoredRecords(service_scores(model, data.images[idx], noise_seed=noise_seed + salt), labels[idx])
+        return ScoredRecords(model.scores(data.images[idx], noise_seed=noise_seed + salt), labels[idx])
 
     members_all, holdout_all = scored(members, 0), scored(holdout, 1)
     pos_m = np.searchsorted(members, eval_m)
@@ -139,8 +110,8 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
         half = len(order) // 2
         in_idx, out_idx = order[:half], order[half:]
         shadow = train_shadow(config, data, in_idx, out_idx, seed=spec.seed + 2000 + s, epochs=spec.shadow_epochs)
-        shadow_in.append(ScoredRecords(service_scores(shadow, data.images[in_idx], noise_seed=noise_seed + 10 + s), labels[in_idx]))
-        shadow_out.append(ScoredRecords(service_scores(shadow, data.images[out_idx], noise_seed=noise_seed + 20 + s), labels[out_idx]))
+        shadow_in.append(ScoredRecords(shadow.scores(data.images[in_idx], noise_seed=noise_seed + 10 + s), labels[in_idx]))
+        shadow_out.append(ScoredRecords(shadow.scores(data.images[out_idx], noise_seed=noise_seed + 20 + s), labels[out_idx]))
     return ServiceView(
         members=members_all.subset(pos_m),
         nonmembers=holdout_all.subset(pos_n),

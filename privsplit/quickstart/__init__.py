@@ -1,7 +1,7 @@
 """The main job end to end (``privsplit quickstart``): train, purify, export, flash, serve, infer, measure, report."""
 
 from privsplit.quickstart.config import QuickstartConfig
-from privsplit.quickstart.layout import QuickstartLayout
+from privsplit.report.layout import QuickstartLayout
 
 __all__ = ["QuickstartConfig", "QuickstartLayout", "run_quickstart"]
 

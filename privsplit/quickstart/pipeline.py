@@ -16,7 +16,7 @@ import numpy as np
 from privsplit import __version__
 from privsplit.errors import ConfigError, RunError
 from privsplit.quickstart.config import QUICKSTART_SCHEMA_VERSION, QuickstartConfig
-from privsplit.quickstart.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
+from privsplit.report.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
 from privsplit.quickstart.service import ServiceProcess
 from privsplit.quickstart.stages import StageLog
 

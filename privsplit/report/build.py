@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from privsplit.quickstart.layout import QuickstartLayout
+from privsplit.report.layout import QuickstartLayout
 from privsplit.report.document import Document, Figure, Table, to_html, to_markdown
 from privsplit.report.summary import build_summary
 

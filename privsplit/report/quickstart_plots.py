@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privsplit.quickstart.layout import QuickstartLayout
+from privsplit.report.layout import QuickstartLayout
 from privsplit.report._figures import pyplot as _pyplot
 from privsplit.report._figures import save as _save
 from privsplit.report._figures import show_image

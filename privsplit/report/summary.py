@@ -12,7 +12,7 @@ from typing import Any
 
 from privsplit import __version__
 from privsplit.errors import RunError
-from privsplit.quickstart.layout import PROTECTED, QuickstartLayout
+from privsplit.report.layout import PROTECTED, QuickstartLayout
 
 SUMMARY_SCHEMA_VERSION = 1
 

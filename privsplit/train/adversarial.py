@@ -23,7 +23,7 @@ from torch import nn
 from privsplit.data import Dataset, Part, Split
 from privsplit.models import ATTRIBUTE_ATTACKERS, ReconstructionDecoder, SplitModel, feature_shape
 from privsplit.train.config import AdversaryLoss, TrainConfig
-from privsplit.train.progress import progress_bar
+from privsplit.progress import progress_bar
 
 
 @dataclass(frozen=True)

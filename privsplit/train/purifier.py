@@ -24,7 +24,6 @@ instead of 5% at the same clamp).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -36,7 +35,8 @@ from torch import nn
 
 from privsplit.errors import ConfigError, RunError
 from privsplit.models.purifier import Purifier, PurifierConfig, purify_numpy, save_purifier
-from privsplit.train.progress import progress_bar
+from privsplit.models.threads import tiny_model_threads
+from privsplit.progress import progress_bar
 
 
 class PurifierMode(str, Enum):
@@ -79,27 +79,6 @@ class PurifierTrainConfig:
 def l1_distortion_pct(p: np.ndarray, q: np.ndarray) -> float:
     """100 x mean over records of ``sum_k |p_k - q_k|``."""
     return float(np.abs(p.astype(np.float64) - q.astype(np.float64)).sum(1).mean() * 100.0)
-
-
-@contextlib.contextmanager
-def tiny_model_threads():
-    """One torch thread, subnormal floats flushed to zero, while fitting small models on a few
-    thousand rows at most.
-
-    Intra-op parallelism has nothing to split there, and on a loaded 2-core machine the thread
-    hand-offs cost ~30x (measured: 25 s -> 0.8 s for 50 purifier epochs). Subnormals appear as the
-    gradients of converged weights shrink, and every sgemm touching them slows down: the 64 px
-    inversion decoder went from 2.8 s to 40 s per epoch after ~50 epochs on CelebA. The caller's
-    thread count is restored on exit, and flushing is switched back off.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(before)
 
 
 CLAMP_GRID = np.geomspace(0.05, 25.0, 64)
@@ -304,7 +283,7 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
 def train_purifier(run, config: PurifierTrainConfig = PurifierTrainConfig(), *, noise_seed: int | None = None, progress: bool = True) -> Purifier:
     """Score ``reference`` with the run's model, fit the purifier and save it into the run folder."""
     from privsplit.data import Part
-    from privsplit.probes.output_probe import service_scores, train_shadow
+    from privsplit.train.shadow import train_shadow
 
     run.check()
     split = run.split()
@@ -317,7 +296,7 @@ def train_purifier(run, config: PurifierTrainConfig = PurifierTrainConfig(), *, 
     data = run.dataset()
     model = run.load_split_model()
     seed = noise_seed if noise_seed is not None else config.seed + 303
-    ref_probs = service_scores(model, data.images[reference], noise_seed=seed)
+    ref_probs = model.scores(data.images[reference], noise_seed=seed)
     labels = data.task_labels
     adversarial = None
     if config.mode is PurifierMode.ADVERSARIAL:
@@ -325,9 +304,9 @@ def train_purifier(run, config: PurifierTrainConfig = PurifierTrainConfig(), *, 
         half = len(order) // 2
         shadow = train_shadow(run.config(), data, order[:half], order[half:], seed=config.seed + 3000, epochs=None)
         adversarial = AdversarialData(
-            member_probs=service_scores(shadow, data.images[order[:half]], noise_seed=seed + 1),
+            member_probs=shadow.scores(data.images[order[:half]], noise_seed=seed + 1),
             member_labels=labels[order[:half]],
-            nonmember_probs=service_scores(shadow, data.images[order[half:]], noise_seed=seed + 2),
+            nonmember_probs=shadow.scores(data.images[order[half:]], noise_seed=seed + 2),
             nonmember_labels=labels[order[half:]],
         )
     purifier, facts = fit_purifier(

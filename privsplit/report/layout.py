@@ -1,4 +1,8 @@
-"""Where a quickstart folder keeps what it made: one place, read by the quickstart and the report."""
+"""Where a quickstart folder keeps what it made: one place, written by the quickstart and read by the report.
+
+It lives in the report layer, below the quickstart (which builds the report at its end), so the two never import
+each other both ways.
+"""
 
 from __future__ import annotations
 
