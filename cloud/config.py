@@ -51,16 +51,14 @@ class TlsConfig:
     client_ca: Path | None = None
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
-        out = []
-        for what, path in (("--tls-cert", self.cert), ("--tls-key", self.key), ("--client-ca", self.client_ca)):
-            if path is None:
-                out.append(None)
-                continue
+        def pem(what: str, path: Path) -> bytes:
             try:
-                out.append(Path(path).read_bytes())
+                return Path(path).read_bytes()
             except OSError as exc:
                 raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
-        return out[0], out[1], out[2]
+
+        cert, key = pem("--tls-cert", self.cert), pem("--tls-key", self.key)
+        return cert, key, None if self.client_ca is None else pem("--client-ca", self.client_ca)
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,10 @@ class LoadResult:
 def _channel(target: str, creds: ClientCredentials, max_message_bytes: int):
     import grpc
 
-    options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+    options: list[tuple[str, str | int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
     if creds.server_name:
         options.append(("grpc.ssl_target_name_override", creds.server_name))
     if creds.tls:

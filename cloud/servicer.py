@@ -144,6 +144,7 @@ class InferenceServicer:
         """The reply of a started request (raises its ProtocolError)."""
         if pending.error is not None:
             raise pending.error
+        assert pending.ticket is not None  # a started request holds its error or its ticket
         try:
             result = pending.ticket.result(pending.timeout)
             timing = handlers.Timing(compute_us=result.compute_us, queue_us=result.queue_us, batch_size=result.batch_size)

@@ -153,7 +153,7 @@ class EdgeClient:
         self.config = config
         self._rng = random.Random(config.seed)
         backoff_ms = max(1, int(config.retry.initial_backoff_s * 1000))
-        options = [
+        options: list[tuple[str, str | int]] = [
             ("grpc.enable_retries", 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

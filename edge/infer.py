@@ -137,7 +137,7 @@ def infer_inputs(
                 continue
             rid = f"req-{g}"
             groups[rid], starts[rid] = idx, started
-            yield rid, _payload(pipeline, np.stack([loaded[i].pixels for i in idx]), model_name=model, request_id=rid, label_only=label_only)
+            yield rid, _payload(pipeline, np.stack([p for i in idx if (p := loaded[i].pixels) is not None]), model_name=model, request_id=rid, label_only=label_only)
 
     def fill(rid: str, pred=None, error: str | None = None) -> None:
         idx = groups[rid]

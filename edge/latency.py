@@ -226,7 +226,7 @@ def run_bench(bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_c
     model = client.config.model_name if client is not None else "privsplit"
 
     def once(i: int) -> tuple[dict[str, float], int]:
-        times = {}
+        times: dict[str, float] = {}
         t = time.perf_counter()
         pixels = (pre.decode_bytes(data) if frame is None else pre.frame(frame))[None]
         t1 = time.perf_counter()

@@ -167,6 +167,8 @@ class EdgePipeline:
         """Decode a pending item; an unreadable file becomes an item with its error."""
         if not item.pending:
             return item
+        if item.path is None:  # expand() gives every pending item a path
+            return Item(source=item.source, error=f"{item.source}: no image file to decode")
         try:
             return Item(source=item.source, pixels=self.preprocessor.decode(item.path), path=item.path)
         except DataError as exc:
@@ -188,7 +190,7 @@ class EdgePipeline:
         that without noise requantizing changes no value: |q - zp| <= 255 and the scales agree to 1e-6."""
         o, w = self.output, self.wire
         return (
-            o.dtype == w.dtype == "int8" and o.quantized and o.zero_point == w.zero_point
+            o.dtype == w.dtype == "int8" and o.scale is not None and o.zero_point == w.zero_point
             and abs(o.scale / w.scale - 1.0) * 256 < 1e-3
         )  # fmt: skip
 
@@ -217,7 +219,7 @@ class EdgePipeline:
     def encode(self, inputs: Sequence[str | Path] | np.ndarray) -> tuple[list[Item], WireFeatures]:
         """Inputs -> (items, wire features of the readable ones, in item order)."""
         items = self.items(inputs)
-        good = [it.pixels for it in items if it.ok]
+        good = [it.pixels for it in items if it.ok and it.pixels is not None]
         c, h, w = self.wire.shape
         if not good:
             return items, WireFeatures(np.zeros((0, c, h, w), np.int8), self.wire.scale, self.wire.zero_point, self.encoder_hash)

@@ -59,7 +59,7 @@ class Preprocessor:
     def _fit(self, img: Image.Image) -> np.ndarray:
         img = _square(img.convert(self.mode))
         if img.size != (self.spec.size, self.spec.size):
-            img = img.resize((self.spec.size, self.spec.size), Image.BILINEAR)
+            img = img.resize((self.spec.size, self.spec.size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         return arr[..., None] if arr.ndim == 2 else arr
 
@@ -124,7 +124,7 @@ class Preprocessor:
         """True when normalise+quantize is exactly ``pixel - 128`` (mean 0, std 1, scale 1/255, zero point -128)."""
         s, q = self.spec, self.input
         return (
-            q.dtype == "int8" and q.quantized and q.zero_point == -128 and abs(q.scale * 255.0 - 1.0) < 1e-6
+            q.dtype == "int8" and q.scale is not None and q.zero_point == -128 and abs(q.scale * 255.0 - 1.0) < 1e-6
             and all(m == 0.0 for m in s.mean) and all(v == 1.0 for v in s.std)
         )  # fmt: skip
 

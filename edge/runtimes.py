@@ -172,6 +172,7 @@ class TfliteRuntime(Runtime):
 
     def run(self, x: np.ndarray) -> np.ndarray:
         n = self.max_batch
+        assert n is not None  # the interpreter's fixed batch, set in __init__
         if len(x) == n:
             self._set(self._in, x)
             self._invoke()
@@ -237,7 +238,9 @@ def check_io(runtime: Runtime, *, manifest_input: TensorSpec, manifest_output: T
                 f"says {want.dtype} {list(want.shape)}: the manifest does not describe this artefact (re-export the bundle)"
             )
         if got.quantized != want.quantized or (
-            got.quantized and (abs(got.scale - want.scale) > 1e-6 * abs(want.scale) or got.zero_point != want.zero_point)
+            got.scale is not None
+            and want.scale is not None
+            and (abs(got.scale - want.scale) > 1e-6 * abs(want.scale) or got.zero_point != want.zero_point)
         ):
             raise BundleError(
                 f"{runtime.path.name}: {role} quantization is scale {got.scale} zero point {got.zero_point}, the manifest "

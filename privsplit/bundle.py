@@ -83,12 +83,12 @@ class TensorSpec:
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float values -> this tensor's dtype (identity cast for float tensors)."""
-        if not self.quantized:
+        if self.scale is None:  # not quantized
             return np.asarray(x, dtype=self.dtype)
         return _quantize(x, self.scale, int(self.zero_point or 0), self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
-        if not self.quantized:
+        if self.scale is None:  # not quantized
             return np.asarray(q, dtype=np.float32)
         return _dequantize(q, self.scale, int(self.zero_point or 0))
 
@@ -127,7 +127,10 @@ class FeatureSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "FeatureSpec":
-        return cls(shape=tuple(int(v) for v in data["shape"]), scale=float(data["scale"]),
+        shape = tuple(int(v) for v in data["shape"])
+        if len(shape) != 3:
+            raise BundleError(f"feature shape {list(shape)} is not (C, h, w): re-export the bundle")
+        return cls(shape=(shape[0], shape[1], shape[2]), scale=float(data["scale"]),
                    zero_point=int(data["zero_point"]), noise_sigma=float(data["noise_sigma"]),
                    dtype=str(data.get("dtype", "int8")))  # fmt: skip
 
@@ -172,7 +175,7 @@ def _ed25519():
     return require("cryptography.hazmat.primitives.asymmetric.ed25519", package="cryptography", extra="edge")
 
 
-def load_public_key(path: Path):
+def load_public_key(path: str | Path):
     """An Ed25519 public key from a PEM file written by ``privsplit keys generate`` (``PREFIX.pub``)."""
     serialization = require("cryptography.hazmat.primitives.serialization", package="cryptography", extra="edge")
     path = Path(path)
@@ -307,7 +310,7 @@ def _verify_files(root: Path, files: Mapping[str, Any]) -> None:
             raise BundleError(f"{path} is not listed in the manifest: remove it (bundles hold only verified files)")
 
 
-def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind | None) -> BundleKind:
+def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind | str | None) -> BundleKind:
     where = root / MANIFEST
     if manifest.get("schema_version") != BUNDLE_SCHEMA_VERSION:
         raise BundleError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable
+from collections.abc import Iterable, Sized
 
 PROGRESS_ENV = "PRIVSPLIT_PROGRESS"
 
@@ -66,7 +66,7 @@ class LineBar(SilentBar):
     def __init__(self, items: Iterable | None, *, desc: str, total: int | None, every_s: float = 60.0) -> None:
         super().__init__(items)
         self.desc, self.every_s, self.n = desc, every_s, 0
-        self.total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+        self.total = total if total is not None else (len(items) if isinstance(items, Sized) else None)
         self.started = self.last = time.monotonic()
         self.done = False
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privsplit.proto.messages import InferRequest, InferResponse, RequestedOutput, Tensor
+from privsplit.proto.messages import InferRequest, InferResponse, ParamValue, RequestedOutput, Tensor
 from privsplit.proto.status import Code, ProtocolError
 
 DEFAULT_MODEL_NAME = "privsplit"
@@ -63,7 +63,7 @@ def features_request(
         params = {SCALE: float(scale), ZERO_POINT: int(zero_point)}
     elif features.dtype not in FLOAT_DTYPES:
         raise ValueError(f"features must be int8, uint8, float16 or float32, got {features.dtype}")
-    request_params = {ENCODER_HASH: encoder_hash}
+    request_params: dict[str, ParamValue] = {ENCODER_HASH: encoder_hash}
     if label_only:
         request_params[LABEL_ONLY] = True
     return InferRequest(

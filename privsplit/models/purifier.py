@@ -84,7 +84,7 @@ class PurifierConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PurifierConfig":
+    def from_json(cls, data: dict[str, Any]) -> PurifierConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -55,7 +55,7 @@ class InversionMetrics:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "InversionMetrics":
+    def from_json(cls, data: dict) -> InversionMetrics:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 

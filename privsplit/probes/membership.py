@@ -74,11 +74,11 @@ class ScoredRecords:
     def logp(self) -> np.ndarray:
         return np.log(np.clip(self.probs.astype(np.float64), LOG_EPS, None))
 
-    def subset(self, index: np.ndarray) -> "ScoredRecords":
+    def subset(self, index: np.ndarray) -> ScoredRecords:
         return ScoredRecords(self.probs[index], self.labels[index])
 
     @staticmethod
-    def concat(*parts: "ScoredRecords") -> "ScoredRecords":
+    def concat(*parts: ScoredRecords) -> ScoredRecords:
         return ScoredRecords(np.concatenate([p.probs for p in parts]), np.concatenate([p.labels for p in parts]))
 
 

@@ -52,7 +52,7 @@ class ServiceView:
     shadow: ShadowData  # shadow classifiers' scores on their own members / non-members
     noise_seed: int
 
-    def purified(self, purify) -> "ServiceView":
+    def purified(self, purify) -> ServiceView:
         def p(r: ScoredRecords) -> ScoredRecords:
             return ScoredRecords(purify(r.probs), r.labels)
 
@@ -156,7 +156,7 @@ def probe_outputs(run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=No
     ``purifier`` defaults to the run's own (``privsplit train-purifier``); a run without one raises
     :class:`RunError`. ``view`` reuses an :func:`observe` result (the benchmark compares purifiers).
     """
-    from privsplit.models.purifier import load_purifier, purify_numpy, purifier_training_facts
+    from privsplit.models.purifier import load_purifier, purifier_training_facts, purify_numpy
 
     facts: dict = {}
     if purifier is None:

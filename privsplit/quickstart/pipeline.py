@@ -16,9 +16,9 @@ import numpy as np
 from privsplit import __version__
 from privsplit.errors import ConfigError, RunError
 from privsplit.quickstart.config import QUICKSTART_SCHEMA_VERSION, QuickstartConfig
-from privsplit.report.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
 from privsplit.quickstart.service import ServiceProcess
 from privsplit.quickstart.stages import StageLog
+from privsplit.report.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
 
 # The encoder format each device runtime runs in the quickstart's bundle.
 _RUNTIME_ENCODER = {"litert": "tflite-int8", "tflite-runtime": "tflite-int8", "onnxruntime": "onnx-int8"}

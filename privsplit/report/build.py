@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from privsplit.report.layout import QuickstartLayout
 from privsplit.report.document import Document, Figure, Table, to_html, to_markdown
+from privsplit.report.layout import QuickstartLayout
 from privsplit.report.summary import build_summary
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from privsplit.report.layout import QuickstartLayout
 from privsplit.report._figures import pyplot as _pyplot
 from privsplit.report._figures import save as _save
 from privsplit.report._figures import show_image
+from privsplit.report.layout import QuickstartLayout
 
 
 def plot_privacy_utility(summary: dict, path: Path) -> Path | None:

@@ -22,8 +22,8 @@ from torch import nn
 
 from privsplit.data import Dataset, Part, Split
 from privsplit.models import ATTRIBUTE_ATTACKERS, ReconstructionDecoder, SplitModel, feature_shape
-from privsplit.train.config import AdversaryLoss, TrainConfig
 from privsplit.progress import progress_bar
+from privsplit.train.config import AdversaryLoss, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class _Adversaries:
             params += list(self.decoder.parameters())
         self.opt = torch.optim.Adam(params, lr=self.config.adv_lr) if params else None
 
-    def bind(self, model: SplitModel) -> "_Adversaries":
+    def bind(self, model: SplitModel) -> _Adversaries:
         self._model_config = model.config
         return self
 
@@ -106,7 +106,7 @@ class _Adversaries:
             outs = [a(z) for a in self.attackers]
             losses = [F.cross_entropy(o, private) for o in outs]
             loss = loss + sum(losses)
-            attr_loss = float(sum(l.item() for l in losses) / len(losses))
+            attr_loss = float(sum(term.item() for term in losses) / len(losses))
             attr_acc = float(max((o.argmax(1) == private).float().mean().item() for o in outs))
         if self.decoder is not None:
             mse = F.mse_loss(self.decoder(z), pixels)
