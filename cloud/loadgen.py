@@ -60,7 +60,7 @@ class LoadSpec:
         return {**asdict(self), "concurrency": list(self.concurrency)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "LoadSpec":
+    def from_json(cls, data: dict) -> LoadSpec:
         return cls(**{**data, "concurrency": tuple(data["concurrency"])})
 
 
@@ -101,7 +101,7 @@ class LoadResult:
                 "points": [asdict(p) for p in self.points]}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict) -> "LoadResult":
+    def from_json(cls, data: dict) -> LoadResult:
         if data.get("schema_version") != LOAD_SCHEMA_VERSION:
             raise ConfigError(f"load result schema_version {data.get('schema_version')!r}; this privsplit reads {LOAD_SCHEMA_VERSION}")
         points = tuple(LoadPoint(**{**p, "latency_sample_ms": tuple(p.get("latency_sample_ms", ()))}) for p in data["points"])

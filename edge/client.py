@@ -19,9 +19,9 @@ import collections
 import random
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import grpc
 
@@ -243,7 +243,7 @@ class EdgeClient:
         failures, started = 0, time.monotonic()
 
         def outgoing(backlog: list[tuple[str, bytes]], generation: int):
-            for rid, payload in backlog:
+            for _rid, payload in backlog:
                 yield payload
             while True:
                 with lock:
@@ -309,7 +309,7 @@ class EdgeClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "EdgeClient":
+    def __enter__(self) -> EdgeClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class InferResult:
                 "probs": None if self.probs is None else list(self.probs), "error": self.error, "latency_ms": self.latency_ms}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict) -> "InferResult":
+    def from_json(cls, data: dict) -> InferResult:
         probs = data.get("probs")
         return cls(source=data["source"], label=data.get("label"), class_name=data.get("class"), confidence=data.get("confidence"),
                    probs=None if probs is None else tuple(probs), error=data.get("error"), latency_ms=data.get("latency_ms"))  # fmt: skip
@@ -65,7 +65,7 @@ class InferReport:
                 "results": [r.to_json() for r in self.results], "failed": self.failed}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict) -> "InferReport":
+    def from_json(cls, data: dict) -> InferReport:
         if data.get("schema_version") != INFER_SCHEMA_VERSION:
             raise PrivsplitError(f"infer report schema_version {data.get('schema_version')!r}; this privsplit reads {INFER_SCHEMA_VERSION}")
         return cls(pipeline=data["pipeline"], server=data["server"], results=tuple(InferResult.from_json(r) for r in data["results"]))
@@ -137,7 +137,8 @@ def infer_inputs(
                 continue
             rid = f"req-{g}"
             groups[rid], starts[rid] = idx, started
-            yield rid, _payload(pipeline, np.stack([p for i in idx if (p := loaded[i].pixels) is not None]), model_name=model, request_id=rid, label_only=label_only)
+            pixels = np.stack([p for i in idx if (p := loaded[i].pixels) is not None])
+            yield rid, _payload(pipeline, pixels, model_name=model, request_id=rid, label_only=label_only)
 
     def fill(rid: str, pred=None, error: str | None = None) -> None:
         idx = groups[rid]

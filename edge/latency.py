@@ -63,7 +63,7 @@ class BenchSpec:
         return {**asdict(self), "input": self.input.value}
 
     @classmethod
-    def from_json(cls, data: dict) -> "BenchSpec":
+    def from_json(cls, data: dict) -> BenchSpec:
         return cls(**{**data, "input": InputKind(data["input"])})
 
 
@@ -75,7 +75,7 @@ class StageStats:
     p99_ms: float
 
     @classmethod
-    def of(cls, values_ms) -> "StageStats":
+    def of(cls, values_ms) -> StageStats:
         v = np.asarray(values_ms, dtype=np.float64)
         p50, p90, p99 = np.percentile(v, [50, 90, 99])
         return cls(mean_ms=round(float(v.mean()), 4), p50_ms=round(float(p50), 4), p90_ms=round(float(p90), 4), p99_ms=round(float(p99), 4))
@@ -119,7 +119,7 @@ class BenchResult:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "BenchResult":
+    def from_json(cls, data: dict) -> BenchResult:
         if data.get("schema_version") != BENCH_SCHEMA_VERSION:
             raise ConfigError(f"bench result schema_version {data.get('schema_version')!r}; this privsplit reads {BENCH_SCHEMA_VERSION}")
         body = {k: v for k, v in data.items() if k not in ("schema_version", "overhead_share")}

@@ -12,15 +12,23 @@ Every input gets an :class:`Item`: pixels, or the error that stopped it (nothing
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from privsplit.bundle import Bundle, BundleKind, FeatureSpec, TensorSpec, load_bundle
 from privsplit.edge.preprocess import Preprocessor, list_images
-from privsplit.edge.runtimes import PREFERENCE, Runtime, RuntimeName, check_io, choose_runtime, open_runtime, parse_runtime
+from privsplit.edge.runtimes import (
+    PREFERENCE,
+    Runtime,
+    RuntimeName,
+    check_io,
+    choose_runtime,
+    open_runtime,
+    parse_runtime,
+)
 from privsplit.errors import BundleError, ConfigError, DataError, MissingDependencyError
 
 # Which shipped encoder to pick when the default one cannot run here (best for a device first).
@@ -129,7 +137,7 @@ class EdgePipeline:
         threads: int = 1,
         seed: int | None = None,
         noise: bool = True,
-    ) -> "EdgePipeline":
+    ) -> EdgePipeline:
         """Verify the bundle (signature with ``trust_key``), pick encoder and backend, open the artefact."""
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)

@@ -36,7 +36,7 @@ class Preprocessor:
     input: TensorSpec
 
     @classmethod
-    def from_manifest(cls, manifest, input_spec: TensorSpec) -> "Preprocessor":
+    def from_manifest(cls, manifest, input_spec: TensorSpec) -> Preprocessor:
         raw = manifest["preprocess"]
         rule = raw.get("resize", RESIZE_RULE)
         if rule != RESIZE_RULE:

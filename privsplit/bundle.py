@@ -35,10 +35,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class TensorSpec:
                 "zero_point": self.zero_point, "layout": self.layout}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "TensorSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         scale = data.get("scale")
         zp = data.get("zero_point")
         return cls(dtype=str(data["dtype"]), shape=tuple(int(v) for v in data["shape"]),
@@ -126,7 +127,7 @@ class FeatureSpec:
                 "zero_point": self.zero_point, "noise_sigma": self.noise_sigma}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FeatureSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> FeatureSpec:
         shape = tuple(int(v) for v in data["shape"])
         if len(shape) != 3:
             raise BundleError(f"feature shape {list(shape)} is not (C, h, w): re-export the bundle")
@@ -156,7 +157,7 @@ class PreprocessSpec:
                 "channel_order": self.channel_order, "layout": self.layout}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "PreprocessSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> PreprocessSpec:
         return cls(size=int(data["size"]), channels=int(data["channels"]),
                    mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
                    channel_order=str(data["channel_order"]), layout=str(data.get("layout", "NHWC")))  # fmt: skip

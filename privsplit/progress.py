@@ -41,7 +41,7 @@ class SilentBar:
     def __iter__(self):
         return iter(self._items)
 
-    def __enter__(self) -> "SilentBar":
+    def __enter__(self) -> SilentBar:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -86,7 +86,7 @@ class Prediction:
     request_id: str = ""
 
     @classmethod
-    def from_response(cls, response: InferResponse) -> "Prediction":
+    def from_response(cls, response: InferResponse) -> Prediction:
         names = {t.name: t for t in response.outputs}
         if LABEL not in names:
             raise ProtocolError(Code.INTERNAL, f"the reply has no {LABEL!r} output (got {sorted(names)})", field="outputs")

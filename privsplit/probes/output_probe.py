@@ -110,8 +110,10 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
         half = len(order) // 2
         in_idx, out_idx = order[:half], order[half:]
         shadow = train_shadow(config, data, in_idx, out_idx, seed=spec.seed + 2000 + s, epochs=spec.shadow_epochs)
-        shadow_in.append(ScoredRecords(shadow.scores(data.images[in_idx], noise_seed=noise_seed + 10 + s), labels[in_idx]))
-        shadow_out.append(ScoredRecords(shadow.scores(data.images[out_idx], noise_seed=noise_seed + 20 + s), labels[out_idx]))
+        in_scores = shadow.scores(data.images[in_idx], noise_seed=noise_seed + 10 + s)
+        out_scores = shadow.scores(data.images[out_idx], noise_seed=noise_seed + 20 + s)
+        shadow_in.append(ScoredRecords(in_scores, labels[in_idx]))
+        shadow_out.append(ScoredRecords(out_scores, labels[out_idx]))
     return ServiceView(
         members=members_all.subset(pos_m),
         nonmembers=holdout_all.subset(pos_n),
