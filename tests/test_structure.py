@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
+# the `lint-imports` console script, through this interpreter (its bin/ need not be on PATH)
+LINT_IMPORTS = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("importlinter") is None or shutil.which("lint-imports") is None,
+    importlib.util.find_spec("importlinter") is None,
     reason="import-linter is not installed (pip install -e '.[dev]')",
 )
 
@@ -41,7 +43,11 @@ def _lint(site: Path) -> subprocess.CompletedProcess:
     # run from the scratch folder: the checkout's privsplit/ must not shadow the laid-out package
     env = {**os.environ, "PYTHONPATH": str(site)}
     return subprocess.run(
-        ["lint-imports", str(PYPROJECT), "--no-cache"], cwd=site.parent, env=env, capture_output=True, text=True
+        [sys.executable, "-c", LINT_IMPORTS, str(PYPROJECT), "--no-cache"],
+        cwd=site.parent,
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 
