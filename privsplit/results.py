@@ -126,6 +126,8 @@ def _convert(tp: Any, value: Any) -> Any:
         return _convert(options[0], value)
     if value is None:
         return math.nan if tp is float else None
+    if isinstance(tp, type) and isinstance(value, tp):  # already built (a dataclass, an enum, a Path)
+        return value
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
