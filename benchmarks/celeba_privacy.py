@@ -11,7 +11,6 @@ curve ``RESULTS/celeba_privacy.png``. Runs jobs in parallel, one thread each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from privsplit.results import read_json, save_json
+from privsplit.results import dumps, read_json, save_json
 
 SETTINGS: dict[str, list[str]] = {
     "unprotected": ["--unprotected", "--epochs", "15"],
@@ -118,7 +117,7 @@ def main() -> int:
               "image_size": 64, "seed": args.seed, "rows": rows}
     save_json(args.out / "celeba_privacy.json", result)
     plot(rows, args.out / "celeba_privacy.png")
-    print(json.dumps(result, indent=2))
+    print(dumps(result), end="")
     print(table(rows))
     return 0
 

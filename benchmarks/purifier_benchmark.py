@@ -23,13 +23,12 @@ inversion MSE >= 2x the unpurified one.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from privsplit.results import save_json
+from privsplit.results import dumps, save_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -213,7 +212,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     save_json(RESULTS / "purifier_benchmark.json", report)
     plot_frontier(report, RESULTS / "purifier_frontier.png")
-    print(json.dumps(report, indent=2))
+    print(dumps(report), end="")
     print(table(report))
     return 0
 
