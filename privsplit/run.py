@@ -45,10 +45,10 @@ class RunConfig:
         return {"schema_version": RUN_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "RunConfig":
+    def from_json(cls, data: dict, *, source: str = "config.json") -> "RunConfig":
         from privsplit.models import ModelConfig
 
-        data = check_schema(data, version=RUN_SCHEMA_VERSION, source="config.json", hint="re-run `privsplit train`")
+        data = check_schema(data, version=RUN_SCHEMA_VERSION, source=source, hint="re-run `privsplit train`")
         return from_dict(cls, {**data, "model": ModelConfig.from_json(data["model"])})
 
 
@@ -84,7 +84,7 @@ class RunFolder:
         return self
 
     def config(self) -> RunConfig:
-        return RunConfig.from_json(self.read_json("config.json"))
+        return RunConfig.from_json(self.read_json("config.json"), source=str(self.file("config.json")))
 
     def write_config(self, config: RunConfig) -> None:
         self.write_json("config.json", config.to_json())
@@ -92,7 +92,7 @@ class RunFolder:
     def split(self) -> "Split":
         from privsplit.data import Split
 
-        return Split.from_json(self.read_json("split.json"))
+        return Split.from_json(self.read_json("split.json"), source=str(self.file("split.json")))
 
     def dataset(self) -> "Dataset":
         """Reload the run's dataset exactly as it was trained on (same spec, size, limit, task)."""

@@ -248,3 +248,14 @@ def test_cli_reports_a_damaged_result_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "probe_features.json is not valid JSON" in err and "Traceback" not in err
+
+
+def test_run_folder_config_of_another_version_names_the_file(tmp_path):
+    from privsplit.run import RunFolder
+
+    data = json.loads((V1 / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "schema_version": 2}))
+    with pytest.raises(ResultError, match=rf"{tmp_path / 'config.json'} has schema version 2, expected 1: re-run `privsplit train`"):
+        RunFolder(tmp_path).config()
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert RunFolder(tmp_path).config() == samples()["config.json"][0]
