@@ -11,13 +11,14 @@ curve ``RESULTS/celeba_privacy.png``. Runs jobs in parallel, one thread each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from privsplit.results import dumps, read_json, save_json
 
 SETTINGS: dict[str, list[str]] = {
     "unprotected": ["--unprotected", "--epochs", "15"],
@@ -44,8 +45,8 @@ def run_setting(name: str, extra: list[str], args: argparse.Namespace) -> dict:
     probe_json = run_dir / "probe_features.json"
     subprocess.run([sys.executable, "-m", "privsplit.cli.main", "probe", "features", str(run_dir), "--json", str(probe_json),
                     "--plots", str(run_dir / "plots")], check=True, env=env, stdout=subprocess.DEVNULL)
-    probe = json.loads(probe_json.read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    probe = read_json(probe_json)
+    metrics = read_json(run_dir / "metrics.json")
     print(f"[{name}] done: train {t1 - t0:.0f} s, probe {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
     return {
         "setting": name,
@@ -114,9 +115,9 @@ def main() -> int:
         rows = list(pool.map(lambda n: run_setting(n, SETTINGS[n], args), names))
     result = {"schema_version": SCHEMA_VERSION, "dataset": "celeba-10k", "task": "Smiling", "private": "Male",
               "image_size": 64, "seed": args.seed, "rows": rows}
-    (args.out / "celeba_privacy.json").write_text(json.dumps(result, indent=2))
+    save_json(args.out / "celeba_privacy.json", result)
     plot(rows, args.out / "celeba_privacy.png")
-    print(json.dumps(result, indent=2))
+    print(dumps(result), end="")
     print(table(rows))
     return 0
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from privsplit.results import save_json
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SCHEMA_VERSION = 1
@@ -258,7 +260,7 @@ def main() -> int:
     report["machine"]["loadavg_end"] = os.getloadavg()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save_json(args.out, report)
     lines = [f"cloud benchmark ({os.cpu_count()} CPUs shared by client and server; load average at start "
              f"{report['machine']['loadavg_start'][0]:.1f}, at end {report['machine']['loadavg_end'][0]:.1f})", "",
              "raw onnxruntime: " + ", ".join(f"batch {v['batch']}: {v['median_ms']:.3f} ms ({v['rows_per_s']:.0f} rows/s)"

@@ -25,13 +25,14 @@ most 0.25x float32 bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from privsplit.results import read_json, save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CELEBA = ROOT / ".." / "shared" / "data" / "celeba-10k"
@@ -90,7 +91,7 @@ def _bench(python: str, bundle: Path, out: Path, args: list[str]) -> dict | None
     if proc.returncode != 0:
         print(f"  skipped ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})", file=sys.stderr)
         return None
-    return json.loads(out.read_text())
+    return read_json(out)
 
 
 def _free_port() -> int:
@@ -152,7 +153,7 @@ def measure_model(name: str, run: Path, export: Path, image: Path, args, results
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    cfg = json.loads((run / "config.json").read_text())["model"]
+    cfg = read_json(run / "config.json")["model"]
     return {"name": name, "run": str(run), "model": cfg, "image": image.name, "image_bytes": image.stat().st_size,
             "torch_eager": torch, "rows": rows, "rpc": rpc, "default_encoder": edge.manifest["default_encoder"],
             "features": edge.manifest["features"], "frame_shape": list(np.asarray(frame).shape)}  # fmt: skip
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
     result = {"schema_version": SCHEMA_VERSION, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
               "edge_python": args.edge_python, "cpu_count": os.cpu_count(), "load_average": {"before": load_before, "after": os.getloadavg()},
               "seconds": round(time.perf_counter() - started, 1), "models": models, "goals": goals(models)}  # fmt: skip
-    (args.out / "edge_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_json(args.out / "edge_benchmark.json", result)
     mark = {True: "MET ", False: "MISS", None: "info"}
     text = table(models) + "goals:\n" + "\n".join(f"  {mark[g['met']]} {k}: {g['value']}" for k, g in result["goals"].items())
     text += f"\n(load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n"

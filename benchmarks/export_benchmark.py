@@ -12,10 +12,11 @@ balanced accuracy at most 1 point above PyTorch's, size at most 0.3x the float32
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from privsplit.results import save_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN = ROOT / "runs" / "celeba-protected"
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         "parity": report.to_json(),
         "goals": goals(report),
     }
-    (args.out / "export_benchmark.json").write_text(json.dumps(summary, indent=2))
+    save_json(args.out / "export_benchmark.json", summary)
     print(report.summary())
     print(f"\nexport took {seconds:.0f} s")
     for name, g in summary["goals"].items():

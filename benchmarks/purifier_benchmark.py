@@ -23,11 +23,12 @@ inversion MSE >= 2x the unpurified one.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from privsplit.results import dumps, save_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -209,9 +210,9 @@ def main(argv=None) -> int:
         report["targets"].append(bench_target(name, args))
     report["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "purifier_benchmark.json").write_text(json.dumps(report, indent=2))
+    save_json(RESULTS / "purifier_benchmark.json", report)
     plot_frontier(report, RESULTS / "purifier_frontier.png")
-    print(json.dumps(report, indent=2))
+    print(dumps(report), end="")
     print(table(report))
     return 0
 

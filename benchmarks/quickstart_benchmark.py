@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from privsplit.results import read_json, save_json
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {
@@ -32,7 +34,7 @@ def run_target(name: str, reuse: bool) -> dict:
     if not (reuse and (out / "quickstart.json").is_file()):
         run_quickstart(QuickstartConfig(out=out, **TARGETS[name]), force=True)
     build_report(out)
-    return json.loads((out / "summary.json").read_text())
+    return read_json(out / "summary.json")
 
 
 def _f(v, d=3) -> str:
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     summaries = {name: run_target(name, args.reuse) for name in names}
     report = {"schema_version": 1, "goal_digits_seconds": GOAL_DIGITS_S, "summaries": summaries}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quickstart_benchmark.json").write_text(json.dumps(report, indent=2))
+    save_json(RESULTS / "quickstart_benchmark.json", report)
     print(json.dumps({n: {"total_seconds": s["total_seconds"], "stages": s["stages"]} for n, s in summaries.items()}, indent=2))
     print(table(summaries))
     return 0

@@ -10,14 +10,14 @@ once and re-sent (as perf_analyzer does), so client-side protobuf cost stays out
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from privsplit.errors import ConfigError
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 LOAD_SCHEMA_VERSION = 1
 SAMPLE_CAP = 2000  # latencies kept per level for histograms
@@ -57,11 +57,11 @@ class LoadSpec:
             raise ConfigError(f"--duration must be > 0 and warm-up >= 0, got {self.duration_s} / {self.warmup_s}")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "concurrency": list(self.concurrency)}
+        return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> LoadSpec:
-        return cls(**{**data, "concurrency": tuple(data["concurrency"])})
+    def from_json(cls, data: dict) -> "LoadSpec":
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -96,24 +96,19 @@ class LoadResult:
     schema_version: int = LOAD_SCHEMA_VERSION
 
     def to_json(self) -> dict:
-        return {"schema_version": self.schema_version, "label": self.label, "spec": self.spec.to_json(),
-                "request_bytes": self.request_bytes, "rows_per_request": self.rows_per_request,
-                "points": [asdict(p) for p in self.points]}  # fmt: skip
+        return {"schema_version": self.schema_version, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> LoadResult:
-        if data.get("schema_version") != LOAD_SCHEMA_VERSION:
-            raise ConfigError(f"load result schema_version {data.get('schema_version')!r}; this privsplit reads {LOAD_SCHEMA_VERSION}")
-        points = tuple(LoadPoint(**{**p, "latency_sample_ms": tuple(p.get("latency_sample_ms", ()))}) for p in data["points"])
-        return cls(spec=LoadSpec.from_json(data["spec"]), points=points,
-                   request_bytes=int(data["request_bytes"]), rows_per_request=int(data["rows_per_request"]),
-                   label=data.get("label", ""))  # fmt: skip
+    def from_json(cls, data: dict, *, source: str = "load result") -> "LoadResult":
+        hint = "re-run `privsplit bench ... --json FILE`"
+        return from_dict(cls, check_schema(data, version=LOAD_SCHEMA_VERSION, source=source, hint=hint))
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
+        return save_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LoadResult":
+        return cls.from_json(read_json(path, what="a load result", hint="re-run `privsplit bench ... --json FILE`"), source=str(path))
 
     def summary(self) -> str:
         head = f"{self.label + ': ' if self.label else ''}{self.spec.target} {'stream' if self.spec.stream else 'unary'}, " \

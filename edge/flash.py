@@ -38,6 +38,9 @@ from urllib.parse import urlsplit
 
 from privsplit.bundle import MANIFEST, SIGNATURE, BundleKind, load_bundle, sha256_file
 from privsplit.errors import ConfigError, PrivsplitError
+from privsplit.results import check_schema, from_dict, save_json, to_dict
+
+FLASH_RESULT_SCHEMA_VERSION = 1
 
 HISTORY = ".privsplit-history"
 LOCK = ".privsplit-lock"
@@ -318,9 +321,15 @@ class FlashResult:
     seconds: float
 
     def to_json(self) -> dict:
-        return {"schema_version": 1, "target": self.target, "version": self.version, "previous": self.previous,
-                "action": self.action.value, "uploaded_bytes": self.uploaded_bytes, "kept": list(self.kept),
-                "removed": list(self.removed), "seconds": round(self.seconds, 3)}  # fmt: skip
+        return {"schema_version": FLASH_RESULT_SCHEMA_VERSION, **to_dict(self), "seconds": round(self.seconds, 3)}
+
+    @classmethod
+    def from_json(cls, data: dict, *, source: str = "flash result") -> "FlashResult":
+        hint = "re-run `privsplit flash ... --json FILE`"
+        return from_dict(cls, check_schema(data, version=FLASH_RESULT_SCHEMA_VERSION, source=source, hint=hint))
+
+    def save(self, path: str | Path) -> Path:
+        return save_json(path, self.to_json())
 
     def summary(self) -> str:
         how = {

@@ -9,7 +9,6 @@ decoded, a request the server refuses and a server that cannot be reached each b
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,8 +20,10 @@ from privsplit.edge.client import EdgeClient
 from privsplit.edge.pipeline import EdgePipeline
 from privsplit.errors import PrivsplitError
 from privsplit.proto.wire import features_request
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 INFER_SCHEMA_VERSION = 1
+_HINT = "re-run `privsplit edge infer ... --json FILE`"
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,12 @@ class InferResult:
         return self.error is None
 
     def to_json(self) -> dict:
-        return {"source": self.source, "label": self.label, "class": self.class_name, "confidence": self.confidence,
-                "probs": None if self.probs is None else list(self.probs), "error": self.error, "latency_ms": self.latency_ms}  # fmt: skip
+        data = to_dict(self)
+        return {k if k != "class_name" else "class": v for k, v in data.items()}  # the JSON key is "class"
 
     @classmethod
-    def from_json(cls, data: dict) -> InferResult:
-        probs = data.get("probs")
-        return cls(source=data["source"], label=data.get("label"), class_name=data.get("class"), confidence=data.get("confidence"),
-                   probs=None if probs is None else tuple(probs), error=data.get("error"), latency_ms=data.get("latency_ms"))  # fmt: skip
+    def from_json(cls, data: dict) -> "InferResult":
+        return from_dict(cls, {**data, "class_name": data.get("class")})
 
 
 @dataclass(frozen=True)
@@ -61,17 +60,20 @@ class InferReport:
         return sum(not r.ok for r in self.results)
 
     def to_json(self) -> dict:
-        return {"schema_version": INFER_SCHEMA_VERSION, "pipeline": self.pipeline, "server": self.server,
-                "results": [r.to_json() for r in self.results], "failed": self.failed}  # fmt: skip
+        return to_dict({"schema_version": INFER_SCHEMA_VERSION, "pipeline": self.pipeline, "server": self.server,
+                        "results": [r.to_json() for r in self.results], "failed": self.failed})  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict) -> InferReport:
-        if data.get("schema_version") != INFER_SCHEMA_VERSION:
-            raise PrivsplitError(f"infer report schema_version {data.get('schema_version')!r}; this privsplit reads {INFER_SCHEMA_VERSION}")
-        return cls(pipeline=data["pipeline"], server=data["server"], results=tuple(InferResult.from_json(r) for r in data["results"]))
+    def from_json(cls, data: dict, *, source: str = "infer report") -> "InferReport":
+        data = check_schema(data, version=INFER_SCHEMA_VERSION, source=source, hint=_HINT)
+        return from_dict(cls, {**data, "results": tuple(InferResult.from_json(r) for r in data["results"])})
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+        save_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "InferReport":
+        return cls.from_json(read_json(path, what="an infer report", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
         width = max([len("input")] + [len(r.source) for r in self.results])

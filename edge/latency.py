@@ -18,20 +18,21 @@ backend, so results compare side by side. Peak RSS is the process's (run one bac
 from __future__ import annotations
 
 import io
-import json
 import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from privsplit.errors import ConfigError
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 BENCH_SCHEMA_VERSION = 1
+_HINT = "re-run `privsplit edge bench BUNDLE --json FILE`"
 STAGES = ("decode", "preprocess", "encode", "quantize", "serialize", "rpc", "server")
 
 
@@ -60,11 +61,11 @@ class BenchSpec:
             raise ConfigError(f"--max-seconds must be > 0, got {self.max_seconds}")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "input": self.input.value}
+        return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> BenchSpec:
-        return cls(**{**data, "input": InputKind(data["input"])})
+    def from_json(cls, data: dict) -> "BenchSpec":
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -113,24 +114,18 @@ class BenchResult:
         return rest / enc if enc > 0 else float("inf")
 
     def to_json(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("spec", "stages")}
-        out.update(schema_version=BENCH_SCHEMA_VERSION, spec=self.spec.to_json(),
-                   stages={k: asdict(v) for k, v in self.stages.items()}, overhead_share=round(self.overhead_share, 4))  # fmt: skip
-        return out
+        return {"schema_version": BENCH_SCHEMA_VERSION, **to_dict(self), "overhead_share": to_dict(round(self.overhead_share, 4))}
 
     @classmethod
-    def from_json(cls, data: dict) -> BenchResult:
-        if data.get("schema_version") != BENCH_SCHEMA_VERSION:
-            raise ConfigError(f"bench result schema_version {data.get('schema_version')!r}; this privsplit reads {BENCH_SCHEMA_VERSION}")
-        body = {k: v for k, v in data.items() if k not in ("schema_version", "overhead_share")}
-        body["spec"] = BenchSpec.from_json(data["spec"])
-        body["stages"] = {k: StageStats(**v) for k, v in data["stages"].items()}
-        body["samples_ms"] = tuple(data.get("samples_ms", ()))
-        return cls(**body)
+    def from_json(cls, data: dict, *, source: str = "bench result") -> "BenchResult":
+        return from_dict(cls, check_schema(data, version=BENCH_SCHEMA_VERSION, source=source, hint=_HINT))
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        save_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BenchResult":
+        return cls.from_json(read_json(path, what="an edge bench result", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
         lines = [

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from privsplit.bundle import BUNDLE_SCHEMA_VERSION, MANIFEST, SIGNATURE, Bundle, BundleKind, load_bundle, sha256_file
 from privsplit.errors import ExportError
+from privsplit.results import atomic_write
 
 
 def file_entries(root: Path) -> dict[str, dict[str, Any]]:
@@ -56,7 +57,7 @@ def write_bundle(
         if key in body:
             raise ExportError(f"bundle body must not set {key!r} (the writer does)")
     raw = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    (root / MANIFEST).write_bytes(raw)
+    atomic_write(root / MANIFEST, raw)  # the signed bytes exactly; written whole or not at all
     if sign_key is not None:
-        (root / SIGNATURE).write_bytes(sign_bytes(sign_key, raw))
+        atomic_write(root / SIGNATURE, sign_bytes(sign_key, raw))
     return load_bundle(root, kind=kind, trust_key=None if sign_key is None else sign_key.public_key())

@@ -9,22 +9,16 @@ whether it passed (accuracy drop within ``tolerance``) and so was shipped.
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from privsplit.errors import RunError
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 PARITY_SCHEMA_VERSION = 1
-
-
-def _num(v: Any) -> float | None:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) else v
+KIND = "parity"
+_HINT = "re-run `privsplit export`"
 
 
 @dataclass(frozen=True)
@@ -53,14 +47,11 @@ class FormatParity:
         return self.task_accuracy_torch - self.task_accuracy
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["accuracy_drop"] = self.accuracy_drop
-        return data
+        return to_dict({**to_dict(self), "accuracy_drop": self.accuracy_drop})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "FormatParity":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -76,7 +67,7 @@ class TorchReference:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TorchReference":
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -104,48 +95,24 @@ class ParityReport:
         return tuple(r.format for r in self.formats if r.passed)
 
     def to_json(self) -> dict:
-        return {
-            "schema_version": PARITY_SCHEMA_VERSION,
-            "kind": "parity",
-            "run": self.run,
-            "holdout_size": self.holdout_size,
-            "tolerance": self.tolerance,
-            "noise_sigma": self.noise_sigma,
-            "seed": self.seed,
-            "calibration_size": self.calibration_size,
-            "wire": dict(self.wire),
-            "probe": None if self.probe is None else dict(self.probe),
-            "cloud": None if self.cloud is None else dict(self.cloud),
-            "reference": asdict(self.reference),
-            "formats": {r.format: r.to_json() for r in self.formats},
-        }
+        body = {**to_dict(self), "formats": {r.format: r.to_json() for r in self.formats}}
+        return {"schema_version": PARITY_SCHEMA_VERSION, "kind": KIND, **body}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ParityReport":
-        if data.get("kind") != "parity" or data.get("schema_version") != PARITY_SCHEMA_VERSION:
-            raise RunError(f"not a parity report of schema {PARITY_SCHEMA_VERSION}: re-run `privsplit export`")
-        return cls(
-            run=data["run"], holdout_size=int(data["holdout_size"]), tolerance=float(data["tolerance"]),
-            noise_sigma=float(data["noise_sigma"]), seed=int(data["seed"]),
-            calibration_size=int(data["calibration_size"]), wire=data["wire"], probe=data.get("probe"), cloud=data.get("cloud"),
-            reference=TorchReference.from_json(data["reference"]),
-            formats=tuple(FormatParity.from_json({**v, "format": k}) for k, v in data["formats"].items()),
-        )  # fmt: skip
+    def from_json(cls, data: Mapping[str, Any], *, source: str = "parity report") -> "ParityReport":
+        data = check_schema(data, version=PARITY_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
+        formats = tuple(FormatParity.from_json({**v, "format": k}) for k, v in data["formats"].items())
+        return from_dict(cls, {**data, "formats": formats})
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(path)
-        return path
+        return save_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "ParityReport":
         path = Path(path)
         if not path.is_file():
             raise RunError(f"{path} not found: run `privsplit export RUN --out DIR` first")
-        return cls.from_json(json.loads(path.read_text()))
+        return cls.from_json(read_json(path, what="a parity report", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
         def pct(v):

@@ -60,3 +60,7 @@ def require(module: str, *, package: str, extra: str | None = None):
         if extra:
             hint += f" (or pip install 'privsplit[{extra}]')"
         raise MissingDependencyError(f"{module} is not installed: {hint}") from exc
+
+
+class ResultError(RunError):
+    """A result file is missing, damaged, or written in another schema version."""

@@ -11,12 +11,12 @@ Layout (all JSON or safetensors; never pickle)::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from privsplit.errors import RunError
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.data import Dataset, Split
@@ -42,26 +42,14 @@ class RunConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {
-            "schema_version": RUN_SCHEMA_VERSION,
-            "data": vars(self.data),
-            "model": self.model.to_json(),
-            "seed": self.seed,
-            "train": self.train,
-        }
+        return {"schema_version": RUN_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "RunConfig":
+    def from_json(cls, data: dict, *, source: str = "config.json") -> "RunConfig":
         from privsplit.models import ModelConfig
 
-        if data.get("schema_version") != RUN_SCHEMA_VERSION:
-            raise RunError(f"config.json has schema version {data.get('schema_version')}, expected {RUN_SCHEMA_VERSION}")
-        return cls(
-            data=DataConfig(**data["data"]),
-            model=ModelConfig.from_json(data["model"]),
-            seed=int(data["seed"]),
-            train=dict(data.get("train", {})),
-        )
+        data = check_schema(data, version=RUN_SCHEMA_VERSION, source=source, hint="re-run `privsplit train`")
+        return from_dict(cls, {**data, "model": ModelConfig.from_json(data["model"])})
 
 
 class RunFolder:
@@ -78,21 +66,13 @@ class RunFolder:
         return self.file(name).is_file()
 
     def write_json(self, name: str, data: Any) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
-        target = self.file(name)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-        tmp.replace(target)
-        return target
+        return save_json(self.file(name), data)
 
     def read_json(self, name: str) -> Any:
         target = self.file(name)
         if not target.is_file():
             raise RunError(f"{target} not found: is {self.path} a run folder written by `privsplit train`?")
-        try:
-            return json.loads(target.read_text())
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{target} is not valid JSON ({exc.msg} at line {exc.lineno}): re-run the step that writes it") from exc
+        return read_json(target, what=name, hint="re-run the step that writes it")
 
     # ---- config, split, data -----------------------------------------------------------------
     def check(self) -> "RunFolder":
@@ -104,7 +84,7 @@ class RunFolder:
         return self
 
     def config(self) -> RunConfig:
-        return RunConfig.from_json(self.read_json("config.json"))
+        return RunConfig.from_json(self.read_json("config.json"), source=str(self.file("config.json")))
 
     def write_config(self, config: RunConfig) -> None:
         self.write_json("config.json", config.to_json())
@@ -112,7 +92,7 @@ class RunFolder:
     def split(self) -> "Split":
         from privsplit.data import Split
 
-        return Split.from_json(self.read_json("split.json"))
+        return Split.from_json(self.read_json("split.json"), source=str(self.file("split.json")))
 
     def dataset(self) -> "Dataset":
         """Reload the run's dataset exactly as it was trained on (same spec, size, limit, task)."""

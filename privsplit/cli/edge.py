@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from privsplit.cli._common import non_negative_float, positive_int
+from privsplit.results import dumps
 
 _RUNTIMES = ("litert", "tflite-runtime", "onnxruntime")
 
@@ -102,7 +102,7 @@ def run_infer(args: argparse.Namespace) -> int:
                                  threads=args.threads, seed=args.seed)  # fmt: skip
     with EdgeClient(config) as client:
         report = infer_inputs(pipeline, client, args.images, batch_size=args.batch_size, stream=args.stream, label_only=args.label_only)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())
+    print(dumps(report.to_json()) if args.json else report.summary(), end="" if args.json else "\n")
     errors = {r.error for r in report.results if not r.ok}
     if report.results and report.failed == len(report.results) and len(errors) == 1:
         print(f"privsplit edge infer: error: {errors.pop()}", file=sys.stderr)

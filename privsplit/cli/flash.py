@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from privsplit.cli._common import positive_int
@@ -49,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
         result = flash(args.bundle, target, keep=args.keep, trust_key=args.trust_key)
     print(result.summary())
     if args.json is not None:
-        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        result.save(args.json)
     return 0

@@ -14,12 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+
+from privsplit.results import save_npz
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,8 @@ def _read(path: Path, text: str) -> dict[str, np.ndarray] | None:
 
 def _write(path: Path, text: str, arrays: Mapping[str, np.ndarray]) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays, **{_KEY_FIELD: np.array(text)})
-            os.replace(tmp, path)  # atomic: concurrent readers see the old file or the whole new one
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        # atomic: concurrent readers see the old file or the whole new one
+        save_npz(path, {**arrays, _KEY_FIELD: np.array(text)}, compressed=False)
         _prune(path.parent, keep=path)
     except OSError as exc:
         log.warning("could not write the dataset cache %s (%s); set %s to a writable folder", path, exc, CACHE_ENV)
@@ -107,8 +101,6 @@ def _write(path: Path, text: str, arrays: Mapping[str, np.ndarray]) -> None:
 def _prune(root: Path, *, keep: Path) -> None:
     entries = []
     for p in root.glob("*.npz"):
-        if p.name.startswith(".tmp-"):  # another process's entry being written
-            continue
         try:
             st = p.stat()
         except OSError:

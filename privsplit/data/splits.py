@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
-from privsplit.errors import ConfigError, RunError
+from privsplit.errors import ConfigError
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 SPLIT_SCHEMA_VERSION = 1
+_HINT = "is this a run folder written by `privsplit train`?"
 
 
 class Part(str, Enum):
@@ -74,34 +75,20 @@ class Split:
         return {p.value: int(len(self.indices[p])) for p in Part}
 
     def to_json(self) -> dict:
-        return {
-            "schema_version": SPLIT_SCHEMA_VERSION,
-            "n": self.n,
-            "seed": self.seed,
-            "fractions": self.fractions.as_dict(),
-            "indices": {p.value: self.indices[p].tolist() for p in Part},
-        }
+        return {"schema_version": SPLIT_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Split":
-        if data.get("schema_version") != SPLIT_SCHEMA_VERSION:
-            raise RunError(f"split.json has schema version {data.get('schema_version')}, expected {SPLIT_SCHEMA_VERSION}")
-        return cls(
-            n=int(data["n"]),
-            seed=int(data["seed"]),
-            fractions=SplitFractions(**data["fractions"]),
-            indices={p: np.asarray(data["indices"][p.value], dtype=np.int64) for p in Part},
-        )
+    def from_json(cls, data: dict, *, source: str = "split.json") -> "Split":
+        data = check_schema(data, version=SPLIT_SCHEMA_VERSION, source=source, hint=_HINT)
+        indices = {p: np.asarray(data["indices"][p.value], dtype=np.int64) for p in Part}
+        return from_dict(cls, {**data, "indices": indices})
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json()))
+        save_json(path, self.to_json(), indent=None)
 
     @classmethod
     def load(cls, path: Path) -> "Split":
-        path = Path(path)
-        if not path.is_file():
-            raise RunError(f"{path} not found: is this a run folder written by `privsplit train`?")
-        return cls.from_json(json.loads(path.read_text()))
+        return cls.from_json(read_json(path, what="the split", hint=_HINT), source=str(path))
 
 
 def make_split(n: int, fractions: SplitFractions = SplitFractions(), *, seed: int = 0) -> Split:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from enum import Enum
 
 from privsplit.errors import ConfigError
+from privsplit.results import from_dict, to_dict
 
 
 class Arch(str, Enum):
@@ -62,20 +63,8 @@ class ModelConfig:
         return max(1, int(round(math.log2(max(image_size, 8) / 8))))
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["arch"] = self.arch.value
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
-        return data
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
-        data = dict(data)
-        data["arch"] = Arch(data["arch"])
-        data["mean"] = tuple(data["mean"])
-        data["std"] = tuple(data["std"])
-        return cls(**data)
+        return from_dict(cls, data, strict=True)

@@ -29,7 +29,7 @@ Where a run stores it: ``RUN/purifier.json`` (:class:`PurifierConfig` + training
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from privsplit.errors import ConfigError, RunError
+from privsplit.results import from_dict, load_json, save_json, to_dict
 
 PURIFIER_SCHEMA_VERSION = 1
 PURIFIER_JSON = "purifier.json"
@@ -81,15 +82,11 @@ class PurifierConfig:
             raise ConfigError(f"purifier min_prob must be in [0, 1/K), got {self.min_prob}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PurifierConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown purifier config keys: {sorted(unknown)}")
-        return cls(**data)
+    def from_json(cls, data: dict[str, Any]) -> "PurifierConfig":
+        return from_dict(cls, data, strict=True)
 
 
 def default_widths(num_classes: int) -> tuple[int, int]:
@@ -180,22 +177,15 @@ def purify_numpy(purifier: Purifier, probs, batch_size: int = 4096):
 def save_purifier(run: RunStore, purifier: Purifier, *, training: dict[str, Any] | None = None) -> None:
     """Write ``RUN/purifier.json`` and ``RUN/purifier.safetensors``."""
     run.save_module(PURIFIER_WEIGHTS, purifier)
-    run.write_json(
-        PURIFIER_JSON,
-        {"schema_version": PURIFIER_SCHEMA_VERSION, "config": purifier.config.to_json(), "training": training or {}},
-    )
+    save_json(run.file(PURIFIER_JSON), {"config": purifier.config, "training": training or {}}, version=PURIFIER_SCHEMA_VERSION)
 
 
 def load_purifier(run: RunStore) -> Purifier | None:
     """The run's purifier in eval mode, or ``None`` when the run has none."""
     if not run.has(PURIFIER_JSON):
         return None
-    data = run.read_json(PURIFIER_JSON)
-    if data.get("schema_version") != PURIFIER_SCHEMA_VERSION:
-        raise RunError(
-            f"{run.file(PURIFIER_JSON)} has schema version {data.get('schema_version')}, expected "
-            f"{PURIFIER_SCHEMA_VERSION}: re-run `privsplit train-purifier {run.path}`"
-        )
+    data = load_json(run.file(PURIFIER_JSON), version=PURIFIER_SCHEMA_VERSION, what="the purifier config",
+                     hint=f"re-run `privsplit train-purifier {run.path}`")  # fmt: skip
     purifier = Purifier(PurifierConfig.from_json(data["config"]))
     if not run.has(f"{PURIFIER_WEIGHTS}.safetensors"):
         raise RunError(f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: re-run `privsplit train-purifier {run.path}`")

@@ -5,8 +5,6 @@ No torch here: results can be loaded, summarised and plotted anywhere numpy runs
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,17 +13,12 @@ import numpy as np
 
 from privsplit.errors import RunError
 from privsplit.probes.feature_spec import FeatureProbeSpec
+from privsplit.results import check_schema, from_dict, read_json, save_json, save_npz, to_dict
 
 FEATURE_LEAKAGE_SCHEMA_VERSION = 1
+KIND = "feature_leakage"
+_HINT = "re-run `privsplit probe features`"
 DEFAULT_NAME = "probe_features"
-
-
-def _num(value: float | None) -> float | None:
-    """JSON-safe float: NaN/inf/None become null."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -38,21 +31,11 @@ class AttackerScore:
     selection: str = ""
 
     def to_json(self) -> dict:
-        return {
-            "balanced_accuracy": _num(self.balanced_accuracy),
-            "auc": _num(self.auc),
-            "validation_balanced_accuracy": _num(self.validation_balanced_accuracy),
-            "selection": self.selection,
-        }
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "AttackerScore":
-        return cls(
-            balanced_accuracy=float(data["balanced_accuracy"]),
-            auc=_num(data.get("auc")),
-            validation_balanced_accuracy=_num(data.get("validation_balanced_accuracy")),
-            selection=str(data.get("selection", "")),
-        )
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True, eq=True)
@@ -89,29 +72,15 @@ class AttributeLeakage:
         return self.attackers[self.best].auc
 
     def to_json(self) -> dict:
-        return {
-            "name": self.name,
-            "classes": list(self.classes),
-            "best": self.best,
-            "balanced_accuracy": _num(self.balanced_accuracy),
-            "auc": _num(self.auc),
-            "chance": _num(self.chance),
-            "chance_auc": 0.5,
-            "task_floor": _num(self.task_floor),
-            "task_floor_auc": _num(self.task_floor_auc),
-            "attackers": {k: v.to_json() for k, v in self.attackers.items()},
-        }
+        return to_dict({
+            "name": self.name, "classes": self.classes, "best": self.best, "balanced_accuracy": self.balanced_accuracy,
+            "auc": self.auc, "chance": self.chance, "chance_auc": 0.5, "task_floor": self.task_floor,
+            "task_floor_auc": self.task_floor_auc, "attackers": self.attackers,
+        })  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "AttributeLeakage":
-        return cls(
-            name=str(data["name"]),
-            classes=tuple(data["classes"]),
-            attackers={k: AttackerScore.from_json(v) for k, v in data["attackers"].items()},
-            chance=float(data["chance"]),
-            task_floor=float(data["task_floor"]),
-            task_floor_auc=_num(data.get("task_floor_auc")),
-        )
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,7 +92,7 @@ class ReconstructionSamples:
     mean_image: np.ndarray
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, originals=self.originals, reconstructions=self.reconstructions, mean_image=self.mean_image)
+        save_npz(path, {"originals": self.originals, "reconstructions": self.reconstructions, "mean_image": self.mean_image})
 
     @classmethod
     def load(cls, path: Path) -> "ReconstructionSamples":
@@ -154,14 +123,11 @@ class ReconstructionLeakage:
     samples: ReconstructionSamples | None = field(default=None, compare=False)
 
     def to_json(self, samples_file: str | None = None) -> dict:
-        data = {k: _num(getattr(self, k)) for k in ("ssim", "psnr", "mse", "baseline_ssim", "baseline_psnr", "baseline_mse")}
-        data.update(best_epoch=self.best_epoch, epochs=self.epochs, samples=samples_file)
-        return data
+        return {**to_dict(replace(self, samples=None)), "samples": samples_file}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], samples: ReconstructionSamples | None = None) -> "ReconstructionLeakage":
-        keys = ("ssim", "psnr", "mse", "baseline_ssim", "baseline_psnr", "baseline_mse")
-        return cls(**{k: float(data[k]) for k in keys}, best_epoch=int(data["best_epoch"]), epochs=int(data["epochs"]), samples=samples)
+        return from_dict(cls, {**data, "samples": samples})
 
 
 @dataclass(frozen=True)
@@ -186,9 +152,9 @@ class FeatureLeakageResult:
 
     # ---- JSON ---------------------------------------------------------------------------------
     def to_json(self, *, samples_file: str | None = None) -> dict:
-        return {
+        return to_dict({
             "schema_version": FEATURE_LEAKAGE_SCHEMA_VERSION,
-            "kind": "feature_leakage",
+            "kind": KIND,
             "data": {
                 "source": self.source,
                 "image_shape": list(self.image_shape),
@@ -196,21 +162,18 @@ class FeatureLeakageResult:
                 "feature_dtype": self.feature_dtype,
             },
             "sizes": {"attacker": self.attacker_size, "holdout": self.holdout_size},
-            "task": {"name": self.task, "accuracy": _num(self.task_accuracy)},
+            "task": {"name": self.task, "accuracy": self.task_accuracy},
             "attribute": None if self.attribute is None else self.attribute.to_json(),
             "reconstruction": None if self.reconstruction is None else self.reconstruction.to_json(samples_file),
             "spec": self.spec.to_json(),
             "runtime_s": float(self.runtime_s),
-        }
+        })
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], *, samples: ReconstructionSamples | None = None) -> "FeatureLeakageResult":
-        version = data.get("schema_version")
-        if data.get("kind") != "feature_leakage" or version != FEATURE_LEAKAGE_SCHEMA_VERSION:
-            raise RunError(
-                f"not a feature-leakage result of schema {FEATURE_LEAKAGE_SCHEMA_VERSION} "
-                f"(kind={data.get('kind')!r}, schema_version={version!r}): re-run `privsplit probe features`"
-            )
+    def from_json(
+        cls, data: Mapping[str, Any], *, samples: ReconstructionSamples | None = None, source: str = "feature-leakage result"
+    ) -> "FeatureLeakageResult":
+        data = check_schema(data, version=FEATURE_LEAKAGE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
         d = data["data"]
         return cls(
             source=str(d["source"]),
@@ -226,7 +189,7 @@ class FeatureLeakageResult:
             if data["reconstruction"] is None
             else ReconstructionLeakage.from_json(data["reconstruction"], samples),
             runtime_s=float(data["runtime_s"]),
-            task_accuracy=_num(data["task"].get("accuracy")),
+            task_accuracy=data["task"].get("accuracy"),
         )
 
     # ---- files --------------------------------------------------------------------------------
@@ -247,10 +210,7 @@ class FeatureLeakageResult:
             npz = json_path.with_name(json_path.stem + ".samples.npz")
             rec.samples.save(npz)
             samples_file = npz.name
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(samples_file=samples_file), indent=2))
-        tmp.replace(json_path)
-        return json_path
+        return save_json(json_path, self.to_json(samples_file=samples_file))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureLeakageResult":
@@ -260,15 +220,12 @@ class FeatureLeakageResult:
             path = path / f"{DEFAULT_NAME}.json"
         if not path.is_file():
             raise RunError(f"{path} not found: run `privsplit probe features RUN` first")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path} is not valid JSON ({exc.msg}): re-run `privsplit probe features`") from exc
+        data = read_json(path, what="a feature-leakage result", hint=_HINT)
         samples = None
-        name = (data.get("reconstruction") or {}).get("samples")
+        name = (data.get("reconstruction") or {}).get("samples") if isinstance(data, dict) else None
         if name and (path.parent / name).is_file():
             samples = ReconstructionSamples.load(path.parent / name)
-        return cls.from_json(data, samples=samples)
+        return cls.from_json(data, samples=samples, source=str(path))
 
     # ---- text ---------------------------------------------------------------------------------
     def summary(self) -> str:

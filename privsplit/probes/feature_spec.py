@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Mapping
 
 from privsplit.errors import ConfigError
+from privsplit.results import from_dict, to_dict
 
 
 class AttributeAttacker(str, Enum):
@@ -71,19 +72,8 @@ class FeatureProbeSpec:
         return replace(self, epochs=epochs, reconstruction_epochs=epochs, patience=min(self.patience, epochs))
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["attackers"] = [a.value for a in self.attackers]
-        data["logistic_cs"] = list(self.logistic_cs)
-        return data
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "FeatureProbeSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown feature-probe spec keys: {sorted(unknown)}")
-        data = dict(data)
-        data["attackers"] = tuple(data.get("attackers", ()))
-        if "logistic_cs" in data:
-            data["logistic_cs"] = tuple(data["logistic_cs"])
-        return cls(**data)
+        return from_dict(cls, data, strict=True)

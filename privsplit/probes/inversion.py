@@ -15,7 +15,7 @@ a held-out fifth of the attacker's pairs (early stopping: a few hundred images o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from privsplit.errors import ConfigError
 from privsplit.models.threads import tiny_model_threads
+from privsplit.results import from_dict, to_dict
 
 LOG_FLOOR = -30.0
 
@@ -52,11 +53,11 @@ class InversionMetrics:
     n_train: int
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> InversionMetrics:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+    def from_json(cls, data: dict) -> "InversionMetrics":
+        return from_dict(cls, data)
 
 
 def score_features(probs: np.ndarray, top_k: int) -> np.ndarray:

@@ -13,11 +13,12 @@ randomised thresholds), so it is well defined below the FPR resolution ``1 / n_n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from privsplit.errors import ConfigError
+from privsplit.results import from_dict, to_dict
 
 LOW_FPRS = (0.01, 0.001)
 
@@ -38,7 +39,7 @@ class MIAMetrics:
         return 1.0 / self.n_nonmembers
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        data = to_dict(self)
         # the JSON key spells the FPR the way the issue names it
         data["tpr_at_0.1pct_fpr"] = data.pop("tpr_at_01pct_fpr")
         return data
@@ -47,7 +48,7 @@ class MIAMetrics:
     def from_json(cls, data: dict) -> "MIAMetrics":
         data = dict(data)
         data["tpr_at_01pct_fpr"] = data.pop("tpr_at_0.1pct_fpr")
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True, eq=False)

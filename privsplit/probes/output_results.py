@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,11 @@ from privsplit.errors import RunError
 from privsplit.probes.inversion import InversionConfig, InversionMetrics
 from privsplit.probes.membership import AttackConfig
 from privsplit.probes.mia_metrics import MIAMetrics
+from privsplit.results import check_schema, from_dict, read_json, save_json, save_npz, to_dict
 
 OUTPUT_PROBE_SCHEMA_VERSION = 1
+KIND = "output-probe"
+_HINT = "re-run `privsplit probe outputs`"
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,11 @@ class OutputProbeSpec:
         return self.seed + 101 if self.noise_seed is None else self.noise_seed
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "OutputProbeSpec":
-        data = dict(data)
-        data["attack"] = AttackConfig(**data.get("attack", {}))
-        data["inversion"] = InversionConfig(**data.get("inversion", {}))
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,12 @@ class MIAReport:
         return cls(label_floor=floor, attacks=dict(attacks), best_attack=best)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        return to_dict({
             "label_floor": self.label_floor,
             "excess_auc": self.excess_auc,
             "best": {"attack": self.best_attack, **self.best.to_json()},
             "attacks": {k: v.to_json() for k, v in self.attacks.items()},
-        }
+        })  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "MIAReport":
@@ -98,7 +97,7 @@ class OutputArrays:
         flat.update({f"scores/{k}": v for k, v in self.scores.items()})
         flat.update({f"top_prob/{k}": v for k, v in self.top_prob.items()})
         flat.update({f"reconstructions/{k}": v for k, v in self.reconstructions.items()})
-        np.savez_compressed(path, **flat)
+        save_npz(path, flat)
 
     @classmethod
     def load(cls, path: Path) -> "OutputArrays":
@@ -143,9 +142,9 @@ class OutputProbeResult:
         return self.inversion_purified.mse / max(self.inversion.mse, 1e-12)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        return to_dict({
             "schema_version": OUTPUT_PROBE_SCHEMA_VERSION,
-            "kind": "output-probe",
+            "kind": KIND,
             "run": self.run,
             "spec": self.spec.to_json(),
             "n_members": self.n_members,
@@ -169,34 +168,22 @@ class OutputProbeResult:
             "inversion_purified": self.inversion_purified.to_json(),
             "inversion_mse_ratio": self.inversion_mse_ratio,
             "purifier": self.purifier,
-        }
+        })  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], arrays: OutputArrays | None = None) -> "OutputProbeResult":
-        if data.get("schema_version") != OUTPUT_PROBE_SCHEMA_VERSION or data.get("kind") != "output-probe":
-            raise RunError(
-                f"not an output-probe result of schema version {OUTPUT_PROBE_SCHEMA_VERSION} "
-                f"(kind {data.get('kind')!r}, version {data.get('schema_version')!r}): re-run `privsplit probe outputs`"
-            )
-        plain = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("spec", "mia", "mia_purified", "inversion", "inversion_purified", "arrays")}
-        return cls(
-            spec=OutputProbeSpec.from_json(data["spec"]),
-            mia=MIAReport.from_json(data["mia"]),
-            mia_purified=MIAReport.from_json(data["mia_purified"]),
-            inversion=InversionMetrics.from_json(data["inversion"]),
-            inversion_purified=InversionMetrics.from_json(data["inversion_purified"]),
-            arrays=arrays,
-            **plain,
-        )
+    def from_json(
+        cls, data: dict[str, Any], arrays: OutputArrays | None = None, *, source: str = "output-probe result"
+    ) -> "OutputProbeResult":
+        data = check_schema(data, version=OUTPUT_PROBE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
+        mia = {k: MIAReport.from_json(data[k]) for k in ("mia", "mia_purified")}  # MIAMetrics renames a key
+        return from_dict(cls, {**data, **mia, "arrays": arrays})
 
     def save(self, json_path: str | Path) -> Path:
         """Write ``json_path`` and, when arrays are held, ``<stem>.npz`` beside it."""
         json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(self.to_json(), indent=2))
         if self.arrays is not None:
             self.arrays.save(json_path.with_suffix(".npz"))
-        return json_path
+        return save_json(json_path, self.to_json())
 
     @classmethod
     def load(cls, json_path: str | Path) -> "OutputProbeResult":
@@ -205,7 +192,7 @@ class OutputProbeResult:
             raise RunError(f"{json_path} not found: write it with `privsplit probe outputs RUN --json {json_path}`")
         npz = json_path.with_suffix(".npz")
         arrays = OutputArrays.load(npz) if npz.is_file() else None
-        return cls.from_json(json.loads(json_path.read_text()), arrays)
+        return cls.from_json(read_json(json_path, what="an output-probe result", hint=_HINT), arrays, source=str(json_path))
 
     def summary(self) -> str:
         """A side-by-side text table: every figure without and with the purifier."""

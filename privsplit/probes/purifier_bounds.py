@@ -22,11 +22,12 @@ A purifier that keeps the predicted label (the kit's, and the paper's) is bounde
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from privsplit.probes.mia_metrics import label_floor, mia_metrics
+from privsplit.results import to_dict
 
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.999, 1.01)
 
@@ -55,8 +56,7 @@ class PurifierBounds:
         return min(fits) if fits else None
 
     def to_json(self) -> dict:
-        return {"label_floor": self.label_floor, "inversion_ceiling": self.inversion_ceiling,
-                "frontier": [asdict(p) for p in self.frontier]}  # fmt: skip
+        return to_dict(self)
 
 
 def _collapse(probs: np.ndarray, threshold: float) -> np.ndarray:

@@ -22,19 +22,20 @@ within 0.01 of the lowest count as ties: the fastest of them); when none fits, t
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from privsplit.errors import ConfigError
+from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 PROFILE_SCHEMA_VERSION = 1
+_HINT = "re-run `privsplit split-profile RUN --json FILE`"
 _PROJECT_DIM = 1024  # activations are randomly projected to this many dims for distances (JL lemma)
 _CHUNK = 32
 LEAKAGE_TIE = 0.01  # leakage indicators this close count as equal; the faster split wins
@@ -65,11 +66,11 @@ class SplitProfileSpec:
             raise ConfigError("need threads >= 1, runs >= 1, samples >= 8 and rtt >= 0")
 
     def to_json(self) -> dict:
-        return {**asdict(self), "runtime": self.runtime.value}
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "SplitProfileSpec":
-        return cls(**{**data, "runtime": SplitRuntime(data["runtime"])})
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,11 @@ class SplitRow:
     private_balanced_accuracy: float | None
 
     def to_json(self) -> dict:
-        return {**asdict(self), "feature_shape": list(self.feature_shape)}
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "SplitRow":
-        return cls(**{**data, "feature_shape": tuple(data["feature_shape"])})
+        return from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -109,20 +110,18 @@ class SplitProfile:
         return next(r for r in self.rows if r.split == split)
 
     def to_json(self) -> dict:
-        return {"schema_version": PROFILE_SCHEMA_VERSION, "run": self.run, "arch": self.arch, "image_size": self.image_size,
-                "spec": self.spec.to_json(), "rows": [r.to_json() for r in self.rows], "suggested": self.suggested,
-                "within_budget": self.within_budget, "reason": self.reason, "private_chance": self.private_chance}  # fmt: skip
+        return {"schema_version": PROFILE_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "SplitProfile":
-        if data.get("schema_version") != PROFILE_SCHEMA_VERSION:
-            raise ConfigError(f"split profile schema_version {data.get('schema_version')!r}; this privsplit reads {PROFILE_SCHEMA_VERSION}")
-        return cls(run=data["run"], arch=data["arch"], image_size=data["image_size"], spec=SplitProfileSpec.from_json(data["spec"]),
-                   rows=tuple(SplitRow.from_json(r) for r in data["rows"]), suggested=data["suggested"],
-                   within_budget=data["within_budget"], reason=data["reason"], private_chance=data["private_chance"])  # fmt: skip
+    def from_json(cls, data: dict, *, source: str = "split profile") -> "SplitProfile":
+        return from_dict(cls, check_schema(data, version=PROFILE_SCHEMA_VERSION, source=source, hint=_HINT))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        save_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SplitProfile":
+        return cls.from_json(read_json(path, what="a split profile", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
         s = self.spec

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from privsplit.errors import ConfigError
+from privsplit.results import to_dict
 
 QUICKSTART_SCHEMA_VERSION = 1
 
@@ -89,6 +90,4 @@ class QuickstartConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(out=str(self.out), curve_weights=list(self.curve_weights), load_concurrency=list(self.load_concurrency))
-        return data
+        return to_dict(self)

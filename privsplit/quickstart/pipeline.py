@@ -7,7 +7,6 @@ train (unprotected, protected, curve points) -> feature probes -> purifier -> ou
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from privsplit.quickstart.config import QUICKSTART_SCHEMA_VERSION, QuickstartCon
 from privsplit.quickstart.service import ServiceProcess
 from privsplit.quickstart.stages import StageLog
 from privsplit.report.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
+from privsplit.results import save_json
 
 # The encoder format each device runtime runs in the quickstart's bundle.
 _RUNTIME_ENCODER = {"litert": "tflite-int8", "tflite-runtime": "tflite-int8", "onnxruntime": "onnx-int8"}
@@ -61,7 +61,7 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
     def save() -> None:
         state["stages"] = [t.to_json() for t in log.times]
         state["total_seconds"] = round(log.elapsed, 3)
-        layout.state.write_text(json.dumps(state, indent=2) + "\n")
+        save_json(layout.state, state)
 
     # train x models, probe, purifier, outputs, export, flash, serve, infer, device latency, cloud latency, stop
     log = StageLog(len(models) + 10, progress=config.progress, on_record=save)
@@ -147,7 +147,7 @@ def _export_and_flash(config, layout, log) -> None:
     with log.stage("flash the edge bundle to a device folder") as st:
         flashed = flash(layout.edge_bundle, str(layout.device), trust_key=layout.public_key)
         layout.measure.mkdir(parents=True, exist_ok=True)
-        layout.flash.write_text(json.dumps(flashed.to_json(), indent=2) + "\n")
+        flashed.save(layout.flash)
         st.detail = f"{flashed.uploaded_bytes / 1024:.0f} KB, signature and hashes verified"
 
 
@@ -217,6 +217,7 @@ def _device_latency(config, layout, log, target, public_key) -> None:
     import subprocess
     import sys
 
+    from privsplit.edge.latency import BenchResult
     from privsplit.edge.runtimes import available_runtimes
 
     runtimes = [r.value for r in available_runtimes() if r.value in _RUNTIME_ENCODER]
@@ -231,8 +232,8 @@ def _device_latency(config, layout, log, target, public_key) -> None:
             if proc.returncode != 0:
                 tail = " | ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit status {proc.returncode}"
                 raise RunError(f"privsplit edge bench --runtime {runtime} failed: {tail}")
-            result = json.loads(out.read_text())
-            found.append(f"{runtime} p50 {result['p50_ms']:.2f} ms, {result['peak_rss_mb']:.0f} MB")
+            result = BenchResult.load(out)
+            found.append(f"{runtime} p50 {result.p50_ms:.2f} ms, {result.peak_rss_mb:.0f} MB")
         st.detail = ", ".join(found)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator
+
+from privsplit.results import from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -16,11 +18,11 @@ class StageTime:
     detail: str = ""
 
     def to_json(self) -> dict:
-        return {**asdict(self), "seconds": round(self.seconds, 3)}
+        return {**to_dict(self), "seconds": round(self.seconds, 3)}
 
     @classmethod
     def from_json(cls, data: dict) -> "StageTime":
-        return cls(name=data["name"], seconds=float(data["seconds"]), detail=data.get("detail", ""))
+        return from_dict(cls, data)
 
 
 class _Current:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from privsplit.report.document import Document, Figure, Table, to_html, to_markdown
 from privsplit.report.layout import QuickstartLayout
 from privsplit.report.summary import build_summary
+from privsplit.results import save_json
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def build_report(root: str | Path) -> ReportPaths:
     summary = build_summary(layout.root)
     figures = _figures(layout, summary)
     summary["figures"] = {k: str(v.relative_to(layout.root)) for k, v in figures.items()}
-    layout.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    save_json(layout.summary, summary)
     doc = build_document(summary, figures)
     layout.report_md.write_text(to_markdown(doc, relative_to=layout.root))
     layout.report_html.write_text(to_html(doc))

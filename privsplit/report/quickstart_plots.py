@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from privsplit.report._figures import pyplot as _pyplot
 from privsplit.report._figures import save as _save
 from privsplit.report._figures import show_image
 from privsplit.report.layout import QuickstartLayout
+from privsplit.results import read_json
 
 
 def plot_privacy_utility(summary: dict, path: Path) -> Path | None:
@@ -79,12 +79,12 @@ def plot_latency(layout: QuickstartLayout, path: Path) -> Path | None:
     """Histograms of the device path per backend (encode + round trip) and of the cloud round trip per concurrency."""
     device = []
     for file in sorted(layout.measure.glob("edge_bench_*.json")):
-        data = json.loads(file.read_text())
+        data = read_json(file, what="an edge bench result")
         if data.get("samples_ms"):
             device.append((f"{data['runtime']} ({data['encoder']})", np.asarray(data["samples_ms"])))
     cloud = []
     if layout.cloud_load.is_file():
-        for p in json.loads(layout.cloud_load.read_text())["points"]:
+        for p in read_json(layout.cloud_load, what="a load result")["points"]:
             if p.get("latency_sample_ms"):
                 cloud.append((f"concurrency {p['concurrency']}", np.asarray(p["latency_sample_ms"])))
     if not device and not cloud:

@@ -6,24 +6,19 @@ results, the parity report, latency results), so ``privsplit report`` rebuilds t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from privsplit import __version__
 from privsplit.errors import RunError
 from privsplit.report.layout import PROTECTED, QuickstartLayout
+from privsplit.results import read_json
 
 SUMMARY_SCHEMA_VERSION = 1
 
 
 def _read(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing ({what}); rerun `privsplit quickstart` or the stage that writes it") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: cannot read {what} ({exc})") from None
+    return read_json(path, what=what, hint="rerun `privsplit quickstart` or the stage that writes it")
 
 
 def _maybe(path: Path, what: str) -> dict | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from privsplit.errors import ConfigError
+from privsplit.results import from_dict, to_dict
 
 
 class AdversaryLoss(str, Enum):
@@ -79,15 +80,8 @@ class TrainConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["adversary_loss"] = self.adversary_loss.value
-        data["adversaries"] = list(self.adversaries)
-        return data
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["adversary_loss"] = AdversaryLoss(data.get("adversary_loss", "entropy"))
-        data["adversaries"] = tuple(data.get("adversaries", ()))
-        return cls(**data)
+        return from_dict(cls, data)
