@@ -15,17 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from test_cloud_support import REPO, build_bundles, wire_features
+from test_cloud_support import REPO, wire_features
 
 from privsplit.proto import InferResponse, Prediction, StreamInferResponse, features_request
 from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
 
 TOKEN = "cli-test-token"
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

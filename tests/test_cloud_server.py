@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_cloud_support import build_bundles, make_certs, run_triton_client, wire_features
+from test_cloud_support import make_certs, run_triton_client, wire_features
 
 from privsplit.bundle import BundleKind, load_bundle
 from privsplit.cloud import BatchConfig, ModelHost, ServeConfig, TlsConfig, create_server
@@ -22,11 +22,6 @@ from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
 
 MAX_MESSAGE = 256 * 1024
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

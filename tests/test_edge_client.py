@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from test_cloud_support import make_certs
-from test_edge_support import build_edge_bundles, free_port, holdout, write_pngs
+from test_edge_support import free_port, holdout, write_pngs
 
 from privsplit.cli.main import main
 from privsplit.cloud import BatchConfig, ServeConfig, TlsConfig, create_server
@@ -26,11 +26,6 @@ from privsplit.proto.wire import features_request
 pytestmark = pytest.mark.slow  # the session's bundles: training + export (~1 min), shared with the other edge tests
 
 FAST = RetryPolicy(attempts=4, initial_backoff_s=0.05, max_backoff_s=0.2, jitter=0.0)
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-from test_edge_support import build_edge_bundles, holdout, rewrite_bundle, write_pngs
+from test_edge_support import holdout, rewrite_bundle, write_pngs
 
 from privsplit.bundle import BundleKind, TensorSpec, load_bundle
 from privsplit.edge.pipeline import EdgePipeline, select_encoder
 from privsplit.edge.preprocess import Preprocessor
 from privsplit.edge.runtimes import RuntimeName, available_runtimes, choose_runtime, import_backend
 from privsplit.errors import BundleError, ConfigError, MissingDependencyError
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

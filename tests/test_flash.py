@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from test_edge_support import build_edge_bundles, holdout, rewrite_bundle
+from test_edge_support import holdout, rewrite_bundle
 
 from privsplit.bundle import BundleKind, load_bundle
 from privsplit.cli.main import main
@@ -22,11 +22,6 @@ from privsplit.edge.pipeline import EdgePipeline
 from privsplit.errors import BundleError
 
 pytestmark = pytest.mark.slow  # the session's bundles (training + export, shared with the other edge tests)
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")
