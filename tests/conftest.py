@@ -51,6 +51,7 @@ class Bundles:
     cloud_plain: Path  # the cloud bundle without the purifier, unsigned
     noisy: Path  # the edge bundle with noise_sigma 0.5, unsigned
     trust_key: Path  # the signer's public key
+    key_id: str  # the signer's key id (as generated)
     other_key: Path  # a key that did not sign
     run: Path  # the exported run folder (digits_run plus the purifier)
 
@@ -89,5 +90,5 @@ def bundles(tmp_path_factory, digits_run) -> Bundles:
     write_bundle(plain, kind=BundleKind.CLOUD, version=signed.version + "-plain", body={**body, "purifier": None})
     features = load_bundle(edge, kind=BundleKind.EDGE).manifest["features"]
     noisy = rewrite_bundle(edge, root / "noisy", version=signed.version + "-noisy", features={**features, "noise_sigma": 0.5})
-    return Bundles(edge=edge, cloud=cloud, cloud_plain=plain, noisy=noisy, trust_key=keys.public,
+    return Bundles(edge=edge, cloud=cloud, cloud_plain=plain, noisy=noisy, trust_key=keys.public, key_id=keys.key_id,
                    other_key=root / "keys" / "other.pub", run=run.path)  # fmt: skip

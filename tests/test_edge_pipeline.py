@@ -61,7 +61,7 @@ def test_wire_features_match_pytorch_and_classify_like_it(bundles, reference, en
 
     images, labels, torch_feats = reference
     pipe = EdgePipeline.open(bundles.edge, trust_key=bundles.trust_key, encoder=encoder, threads=1, seed=0)
-    assert pipe.bundle.verified_key_id is not None
+    assert pipe.bundle.verified_key_id == bundles.key_id
     items, wire = pipe.encode(images)
     assert all(it.ok for it in items) and wire.data.dtype == np.int8 and wire.data.shape == (len(images), *pipe.wire.shape)
     expected = pipe.wire.quantize(torch_feats)
