@@ -62,6 +62,14 @@ class Served:
         return code
 
 
+def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (something the test can observe) instead of sleeping a guessed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def token_file(tmp_path):
     path = tmp_path / "token"
@@ -119,18 +127,16 @@ def test_serve_drains_on_sigterm_without_losing_requests(bundles, wire, token_fi
     with ThreadPoolExecutor(24) as pool:
         stream_futures = [pool.submit(stream_worker, k) for k in range(4)]
         unary_futures = [pool.submit(stub.ModelInfer, big, metadata=md, timeout=60) for _ in range(16)]
-        time.sleep(0.3)
-        signalled = time.monotonic()
+        _wait_for(lambda: all(streams_out), "every stream's first reply")  # the streams are open on the server
         served.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        sent_after_signal.set()
+        _wait_for(lambda: any("SIGTERM: draining" in line for line in served.lines), "the server to start draining")
+        sent_after_signal.set()  # the streams' second halves are sent while the server drains
         unary = [f.result() for f in unary_futures]
         for f in stream_futures:
             f.result()
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(small.to_proto(), metadata=md, timeout=5)
     assert served.finish() == 0, "".join(served.lines)
-    assert time.monotonic() > signalled
     assert all(Prediction.from_response(InferResponse.from_proto(r)).label.shape == (64,) for r in unary)
     for k, replies in enumerate(streams_out):
         assert [r.response.id for r in replies] == [f"{k}-{i}" for i in range(40)]
