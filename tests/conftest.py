@@ -86,9 +86,11 @@ def bundles(tmp_path_factory, digits_run) -> Bundles:
     for name in ("manifest.json", "manifest.sig", "purifier.onnx"):
         (plain / name).unlink()
     signed = load_bundle(cloud, kind=BundleKind.CLOUD)
-    body = {k: v for k, v in signed.manifest.items() if k not in ("schema_version", "kind", "version", "created", "files")}
+    generated = ("schema_version", "kind", "version", "created", "files")
+    body = {k: v for k, v in signed.manifest.items() if k not in generated}
     write_bundle(plain, kind=BundleKind.CLOUD, version=signed.version + "-plain", body={**body, "purifier": None})
     features = load_bundle(edge, kind=BundleKind.EDGE).manifest["features"]
-    noisy = rewrite_bundle(edge, root / "noisy", version=signed.version + "-noisy", features={**features, "noise_sigma": 0.5})
+    noisy = rewrite_bundle(edge, root / "noisy", version=signed.version + "-noisy",
+                           features={**features, "noise_sigma": 0.5})  # fmt: skip
     return Bundles(edge=edge, cloud=cloud, cloud_plain=plain, noisy=noisy, trust_key=keys.public, key_id=keys.key_id,
                    other_key=root / "keys" / "other.pub", run=run.path)  # fmt: skip

@@ -213,7 +213,8 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
         assert data["runtime"] == runtime and data["runs"] == 20 and data["peak_rss_mb"] > 10
         assert data["init_ms"] > 0 and data["first_ms"] > 0 and len(data["samples_ms"]) == 20
         samples = np.asarray(data["samples_ms"])  # the device total of every run, rounded to 0.1 us
-        for key, value in (("mean_ms", samples.mean()), *((f"p{q}_ms", np.percentile(samples, q)) for q in (50, 90, 99))):
+        expected = {"mean_ms": samples.mean(), **{f"p{q}_ms": np.percentile(samples, q) for q in (50, 90, 99)}}
+        for key, value in expected.items():
             assert data[key] == pytest.approx(value, abs=1e-3), key
         assert set(data["stages"]) == {"decode", "preprocess", "encode", "quantize", "serialize", "rpc", "server"}
         for stage, stats in data["stages"].items():  # every stage does real work: at least a microsecond
@@ -221,9 +222,11 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
         assert data["stages"]["rpc"]["p50_ms"] <= data["p50_ms"] <= data["p99_ms"]
         assert data["feature_bytes"] == int(np.prod(pipe.wire.shape))
         zeros = np.zeros((1, *pipe.wire.shape), np.int8)
-        for key, features, rid, quant in (("bytes_per_request", zeros, "-1", {"scale": pipe.wire.scale, "zero_point": pipe.wire.zero_point}),
+        int8 = {"scale": pipe.wire.scale, "zero_point": pipe.wire.zero_point}
+        for key, features, rid, quant in (("bytes_per_request", zeros, "-1", int8),
                                          ("bytes_float32_request", zeros.astype(np.float32), "0", {})):  # fmt: skip
-            request = features_request(features, encoder_hash=pipe.encoder_hash, model_name="privsplit", request_id=rid, **quant)
+            request = features_request(features, encoder_hash=pipe.encoder_hash, model_name="privsplit", request_id=rid,
+                                       **quant)  # fmt: skip
             assert data[key] == len(request.to_proto().SerializeToString()), key
         assert data["bytes_per_request"] < 0.3 * data["bytes_float32_request"]
     assert results["litert"]["encoder"] == "tflite-int8" and results["onnxruntime"]["encoder"] == "onnx-fp32"

@@ -45,7 +45,8 @@ def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
 
     rows = list(profile.rows)
     fastest = min(rows, key=lambda r: (r.total_ms, r.split))
-    assert suggest(rows, spec) == (fastest.split, True, f"lowest end-to-end latency ({fastest.total_ms:.2f} ms; no budget given)")
+    reason = f"lowest end-to-end latency ({fastest.total_ms:.2f} ms; no budget given)"
+    assert suggest(rows, spec) == (fastest.split, True, reason)
     budget = max(r.total_ms for r in rows) + 1
     floor = min(r.dcor for r in rows)
     least = min((r for r in rows if r.dcor <= floor + 0.01), key=lambda r: (r.total_ms, r.split))

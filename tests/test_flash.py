@@ -83,8 +83,9 @@ def test_one_flash_at_a_time_per_device(versions, tmp_path):
     assert (device / ".privsplit-lock" / "owner").read_text() == owner  # someone else's lock is left alone
     # a lock whose owner died on this host, or one over an hour old, is taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    for stale, version, action in ((f"{time.time():.0f} {dead} {socket.gethostname()} dead\n", "v2", FlashAction.INSTALLED),
-                                   (f"{time.time() - 7200:.0f} 1 other-laptop old\n", "v1", FlashAction.SWITCHED)):  # fmt: skip
+    stale_locks = ((f"{time.time():.0f} {dead} {socket.gethostname()} dead\n", "v2", FlashAction.INSTALLED),
+                   (f"{time.time() - 7200:.0f} 1 other-laptop old\n", "v1", FlashAction.SWITCHED))  # fmt: skip
+    for stale, version, action in stale_locks:
         (device / ".privsplit-lock" / "owner").write_text(stale)
         assert flash(versions[version], target).action is action
         assert not (device / ".privsplit-lock").exists()
