@@ -208,7 +208,7 @@ fi
 if mkdir -- "$root/.privsplit-lock" 2>/dev/null; then
   printf '%s\\n' "$token" > "$root/.privsplit-lock/owner"; echo locked
 else
-  echo "held=$(cat "$root/.privsplit-lock/owner" 2>/dev/null || echo unknown)"
+  echo "held=$(cat "$root/.privsplit-lock/owner" 2>/dev/null)"
 fi
 """
 _UNLOCK = """set -u
@@ -216,6 +216,7 @@ lock="$1/.privsplit-lock"
 if [ -d "$lock" ] && [ "$(cat "$lock/owner" 2>/dev/null)" = "$2" ]; then rm -rf -- "$lock"; fi
 """
 STALE_LOCK_S = 3600.0  # a lock older than this is left by a flash that died (flashes time out long before)
+OWNERLESS_LOCK_S = 3.0  # a live flash writes the owner right after the mkdir: none for this long means it died between
 
 
 def _pid_alive(pid: int) -> bool:
@@ -244,7 +245,9 @@ class _DeviceLock:
     """``with _DeviceLock(target, create=...):`` holds TARGET/.privsplit-lock for one flash or rollback.
 
     A lock left by a flash that was killed (its process is gone on this host, or it is older than
-    :data:`STALE_LOCK_S`) is taken over; a live one stops this flash before it touches anything."""
+    :data:`STALE_LOCK_S`, or it still has no owner after :data:`OWNERLESS_LOCK_S`: killed between the
+    ``mkdir`` and the owner's write, or while unlocking) is taken over; a live one stops this flash
+    before it touches anything."""
 
     def __init__(self, target: Target, *, create: bool) -> None:
         self.target, self.create = target, create
@@ -255,7 +258,11 @@ class _DeviceLock:
 
     def __enter__(self) -> "_DeviceLock":
         out = self._try()
-        if out.startswith("held=") and _stale(out[5:]):
+        waited = time.monotonic() + OWNERLESS_LOCK_S
+        while out == "held=" and time.monotonic() < waited:  # no owner yet: its flash may be between mkdir and write
+            time.sleep(0.1)
+            out = self._try()
+        if out == "held=" or (out.startswith("held=") and _stale(out[5:])):  # ownerless: killed between the two
             _sh(self.target, _UNLOCK, str(self.target.path), out[5:])  # only if it is still that owner's
             out = self._try()
         if out.startswith("held="):

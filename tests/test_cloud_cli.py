@@ -15,17 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from test_cloud_support import REPO, build_bundles, wire_features
+from test_cloud_support import REPO, wire_features
 
 from privsplit.proto import InferResponse, Prediction, StreamInferResponse, features_request
 from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
 
 TOKEN = "cli-test-token"
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +60,14 @@ class Served:
         code = self.proc.wait(timeout=timeout)
         self._reader.join(5)
         return code
+
+
+def _wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (something the test can observe) instead of sleeping a guessed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -124,18 +127,16 @@ def test_serve_drains_on_sigterm_without_losing_requests(bundles, wire, token_fi
     with ThreadPoolExecutor(24) as pool:
         stream_futures = [pool.submit(stream_worker, k) for k in range(4)]
         unary_futures = [pool.submit(stub.ModelInfer, big, metadata=md, timeout=60) for _ in range(16)]
-        time.sleep(0.3)
-        signalled = time.monotonic()
+        _wait_for(lambda: all(streams_out), "every stream's first reply")  # the streams are open on the server
         served.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        sent_after_signal.set()
+        _wait_for(lambda: any("SIGTERM: draining" in line for line in served.lines), "the server to start draining")
+        sent_after_signal.set()  # the streams' second halves are sent while the server drains
         unary = [f.result() for f in unary_futures]
         for f in stream_futures:
             f.result()
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(small.to_proto(), metadata=md, timeout=5)
     assert served.finish() == 0, "".join(served.lines)
-    assert time.monotonic() > signalled
     assert all(Prediction.from_response(InferResponse.from_proto(r)).label.shape == (64,) for r in unary)
     for k, replies in enumerate(streams_out):
         assert [r.response.id for r in replies] == [f"{k}-{i}" for i in range(40)]

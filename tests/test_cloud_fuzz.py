@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cloud_support import build_bundles, wire_features
+from test_cloud_support import wire_features
 
 from privsplit.cloud import BatchConfig, ServeConfig, create_server
 from privsplit.proto import features_request
@@ -18,11 +18,6 @@ from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
 DELIBERATE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}  # fmt: skip
 DATATYPES = ["INT8", "UINT8", "FP16", "FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES", "BF16", "", "int8", "FLOAT"]
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,13 @@ import time
 
 import numpy as np
 import pytest
-from test_cloud_support import build_bundles, wire_features
+from test_cloud_support import wire_features
 
 from privsplit.cloud.batcher import DynamicBatcher
 from privsplit.cloud.config import BatchConfig
 from privsplit.cloud.model_host import ModelHost
 from privsplit.errors import BundleError
 from privsplit.proto.status import Code, ProtocolError
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,5 @@
-"""Shared helpers of the cloud tests (no tests here): real bundles, real features, certificates, and the
-official Triton client run in a child process.
-
-Bundles are built once per pytest session (cached under the session's base temp dir) from the
-conftest's ``digits_run``: a copy gets a purifier, ``privsplit.export.export_run`` writes signed edge and
-cloud bundles (ONNX fp32 encoder), and a second cloud bundle without the purifier is written with the
-export's own bundle writer.
+"""Shared helpers of the cloud tests (no tests here): real features from the conftest's session
+``bundles``, certificates, and the official Triton client run in a child process.
 
 ``python tests/test_cloud_support.py triton HOST:PORT REQUEST.json`` runs tritonclient[grpc] calls and
 prints their results as JSON. It runs in a child process because tritonclient registers its own
@@ -15,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,51 +17,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Bundles:
-    cloud: Path  # signed, with purifier
-    cloud_plain: Path  # unsigned, no purifier
-    edge: Path
-    trust_key: Path  # the signer's public key
-    other_key: Path  # a key that did not sign
-
-
-def build_bundles(base: Path, digits_run: Path) -> Bundles:
-    root = base / "cloud-test-bundles"
-    done = root / "done.json"
-    if not done.is_file():
-        import torch
-
-        from privsplit.bundle import BundleKind, load_bundle
-        from privsplit.export import ExportFormat, export_run, generate_keys
-        from privsplit.export.bundle_writer import write_bundle
-        from privsplit.models.purifier import Purifier, PurifierConfig, save_purifier
-        from privsplit.run import RunFolder
-
-        if root.exists():
-            shutil.rmtree(root)
-        run_dir = root / "run"
-        shutil.copytree(digits_run, run_dir)
-        run = RunFolder(run_dir)
-        torch.manual_seed(0)
-        # A real (untrained) purifier module: the host must chain it exactly as exported.
-        save_purifier(run, Purifier(PurifierConfig(num_classes=len(run.dataset().classes[run.dataset().task]))).eval())
-        keys = generate_keys(root / "keys" / "signer")
-        other = generate_keys(root / "keys" / "other")
-        export_run(run, root / "export", formats=(ExportFormat.ONNX_FP32,), calibration=64, holdout_limit=128,
-                   sign_key=keys.private, progress=False)  # fmt: skip
-        plain = root / "plain"
-        shutil.copytree(root / "export" / "cloud", plain)
-        for name in ("manifest.json", "manifest.sig", "purifier.onnx"):
-            (plain / name).unlink(missing_ok=True)
-        signed = load_bundle(root / "export" / "cloud", kind=BundleKind.CLOUD)
-        body = {k: v for k, v in signed.manifest.items() if k not in ("schema_version", "kind", "version", "created", "files")}
-        write_bundle(plain, kind=BundleKind.CLOUD, version=signed.version + "-plain", body={**body, "purifier": None})
-        done.write_text(json.dumps({"signer": keys.key_id, "other": other.key_id}))
-    return Bundles(cloud=root / "export" / "cloud", cloud_plain=root / "plain", edge=root / "export" / "edge",
-                   trust_key=root / "keys" / "signer.pub", other_key=root / "keys" / "other.pub")  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +30,8 @@ class Wire:
     encoder_hash: str
 
 
-def wire_features(bundles: Bundles, digits_run: Path, count: int = 64) -> Wire:
+def wire_features(bundles, digits_run: Path, count: int = 64) -> Wire:
+    """``count`` holdout digits through the ONNX fp32 encoder of the session's ``bundles`` fixture."""
     import onnxruntime as ort
 
     from privsplit.bundle import BundleKind, load_bundle
@@ -89,7 +39,7 @@ def wire_features(bundles: Bundles, digits_run: Path, count: int = 64) -> Wire:
     from privsplit.run import RunFolder
 
     edge = load_bundle(bundles.edge, kind=BundleKind.EDGE)
-    path, in_spec, out_spec = edge.encoder()
+    path, in_spec, out_spec = edge.encoder("onnx-fp32")
     run = RunFolder(digits_run)
     data, split = run.dataset(), run.split()
     idx = split[Part.HOLDOUT][:count]
@@ -100,7 +50,7 @@ def wire_features(bundles: Bundles, digits_run: Path, count: int = 64) -> Wire:
     z = np.transpose(out_spec.dequantize(out), (0, 3, 1, 2))  # NHWC -> (C, h, w)
     spec = edge.features
     return Wire(features=spec.quantize(z), labels=data.task_labels[idx], scale=spec.scale, zero_point=spec.zero_point,
-                encoder_hash=edge.manifest["encoders"][edge.manifest["default_encoder"]]["sha256"])  # fmt: skip
+                encoder_hash=edge.manifest["encoders"]["onnx-fp32"]["sha256"])  # fmt: skip
 
 
 # ---- certificates -----------------------------------------------------------------------------------

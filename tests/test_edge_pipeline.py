@@ -8,18 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-from test_edge_support import build_edge_bundles, holdout, rewrite_bundle, write_pngs
+from test_edge_support import holdout, rewrite_bundle, write_pngs
 
 from privsplit.bundle import BundleKind, TensorSpec, load_bundle
 from privsplit.edge.pipeline import EdgePipeline, select_encoder
 from privsplit.edge.preprocess import Preprocessor
 from privsplit.edge.runtimes import RuntimeName, available_runtimes, choose_runtime, import_backend
 from privsplit.errors import BundleError, ConfigError, MissingDependencyError
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +61,7 @@ def test_wire_features_match_pytorch_and_classify_like_it(bundles, reference, en
 
     images, labels, torch_feats = reference
     pipe = EdgePipeline.open(bundles.edge, trust_key=bundles.trust_key, encoder=encoder, threads=1, seed=0)
-    assert pipe.bundle.verified_key_id is not None
+    assert pipe.bundle.verified_key_id == bundles.key_id
     items, wire = pipe.encode(images)
     assert all(it.ok for it in items) and wire.data.dtype == np.int8 and wire.data.shape == (len(images), *pipe.wire.shape)
     expected = pipe.wire.quantize(torch_feats)

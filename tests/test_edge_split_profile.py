@@ -44,13 +44,17 @@ def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
     assert [r.request_bytes for r in profile.rows] == sorted((r.request_bytes for r in profile.rows), reverse=True)
 
     rows = list(profile.rows)
-    fastest = min(rows, key=lambda r: r.total_ms)
-    assert suggest(rows, spec) == (fastest.split, True, suggest(rows, spec)[2])
-    roomy = replace(spec, budget_ms=max(r.total_ms for r in rows) + 1)
+    fastest = min(rows, key=lambda r: (r.total_ms, r.split))
+    reason = f"lowest end-to-end latency ({fastest.total_ms:.2f} ms; no budget given)"
+    assert suggest(rows, spec) == (fastest.split, True, reason)
+    budget = max(r.total_ms for r in rows) + 1
     floor = min(r.dcor for r in rows)
-    least = min((r for r in rows if r.dcor <= floor + 0.01), key=lambda r: r.total_ms)
-    assert suggest(rows, roomy)[:2] == (least.split, True)
-    assert suggest(rows, replace(spec, budget_ms=1e-6))[:2] == (fastest.split, False)
+    least = min((r for r in rows if r.dcor <= floor + 0.01), key=lambda r: (r.total_ms, r.split))
+    assert suggest(rows, replace(spec, budget_ms=budget)) == (least.split, True, (
+        f"lowest leakage indicator (dCor² {least.dcor:.3f}, within 0.01 of the lowest, then fastest) "
+        f"of the {len(rows)} split(s) within {budget:g} ms ({least.total_ms:.2f} ms)"))  # fmt: skip
+    assert suggest(rows, replace(spec, budget_ms=1e-6)) == (
+        fastest.split, False, f"no split fits 1e-06 ms; the fastest takes {fastest.total_ms:.2f} ms")  # fmt: skip
     slow_link = profile_splits(digits_run, replace(spec, runtime=SplitRuntime.TORCH, bandwidth_mbps=0.01, runs=3, samples=32))
     assert slow_link.suggested == splits[-1]  # at 10 kbit/s the fewest bytes win
 

@@ -1,16 +1,10 @@
-"""Shared helpers of the edge and flash tests (no tests here): real bundles, a real sshd, image files.
-
-Bundles are built once per pytest session (cached under the session's base temp dir) from the
-conftest's ``digits_run``: ``privsplit.export.export_run`` writes signed edge and cloud bundles with a
-full-int8 TFLite encoder and a float32 ONNX encoder; a copy of the edge bundle with channel noise
-(``features.noise_sigma`` 0.5, unsigned) and versioned copies for the flash tests are written with
-the export's own bundle writer.
+"""Shared helpers of the edge and flash tests (no tests here): rewritten copies of the conftest's session
+``bundles`` (new version, unsigned, written with the export's own bundle writer), a real sshd, image files.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import shutil
 import socket
@@ -22,16 +16,6 @@ from pathlib import Path
 import numpy as np
 
 SSHD = Path("/usr/sbin/sshd")
-
-
-@dataclass(frozen=True)
-class EdgeBundles:
-    edge: Path  # signed: tflite-int8 (default) + onnx-fp32
-    cloud: Path  # signed, the matching server
-    noisy: Path  # the edge bundle with noise_sigma 0.5 (unsigned)
-    trust_key: Path
-    other_key: Path
-    run: Path
 
 
 def rewrite_bundle(src: Path, dest: Path, *, version: str, **changes) -> Path:
@@ -47,26 +31,6 @@ def rewrite_bundle(src: Path, dest: Path, *, version: str, **changes) -> Path:
     body.update(changes)
     write_bundle(dest, kind=BundleKind.EDGE, version=version, body=body)
     return dest
-
-
-def build_edge_bundles(base: Path, digits_run: Path) -> EdgeBundles:
-    root = base / "edge-test-bundles"
-    done = root / "done.json"
-    if not done.is_file():
-        from privsplit.export import ExportFormat, export_run, generate_keys
-
-        if root.exists():
-            shutil.rmtree(root)
-        keys = generate_keys(root / "keys" / "signer")
-        generate_keys(root / "keys" / "other")
-        export_run(digits_run, root / "export", formats=(ExportFormat.TFLITE_INT8, ExportFormat.ONNX_FP32), calibration=64,
-                   holdout_limit=128, sign_key=keys.private, progress=False)  # fmt: skip
-        edge = root / "export" / "edge"
-        manifest = json.loads((edge / "manifest.json").read_text())
-        rewrite_bundle(edge, root / "noisy", version=manifest["version"] + "-noisy", features={**manifest["features"], "noise_sigma": 0.5})
-        done.write_text("{}")
-    return EdgeBundles(edge=root / "export" / "edge", cloud=root / "export" / "cloud", noisy=root / "noisy",
-                       trust_key=root / "keys" / "signer.pub", other_key=root / "keys" / "other.pub", run=digits_run)  # fmt: skip
 
 
 def holdout(run_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:

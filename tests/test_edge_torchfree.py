@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from test_edge_support import build_edge_bundles, holdout, write_pngs
+from test_edge_support import holdout, write_pngs
 
 from privsplit.cloud import ServeConfig, create_server
 
@@ -48,11 +48,6 @@ CHILD = textwrap.dedent(
     print("RESULT " + json.dumps({{"codes": codes, "leaked": sorted(m for m in sys.modules if blocked(m))}}))
     """
 )
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 def test_edge_infer_bench_and_flash_run_without_torch(bundles, tmp_path):

@@ -65,16 +65,18 @@ def exported(tmp_path_factory):
         run, root / "out", formats=ALL_FORMATS, calibration=128, sign_key=keys.private, tolerance=0.01,
         probe_spec=probe, probe_formats=(ExportFormat.TFLITE_INT8,), progress=False,
     )  # fmt: skip
-    return {"run": run, "result": result, "keys": keys, "other": other, "root": root}
+    return {"run": run, "result": result, "keys": keys, "other": other, "root": root, "probe": probe}
 
 
 def test_every_format_converts_and_passes_parity(exported):
     report = exported["result"].parity
     data = json.loads((exported["root"] / "out" / "parity.json").read_text())
     assert set(data["formats"]) == {f.value for f in ALL_FORMATS}
+    edge = exported["result"].edge
     for name, row in data["formats"].items():
-        assert all(k in row for k in REQUIRED), name
-        assert row["passed"], (name, row["reason"])
+        assert set(REQUIRED) <= set(row), name
+        assert row["passed"] and row["reason"] == "", (name, row["reason"])
+        assert row["size_bytes"] == edge.file(edge.manifest["encoders"][name]["file"]).stat().st_size, name
         assert row["task_accuracy_torch"] - row["task_accuracy"] <= 0.01
     assert report.reference.task_accuracy > 0.85  # a trained model, not chance (0.1)
     for fmt in (ExportFormat.TFLITE_FP32, ExportFormat.ONNX_FP32):
@@ -91,8 +93,7 @@ def test_every_format_converts_and_passes_parity(exported):
 def test_leakage_probe_runs_on_the_artefact(exported):
     report = exported["result"].parity
     ref, int8 = report.reference, report.format("tflite-int8")
-    assert report.probe is not None
-    assert ref.reconstruction_ssim is not None and int8.reconstruction_ssim is not None
+    assert report.probe == exported["probe"].to_json()  # the spec it ran with, recorded
     assert ref.reconstruction_ssim > ref.reconstruction_baseline_ssim  # the decoder learns something
     assert abs(int8.reconstruction_ssim - ref.reconstruction_ssim) < 0.1
     assert ref.attribute_balanced_accuracy is None  # digits has no private attribute

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from test_edge_support import build_edge_bundles, rewrite_bundle, sshd_unavailable, start_sshd, stop_sshd
+from test_edge_support import rewrite_bundle, sshd_unavailable, start_sshd, stop_sshd
 
 from privsplit.bundle import BundleKind, load_bundle
 from privsplit.cli.main import main
@@ -21,11 +21,6 @@ pytestmark = [
     pytest.mark.slow,  # the session's bundles (training + export, shared with the other edge tests)
     pytest.mark.skipif(sshd_unavailable() is not None, reason=str(sshd_unavailable())),
 ]
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory, digits_run):
-    return build_edge_bundles(tmp_path_factory.getbasetemp(), digits_run)
 
 
 @pytest.fixture(scope="module")

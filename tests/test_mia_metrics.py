@@ -59,7 +59,8 @@ def test_tpr_at_low_fpr_reads_the_vertical_step():
 def test_json_round_trip_uses_the_issue_key():
     m = mia_metrics(_labels(4, 4), [1, 2, 3, 4, 0.5, 1.5, 2.5, 3.5])
     data = m.to_json()
-    assert "tpr_at_0.1pct_fpr" in data and "tpr_at_1pct_fpr" in data
+    assert data["tpr_at_0.1pct_fpr"] == m.tpr_at_01pct_fpr and data["tpr_at_1pct_fpr"] == m.tpr_at_1pct_fpr
+    assert "tpr_at_01pct_fpr" not in data  # the issue's spelling only
     assert type(m).from_json(data) == m
 
 
