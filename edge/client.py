@@ -162,6 +162,8 @@ class EdgeClient:
             if str(error).startswith("TLS handshake"):
                 return ServerUnavailable(str(error))
         what = "" if exc is None else f" ({dialing.rpc_error(exc, self.config.target)})"
+        if exc is not None and self.config.tls is None and "socket closed" in str(what).lower():
+            what += "; if the server uses TLS, pass --tls-ca"
         return ServerUnavailable(
             f"cannot reach the server at {self.config.target} after {attempts} attempt(s) in "
             f"{time.monotonic() - started:.1f} s{what}: check --server and that `privsplit serve` runs there"
@@ -217,6 +219,10 @@ class EdgeClient:
         UNAVAILABLE, the unanswered requests are re-sent on a new stream after a backoff (at most
         ``retry.attempts`` streams in all without progress); when the budget is spent, or on another
         error, every unanswered request gets an error reply and :class:`ProtocolError` is raised.
+
+        Delivery is at-least-once: a request the server received but whose reply was lost with the
+        stream is sent again (the server may process it twice); the caller gets exactly one reply per
+        request id, never two.
         """
         source = iter(requests)
         lock = threading.Lock()

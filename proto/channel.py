@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -317,7 +318,8 @@ def _short(details: str) -> str:
     for sep in ("OPENSSL_internal:", "SSL_ERROR_SSL:"):
         if sep in last:
             last = last.rsplit(sep, 1)[-1].strip()
-    return last[:200]
+    last = re.sub(r"^[A-Z_]+: (ipv4|ipv6|unix|dns)[^ ]*: ", "", last)  # "UNAVAILABLE: ipv4:1.2.3.4:5: " prefix
+    return last.removesuffix(": OK")[:200]
 
 
 def stream_error(message: str) -> tuple[Code, str]:
