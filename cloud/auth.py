@@ -78,11 +78,16 @@ def check_servable_certificate(pem: bytes, path) -> None:
         public = x509.load_pem_x509_certificate(pem).public_key()
     except ValueError as exc:
         raise ConfigError(f"--tls-cert {path}: not a PEM certificate ({exc})") from None
-    if isinstance(public, rsa.RSAPublicKey) or (isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in SERVABLE_CURVES):
+    if isinstance(public, rsa.RSAPublicKey):
         return
-    kind = getattr(getattr(public, "curve", None), "name", None) or type(public).__name__.removeprefix("_").replace("PublicKey", "")
-    raise ConfigError(f"--tls-cert {path}: gRPC cannot serve a {kind} certificate (clients fail the TLS handshake): "
-                      "issue it for an RSA or EC P-256 key (openssl: -newkey ec -pkeyopt ec_paramgen_curve:prime256v1)")  # fmt: skip
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in SERVABLE_CURVES:
+        return
+    curve = getattr(getattr(public, "curve", None), "name", None)
+    kind = curve or type(public).__name__.removeprefix("_").replace("PublicKey", "")
+    raise ConfigError(
+        f"--tls-cert {path}: gRPC cannot serve a {kind} certificate (clients fail the TLS handshake): issue it "
+        "for an RSA or EC P-256 key (openssl: -newkey ec -pkeyopt ec_paramgen_curve:prime256v1)"
+    )
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:

@@ -102,8 +102,10 @@ class ServeConfig:
         if self.token is not None and not self.token.strip():
             raise ConfigError("the bearer token is empty: put the token in the --token-file")
         if self.max_concurrent_rpcs is not None and not 1 <= self.max_concurrent_rpcs <= self.workers:
-            raise ConfigError(f"--max-concurrent-rpcs must be in 1..--workers ({self.workers}): each RPC in flight holds "
-                              f"a worker thread, got {self.max_concurrent_rpcs}")  # fmt: skip
+            raise ConfigError(
+                f"--max-concurrent-rpcs must be in 1..--workers ({self.workers}): each RPC in flight holds "
+                f"a worker thread, got {self.max_concurrent_rpcs}"
+            )
         if self.token is not None and self.tls is None and not is_loopback(self.host) and not self.insecure:
             raise ConfigError(
                 f"refusing to accept bearer tokens in plaintext on {self.host}: add --tls-cert/--tls-key, listen on "

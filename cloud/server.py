@@ -52,7 +52,8 @@ class CloudServer:
         if config.token is not None:
             interceptors.append(BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED")))
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="privsplit-rpc")
-        self._server = grpc.server(self._pool, interceptors=interceptors, maximum_concurrent_rpcs=config.rpc_limit, options=[
+        limit = config.rpc_limit  # beyond it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing
+        self._server = grpc.server(self._pool, interceptors=interceptors, maximum_concurrent_rpcs=limit, options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),

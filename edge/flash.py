@@ -306,7 +306,8 @@ class DeviceState:
                 releases.append(value)
             elif key == "existing":
                 existing = value == "ok"
-        return cls(current=current, history=tuple(history), releases=tuple(releases), existing_ok=existing, recent=tuple(recent))
+        return cls(current=current, history=tuple(history), releases=tuple(releases), existing_ok=existing,
+                   recent=tuple(recent))  # fmt: skip
 
 
 class FlashAction(str, Enum):
@@ -376,7 +377,7 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
     started = time.perf_counter()
     if keep < 1:
         raise ConfigError(f"--keep must be >= 1, got {keep}")
-    target = parse_target(target) if isinstance(target, str) else target
+    target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
     verified = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)
     version = verified.version
     if not _SAFE_NAME.match(version):
@@ -438,7 +439,7 @@ def _install(target: Target, root: Path, files: list[str], sums: str, version: s
 def rollback(target: Target | str) -> FlashResult:
     """Switch ``current`` back to the release activated before it (verified on the device first)."""
     started = time.perf_counter()
-    target = parse_target(target) if isinstance(target, str) else target
+    target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
     with _DeviceLock(target, create=False):
         return _roll_back(target, started)
 

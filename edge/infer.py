@@ -108,7 +108,8 @@ class InferReport:
         skipped = f", {self.skipped} skipped" if self.skipped else ""
         if self.stopped_by:
             lines.append(f"stopped: {self.stopped_by}")
-        lines.append(f"{len(self.results) - self.failed - self.skipped}/{len(self.results)} ok{skipped}; encoder {p['encoder']} on {p['runtime']} "
+        ok = len(self.results) - self.failed - self.skipped
+        lines.append(f"{ok}/{len(self.results)} ok{skipped}; encoder {p['encoder']} on {p['runtime']} "
                      f"({p['threads']} thread(s)), bundle {p['version']}, server {self.server}")  # fmt: skip
         return "\n".join(lines)
 

@@ -129,12 +129,14 @@ class ChannelTls:
             raise ConfigError("--tls-cert and --tls-key go together (mutual TLS needs both)")
 
     @classmethod
-    def from_files(cls, ca: Path, cert: Path | None = None, key: Path | None = None, *, server_name=None) -> "ChannelTls":
+    def from_files(cls, ca: Path, cert: Path | None = None, key: Path | None = None, *,
+                   server_name: str | None = None) -> "ChannelTls":  # fmt: skip
         return cls(ca=read_pem(ca, "--tls-ca"), cert=read_pem(cert, "--tls-cert"), key=read_pem(key, "--tls-key"),
                    server_name=server_name)  # fmt: skip
 
     def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)  # fmt: skip
 
 
 def read_pem(path: Path | None, flag: str) -> bytes | None:
@@ -192,7 +194,8 @@ class DialConfig:
     reconnect_backoff_ms: tuple[int, int] | None = None  # (initial, max) reconnect backoff; None: gRPC's
 
     def __post_init__(self) -> None:
-        check_token_transport(parse_target(self.target), token=self.token, tls=self.tls is not None, insecure=self.insecure)
+        target = parse_target(self.target)
+        check_token_transport(target, token=self.token, tls=self.tls is not None, insecure=self.insecure)
 
     @property
     def address(self) -> Target:
@@ -258,7 +261,8 @@ class _Passthrough:
 
     def _wrap(self, kind: str, method, request_serializer=None, response_deserializer=None, **kwargs):
         deserializer = None if self._raw_replies else response_deserializer
-        return getattr(self._channel, kind)(method, request_serializer=None, response_deserializer=deserializer, **kwargs)
+        factory = getattr(self._channel, kind)
+        return factory(method, request_serializer=None, response_deserializer=deserializer, **kwargs)
 
     def unary_unary(self, method, **kwargs):
         return self._wrap("unary_unary", method, **kwargs)
@@ -296,12 +300,13 @@ def is_handshake_failure(details: str) -> bool:
     return "handshake" in text or "ssl_error" in text or "certificate_verify" in text or "tsi_" in text
 
 
-def rpc_error(exc: grpc.RpcError, target: str, *, timeout_s: float | None = None, what: str = "the request") -> ProtocolError:
+def rpc_error(exc: grpc.RpcError, target: str, *, timeout_s: float | None = None,
+              what: str = "the request") -> ProtocolError:  # fmt: skip
     """A one-line :class:`ProtocolError` for a failed call: TLS handshake, deadline or refusal."""
     code, details = _status(exc)
     if code is Code.UNAVAILABLE and is_handshake_failure(details):
-        return ProtocolError(code, f"TLS handshake with {target} failed: {_short(details)}: check --tls-ca / the server "
-                                   "certificate (and --tls-cert/--tls-key for mutual TLS)")  # fmt: skip
+        return ProtocolError(code, f"TLS handshake with {target} failed: {_short(details)}: check --tls-ca / the "
+                                   "server certificate (and --tls-cert/--tls-key for mutual TLS)")  # fmt: skip
     if code is Code.DEADLINE_EXCEEDED:
         within = f" within the {timeout_s:g} s deadline" if timeout_s is not None else " before the deadline"
         return ProtocolError(code, f"no reply from {target}{within}")

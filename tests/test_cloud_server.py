@@ -422,7 +422,8 @@ def test_metric_counts_are_exact_under_concurrent_load(server, wire):
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(hammer, range(32)))
-    assert metrics.counter("nv_inference_request_success") == 160_000 and metrics.counter("nv_inference_count") == 480_000
+    assert metrics.counter("nv_inference_request_success") == 160_000
+    assert metrics.counter("nv_inference_count") == 480_000
     assert metrics.counter("nv_inference_request_duration_us") == 160_000
     assert metrics.counter("nv_inference_request_failure", "INVALID_ARGUMENT") == 160_000
 
@@ -450,7 +451,8 @@ def test_metric_counts_are_exact_under_concurrent_load(server, wire):
 
 def test_an_rpc_arriving_during_the_drain_gets_unavailable_not_a_hang(bundles, wire):
     host = GatedHost(load_bundle(bundles.cloud_plain, kind=BundleKind.CLOUD), name="privsplit")
-    srv, port = create_server(ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4)), host=host)
+    config = ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4))
+    srv, port = create_server(config, host=host)
     srv.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.GRPCInferenceServiceStub(channel)

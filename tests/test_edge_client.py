@@ -254,7 +254,8 @@ def test_edge_infer_asks_an_unreachable_server_once_and_skips_the_rest(bundles, 
         hung.bind(("127.0.0.1", 0))
         hung.listen(64)
         silent = f"127.0.0.1:{hung.getsockname()[1]}"
-        rc, elapsed, out, err = _timed_infer(capsys, [str(bundles.edge), "--server", silent, "--timeout", "3", "--json", *paths])
+        args = [str(bundles.edge), "--server", silent, "--timeout", "3", "--json", *paths]
+        rc, elapsed, out, err = _timed_infer(capsys, args)
     report = json.loads(out)
     assert rc == 1 and elapsed <= 1.5 * 3, elapsed
     assert f"no reply from {silent} within the 3 s deadline" in err and len(err.strip().splitlines()) == 1
@@ -273,14 +274,15 @@ def test_target_and_bundle_path_errors_say_what_to_pass(bundles, tmp_path, capsy
     from privsplit.edge.flash import flash
 
     flash(bundles.edge, device)
-    for path, words in ((device, f"pass {device / 'current'}"), (tmp_path / "nope", "pass OUT/edge (from `privsplit export`) or DEVICE/current")):
+    missing = "pass OUT/edge (from `privsplit export`) or DEVICE/current"
+    for path, words in ((device, f"pass {device / 'current'}"), (tmp_path / "nope", missing)):
         assert main(["edge", "infer", str(path), "--server", "127.0.0.1:8001", "x.png"]) == 3
         err = capsys.readouterr().err
         assert words in err and "re-export" not in err and "OUT/cloud" not in err, err
 
 
 def test_a_bearer_token_never_travels_in_plaintext_unless_asked(bundles, tmp_path, capsys):
-    with pytest.raises(Exception, match="refusing to send the bearer token in plaintext to 10.1.2.3:8001: pass --tls-ca"):
+    with pytest.raises(Exception, match="refusing to send the bearer token in plaintext to 10.1.2.3:8001: pass --tls"):
         ClientConfig(target="10.1.2.3:8001", token="t0k")
     assert ClientConfig(target="10.1.2.3:8001", token="t0k", insecure=True).insecure
     for loopback in ("127.0.0.1:8001", "[::1]:8001", "localhost:8001"):
@@ -290,7 +292,8 @@ def test_a_bearer_token_never_travels_in_plaintext_unless_asked(bundles, tmp_pat
     assert ServeConfig(bundle=bundles.cloud, host="0.0.0.0", token="t0k", insecure=True).insecure
     token = tmp_path / "token.txt"
     token.write_text("t0k\n")
-    assert main(["edge", "infer", str(bundles.edge), "--server", "10.1.2.3:8001", "--token-file", str(token), "x.png"]) == 2
+    args = ["edge", "infer", str(bundles.edge), "--server", "10.1.2.3:8001", "--token-file", str(token), "x.png"]
+    assert main(args) == 2
     assert "refusing to send the bearer token in plaintext" in capsys.readouterr().err
     assert main(["serve", str(bundles.cloud), "--host", "0.0.0.0", "--port", "0", "--token-file", str(token)]) == 2
     err = capsys.readouterr().err.strip()
@@ -298,7 +301,8 @@ def test_a_bearer_token_never_travels_in_plaintext_unless_asked(bundles, tmp_pat
     # the override: a plaintext server on all interfaces with a token, reached with --insecure by a non-loopback name
     srv, port = create_server(ServeConfig(bundle=bundles.cloud, host="0.0.0.0", port=0, token="t0k", insecure=True))
     with srv:
-        with EdgeClient(ClientConfig(target=f"{socket.gethostname()}:{port}", token="t0k", insecure=True, retry=FAST)) as client:
+        by_name = ClientConfig(target=f"{socket.gethostname()}:{port}", token="t0k", insecure=True, retry=FAST)
+        with EdgeClient(by_name) as client:
             assert client.server_ready()
 
 
@@ -327,7 +331,8 @@ def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path
         proc = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, (command, proc.stderr)
     token = (work / "token.txt").read_text().strip()
-    config = ServeConfig(bundle=bundles.cloud, port=0, token=token, tls=TlsConfig(cert=work / "server.crt", key=work / "server.key"))
+    tls_files = TlsConfig(cert=work / "server.crt", key=work / "server.key")
+    config = ServeConfig(bundle=bundles.cloud, port=0, token=token, tls=tls_files)
     srv, port = create_server(config)
     tls = ClientTls(ca=work / "ca.crt", server_name="cloud.example")  # the README's host name, reached by address
     with srv:
@@ -338,17 +343,20 @@ def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path
             with pytest.raises(ProtocolError, match="missing 'authorization") as err:
                 client.server_ready()
             assert err.value.code is Code.UNAUTHENTICATED
-        rc = main(["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{port}", "--tls-ca", str(work / "ca.crt"),
+        rc = main(["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{port}",
+                   "--tls-ca", str(work / "ca.crt"),
                    "--tls-server-name", "cloud.example", "--token-file", str(work / "token.txt"),
                    str(write_pngs(images[0][:1], tmp_path / "img")[0])])  # fmt: skip
         assert rc == 0, capsys.readouterr()
         # a CA that did not sign the server certificate: reported as a handshake failure, not a bare UNAVAILABLE
         other = tmp_path / "other"
         other.mkdir()
-        subprocess.run(["bash", "-c", _readme_tls_commands()[0]], cwd=other, check=True, capture_output=True, timeout=60)
+        make_ca = _readme_tls_commands()[0]
+        subprocess.run(["bash", "-c", make_ca], cwd=other, check=True, capture_output=True, timeout=60)
         wrong = ClientTls(ca=other / "ca.crt", server_name="cloud.example")
         with EdgeClient(ClientConfig(target=f"127.0.0.1:{port}", tls=wrong, token=token, retry=FAST)) as client:
-            with pytest.raises(ServerUnavailable, match=rf"TLS handshake with 127.0.0.1:{port} failed: .*CERTIFICATE_VERIFY_FAILED.*check --tls-ca"):
+            handshake = rf"TLS handshake with 127.0.0.1:{port} failed: .*CERTIFICATE_VERIFY_FAILED.*check --tls-ca"
+            with pytest.raises(ServerUnavailable, match=handshake):
                 client.server_ready()
             assert client.retries == 0  # a certificate problem is not retried
     # the walk-through's old Ed25519 keys: refused at start with one line, not UNAVAILABLE on every request
@@ -358,8 +366,10 @@ def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path
         command = command.replace("-newkey ec -pkeyopt ec_paramgen_curve:prime256v1", "-newkey ed25519")
         subprocess.run(["bash", "-c", command], cwd=ed, check=True, capture_output=True, timeout=60)
     with pytest.raises(Exception, match="gRPC cannot serve a Ed25519 certificate.*prime256v1"):
-        create_server(ServeConfig(bundle=bundles.cloud, port=0, tls=TlsConfig(cert=ed / "server.crt", key=ed / "server.key")))
-    rc = main(["serve", str(bundles.cloud), "--port", "0", "--tls-cert", str(ed / "server.crt"), "--tls-key", str(ed / "server.key")])
+        create_server(ServeConfig(bundle=bundles.cloud, port=0,
+                                  tls=TlsConfig(cert=ed / "server.crt", key=ed / "server.key")))
+    rc = main(["serve", str(bundles.cloud), "--port", "0", "--tls-cert", str(ed / "server.crt"),
+               "--tls-key", str(ed / "server.key")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "cannot serve a Ed25519 certificate" in err, err
 
@@ -410,5 +420,6 @@ def test_a_stream_that_drops_after_some_replies_is_resumed_with_one_reply_per_re
 
 def _one_request(pipe, pixels, rid: str) -> bytes:
     wire = pipe.encode(pixels)[1]
-    request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point, request_id=rid)
+    request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point,
+                               request_id=rid)  # fmt: skip
     return request.to_proto().SerializeToString()

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) to verify the server: turns TLS on")
     c.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (PEM) for mutual TLS")
     c.add_argument("--tls-key", type=Path, metavar="F", help="client key (PEM) for mutual TLS")
-    c.add_argument("--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)")
+    c.add_argument("--tls-server-name", metavar="NAME",
+                   help="name to check the server certificate against (default: the host)")
     c.add_argument("--insecure", action="store_true",
                    help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
@@ -100,7 +101,8 @@ def _metadata_shape(args, dial) -> tuple[int, int, int]:
 
     channel = open_channel(dataclasses.replace(dial, retry=UnavailableRetry()))
     try:
-        reply = stub(channel).ModelMetadata(pb.ModelMetadataRequest(name=args.model_name), timeout=10, metadata=dial.metadata)
+        request = pb.ModelMetadataRequest(name=args.model_name)
+        reply = stub(channel).ModelMetadata(request, timeout=10, metadata=dial.metadata)
     except grpc.RpcError as exc:
         raise ConfigError(f"ModelMetadata: {rpc_error(exc, args.target, timeout_s=10)}") from None
     finally:

@@ -90,8 +90,9 @@ def client_config(args: argparse.Namespace):
             token = args.token_file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
-    return ClientConfig(target=args.server, tls=tls, token=token, timeout_s=args.timeout or 10.0, insecure=args.insecure,
-                        retry=RetryPolicy(attempts=args.retries + 1), model_name=args.model_name)  # fmt: skip
+    return ClientConfig(target=args.server, tls=tls, token=token, timeout_s=args.timeout or 10.0,
+                        retry=RetryPolicy(attempts=args.retries + 1), model_name=args.model_name,
+                        insecure=args.insecure)  # fmt: skip
 
 
 def check_edge_bundle_path(path: Path) -> None:
@@ -99,7 +100,9 @@ def check_edge_bundle_path(path: Path) -> None:
     from privsplit.errors import BundleError
 
     if not path.exists():
-        raise BundleError(f"edge bundle folder {path} does not exist: pass OUT/edge (from `privsplit export`) or DEVICE/current")
+        raise BundleError(
+            f"edge bundle folder {path} does not exist: pass OUT/edge (from `privsplit export`) or DEVICE/current"
+        )
     if (path / "releases").is_dir() and not (path / "manifest.json").exists():
         hint = f"pass {path / 'current'}" if (path / "current").exists() else "flash a bundle there first"
         raise BundleError(f"{path} is a device folder, not a bundle: {hint} (the active release)")
