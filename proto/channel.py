@@ -226,11 +226,11 @@ class DialConfig:
         return opts
 
 
-def server_keepalive_options() -> list[tuple[str, int]]:
-    """The server side of the keepalive contract: accept client pings down to :data:`SERVER_MIN_PING_MS`
-    apart (also on streams with no data flowing), and ping idle clients so dead ones are reaped."""
+def server_keepalive_options(*, min_ping_ms: int = SERVER_MIN_PING_MS) -> list[tuple[str, int]]:
+    """The server side of the keepalive contract: accept client pings down to ``min_ping_ms`` apart (also
+    on streams with no data flowing), and ping idle clients so dead ones are reaped."""
     return [
-        ("grpc.http2.min_ping_interval_without_data_ms", SERVER_MIN_PING_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
