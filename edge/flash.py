@@ -190,10 +190,11 @@ if [ -L current ]; then echo "current=$(readlink current)"; elif [ -e current ];
 if [ -f .privsplit-history ]; then while IFS= read -r l; do echo "history=$l"; done < .privsplit-history; fi
 if [ -f .privsplit-recent ]; then while IFS= read -r l; do echo "recent=$l"; done < .privsplit-recent; fi
 active=$(readlink current 2>/dev/null || true)
-for d in releases/* releases/.incoming-* releases/.trash-* releases/.copy-* .current-*; do
+for d in releases/* releases/.incoming-* releases/.trash-* releases/.copy-* .current-* .privsplit-lock.gone-*; do
   [ -e "$d" ] || [ -L "$d" ] || continue
-  [ "$d" = "$active" ] && continue  # an interrupted re-flash left current on its staged copy: keep it
-  case "$d" in releases/.incoming-*|releases/.trash-*|releases/.copy-*|.current-*) rm -rf -- "$d"; continue;; esac
+  case "$d" in releases/.incoming-*|releases/.trash-*|releases/.copy-*|.current-*|.privsplit-lock.gone-*)
+    # an interrupted re-flash may have left current on its staged copy: keep that one
+    [ "$d" = "$active" ] || [ "$d" = "$active.sha256" ] || rm -rf -- "$d"; continue;; esac
   [ -d "$d" ] && echo "release=${d#releases/}"
 done
 if [ -n "$version" ] && [ -d "releases/$version" ]; then
@@ -217,7 +218,10 @@ fi
 """
 _UNLOCK = """set -u
 lock="$1/.privsplit-lock"
-if [ -d "$lock" ] && [ "$(cat "$lock/owner" 2>/dev/null)" = "$2" ]; then rm -rf -- "$lock"; fi
+if [ -d "$lock" ] && [ "$(cat "$lock/owner" 2>/dev/null)" = "$2" ]; then
+  gone="$lock.gone-$$"  # one rename releases it: a kill during rm -rf cannot leave an ownerless lock behind
+  mv -- "$lock" "$gone" && rm -rf -- "$gone"
+fi
 """
 STALE_LOCK_S = 3600.0  # a lock older than this is left by a flash that died (flashes time out long before)
 
@@ -259,6 +263,11 @@ class _DeviceLock:
 
     def __enter__(self) -> "_DeviceLock":
         out = self._try()
+        if out in ("held=unknown", "held="):  # no owner: its flash was killed between mkdir and writing it?
+            time.sleep(0.5)  # a live one writes it microseconds after mkdir
+            if (out := self._try()) in ("held=unknown", "held="):
+                _sh(self.target, _UNLOCK, str(self.target.path), "")
+                out = self._try()
         if out.startswith("held=") and _stale(out[5:]):
             _sh(self.target, _UNLOCK, str(self.target.path), out[5:])  # only if it is still that owner's
             out = self._try()

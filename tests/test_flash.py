@@ -224,3 +224,13 @@ def test_re_flashing_the_current_version_never_leaves_current_unresolved(version
     assert misses == [] and checks[0] > 100
     assert _releases(device) == ["v1", "v2"]
     assert not [p for p in (device / "releases").iterdir() if p.name.startswith(".")]
+
+
+def test_a_lock_left_without_an_owner_is_taken_over(versions, tmp_path):
+    """A flash killed between creating the lock and writing its owner leaves an ownerless lock: taken over."""
+    device = tmp_path / "device"
+    flash(versions["v1"], LocalTarget(device))
+    (device / ".privsplit-lock").mkdir()
+    assert flash(versions["v2"], LocalTarget(device)).action is FlashAction.INSTALLED
+    assert not (device / ".privsplit-lock").exists() and os.readlink(device / "current") == "releases/v2"
+    assert not [p for p in device.iterdir() if p.name.startswith(".privsplit-lock")]
