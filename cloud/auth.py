@@ -65,9 +65,35 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return _deny_handler(handler, message)
 
 
+SERVABLE_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+def check_servable_certificate(pem: bytes, path) -> None:
+    """gRPC's TLS stack signs handshakes with RSA or ECDSA (P-256/384/521) keys only: an Ed25519/Ed448/DSA
+    certificate loads fine but every handshake then fails (NO_COMMON_SIGNATURE_ALGORITHMS)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        public = x509.load_pem_x509_certificate(pem).public_key()
+    except ValueError as exc:
+        raise ConfigError(f"--tls-cert {path}: not a PEM certificate ({exc})") from None
+    if isinstance(public, rsa.RSAPublicKey):
+        return
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in SERVABLE_CURVES:
+        return
+    curve = getattr(getattr(public, "curve", None), "name", None)
+    kind = curve or type(public).__name__.removeprefix("_").replace("PublicKey", "")
+    raise ConfigError(
+        f"--tls-cert {path}: gRPC cannot serve a {kind} certificate (clients fail the TLS handshake): issue it "
+        "for an RSA or EC P-256 key (openssl: -newkey ec -pkeyopt ec_paramgen_curve:prime256v1)"
+    )
+
+
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """TLS (``client_ca`` None) or mutual TLS credentials from PEM files."""
+    """TLS (``client_ca`` None) or mutual TLS credentials from PEM files (the key type checked first)."""
     cert, key, client_ca = tls.read()
+    check_servable_certificate(cert, tls.cert)
     try:
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from privsplit.errors import ConfigError
+from privsplit.proto.channel import is_loopback
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
 
 DEFAULT_PORT = 8001  # Triton's gRPC port
@@ -77,7 +78,9 @@ class ServeConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     threads: int = 1  # onnxruntime intra-op threads
     workers: int = 128  # gRPC worker threads: concurrent RPCs being handled (each open stream holds one)
+    max_concurrent_rpcs: int | None = None  # more RPCs at once get RESOURCE_EXHAUSTED (None: = workers)
     grace_s: float = 30.0  # drain: how long in-flight requests may take after SIGTERM
+    insecure: bool = False  # allow a bearer token without TLS on a non-loopback address (--insecure)
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:
@@ -96,6 +99,20 @@ class ServeConfig:
             raise ConfigError(f"the drain grace must be >= 0 s, got {self.grace_s}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("the bearer token is empty: put the token in the --token-file")
+        if self.max_concurrent_rpcs is not None and not 1 <= self.max_concurrent_rpcs <= self.workers:
+            raise ConfigError(
+                f"--max-concurrent-rpcs must be in 1..--workers ({self.workers}): each RPC in flight holds "
+                f"a worker thread, got {self.max_concurrent_rpcs}"
+            )
+        if self.token is not None and self.tls is None and not is_loopback(self.host) and not self.insecure:
+            raise ConfigError(
+                f"refusing to accept bearer tokens in plaintext on {self.host}: add --tls-cert/--tls-key, listen on "
+                "127.0.0.1, or pass --insecure if the network is trusted"
+            )
+
+    @property
+    def rpc_limit(self) -> int:
+        return self.workers if self.max_concurrent_rpcs is None else self.max_concurrent_rpcs
 
     @property
     def address(self) -> str:

@@ -10,6 +10,7 @@ once and re-sent (as perf_analyzer does), so client-side protobuf cost stays out
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,27 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from privsplit.errors import ConfigError
+from privsplit.proto.channel import DialConfig
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 LOAD_SCHEMA_VERSION = 1
 SAMPLE_CAP = 2000  # latencies kept per level for histograms
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-
-
-@dataclass(frozen=True)
-class ClientCredentials:
-    """How to reach a protected server (never written to results)."""
-
-    token: str | None = None
-    ca: bytes | None = None  # PEM roots; set -> TLS
-    cert: bytes | None = None  # PEM client chain (mutual TLS)
-    key: bytes | None = None
-    server_name: str | None = None  # TLS name override
-
-    @property
-    def tls(self) -> bool:
-        return self.ca is not None
 
 
 @dataclass(frozen=True)
@@ -119,21 +104,6 @@ class LoadResult:
             rows.append(f"{p.concurrency:>5} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
                         f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} {p.batch_size_mean:>6.1f} {p.errors:>7}")  # fmt: skip
         return "\n".join([head, *rows])
-
-
-def _channel(target: str, creds: ClientCredentials, max_message_bytes: int):
-    import grpc
-
-    options: list[tuple[str, str | int]] = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
-    if creds.server_name:
-        options.append(("grpc.ssl_target_name_override", creds.server_name))
-    if creds.tls:
-        ssl = grpc.ssl_channel_credentials(root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.cert)
-        return grpc.aio.secure_channel(target, ssl, options=options)
-    return grpc.aio.insecure_channel(target, options=options)
 
 
 _UNPARSED = (True, "", 0, 0, 0)
@@ -223,16 +193,14 @@ def _pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-async def _level(spec: LoadSpec, creds: ClientCredentials, payload: bytes, concurrency: int, rows: int) -> LoadPoint:
+async def _level(spec: LoadSpec, dial: DialConfig, payload: bytes, concurrency: int, rows: int) -> LoadPoint:
+    from privsplit.proto.channel import dial_aio, stub
+
     n_channels = max(1, min(4, concurrency // 16 + 1))
-    channels = [_channel(spec.target, creds, max(4 << 20, 2 * len(payload))) for _ in range(n_channels)]
-    ident = lambda b: b  # noqa: E731 (pre-serialised bytes in and out)
-    calls = [
-        (ch.stream_stream(STREAM_METHOD, request_serializer=ident, response_deserializer=ident) if spec.stream
-         else ch.unary_unary(INFER_METHOD, request_serializer=ident, response_deserializer=ident))
-        for ch in channels
-    ]  # fmt: skip
-    metadata = (("authorization", f"Bearer {creds.token}"),) if creds.token else None
+    channels = [dial_aio(dial) for _ in range(n_channels)]
+    stubs = [stub(ch, raw=True, raw_replies=True) for ch in channels]  # pre-serialised bytes in and out
+    calls = [s.ModelStreamInfer if spec.stream else s.ModelInfer for s in stubs]
+    metadata = dial.metadata or None
     rec, stop = _Recorder(), [False]
     worker = _stream_worker if spec.stream else _unary_worker
     try:
@@ -260,17 +228,21 @@ async def _level(spec: LoadSpec, creds: ClientCredentials, payload: bytes, concu
     )  # fmt: skip
 
 
-def run_load(spec: LoadSpec, request, *, credentials: ClientCredentials | None = None, label: str = "", progress=None) -> LoadResult:
+def run_load(spec: LoadSpec, request, *, dial: DialConfig | None = None, label: str = "", progress=None) -> LoadResult:
     """Sweep ``spec.concurrency`` with ``request`` (an :class:`~privsplit.proto.messages.InferRequest`).
 
+    ``dial``: how to reach ``spec.target`` (TLS, token; :mod:`privsplit.proto.channel`), default plaintext.
     ``progress(point)`` is called after each level (e.g. to print it).
     """
-    creds = credentials or ClientCredentials()
     payload = request.to_proto().SerializeToString()
+    dial = dial or DialConfig(target=spec.target)
+    if dial.target != spec.target:
+        raise ConfigError(f"the dial target {dial.target!r} is not the load target {spec.target!r}")
+    dial = dataclasses.replace(dial, max_message_bytes=max(dial.max_message_bytes, 2 * len(payload)))
     rows = int(request.inputs[0].data.shape[0])
     points = []
     for c in spec.concurrency:
-        point = asyncio.run(_level(spec, creds, payload, c, rows))
+        point = asyncio.run(_level(spec, dial, payload, c, rows))
         points.append(point)
         if progress is not None:
             progress(point)

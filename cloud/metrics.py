@@ -44,8 +44,9 @@ class Metrics:
         prom = require("prometheus_client", package="prometheus-client", extra="cloud")
         self._prom = prom
         self._labels = {"model": model, "version": version}
-        # Plain counters: each is written by one thread only (success/failure: the event loop; batch: the
-        # model thread), so no lock is needed on the hot path.
+        # success/failure run on up to --workers gRPC threads at once, batch on the model thread:
+        # `dict[k] += 1` is a read-modify-write that loses counts between threads, so one lock guards them.
+        self._lock = threading.Lock()
         self._c = dict.fromkeys(TRITON_COUNTERS, 0)
         del self._c["nv_inference_request_failure"]
         self._failures: dict[str, int] = {}
@@ -64,20 +65,23 @@ class Metrics:
 
     def success(self, *, request_us: int, queue_us: int, rows: int) -> None:
         c = self._c
-        c["nv_inference_request_success"] += 1
-        c["nv_inference_count"] += rows
-        c["nv_inference_request_duration_us"] += request_us
-        c["nv_inference_queue_duration_us"] += queue_us
+        with self._lock:
+            c["nv_inference_request_success"] += 1
+            c["nv_inference_count"] += rows
+            c["nv_inference_request_duration_us"] += request_us
+            c["nv_inference_queue_duration_us"] += queue_us
         self._request_h.observe(request_us / 1e6)
         self._queue_h.observe(queue_us / 1e6)
 
     def failure(self, reason: str) -> None:
-        self._failures[reason] = self._failures.get(reason, 0) + 1
+        with self._lock:
+            self._failures[reason] = self._failures.get(reason, 0) + 1
 
     def batch(self, *, rows: int, compute_us: int) -> None:
         c = self._c
-        c["nv_inference_exec_count"] += 1
-        c["nv_inference_compute_infer_duration_us"] += compute_us
+        with self._lock:
+            c["nv_inference_exec_count"] += 1
+            c["nv_inference_compute_infer_duration_us"] += compute_us
         self._compute_h.observe(compute_us / 1e6)
         self._batch_h.observe(rows)
 
@@ -89,16 +93,17 @@ class Metrics:
 
     def counter(self, name: str, reason: str | None = None) -> int:
         """The current value of a Triton counter (failures: of one ``reason``, or all)."""
-        if name == "nv_inference_request_failure":
-            failures = dict(self._failures)
-            return failures.get(reason, 0) if reason is not None else sum(failures.values())
-        return self._c[name]
+        with self._lock:
+            if name == "nv_inference_request_failure":
+                return self._failures.get(reason, 0) if reason is not None else sum(self._failures.values())
+            return self._c[name]
 
     def text(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every metric."""
         base = ",".join(f'{k}="{_escape(v)}"' for k, v in self._labels.items())
-        values = dict(self._c)
-        failures = sorted(dict(self._failures).items())
+        with self._lock:
+            values = dict(self._c)
+            failures = sorted(self._failures.items())
         lines = []
         for name, doc in TRITON_COUNTERS.items():
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]

@@ -29,6 +29,7 @@ from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelHost
 from privsplit.cloud.servicer import SERVICE_NAME, InferenceServicer, ServingState, add_to_server
 from privsplit.errors import ConfigError
+from privsplit.proto.channel import server_keepalive_options
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -51,10 +52,12 @@ class CloudServer:
         if config.token is not None:
             interceptors.append(BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED")))
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="privsplit-rpc")
-        self._server = grpc.server(self._pool, interceptors=interceptors, options=[
+        limit = config.rpc_limit  # beyond it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing
+        self._server = grpc.server(self._pool, interceptors=interceptors, maximum_concurrent_rpcs=limit, options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *server_keepalive_options(),
         ])  # fmt: skip
         servicer = InferenceServicer(spec=self.host.spec, batcher=self.batcher, limits=config.batch, metrics=self.metrics, state=self.state)
         add_to_server(servicer, self._server)
@@ -149,6 +152,7 @@ def serve(config: ServeConfig, *, log=None) -> int:
         server.start()
         spec, batch, tls = server.spec, config.batch, config.tls
         security = ("mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext") + (", token auth" if config.token else ", no auth")
+        security += f", at most {config.rpc_limit} RPCs at once"
         log(
             f"listening on {config.host}:{port} ({security}); model {spec.name!r} version {spec.version!r}, "
             f"{spec.num_classes} classes, purifier {'on' if spec.purifier else 'off'}; batching "

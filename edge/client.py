@@ -10,7 +10,10 @@
   order; if the connection drops, the unanswered requests are re-sent on a new stream (same retry
   budget); every request yields a reply or an explicit error.
 
-gRPC's own transparent retries are switched off so the retry budget here is the only one.
+The channel (target validation, TLS, token, keepalive) comes from :mod:`privsplit.proto.channel`; calls
+go through the generated stub. gRPC's own retries are switched off so the retry budget here is the only
+one. :meth:`EdgeClient.check` asks the server once (ServerReady, within the call deadline and the retry
+budget) so a batch of inputs can stop at the first sign of an unreachable server.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from pathlib import Path
 import grpc
 
 from privsplit.errors import ConfigError
+from privsplit.proto import channel as dialing
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 from privsplit.proto.messages import InferResponse, ModelMetadata
 from privsplit.proto.status import Code, ProtocolError
 from privsplit.proto.wire import DEFAULT_MODEL_NAME, Prediction
 
-SERVICE = "/inference.GRPCInferenceService/"
-AUTH_HEADER = "authorization"
+AUTH_HEADER = dialing.AUTH_HEADER
 
 
 class ServerUnavailable(ProtocolError):
@@ -79,22 +82,11 @@ class ClientTls:
     key: Path | None = None
     server_name: str | None = None
 
-    def credentials(self) -> grpc.ChannelCredentials:
+    def channel_tls(self) -> dialing.ChannelTls:
+        """The PEM files read (ConfigError naming the flag of a file that cannot be read)."""
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--tls-cert and --tls-key go together (mutual TLS needs both)")
-
-        def read(path, what):
-            if path is None:
-                return None
-            try:
-                return Path(path).read_bytes()
-            except OSError as exc:
-                raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca, "--tls-ca"), private_key=read(self.key, "--tls-key"),
-            certificate_chain=read(self.cert, "--tls-cert"),
-        )  # fmt: skip
+        return dialing.ChannelTls.from_files(self.ca, self.cert, self.key, server_name=self.server_name)
 
 
 @dataclass(frozen=True)
@@ -108,14 +100,24 @@ class ClientConfig:
     model_name: str = DEFAULT_MODEL_NAME
     max_message_bytes: int = 16 * 1024 * 1024
     seed: int | None = None  # of the backoff jitter (None: OS entropy)
+    insecure: bool = False  # allow the bearer token over plaintext to a non-loopback server (--insecure)
+    keepalive: dialing.Keepalive = field(default_factory=dialing.Keepalive)
 
     def __post_init__(self) -> None:
-        if not self.target or ":" not in self.target:
-            raise ConfigError(f"--server must be HOST:PORT, got {self.target!r}")
+        target = dialing.parse_target(self.target)
         if not self.timeout_s > 0 or not self.stream_timeout_s > 0:
             raise ConfigError("deadlines must be > 0 s")
-        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
-            raise ConfigError("the bearer token must be one word without spaces")
+        dialing.check_token_transport(target, token=self.token, tls=self.tls is not None, insecure=self.insecure)
+
+    def dial_config(self) -> dialing.DialConfig:
+        # reconnect as soon as our own backoff asks (gRPC's default waits 1 s after a failed connect);
+        # grpc.min_reconnect_backoff_ms stays default: it is the connect timeout, and slow links need it
+        backoff_ms = max(1, int(self.retry.initial_backoff_s * 1000))
+        return dialing.DialConfig(
+            target=self.target, tls=None if self.tls is None else self.tls.channel_tls(), token=self.token,
+            insecure=self.insecure, max_message_bytes=self.max_message_bytes, keepalive=self.keepalive, retry=None,
+            reconnect_backoff_ms=(backoff_ms, max(backoff_ms, int(self.retry.max_backoff_s * 1000))),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,53 +141,32 @@ def _code(exc: grpc.RpcError) -> Code:
         return Code.INTERNAL
 
 
-def _details(exc: grpc.RpcError) -> str:
-    try:
-        return exc.details() or exc.code().name
-    except AttributeError:
-        return str(exc)
-
-
 class EdgeClient:
     """A channel to one server. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self._rng = random.Random(config.seed)
-        backoff_ms = max(1, int(config.retry.initial_backoff_s * 1000))
-        options: list[tuple[str, str | int]] = [
-            ("grpc.enable_retries", 0),
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            # reconnect as soon as our own backoff asks (gRPC's default waits 1 s after a failed connect);
-            # grpc.min_reconnect_backoff_ms stays default: it is the connect timeout, and slow links need it
-            ("grpc.initial_reconnect_backoff_ms", backoff_ms),
-            ("grpc.max_reconnect_backoff_ms", max(backoff_ms, int(config.retry.max_backoff_s * 1000))),
-        ]
-        if config.tls is None:
-            self._channel = grpc.insecure_channel(config.target, options=options)
-        else:
-            if config.tls.server_name:
-                options.append(("grpc.ssl_target_name_override", config.tls.server_name))
-            self._channel = grpc.secure_channel(config.target, config.tls.credentials(), options=options)
-        self._metadata = ((AUTH_HEADER, f"Bearer {config.token}"),) if config.token else ()
-        raw = lambda method, out: self._channel.unary_unary(SERVICE + method, request_serializer=None, response_deserializer=out.FromString)  # noqa: E731
-        self._infer = raw("ModelInfer", pb.ModelInferResponse)
-        self._ready = raw("ServerReady", pb.ServerReadyResponse)
-        self._model_ready = raw("ModelReady", pb.ModelReadyResponse)
-        self._metadata_call = raw("ModelMetadata", pb.ModelMetadataResponse)
-        self._stream = self._channel.stream_stream(
-            SERVICE + "ModelStreamInfer", request_serializer=None, response_deserializer=pb.ModelStreamInferResponse.FromString
-        )
+        self._dial = config.dial_config()
+        self._channel = dialing.dial(self._dial)
+        self._metadata = self._dial.metadata
+        stub = dialing.stub(self._channel, raw=True)  # requests are serialised once, by the caller
+        self._infer, self._ready, self._stream = stub.ModelInfer, stub.ServerReady, stub.ModelStreamInfer
+        self._model_ready, self._metadata_call = stub.ModelReady, stub.ModelMetadata
         self.retries = 0  # UNAVAILABLE retries made so far (all calls)
 
     # ---- unary calls with retries ------------------------------------------------------------------
     def _unavailable(self, attempts: int, started: float, exc: grpc.RpcError | None) -> ServerUnavailable:
-        what = "" if exc is None else f" ({_details(exc)})"
+        if exc is not None:
+            error = dialing.rpc_error(exc, self.config.target)
+            if str(error).startswith("TLS handshake"):
+                return ServerUnavailable(str(error))
+        what = "" if exc is None else f" ({dialing.rpc_error(exc, self.config.target)})"
+        if exc is not None and self.config.tls is None and "socket closed" in str(what).lower():
+            what += "; if the server uses TLS, pass --tls-ca"
         return ServerUnavailable(
             f"cannot reach the server at {self.config.target} after {attempts} attempt(s) in "
-            f"{time.monotonic() - started:.1f} s{what}: check --server, that `privsplit serve` runs there and "
-            "is reachable, and the TLS settings (--tls-ca/--tls-cert/--tls-key)"
+            f"{time.monotonic() - started:.1f} s{what}: check --server and that `privsplit serve` runs there"
         )
 
     def _call(self, method, payload: bytes):
@@ -197,10 +178,8 @@ class EdgeClient:
             except grpc.RpcError as exc:
                 code = _code(exc)
                 if code is not Code.UNAVAILABLE:
-                    if code is Code.DEADLINE_EXCEEDED:
-                        raise ProtocolError(code, f"no reply from {self.config.target} within the {self.config.timeout_s:g} s deadline") from None
-                    raise ProtocolError(code, f"{self.config.target} refused the request: {_details(exc)}") from None
-                if attempt + 1 == policy.attempts:
+                    raise dialing.rpc_error(exc, self.config.target, timeout_s=self.config.timeout_s) from None
+                if attempt + 1 == policy.attempts or dialing.is_handshake_failure(exc.details() or ""):
                     raise self._unavailable(attempt + 1, started, exc) from None
                 self.retries += 1
                 time.sleep(policy.delay(attempt, self._rng))
@@ -213,6 +192,12 @@ class EdgeClient:
     def infer(self, request) -> Prediction:
         """Send an :class:`~privsplit.proto.messages.InferRequest` (see :func:`privsplit.proto.wire.features_request`)."""
         return self.infer_payload(request.to_proto().SerializeToString())
+
+    def check(self) -> None:
+        """Ask the server once (ServerReady within the deadline and the retry budget): raises
+        :class:`ServerUnavailable` (unreachable), a DEADLINE_EXCEEDED :class:`ProtocolError` (silent) or the
+        refusal; returns when the server answered (ready or not: not-ready requests get their own error)."""
+        self._call(self._ready, pb.ServerReadyRequest().SerializeToString())
 
     def server_ready(self) -> bool:
         return bool(self._call(self._ready, pb.ServerReadyRequest().SerializeToString()).ready)
@@ -234,6 +219,10 @@ class EdgeClient:
         UNAVAILABLE, the unanswered requests are re-sent on a new stream after a backoff (at most
         ``retry.attempts`` streams in all without progress); when the budget is spent, or on another
         error, every unanswered request gets an error reply and :class:`ProtocolError` is raised.
+
+        Delivery is at-least-once: a request the server received but whose reply was lost with the
+        stream is sent again (the server may process it twice); the caller gets exactly one reply per
+        request id, never two.
         """
         source = iter(requests)
         lock = threading.Lock()
@@ -274,9 +263,8 @@ class EdgeClient:
                         del pending[rid]
                     failures = 0
                     if msg.error_message:
-                        code_name = msg.error_message.split(":", 1)[0]
-                        code = Code(code_name) if code_name in Code.__members__ else Code.INTERNAL
-                        yield StreamReply(request_id=rid, error=msg.error_message, code=code)
+                        code, error_text = dialing.stream_error(msg.error_message)
+                        yield StreamReply(request_id=rid, error=error_text, code=code)
                     else:
                         yield StreamReply(request_id=rid, prediction=Prediction.from_response(InferResponse.from_proto(msg.infer_response)))
                 with lock:
@@ -300,7 +288,7 @@ class EdgeClient:
                 elif code is Code.DEADLINE_EXCEEDED:
                     error = ProtocolError(code, f"the stream to {self.config.target} passed its {self.config.stream_timeout_s:g} s deadline")
                 else:
-                    error = ProtocolError(code, f"{self.config.target} refused the stream: {_details(exc)}")
+                    error = dialing.rpc_error(exc, self.config.target, what="the stream")
                 for rid, _ in backlog:
                     yield StreamReply(request_id=rid, error=str(error), code=error.code)
                 raise error from None

@@ -6,14 +6,17 @@ Device layout::
     TARGET/releases/<version>.sha256    their checksums (``sha256sum -c`` format), written on install
     TARGET/current -> releases/<version>   the active release (a relative symlink)
     TARGET/.privsplit-history           activated versions, oldest first (for --rollback)
+    TARGET/.privsplit-recent            releases by last activation, oldest first (what --keep keeps)
     TARGET/.privsplit-lock/             held while a flash or rollback runs (``mkdir`` is atomic)
 
 :func:`flash` verifies the bundle here (hashes; signature with a trusted key), uploads it into a
 fresh ``releases/.incoming-*`` folder, verifies every hash *on the device*, moves it to
 ``releases/<version>`` and only then switches ``current`` with one ``rename(2)`` of a new symlink over
 the old one (atomic). A transfer that fails, is interrupted or arrives corrupted never touches
-``current``; its leftovers are removed by the next flash. The last ``keep`` releases stay;
-:func:`rollback` re-verifies the previous one and switches back to it.
+``current``; its leftovers are removed by the next flash. The ``keep`` most recently activated releases
+stay (rollbacks count as activations); :func:`rollback` re-verifies the previous one and switches back to
+it. Re-flashing the current version (its copy on the device was damaged) first points ``current`` at
+the verified new copy, so ``current`` never resolves to nothing, not even between two renames.
 
 Both kinds of target run the same POSIX ``sh`` scripts (locally with ``sh``, remotely over the system
 ``ssh``; files go with ``cp`` / ``scp``), so the device needs only ``sh``, coreutils and ``sha256sum``
@@ -26,9 +29,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from privsplit.results import check_schema, from_dict, save_json, to_dict
 FLASH_RESULT_SCHEMA_VERSION = 1
 
 HISTORY = ".privsplit-history"
+RECENT = ".privsplit-recent"
 LOCK = ".privsplit-lock"
 _SAFE = re.compile(r"^[A-Za-z0-9._+@~/-]+$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -187,9 +191,13 @@ if [ "$create" = 1 ]; then mkdir -p -- "$root/releases"; elif [ ! -d "$root" ]; 
 cd -- "$root"
 if [ -L current ]; then echo "current=$(readlink current)"; elif [ -e current ]; then echo "current-not-link"; fi
 if [ -f .privsplit-history ]; then while IFS= read -r l; do echo "history=$l"; done < .privsplit-history; fi
-for d in releases/* releases/.incoming-* releases/.trash-* .current-*; do
+if [ -f .privsplit-recent ]; then while IFS= read -r l; do echo "recent=$l"; done < .privsplit-recent; fi
+active=$(readlink current 2>/dev/null || true)
+for d in releases/* releases/.incoming-* releases/.trash-* releases/.copy-* .current-* .privsplit-lock.gone-*; do
   [ -e "$d" ] || [ -L "$d" ] || continue
-  case "$d" in releases/.incoming-*|releases/.trash-*|.current-*) rm -rf -- "$d"; continue;; esac
+  case "$d" in releases/.incoming-*|releases/.trash-*|releases/.copy-*|.current-*|.privsplit-lock.gone-*)
+    # an interrupted re-flash may have left current on its staged copy: keep that one
+    [ "$d" = "$active" ] || [ "$d" = "$active.sha256" ] || rm -rf -- "$d"; continue;; esac
   [ -d "$d" ] && echo "release=${d#releases/}"
 done
 if [ -n "$version" ] && [ -d "releases/$version" ]; then
@@ -213,7 +221,10 @@ fi
 """
 _UNLOCK = """set -u
 lock="$1/.privsplit-lock"
-if [ -d "$lock" ] && [ "$(cat "$lock/owner" 2>/dev/null)" = "$2" ]; then rm -rf -- "$lock"; fi
+if [ -d "$lock" ] && [ "$(cat "$lock/owner" 2>/dev/null)" = "$2" ]; then
+  gone="$lock.gone-$$"  # one rename releases it: a kill during rm -rf cannot leave an ownerless lock behind
+  mv -- "$lock" "$gone" && rm -rf -- "$gone"
+fi
 """
 STALE_LOCK_S = 3600.0  # a lock older than this is left by a flash that died (flashes time out long before)
 OWNERLESS_LOCK_S = 3.0  # a live flash writes the owner right after the mkdir: none for this long means it died between
@@ -286,6 +297,7 @@ class DeviceState:
     history: tuple[str, ...]
     releases: tuple[str, ...]
     existing_ok: bool | None  # the version being flashed: already there and intact (None: not there)
+    recent: tuple[str, ...] = ()  # releases by last activation, oldest first
 
     @classmethod
     def read(cls, target: Target, *, sums: str = "", version: str = "", create: bool = False) -> "DeviceState":
@@ -293,7 +305,7 @@ class DeviceState:
         removed on the way. ``create``: make TARGET/releases when missing (flash), else read only."""
         root = str(target.path)
         out = _sh(target, _STATE, root, sums, version, "1" if create else "0")
-        current, history, releases, existing = None, [], [], None
+        current, history, releases, existing, recent = None, [], [], None, []
         for line in out.splitlines():
             key, _, value = line.partition("=")
             if key == "current-not-link":
@@ -302,11 +314,14 @@ class DeviceState:
                 current = value.removeprefix("releases/").rstrip("/")
             elif key == "history" and value:
                 history.append(value)
+            elif key == "recent" and value:
+                recent.append(value)
             elif key == "release":
                 releases.append(value)
             elif key == "existing":
                 existing = value == "ok"
-        return cls(current=current, history=tuple(history), releases=tuple(releases), existing_ok=existing)
+        return cls(current=current, history=tuple(history), releases=tuple(releases), existing_ok=existing,
+                   recent=tuple(recent))  # fmt: skip
 
 
 class FlashAction(str, Enum):
@@ -354,18 +369,27 @@ def _q(name: str) -> str:
     return shlex.quote(name)
 
 
-def _activation(version: str, token: str, history: list[str], remove: list[str]) -> str:
-    lines = [f"switch {_q(version)} {_q(token)}", f"printf '%s\\n' {' '.join(_q(h) for h in history)} > .privsplit-history.tmp",
-             "mv -f .privsplit-history.tmp .privsplit-history"]  # fmt: skip
+def _activation(version: str, token: str, history: list[str], recent: list[str], remove: list[str]) -> str:
+    lines = [f"switch {_q(version)} {_q(token)}"]
+    for name, items in ((HISTORY, history), (RECENT, recent)):
+        lines += [f"printf '%s\\n' {' '.join(_q(h) for h in items)} > {name}.tmp", f"mv -f {name}.tmp {name}"]
     lines += [f"rm -rf -- releases/{_q(r)} releases/{_q(r + '.sha256')}" for r in remove]
     return "\n".join(lines) + "\n"
 
 
-def _plan(state: DeviceState, version: str, keep: int) -> tuple[list[str], list[str]]:
-    """(new history, releases to remove): ``version`` becomes the newest entry; the last ``keep`` stay."""
-    history = [h for h in state.history if h != version and h in state.releases] + [version]
-    kept = history[-keep:]
-    return kept, [r for r in state.releases if r not in kept]
+def _recent(state: DeviceState, version: str) -> list[str]:
+    """Releases by last activation, oldest first, ending with ``version`` (releases never recorded count as oldest)."""
+    known = [r for r in (state.recent or state.history) if r != version and r in state.releases]
+    unknown = [r for r in state.releases if r != version and r not in known]
+    return [*unknown, *dict.fromkeys(known), version]
+
+
+def _plan(state: DeviceState, version: str, keep: int) -> tuple[list[str], list[str], list[str]]:
+    """(new rollback history, new recency list, releases to remove): ``version`` becomes the newest entry and
+    the ``keep`` most recently activated releases stay."""
+    recent = _recent(state, version)[-keep:]
+    history = [h for h in state.history if h != version and h in recent] + [version]
+    return history, recent, [r for r in state.releases if r not in recent]
 
 
 def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=None) -> FlashResult:
@@ -373,7 +397,7 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
     started = time.perf_counter()
     if keep < 1:
         raise ConfigError(f"--keep must be >= 1, got {keep}")
-    target = parse_target(target) if isinstance(target, str) else target
+    target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
     verified = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)
     version = verified.version
     if not _SAFE_NAME.match(version):
@@ -394,10 +418,17 @@ def _install(target: Target, root: Path, files: list[str], sums: str, version: s
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     staging = f".incoming-{token}"
-    kept, remove = _plan(state, version, keep)
+    history, kept, remove = _plan(state, version, keep)
     reused = bool(state.existing_ok)
     if reused and state.current == version:
         return FlashResult(str(target), version, state.current, FlashAction.UNCHANGED, 0, tuple(state.releases), (), time.perf_counter() - started)
+    replace = "" if state.current != version else (  # re-flash of the current version: current must never dangle
+        f"switch {_q(staging)} {_q(token + '-staged')}\n"  # current -> the verified new copy
+        f"rm -rf -- releases/{_q('.copy-' + token)}\ncp -R releases/{_q(staging)} releases/{_q('.copy-' + token)}\n"
+        f"(cd releases/{_q('.copy-' + token)} && sumcheck ../{_q(staging + '.sha256')}) || "
+        "{ echo 'copying the release on the device failed; current points at the new copy' >&2; exit 3; }\n"
+    )  # fmt: skip
+    source = staging if not replace else ".copy-" + token
     sent = 0
     script = f"set -eu\ncd -- {_q(str(target.path))}\n"
     if not reused:
@@ -407,9 +438,10 @@ def _install(target: Target, root: Path, files: list[str], sums: str, version: s
             f"if ! (cd releases/{_q(staging)} && sumcheck ../{_q(staging + '.sha256')}); then\n"
             f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
             "  echo 'the copy on the device does not match the bundle hashes (interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
+            + replace +
             f"if [ -e releases/{_q(version)} ]; then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
-            f"mv -- releases/{_q(staging)} releases/{_q(version)}\n"
-            f"mv -f -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
+            f"mv -- releases/{_q(source)} releases/{_q(version)}\n"
+            f"cp -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
             f"rm -rf -- releases/{_q('.trash-' + token)}\n"
         )  # fmt: skip
     else:
@@ -418,7 +450,8 @@ def _install(target: Target, root: Path, files: list[str], sums: str, version: s
             f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
             f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n"
         )  # fmt: skip
-    _sh(target, script + _activation(version, token, kept, remove))
+    cleanup = f"rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n" if not reused else ""
+    _sh(target, script + _activation(version, token, history, kept, remove) + cleanup)
     action = FlashAction.SWITCHED if reused else FlashAction.INSTALLED
     return FlashResult(str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started)
 
@@ -426,7 +459,7 @@ def _install(target: Target, root: Path, files: list[str], sums: str, version: s
 def rollback(target: Target | str) -> FlashResult:
     """Switch ``current`` back to the release activated before it (verified on the device first)."""
     started = time.perf_counter()
-    target = parse_target(target) if isinstance(target, str) else target
+    target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
     with _DeviceLock(target, create=False):
         return _roll_back(target, started)
 
@@ -447,7 +480,8 @@ def _roll_back(target: Target, started: float) -> FlashResult:
         f"(cd releases/{_q(previous)} && sumcheck ../{_q(previous + '.sha256')}) || "
         f"{{ echo 'release {previous} does not match its checksums on the device: not rolling back (flash a bundle instead)' >&2; exit 3; }}\n"
     )  # fmt: skip
-    _sh(target, script + _activation(previous, token, before, []))
+    recent = [r for r in (state.recent or state.history) if r != previous and r in state.releases] + [previous]
+    _sh(target, script + _activation(previous, token, before, recent, []))
     return FlashResult(str(target), previous, state.current, FlashAction.ROLLED_BACK, 0, tuple(state.releases), (), time.perf_counter() - started)
 
 

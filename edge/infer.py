@@ -3,8 +3,11 @@
 :func:`infer_inputs` runs files, folders or frames through :class:`~privsplit.edge.pipeline.EdgePipeline`
 and sends the features to the cloud (unary requests of ``batch_size`` rows, or one stream);
 :func:`stream_frames` does the same lazily for an endless camera iterator. An input that cannot be
-decoded, a request the server refuses and a server that cannot be reached each become an
-:class:`InferResult` with its ``error``: nothing is dropped silently.
+decoded and a request the server refuses each become an :class:`InferResult` with its ``error``.
+The server is asked once per call (:meth:`EdgeClient.check`, within the call deadline) before any input
+is decoded; when it cannot be reached, or stops being reachable part-way, the inputs not sent are
+marked *skipped* (``error`` starts with :data:`SKIPPED`) and :attr:`InferReport.stopped_by` says why
+once: nothing is dropped silently and no input waits out its own retries or deadline.
 """
 
 from __future__ import annotations
@@ -16,14 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from privsplit.edge.client import EdgeClient
+from privsplit.edge.client import EdgeClient, ServerUnavailable
 from privsplit.edge.pipeline import EdgePipeline
 from privsplit.errors import PrivsplitError
+from privsplit.proto.status import Code, ProtocolError
 from privsplit.proto.wire import features_request
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 INFER_SCHEMA_VERSION = 1
 _HINT = "re-run `privsplit edge infer ... --json FILE`"
+SKIPPED = "skipped: not sent"
+
+
+def _stops_run(exc: PrivsplitError) -> bool:
+    """The server cannot be reached (or never answers): later inputs would fail the same way."""
+    return isinstance(exc, ServerUnavailable) or (isinstance(exc, ProtocolError) and exc.code is Code.DEADLINE_EXCEEDED)
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,11 @@ class InferResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def skipped(self) -> bool:
+        """Never sent: the server was unreachable (see :attr:`InferReport.stopped_by`)."""
+        return self.error is not None and self.error.startswith(SKIPPED)
+
     def to_json(self) -> dict:
         data = to_dict(self)
         return {k if k != "class_name" else "class": v for k, v in data.items()}  # the JSON key is "class"
@@ -54,14 +69,21 @@ class InferReport:
     pipeline: dict  # EdgePipeline.describe()
     server: str
     results: tuple[InferResult, ...]
+    stopped_by: str | None = None  # why the remaining inputs were skipped (the server's one error), if they were
 
     @property
     def failed(self) -> int:
-        return sum(not r.ok for r in self.results)
+        """Inputs that were tried and failed (skipped ones aside)."""
+        return sum(not r.ok and not r.skipped for r in self.results)
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.skipped for r in self.results)
 
     def to_json(self) -> dict:
         return to_dict({"schema_version": INFER_SCHEMA_VERSION, "pipeline": self.pipeline, "server": self.server,
-                        "results": [r.to_json() for r in self.results], "failed": self.failed})  # fmt: skip
+                        "results": [r.to_json() for r in self.results], "failed": self.failed,
+                        "skipped": self.skipped, "stopped_by": self.stopped_by})  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict, *, source: str = "infer report") -> "InferReport":
@@ -81,10 +103,16 @@ class InferReport:
         for r in self.results:
             if r.ok:
                 lines.append(f"{r.source:<{width}}  {str(r.class_name):<12} {r.confidence if r.confidence is not None else float('nan'):>6.3f}  {r.latency_ms:>7.2f}")
+            elif r.skipped:
+                lines.append(f"{r.source:<{width}}  {'-':<12} {'-':>6}  {'-':>7}  skipped")
             else:
                 lines.append(f"{r.source:<{width}}  {'-':<12} {'-':>6}  {'-':>7}  {r.error}")
         p = self.pipeline
-        lines.append(f"{len(self.results) - self.failed}/{len(self.results)} ok; encoder {p['encoder']} on {p['runtime']} "
+        skipped = f", {self.skipped} skipped" if self.skipped else ""
+        if self.stopped_by:
+            lines.append(f"stopped: {self.stopped_by}")
+        ok = len(self.results) - self.failed - self.skipped
+        lines.append(f"{ok}/{len(self.results)} ok{skipped}; encoder {p['encoder']} on {p['runtime']} "
                      f"({p['threads']} thread(s)), bundle {p['version']}, server {self.server}")  # fmt: skip
         return "\n".join(lines)
 
@@ -150,23 +178,35 @@ def infer_inputs(
         latency = (time.perf_counter() - starts[rid]) * 1e3
         slots.update(zip(idx, _results(pred, [items[i].source for i in idx], classes, latency)))
 
-    if stream:
+    stopped_by: str | None = None
+    if good:
+        try:
+            client.check()
+        except ProtocolError as exc:  # unreachable, silent or refusing every call: nothing is sent
+            stopped_by = str(exc)
+    if stopped_by is None and stream:
         try:
             for reply in client.stream(requests()):
                 fill(reply.request_id, reply.prediction, reply.error)
         except PrivsplitError as exc:
+            stopped_by = str(exc)
             for rid, idx in list(groups.items()):
                 if idx[0] not in slots:
                     fill(rid, error=str(exc))
-            for i in good:  # inputs the broken stream never asked for
-                slots.setdefault(i, InferResult(source=items[i].source, error=str(exc)))
-    else:
+    elif stopped_by is None:
         for rid, payload in requests():
             try:
                 fill(rid, client.infer_payload(payload))
             except PrivsplitError as exc:
                 fill(rid, error=str(exc))
-    return InferReport(pipeline=pipeline.describe(), server=client.config.target, results=tuple(slots[i] for i in range(len(items))))
+                if _stops_run(exc):
+                    stopped_by = str(exc)
+                    break
+    skip = f"{SKIPPED} (the run stopped: {client.config.target} did not answer or refused)" if stopped_by else SKIPPED
+    for i in good:  # inputs never sent
+        slots.setdefault(i, InferResult(source=items[i].source, error=skip))
+    return InferReport(pipeline=pipeline.describe(), server=client.config.target,
+                       results=tuple(slots[i] for i in range(len(items))), stopped_by=stopped_by)  # fmt: skip
 
 
 def stream_frames(

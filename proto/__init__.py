@@ -5,7 +5,9 @@
 * :mod:`~privsplit.proto.messages`: dataclasses of the messages with ``to_proto()`` / ``from_proto()``;
 * :mod:`~privsplit.proto.wire`: privsplit's tensor and parameter names, :func:`features_request`,
   :class:`Prediction`;
-* :mod:`~privsplit.proto.status`: :class:`Code` and :class:`ProtocolError`.
+* :mod:`~privsplit.proto.status`: :class:`Code` and :class:`ProtocolError`;
+* :mod:`~privsplit.proto.channel`: the one way every client dials (address validation, TLS, token,
+  keepalive, generated stubs, error text): :class:`DialConfig`, :func:`dial`, :func:`dial_aio`.
 
 A leaf: numpy, protobuf and (for the stubs) grpcio; no torch. The names below load on first use.
 """
@@ -29,6 +31,11 @@ _LAZY = {
     "ServerMetadata": "privsplit.proto.messages",
     "features_request": "privsplit.proto.wire",
     "Prediction": "privsplit.proto.wire",
+    "DialConfig": "privsplit.proto.channel",
+    "ChannelTls": "privsplit.proto.channel",
+    "parse_target": "privsplit.proto.channel",
+    "dial": "privsplit.proto.channel",
+    "dial_aio": "privsplit.proto.channel",
 }
 
 __getattr__, __all__ = lazy_exports('privsplit.proto', _LAZY)

@@ -392,3 +392,98 @@ def test_drain_finishes_in_flight_and_refuses_new(bundles, wire):
         stub.ServerLive(pb.ServerLiveRequest(), timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def test_rpcs_beyond_the_concurrency_bound_get_resource_exhausted(bundles, wire):
+    srv, port = create_server(ServeConfig(bundle=bundles.cloud_plain, port=0, workers=4, max_concurrent_rpcs=2))
+    request = _request(wire, slice(0, 1)).to_proto()
+    gate = threading.Event()
+
+    def held_open():
+        yield request
+        gate.wait(30)  # the stream stays open (and holds its worker) until the gate opens
+
+    with srv:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        streams = [stub.ModelStreamInfer(held_open(), timeout=30) for _ in range(2)]
+        try:
+            assert all(len(next(s).infer_response.outputs) == 2 for s in streams)  # both streams are in flight
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - started < 5
+            from privsplit.proto.channel import rpc_error
+
+            assert "is busy (at its --max-concurrent-rpcs limit)" in str(rpc_error(err.value, f"127.0.0.1:{port}"))
+        finally:
+            gate.set()
+        assert all(list(s) == [] for s in streams)
+        assert len(stub.ModelInfer(request, timeout=10).outputs) == 2  # a slot is free again
+        channel.close()
+    with pytest.raises(Exception, match="--max-concurrent-rpcs must be in 1..--workers"):
+        ServeConfig(bundle=bundles.cloud_plain, workers=4, max_concurrent_rpcs=5)
+
+
+def test_metric_counts_are_exact_under_concurrent_load(server, wire):
+    from privsplit.cloud.metrics import Metrics
+
+    metrics = Metrics(model="m", version="1")  # the counters alone, hammered from many threads
+
+    def hammer(_):
+        for _ in range(5000):
+            metrics.success(request_us=1, queue_us=2, rows=3)
+            metrics.failure("INVALID_ARGUMENT")
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(hammer, range(32)))
+    assert metrics.counter("nv_inference_request_success") == 160_000
+    assert metrics.counter("nv_inference_count") == 480_000
+    assert metrics.counter("nv_inference_request_duration_us") == 160_000
+    assert metrics.counter("nv_inference_request_failure", "INVALID_ARGUMENT") == 160_000
+
+    # and through the server: 64 clients at once, good and bad requests
+    before = {name: server.metrics.counter(name) for name in ("nv_inference_request_success", "nv_inference_count")}
+    bad_before = server.metrics.counter("nv_inference_request_failure", "NOT_FOUND")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def one(i):
+        if i % 4 == 3:
+            with pytest.raises(grpc.RpcError):
+                stub.ModelInfer(_request(wire, slice(0, 1), model_name="nope").to_proto(), timeout=30)
+            return 0
+        return len(stub.ModelInfer(_request(wire, slice(i % 50, i % 50 + 2)).to_proto(), timeout=30).outputs)
+
+    with ThreadPoolExecutor(64) as pool:
+        outputs = list(pool.map(one, range(512)))
+    channel.close()
+    assert outputs.count(2) == 384
+    assert server.metrics.counter("nv_inference_request_success") - before["nv_inference_request_success"] == 384
+    assert server.metrics.counter("nv_inference_count") - before["nv_inference_count"] == 768
+    assert server.metrics.counter("nv_inference_request_failure", "NOT_FOUND") - bad_before == 128
+
+
+def test_an_rpc_arriving_during_the_drain_gets_unavailable_not_a_hang(bundles, wire):
+    host = GatedHost(load_bundle(bundles.cloud_plain, kind=BundleKind.CLOUD), name="privsplit")
+    config = ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4))
+    srv, port = create_server(config, host=host)
+    srv.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    with ThreadPoolExecutor(2) as pool:
+        in_flight = pool.submit(stub.ModelInfer, _request(wire).to_proto(), timeout=30)
+        time.sleep(0.3)
+        stopper = threading.Thread(target=srv.stop, kwargs={"grace": 20})
+        stopper.start()
+        time.sleep(0.3)
+        assert not srv.ready and not in_flight.done()  # draining: the gated request is still in flight
+        for fresh in (stub, pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                fresh.ModelInfer(_request(wire, slice(0, 1)).to_proto(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() - started < 3
+        host.gate.set()
+        assert len(in_flight.result(timeout=30).outputs) == 2  # the one in flight still completes
+        stopper.join(30)
+    channel.close()

@@ -115,7 +115,11 @@ def test_an_unreachable_server_is_a_clear_error_after_bounded_retries(pipe, imag
         assert err.value.code is Code.UNAVAILABLE and client.retries == 3
         assert 0.35 <= elapsed < 3.0  # 0.05 + 0.1 + 0.2 s of backoff, then it gives up
         report = infer_inputs(pipe, client, images[0][:3], batch_size=2)
-    assert report.failed == 3 and all("cannot reach the server" in r.error for r in report.results)
+        assert client.retries == 6  # one check of the server per call (3 retries), not one per request
+    assert report.failed == 0 and report.skipped == 3 and all(r.skipped for r in report.results)
+    assert f"cannot reach the server at 127.0.0.1:{port}" in report.stopped_by
+    assert all("cannot reach" not in r.error and len(r.error) < 100 for r in report.results)
+    assert "3 skipped" in report.summary() and report.stopped_by in report.summary()
 
 
 def test_retries_reach_a_server_that_comes_up_late(bundles, pipe, images):
@@ -231,3 +235,197 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
         assert data["bytes_per_request"] < 0.3 * data["bytes_float32_request"]
     assert results["litert"]["encoder"] == "tflite-int8" and results["onnxruntime"]["encoder"] == "onnx-fp32"
     assert results["litert"]["bytes_per_request"] == results["onnxruntime"]["bytes_per_request"]
+
+
+def _timed_infer(capsys, args) -> tuple[int, float, str, str]:
+    started = time.monotonic()
+    rc = main(["edge", "infer", *args])
+    elapsed = time.monotonic() - started
+    captured = capsys.readouterr()
+    return rc, elapsed, captured.out, captured.err
+
+
+def test_edge_infer_asks_an_unreachable_server_once_and_skips_the_rest(bundles, images, tmp_path, capsys):
+    """Issue 16.1: a closed port costs one retry budget per invocation (20 images <= 2x one image); a
+    listener that never answers costs one deadline (20 images <= 1.5x --timeout); one error line."""
+    paths = [str(p) for p in write_pngs(images[0][:20], tmp_path / "imgs")]
+    closed = f"127.0.0.1:{free_port()}"
+    rc1, one, _, _ = _timed_infer(capsys, [str(bundles.edge), "--server", closed, paths[0]])
+    rc20, twenty, out, err = _timed_infer(capsys, [str(bundles.edge), "--server", closed, *paths])
+    assert rc1 == rc20 == 1 and twenty <= 2 * one, (one, twenty)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"cannot reach the server at {closed}" in lines[0] and "20 input(s) skipped" in lines[0]
+    assert out.count("skipped") == 21 and "0/20 ok, 20 skipped" in out  # 20 rows + the total line
+    with socket.socket() as hung:  # accepts TCP, never speaks
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        silent = f"127.0.0.1:{hung.getsockname()[1]}"
+        args = [str(bundles.edge), "--server", silent, "--timeout", "3", "--json", *paths]
+        rc, elapsed, out, err = _timed_infer(capsys, args)
+    report = json.loads(out)
+    assert rc == 1 and elapsed <= 1.5 * 3, elapsed
+    assert f"no reply from {silent} within the 3 s deadline" in err and len(err.strip().splitlines()) == 1
+    assert all(r["error"].startswith("skipped") for r in report["results"]) and len(report["results"]) == 20
+
+
+def test_target_and_bundle_path_errors_say_what_to_pass(bundles, tmp_path, capsys):
+    for bad, words in (("127.0.0.1:99999", "the port '99999' is not in 1-65535"), ("::1:8001", "[::1]:8001"),
+                       ("cloud.example", "HOST:PORT"), ("http://cloud.example:80", "HOST:PORT")):  # fmt: skip
+        assert main(["edge", "infer", str(bundles.edge), "--server", bad, "x.png"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err and "65535" not in err.replace("1-65535", ""), err
+    for good in ("[::1]:8001", "dns:///localhost:8001", "localhost:1"):
+        assert ClientConfig(target=good).target == good
+    device = tmp_path / "device"
+    from privsplit.edge.flash import flash
+
+    flash(bundles.edge, device)
+    missing = "pass OUT/edge (from `privsplit export`) or DEVICE/current"
+    for path, words in ((device, f"pass {device / 'current'}"), (tmp_path / "nope", missing)):
+        assert main(["edge", "infer", str(path), "--server", "127.0.0.1:8001", "x.png"]) == 3
+        err = capsys.readouterr().err
+        assert words in err and "re-export" not in err and "OUT/cloud" not in err, err
+
+
+def test_a_bearer_token_never_travels_in_plaintext_unless_asked(bundles, tmp_path, capsys):
+    with pytest.raises(Exception, match="refusing to send the bearer token in plaintext to 10.1.2.3:8001: pass --tls"):
+        ClientConfig(target="10.1.2.3:8001", token="t0k")
+    assert ClientConfig(target="10.1.2.3:8001", token="t0k", insecure=True).insecure
+    for loopback in ("127.0.0.1:8001", "[::1]:8001", "localhost:8001"):
+        ClientConfig(target=loopback, token="t0k")
+    with pytest.raises(Exception, match="refusing to accept bearer tokens in plaintext on 0.0.0.0"):
+        ServeConfig(bundle=bundles.cloud, host="0.0.0.0", token="t0k")
+    assert ServeConfig(bundle=bundles.cloud, host="0.0.0.0", token="t0k", insecure=True).insecure
+    token = tmp_path / "token.txt"
+    token.write_text("t0k\n")
+    args = ["edge", "infer", str(bundles.edge), "--server", "10.1.2.3:8001", "--token-file", str(token), "x.png"]
+    assert main(args) == 2
+    assert "refusing to send the bearer token in plaintext" in capsys.readouterr().err
+    assert main(["serve", str(bundles.cloud), "--host", "0.0.0.0", "--port", "0", "--token-file", str(token)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--insecure" in err and "--tls-cert" in err
+    # the override: a plaintext server on all interfaces with a token, reached with --insecure by a non-loopback name
+    srv, port = create_server(ServeConfig(bundle=bundles.cloud, host="0.0.0.0", port=0, token="t0k", insecure=True))
+    with srv:
+        by_name = ClientConfig(target=f"{socket.gethostname()}:{port}", token="t0k", insecure=True, retry=FAST)
+        with EdgeClient(by_name) as client:
+            assert client.server_ready()
+
+
+def _readme_tls_commands() -> list[str]:
+    """The certificate and token commands of the README's TLS walk-through, as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    begin, end = "<!-- tls-walkthrough:begin -->", "<!-- tls-walkthrough:end -->"
+    assert begin in text and end in text, "README.md lost the TLS walk-through markers"
+    block = text.split(begin, 1)[1].split(end, 1)[0]
+    commands = [line for line in block.splitlines() if line.startswith(("openssl ", "head "))]
+    assert len(commands) == 4, commands
+    return commands
+
+
+def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    work = tmp_path / "tls"
+    work.mkdir()
+    for command in _readme_tls_commands():
+        proc = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (command, proc.stderr)
+    token = (work / "token.txt").read_text().strip()
+    tls_files = TlsConfig(cert=work / "server.crt", key=work / "server.key")
+    config = ServeConfig(bundle=bundles.cloud, port=0, token=token, tls=tls_files)
+    srv, port = create_server(config)
+    tls = ClientTls(ca=work / "ca.crt", server_name="cloud.example")  # the README's host name, reached by address
+    with srv:
+        with EdgeClient(ClientConfig(target=f"127.0.0.1:{port}", tls=tls, token=token, retry=FAST)) as client:
+            report = infer_inputs(pipe, client, images[0][:3])
+            assert report.failed == 0 and client.retries == 0
+        with EdgeClient(ClientConfig(target=f"127.0.0.1:{port}", tls=tls, retry=FAST)) as client:
+            with pytest.raises(ProtocolError, match="missing 'authorization") as err:
+                client.server_ready()
+            assert err.value.code is Code.UNAUTHENTICATED
+        rc = main(["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{port}",
+                   "--tls-ca", str(work / "ca.crt"),
+                   "--tls-server-name", "cloud.example", "--token-file", str(work / "token.txt"),
+                   str(write_pngs(images[0][:1], tmp_path / "img")[0])])  # fmt: skip
+        assert rc == 0, capsys.readouterr()
+        # a CA that did not sign the server certificate: reported as a handshake failure, not a bare UNAVAILABLE
+        other = tmp_path / "other"
+        other.mkdir()
+        make_ca = _readme_tls_commands()[0]
+        subprocess.run(["bash", "-c", make_ca], cwd=other, check=True, capture_output=True, timeout=60)
+        wrong = ClientTls(ca=other / "ca.crt", server_name="cloud.example")
+        with EdgeClient(ClientConfig(target=f"127.0.0.1:{port}", tls=wrong, token=token, retry=FAST)) as client:
+            handshake = rf"TLS handshake with 127.0.0.1:{port} failed: .*CERTIFICATE_VERIFY_FAILED.*check --tls-ca"
+            with pytest.raises(ServerUnavailable, match=handshake):
+                client.server_ready()
+            assert client.retries == 0  # a certificate problem is not retried
+    # the walk-through's old Ed25519 keys: refused at start with one line, not UNAVAILABLE on every request
+    ed = tmp_path / "ed"
+    ed.mkdir()
+    for command in _readme_tls_commands()[:3]:
+        command = command.replace("-newkey ec -pkeyopt ec_paramgen_curve:prime256v1", "-newkey ed25519")
+        subprocess.run(["bash", "-c", command], cwd=ed, check=True, capture_output=True, timeout=60)
+    with pytest.raises(Exception, match="gRPC cannot serve a Ed25519 certificate.*prime256v1"):
+        create_server(ServeConfig(bundle=bundles.cloud, port=0,
+                                  tls=TlsConfig(cert=ed / "server.crt", key=ed / "server.key")))
+    rc = main(["serve", str(bundles.cloud), "--port", "0", "--tls-cert", str(ed / "server.crt"),
+               "--tls-key", str(ed / "server.key")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "cannot serve a Ed25519 certificate" in err, err
+
+
+def test_a_stream_that_drops_after_some_replies_is_resumed_with_one_reply_per_request(server, pipe, images):
+    """The real servicer behind a stream that breaks (UNAVAILABLE) after 3 replies, twice: the client re-sends
+    the unanswered requests on a new stream and yields exactly one reply per request, in order. Delivery to
+    the server is at-least-once: requests in flight when the stream broke may be processed twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from privsplit.cloud.servicer import InferenceServicer, add_to_server
+
+    received: list[str] = []
+    drops = {"left": 2}
+
+    class Dropping(InferenceServicer):
+        def ModelStreamInfer(self, request_iterator, context):  # noqa: N802 (gRPC's naming)
+            def counted():
+                for request in request_iterator:
+                    received.append(request.id)
+                    yield request
+
+            for n, reply in enumerate(super().ModelStreamInfer(counted(), context)):
+                if n == 3 and drops["left"]:
+                    drops["left"] -= 1
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset (injected)")
+                yield reply
+
+    flaky = grpc.server(ThreadPoolExecutor(8))
+    add_to_server(Dropping(spec=server.spec, batcher=server.batcher, limits=server.config.batch, metrics=server.metrics,
+                           state=server.state), flaky)  # fmt: skip
+    port = flaky.add_insecure_port("127.0.0.1:0")
+    flaky.start()
+    imgs = images[0][:12]
+    try:
+        with EdgeClient(ClientConfig(target=f"127.0.0.1:{port}", retry=FAST)) as client:
+            replies = list(client.stream((f"r{i}", _one_request(pipe, imgs[i : i + 1], f"r{i}")) for i in range(12)))
+            assert client.retries == 2
+    finally:
+        flaky.stop(0)
+    assert [r.request_id for r in replies] == [f"r{i}" for i in range(12)] and all(r.ok for r in replies)
+    np.testing.assert_array_equal([int(r.prediction.label[0]) for r in replies], _expected(server, pipe, imgs))
+    assert sorted(set(received)) == sorted(f"r{i}" for i in range(12))
+    assert len(received) > 12  # at-least-once: the unanswered requests of each broken stream were sent again
+
+
+def _one_request(pipe, pixels, rid: str) -> bytes:
+    wire = pipe.encode(pixels)[1]
+    request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point,
+                               request_id=rid)  # fmt: skip
+    return request.to_proto().SerializeToString()

@@ -172,3 +172,64 @@ def test_flash_command(versions, tmp_path, capsys):
     assert main(["flash", str(versions["v1"]), "--to", "ftp://host/x"]) == 2
     assert main(["flash", str(versions["v1"]), "--to", str(device), "--identity", "k"]) == 2
     assert os.readlink(device / "current") == "releases/v1"
+
+
+def test_keep_n_keeps_n_after_rollbacks_and_a_re_flash(versions, tmp_path):
+    device = tmp_path / "device"
+    target = LocalTarget(device)
+    for v in ("v1", "v2", "v3"):
+        flash(versions[v], target, keep=3)
+    assert rollback(target).version == "v2" and rollback(target).version == "v1"
+    again = flash(versions["v3"], target, keep=3)  # the release rolled back from is still among the last 3
+    assert again.action is FlashAction.SWITCHED and again.removed == ()
+    assert _releases(device) == ["v1", "v2", "v3"] and sorted(again.kept) == ["v1", "v2", "v3"]
+    assert rollback(target).version == "v1"  # the rollback history still reaches back
+    assert flash(versions["v3"], target, keep=3).removed == ()
+    fourth = flash(versions["v4"], target, keep=3)  # least recently active: v2 (v1 and v3 were active since)
+    assert fourth.removed == ("v2",) and _releases(device) == ["v1", "v3", "v4"]
+    assert list(fourth.kept) == ["v1", "v3", "v4"] and _history(device)[-1] == "v4"
+
+
+def test_re_flashing_the_current_version_never_leaves_current_unresolved(versions, tmp_path):
+    """A reader resolving ``current`` in a tight loop while the damaged current release is re-flashed
+    finds a complete manifest every time (the old script moved releases/<v> aside first)."""
+    import threading
+
+    device = tmp_path / "device"
+    flash(versions["v1"], LocalTarget(device))
+    flash(versions["v2"], LocalTarget(device))
+    victim = device / "releases" / "v2" / "encoder-tflite-int8.tflite"
+    checks, misses, done = [0], [], threading.Event()
+
+    def reader():
+        while not done.is_set():
+            checks[0] += 1
+            if not (device / "current" / "manifest.json").is_file():
+                misses.append(os.readlink(device / "current") if (device / "current").is_symlink() else None)
+
+    for _ in range(3):
+        victim.write_bytes(victim.read_bytes()[:1000])  # damaged on the device: the re-flash re-uploads it
+        done.clear()
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            result = flash(versions["v2"], LocalTarget(device))
+        finally:
+            done.set()
+            thread.join()
+        assert result.action is FlashAction.INSTALLED and result.previous == "v2"
+        assert os.readlink(device / "current") == "releases/v2"
+        assert load_bundle(device / "current", kind=BundleKind.EDGE).version == "v2"
+    assert misses == [] and checks[0] > 100
+    assert _releases(device) == ["v1", "v2"]
+    assert not [p for p in (device / "releases").iterdir() if p.name.startswith(".")]
+
+
+def test_a_lock_left_without_an_owner_is_taken_over(versions, tmp_path):
+    """A flash killed between creating the lock and writing its owner leaves an ownerless lock: taken over."""
+    device = tmp_path / "device"
+    flash(versions["v1"], LocalTarget(device))
+    (device / ".privsplit-lock").mkdir()
+    assert flash(versions["v2"], LocalTarget(device)).action is FlashAction.INSTALLED
+    assert not (device / ".privsplit-lock").exists() and os.readlink(device / "current") == "releases/v2"
+    assert not [p for p in device.iterdir() if p.name.startswith(".privsplit-lock")]

@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) to verify the server: turns TLS on")
     c.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (PEM) for mutual TLS")
     c.add_argument("--tls-key", type=Path, metavar="F", help="client key (PEM) for mutual TLS")
+    c.add_argument("--tls-server-name", metavar="NAME",
+                   help="name to check the server certificate against (default: the host)")
+    c.add_argument("--insecure", action="store_true",
+                   help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
     add_json_out(c)
     c.set_defaults(handler=run_cloud)
@@ -62,18 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             importlib.import_module(f"privsplit.cli.{info.name}").register(bench_sub)
 
 
-def _read(path: Path | None, what: str) -> bytes | None:
-    from privsplit.errors import ConfigError
-
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
-
-
-def _request_spec(args, creds):
+def _request_spec(args, dial):
     """(feature shape, scale, zero point, encoder hash) from --bundle or from the server's metadata."""
     from privsplit.errors import ConfigError
 
@@ -91,35 +84,30 @@ def _request_spec(args, creds):
         return tuple(f.shape), f.scale, f.zero_point, encoder_hash
     if not args.encoder_hash:
         raise ConfigError("pass --bundle (the bundle the server runs) or --encoder-hash (an encoder hash it accepts)")
-    shape = _metadata_shape(args, creds)
+    shape = _metadata_shape(args, dial)
     return shape, 0.05, 0, args.encoder_hash
 
 
-def _metadata_shape(args, creds) -> tuple[int, int, int]:
+def _metadata_shape(args, dial) -> tuple[int, int, int]:
+    """The model's feature shape from ModelMetadata (gRPC's own retry policy rides out a brief UNAVAILABLE)."""
+    import dataclasses
+
     import grpc
 
-    from privsplit.cloud.loadgen import _channel
     from privsplit.errors import ConfigError
+    from privsplit.proto.channel import UnavailableRetry, dial as open_channel, rpc_error, stub
     from privsplit.proto.inference import open_inference_grpc_pb2 as pb
-    from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
     from privsplit.proto.messages import ModelMetadata
 
-    async def fetch():
-        channel = _channel(args.target, creds, 4 << 20)
-        try:
-            metadata = (("authorization", f"Bearer {creds.token}"),) if creds.token else None
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            return await stub.ModelMetadata(pb.ModelMetadataRequest(name=args.model_name), timeout=10, metadata=metadata)
-        finally:
-            await channel.close()
-
-    import asyncio
-
+    channel = open_channel(dataclasses.replace(dial, retry=UnavailableRetry()))
     try:
-        meta = ModelMetadata.from_proto(asyncio.run(fetch()))
-    except grpc.aio.AioRpcError as exc:
-        raise ConfigError(f"ModelMetadata from {args.target} failed: {exc.code().name}: {exc.details()}") from None
-    shape = meta.inputs[0].shape
+        request = pb.ModelMetadataRequest(name=args.model_name)
+        reply = stub(channel).ModelMetadata(request, timeout=10, metadata=dial.metadata)
+    except grpc.RpcError as exc:
+        raise ConfigError(f"ModelMetadata: {rpc_error(exc, args.target, timeout_s=10)}") from None
+    finally:
+        channel.close()
+    shape = ModelMetadata.from_proto(reply).inputs[0].shape
     if len(shape) != 4:
         raise ConfigError(f"{args.target}: model {args.model_name!r} input has shape {list(shape)}, expected [-1, C, h, w]")
     return tuple(int(d) for d in shape[1:])
@@ -129,19 +117,19 @@ def run_cloud(args: argparse.Namespace) -> int:
     import numpy as np
 
     from privsplit.cloud.config import read_token
-    from privsplit.cloud.loadgen import ClientCredentials, LoadSpec, run_load
+    from privsplit.cloud.loadgen import LoadSpec, run_load
     from privsplit.errors import ConfigError
+    from privsplit.proto.channel import ChannelTls, DialConfig, parse_target
     from privsplit.proto.wire import features_request
 
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
-    creds = ClientCredentials(
-        token=None if args.token_file is None else read_token(args.token_file), ca=_read(args.tls_ca, "--tls-ca"),
-        cert=_read(args.tls_cert, "--tls-cert"), key=_read(args.tls_key, "--tls-key"),
-    )  # fmt: skip
-    if args.tls_cert is not None and creds.ca is None:
+    parse_target(args.target, flag="--target")
+    if args.tls_ca is None and (args.tls_cert is not None or args.tls_key is not None):
         raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
-    shape, scale, zero_point, encoder_hash = _request_spec(args, creds)
+    tls = None if args.tls_ca is None else ChannelTls.from_files(args.tls_ca, args.tls_cert, args.tls_key,
+                                                                 server_name=args.tls_server_name)  # fmt: skip
+    token = None if args.token_file is None else read_token(args.token_file)
+    dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure)
+    shape, scale, zero_point, encoder_hash = _request_spec(args, dial)
     rng = np.random.default_rng(args.seed)
     features = rng.integers(-128, 128, size=(args.rows, *shape), dtype=np.int16).astype(np.int8)
     request = features_request(features, encoder_hash=encoder_hash, scale=scale, zero_point=zero_point,
@@ -152,7 +140,7 @@ def run_cloud(args: argparse.Namespace) -> int:
         print(f"concurrency {point.concurrency}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
               f"p99 {point.p99_ms:.3f} ms, errors {point.errors}", file=sys.stderr, flush=True)  # fmt: skip
 
-    result = run_load(spec, request, credentials=creds, label="bench cloud", progress=show)
+    result = run_load(spec, request, dial=dial, label="bench cloud", progress=show)
     print(result.summary())
     if args.json is not None:
         result.save(args.json)

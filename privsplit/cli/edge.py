@@ -31,6 +31,8 @@ def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--tls-cert", type=Path, metavar="F", help="device certificate (PEM) for mutual TLS")
     p.add_argument("--tls-key", type=Path, metavar="F", help="device private key (PEM) for mutual TLS")
     p.add_argument("--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +91,23 @@ def client_config(args: argparse.Namespace):
         except OSError as exc:
             raise ConfigError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
     return ClientConfig(target=args.server, tls=tls, token=token, timeout_s=args.timeout or 10.0,
-                        retry=RetryPolicy(attempts=args.retries + 1), model_name=args.model_name)  # fmt: skip
+                        retry=RetryPolicy(attempts=args.retries + 1), model_name=args.model_name,
+                        insecure=args.insecure)  # fmt: skip
+
+
+def check_edge_bundle_path(path: Path) -> None:
+    """Edge commands take OUT/edge or DEVICE/current: name the right folder when given another."""
+    from privsplit.errors import BundleError
+
+    if not path.exists():
+        raise BundleError(
+            f"edge bundle folder {path} does not exist: pass OUT/edge (from `privsplit export`) or DEVICE/current"
+        )
+    if (path / "releases").is_dir() and not (path / "manifest.json").exists():
+        hint = f"pass {path / 'current'}" if (path / "current").exists() else "flash a bundle there first"
+        raise BundleError(f"{path} is a device folder, not a bundle: {hint} (the active release)")
+    if (path / "edge").is_dir() and not (path / "manifest.json").exists():
+        raise BundleError(f"{path} is an export folder: pass {path / 'edge'} (or DEVICE/current)")
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -98,11 +116,15 @@ def run_infer(args: argparse.Namespace) -> int:
     from privsplit.edge.pipeline import EdgePipeline
 
     config = client_config(args)
+    check_edge_bundle_path(args.bundle)
     pipeline = EdgePipeline.open(args.bundle, trust_key=args.trust_key, encoder=args.encoder, runtime=args.runtime,
                                  threads=args.threads, seed=args.seed)  # fmt: skip
     with EdgeClient(config) as client:
         report = infer_inputs(pipeline, client, args.images, batch_size=args.batch_size, stream=args.stream, label_only=args.label_only)
     print(dumps(report.to_json()) if args.json else report.summary(), end="" if args.json else "\n")
+    if report.stopped_by:
+        print(f"privsplit edge infer: error: {report.stopped_by} ({report.skipped} input(s) skipped)", file=sys.stderr)
+        return 1
     errors = {r.error for r in report.results if not r.ok}
     if report.results and report.failed == len(report.results) and len(errors) == 1:
         print(f"privsplit edge infer: error: {errors.pop()}", file=sys.stderr)
@@ -113,6 +135,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from privsplit.edge.latency import BenchSpec, InputKind
     from privsplit.edge.latency import run_bench as bench
 
+    check_edge_bundle_path(args.bundle)
     spec = BenchSpec(
         runtime=args.runtime, encoder=args.encoder, threads=args.threads, warmup=args.warmup, runs=args.runs,
         max_seconds=args.max_seconds or None, server=args.server, input=InputKind.FRAME if args.frames else InputKind.FILE,

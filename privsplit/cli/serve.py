@@ -41,10 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-mb", type=non_negative_float, default=16.0, metavar="MB", help="max gRPC message size (default %(default)s MiB)")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="onnxruntime intra-op threads (default %(default)s)")
     p.add_argument("--workers", type=positive_int, default=128, metavar="N", help="gRPC worker threads = RPCs handled at once; each open stream holds one (default %(default)s)")
+    p.add_argument("--max-concurrent-rpcs", type=positive_int, metavar="N",
+                   help="RPCs in flight at once (open streams count); more are refused with RESOURCE_EXHAUSTED "
+                   "(default: --workers)")
     p.add_argument("--tls-cert", type=Path, metavar="F", help="server certificate chain (PEM); with --tls-key turns TLS on")
     p.add_argument("--tls-key", type=Path, metavar="F", help="server private key (PEM)")
     p.add_argument("--client-ca", type=Path, metavar="F", help="CA (PEM) client certificates must be signed by: mutual TLS")
     p.add_argument("--token-file", type=Path, metavar="F", help="file holding the bearer token clients must send as 'authorization: Bearer <token>'")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow --token-file without TLS on a non-loopback --host (refused by default: tokens "
+                   "would travel in plaintext)")
     p.add_argument("--metrics-port", type=_port, metavar="P", help="serve Prometheus metrics on http://HOST:P/metrics (0 picks a free port)")
     p.add_argument("--trust-key", type=Path, metavar="PUB", help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)")
     p.add_argument("--grace", type=non_negative_float, default=30.0, metavar="S", help="on SIGTERM, let in-flight requests finish for up to S s (default %(default)s)")
@@ -66,7 +72,7 @@ def build_config(args: argparse.Namespace):
         bundle=args.bundle, model_name=args.model_name, host=args.host, port=args.port, batch=batch, tls=tls,
         token=None if args.token_file is None else read_token(args.token_file), trust_key=args.trust_key,
         metrics_port=args.metrics_port, max_message_bytes=int(args.max_message_mb * 1024 * 1024), threads=args.threads, workers=args.workers,
-        grace_s=args.grace,
+        grace_s=args.grace, max_concurrent_rpcs=args.max_concurrent_rpcs, insecure=args.insecure,
     )  # fmt: skip
 
 
