@@ -97,7 +97,7 @@ class DistContext:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def _collective_device() -> torch.device:

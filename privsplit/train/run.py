@@ -112,6 +112,7 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
         run.path.mkdir(parents=True, exist_ok=True)
     result = train_split_model(model, data, split, config, seed=seed, progress=progress, policy=policy, dist=dist,
                                checkpointing=Checkpointing(run.path, identity, resume=resume))  # fmt: skip
+    _write_digest(result.model, dist)
     if not dist.is_main:
         dist.barrier()  # rank 0 writes the run folder
         return run
@@ -144,3 +145,22 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
         print(f"privsplit train: holdout accuracy {t['accuracy']:.4f} (members {t['accuracy_members']:.4f}, "
               f"majority {t['majority_baseline']:.4f}) -> {run.path}", file=sys.stderr, flush=True)
     return run
+
+
+DIGEST_ENV = "PRIVSPLIT_WEIGHT_DIGESTS"  # testing aid: a folder where every rank writes its weights' SHA-256
+
+
+def _write_digest(model, dist) -> None:
+    import hashlib
+    import os
+    from pathlib import Path
+
+    folder = os.environ.get(DIGEST_ENV)
+    if not folder:
+        return
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"rank{dist.rank}.sha256").write_text(h.hexdigest())
