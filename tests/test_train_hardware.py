@@ -153,3 +153,24 @@ def test_nproc_failure_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert "2-process training failed" in lines[0] and "unknown private attribute 'nope'" in lines[0]
+
+
+def test_quickstart_resume_continues_the_interrupted_training(tmp_path):
+    """Interrupted in its first training, a quickstart resumes that run from its checkpoint (not from scratch);
+    resuming with other options or without a quickstart there is a one-line error."""
+    out = str(tmp_path / "qs")
+    common = ("quickstart", "--smallest", "--epochs", "2", "--out", out)
+    proc = _cli(*common, env={STOP_ENV: "1"})
+    assert proc.returncode == 75 and proc.stderr.strip().splitlines()[-1].endswith(f"--resume --out {out}/runs/unprotected")
+    assert has_checkpoint(f"{out}/runs/unprotected")
+    proc = _cli(*common, "--resume", "--seed", "1")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "seed was 0, now 1" in lines[0]
+    proc = _cli("quickstart", "--out", str(tmp_path / "none"), "--resume")
+    assert proc.returncode == 2 and "holds no quickstart" in proc.stderr and proc.stderr.count("\n") == 1
+    # resume, stopping again after the protected model's first epoch (the unprotected one then completes)
+    proc = _cli(*common, "--resume", "--quiet", env={STOP_ENV: "1"})
+    assert proc.returncode == 75, proc.stderr
+    unprotected = RunFolder(f"{out}/runs/unprotected").read_json("metrics.json")
+    assert [h["epoch"] for h in unprotected["history"]] == [1, 2] and not has_checkpoint(f"{out}/runs/unprotected")
+    assert has_checkpoint(f"{out}/runs/protected") and not (tmp_path / "qs" / "runs" / "protected" / "metrics.json").exists()

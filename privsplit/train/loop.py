@@ -212,7 +212,7 @@ def _restore(checkpointing, model, opt, sched, head_opt, config: TrainConfig) ->
     sched.load_state_dict(meta["scheduler"])
     best = saved.group("best")
     epoch = int(meta["epoch"])
-    if epoch >= config.epochs + config.head_finetune_epochs:
+    if epoch > config.epochs + config.head_finetune_epochs:
         raise ckpt.RunError(f"--resume: {checkpointing.run_path}'s checkpoint is after its last epoch; train without --resume")
     return _State(
         epoch=epoch,
