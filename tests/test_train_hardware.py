@@ -159,7 +159,7 @@ def test_quickstart_resume_continues_the_interrupted_training(tmp_path):
     """Interrupted in its first training, a quickstart resumes that run from its checkpoint (not from scratch);
     resuming with other options or without a quickstart there is a one-line error."""
     out = str(tmp_path / "qs")
-    common = ("quickstart", "--smallest", "--epochs", "2", "--out", out)
+    common = ("quickstart", "--smallest", "--epochs", "2", "--limit", "500", "--out", out)
     proc = _cli(*common, env={STOP_ENV: "1"})
     assert proc.returncode == 75 and proc.stderr.strip().splitlines()[-1].endswith(f"--resume --out {out}/runs/unprotected")
     assert has_checkpoint(f"{out}/runs/unprotected")

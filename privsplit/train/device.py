@@ -88,6 +88,12 @@ class DevicePolicy:
     def accelerator(self) -> bool:
         return self.device.type != "cpu"
 
+    def prepare(self) -> None:
+        """Seeded runs reproducible on this device too: deterministic cuDNN kernels, no autotuning."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
     def autocast(self):
         """Mixed precision around a forward pass (a no-op in float32)."""
         if self.precision is Precision.FLOAT32:

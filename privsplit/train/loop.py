@@ -104,6 +104,7 @@ def train_split_model(
     """Train ``model`` on the ``members`` part; select on ``reference``; return it on the CPU with its history."""
     policy = policy or DevicePolicy(torch.device("cpu"))
     device = policy.device
+    policy.prepare()
     model.to(device)
     members, reference = split[Part.MEMBERS], split[Part.REFERENCE]
     if len(reference) == 0:  # selection falls back on the members themselves
