@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.probe_epochs > 0:
                 row = probe(row, args.probe_epochs)
             rows.append(row)
-            print(f"{target} {mode}: {row['train_s']:.1f} s, task acc {row['task_accuracy']:.4f}", file=sys.stderr, flush=True)
+            print(f"{target} {mode}: {json.dumps(row)}", file=sys.stderr, flush=True)
     rows = compare(rows)
     result = {"rows": rows, "goal_gpu_celeba_s": GOAL_GPU_CELEBA_S, "accelerator": accelerator_present()}
     text = json.dumps(result, indent=2)
