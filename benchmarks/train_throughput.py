@@ -95,28 +95,35 @@ def compare(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'target':<8}{'mode':<13}{'device':<20}{'proc':>5}{'train s':>9}{'img/s':>8}{'task acc':>9}{'d task':>8}{'attr BA':>9}{'d BA':>8}{'+-':>7}"
-    lines = [head]
+    def f(r: dict, k: str) -> str:
+        if r.get(k) is None:
+            return "-"
+        return f"{r[k]:+.3f}" if k.endswith("delta") else f"{r[k]:.3f}"
+
+    lines = [f"{'target':<8}{'mode':<13}{'device':<20}{'proc':>5}{'train s':>9}{'img/s':>8}"
+             f"{'task acc':>9}{'d task':>8}{'attr BA':>9}{'d BA':>8}{'+-':>7}"]  # fmt: skip
     for r in rows:
-        f = lambda k, d=3: "-" if r.get(k) is None else f"{r[k]:+.{d}f}" if k.endswith("delta") else f"{r[k]:.{d}f}"  # noqa: E731
-        lines.append(f"{r['target']:<8}{r['mode']:<13}{r['device']:<20}{r['processes']:>5}{r['train_s']:>9.1f}{r['images_per_s']:>8.0f}"
-                     f"{f('task_accuracy'):>9}{f('task_accuracy_delta'):>8}{f('attacker_balanced_accuracy'):>9}{f('attacker_delta'):>8}"
-                     f"{f('attacker_interval'):>7}")  # fmt: skip
+        lines.append(f"{r['target']:<8}{r['mode']:<13}{r['device']:<20}{r['processes']:>5}{r['train_s']:>9.1f}"
+                     f"{r['images_per_s']:>8.0f}{f(r, 'task_accuracy'):>9}{f(r, 'task_accuracy_delta'):>8}"
+                     f"{f(r, 'attacker_balanced_accuracy'):>9}{f(r, 'attacker_delta'):>8}"
+                     f"{f(r, 'attacker_interval'):>7}")  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="digits", help="comma-separated: digits, celeba (default %(default)s)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: cpu-1, cpu-2, accelerator (default all)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma-separated: cpu-1, cpu-2, accelerator (default all)")  # fmt: skip
     parser.add_argument("--epochs", type=int, help="joint epochs (default: the protected recipe's 20)")
     parser.add_argument("--head-epochs", type=int, help="head fine-tune epochs (default: the recipe's 5)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each dataset")
-    parser.add_argument("--probe-epochs", type=int, default=30, help="attribute attackers' budget (default %(default)s; 0: no probe)")
+    parser.add_argument("--probe-epochs", type=int, default=30,
+                        help="attribute attackers' budget (default %(default)s; 0: no probe)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
-    extra = [flag for flag, v in (("--epochs", args.epochs), ("--head-epochs", args.head_epochs), ("--limit", args.limit))
-             if v is not None for flag in (flag, str(v))]  # fmt: skip
+    options = (("--epochs", args.epochs), ("--head-epochs", args.head_epochs), ("--limit", args.limit))
+    extra = [text for flag, v in options if v is not None for text in (flag, str(v))]
     targets = [t for t in args.targets.split(",") if t]
     if "celeba" in targets and not (CELEBA / "list_attr_celeba.txt").is_file():
         print(f"CelebA 10k not found at {CELEBA}: skipped", file=sys.stderr)

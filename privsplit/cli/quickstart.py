@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smallest", action="store_true", help="the cheapest settings that still tell the story (few epochs, short measurements)")
     p.add_argument("--force", action="store_true", help="replace a previous quickstart in DIR")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted quickstart in DIR (same options): trained models and probes are kept, an "
-                   "interrupted training continues from its last epoch checkpoint, the export and later stages run again")  # fmt: skip
+                   help="continue an interrupted quickstart in DIR (same options): trained models and probes are "
+                   "kept, an interrupted training continues from its last epoch checkpoint, the export and later "
+                   "stages run again")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
 

@@ -44,10 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="0.4,0.2,0.2,0.2", metavar="F,F,F,F", help="fractions members,reference,holdout,attacker (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and noise (default %(default)s)")
     p.add_argument("--unprotected", action="store_true", help="train the unprotected baseline (adversaries and noise off, 32 feature channels)")
-    p.add_argument("--epochs", type=positive_int, help="joint epochs of encoder, server layers and adversaries (default 20)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="joint epochs of encoder, server layers and adversaries (default 20)")  # fmt: skip
     p.add_argument("--head-epochs", type=non_negative_int, metavar="N",
-                   help="then N epochs that retrain the server layers alone on the frozen encoder, the best on reference kept "
-                   "(default 5 protected, 0 with --unprotected)")  # fmt: skip
+                   help="then N epochs that retrain the server layers alone on the frozen encoder, the best on "
+                   "reference kept (default 5 protected, 0 with --unprotected)")  # fmt: skip
     p.add_argument("--adv-weight", type=non_negative_float, metavar="F", help="weight of the attribute adversaries' term (default 3; 0 = off)")
     p.add_argument("--rec-weight", type=non_negative_float, metavar="F", help="weight of the reconstruction adversary's term (default 0 = off)")
     p.add_argument("--noise", type=non_negative_float, metavar="SIGMA", help="channel noise sigma, in units of the features' std (default 1.0)")
@@ -58,10 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 128)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default 2e-3)")
     p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where to train: auto picks a CUDA or Apple MPS accelerator when present, else the CPU (default %(default)s)")
+                   help="where to train: auto picks a CUDA or Apple MPS accelerator when present, else the CPU "
+                   "(default %(default)s)")
     p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
-                   help="train one model in N processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on GPUs; default 1)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last epoch checkpoint")
+                   help="train one model in N processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on "
+                   "GPUs; default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last epoch checkpoint")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
     _PARSER_ACTIONS[:] = p._actions
@@ -131,7 +135,8 @@ def _launch(args: argparse.Namespace) -> int:
         if args.nproc > torch.cuda.device_count():
             from privsplit.errors import ConfigError
 
-            raise ConfigError(f"--nproc {args.nproc} on CUDA needs {args.nproc} GPUs; this machine has {torch.cuda.device_count()}")
+            count = torch.cuda.device_count()
+            raise ConfigError(f"--nproc {args.nproc} on CUDA needs {args.nproc} GPUs; this machine has {count}")
     argv = ["train"]
     for action in _PARSER_ACTIONS:
         value = getattr(args, action.dest, None)

@@ -44,13 +44,17 @@ _REMADE_ON_RESUME = ("export", "device", "keys", "measure", "plots")
 def _check_resume(layout: QuickstartLayout, config: QuickstartConfig) -> None:
     """``--resume``: the folder must hold a quickstart started with the same options."""
     if not layout.state.is_file():
-        raise ConfigError(f"--resume: {layout.root} holds no quickstart (no quickstart.json); start one without --resume")
+        raise ConfigError(
+            f"--resume: {layout.root} holds no quickstart (no quickstart.json); start one without --resume"
+        )
     saved = json.loads(layout.state.read_text()).get("config", {})
     wanted = config.to_json()
     diff = [k for k in sorted(set(saved) | set(wanted)) if k != "progress" and saved.get(k) != wanted.get(k)]
     if diff:
         changes = ", ".join(f"{k} was {saved.get(k)!r}, now {wanted.get(k)!r}" for k in diff[:3])
-        raise ConfigError(f"--resume: {layout.root} was started with other options ({changes}); resume with the same ones")
+        raise ConfigError(
+            f"--resume: {layout.root} was started with other options ({changes}); resume with the same ones"
+        )
     for name in _REMADE_ON_RESUME:
         shutil.rmtree(layout.root / name, ignore_errors=True)
 
@@ -168,7 +172,8 @@ def _purify(config, layout, log) -> None:
     kept = folder.has("purifier.json") and folder.has("purifier.safetensors") and folder.has("probe_outputs.json")
     with log.stage("train purifier") as st:
         if not kept:  # else kept from the interrupted quickstart (--resume)
-            train_purifier(folder, PurifierTrainConfig(epochs=config.purifier_epochs, seed=config.seed), progress=config.progress)
+            purifier_config = PurifierTrainConfig(epochs=config.purifier_epochs, seed=config.seed)
+            train_purifier(folder, purifier_config, progress=config.progress)
         st.detail = "on the protected model's reference outputs" + (" (kept)" if kept else "")
     with log.stage("output-leakage probe (membership inference, inversion)") as st:
         if kept:

@@ -88,7 +88,7 @@ def load_checkpoint(run_path: str | Path, identity: dict[str, Any]) -> Checkpoin
             old.rename(folder)
         else:
             done = (Path(run_path) / "metrics.json").is_file()
-            why = "the run completed (metrics.json is there); nothing to resume" if done else "no epoch finished there yet"
+            why = "the run completed (metrics.json is there); nothing to resume" if done else "no epoch finished yet"
             raise RunError(f"--resume: {folder} has no checkpoint ({why}); train without --resume")
     try:
         meta = json.loads((folder / "checkpoint.json").read_text())
@@ -96,7 +96,9 @@ def load_checkpoint(run_path: str | Path, identity: dict[str, Any]) -> Checkpoin
     except (OSError, ValueError) as exc:
         raise RunError(f"--resume: {folder} is damaged ({exc}); train again without --resume") from exc
     if meta.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-        raise RunError(f"--resume: {folder} has checkpoint schema {meta.get('schema_version')}; train again without --resume")
+        raise RunError(
+            f"--resume: {folder} has checkpoint schema {meta.get('schema_version')}; train again without --resume"
+        )
     saved = meta.get("identity", {})
     if saved != identity:
         diff = sorted(_differences(saved, identity))

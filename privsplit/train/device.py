@@ -62,11 +62,15 @@ def resolve_device(kind: DeviceKind | str, *, local_rank: int = 0) -> torch.devi
             )
         count = torch.cuda.device_count()
         if local_rank >= count:
-            raise ConfigError(f"process {local_rank} needs a GPU but this machine has {count}: lower --nproc to {count}")
+            raise ConfigError(
+                f"process {local_rank} needs a GPU but this machine has {count}: lower --nproc to {count}"
+            )
         return torch.device("cuda", local_rank)
     if kind is DeviceKind.MPS:
         if not _mps_available():
-            raise ConfigError("--device mps: this torch build or machine has no Apple MPS device; use --device cpu or auto")
+            raise ConfigError(
+                "--device mps: this torch build or machine has no Apple MPS device; use --device cpu or auto"
+            )
         return torch.device("mps")
     return torch.device("cpu")
 

@@ -121,7 +121,9 @@ def init_from_env(device_type: str) -> DistContext:
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         if device_type == "mps":
-            raise ConfigError("several processes on Apple MPS are not supported by torch: use --nproc 1 or --device cpu")
+            raise ConfigError(
+                "several processes on Apple MPS are not supported by torch: use --nproc 1 or --device cpu"
+            )
         dist.init_process_group(backend=backend)
     if device_type == "cpu":
         torch.set_num_threads(1)  # one core per rank; torchrun sets OMP_NUM_THREADS=1 too
@@ -145,8 +147,8 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc),
-           "-m", "privsplit.cli.main", *module_args]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+           "--nproc-per-node", str(nproc), "-m", "privsplit.cli.main", *module_args]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     errors: list[str] = []

@@ -29,7 +29,15 @@ from privsplit.data import Dataset, Part, Split
 from privsplit.models import SplitModel
 from privsplit.progress import progress_bar
 from privsplit.train import checkpoint as ckpt
-from privsplit.train.adversarial import EpochStats, TrainResult, _Adversaries, describe, log, predict, recalibrate_batchnorm
+from privsplit.train.adversarial import (
+    EpochStats,
+    TrainResult,
+    _Adversaries,
+    describe,
+    log,
+    predict,
+    recalibrate_batchnorm,
+)
 from privsplit.train.config import TrainConfig
 from privsplit.train.device import BatchFeeder, DevicePolicy
 from privsplit.train.distributed import DistContext
@@ -121,7 +129,8 @@ def train_split_model(
     params = list(model.encoder.parameters()) + list(model.head.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(members) / config.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch + 1, pct_start=0.15)
+    total_steps = config.epochs * steps_per_epoch + 1
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.15)
     head_opt = torch.optim.AdamW(model.head.parameters(), lr=config.lr * 0.25, weight_decay=config.weight_decay)
 
     state = _State(selected=config.epochs)
@@ -175,7 +184,8 @@ def _end_epoch(state, stats, checkpointing, dist, model, opt, sched, head_opt, p
     dist.barrier()
     if ckpt.stop_requested(stats.epoch):
         raise ckpt.TrainingStopped(
-            f"stopped after epoch {stats.epoch} as {ckpt.STOP_ENV} asks; continue with --resume --out {checkpointing.run_path}"
+            f"stopped after epoch {stats.epoch} as {ckpt.STOP_ENV} asks; "
+            f"continue with --resume --out {checkpointing.run_path}"
         )
 
 
@@ -214,7 +224,9 @@ def _restore(checkpointing, model, opt, sched, head_opt, config: TrainConfig) ->
     best = saved.group("best")
     epoch = int(meta["epoch"])
     if epoch > config.epochs + config.head_finetune_epochs:
-        raise ckpt.RunError(f"--resume: {checkpointing.run_path}'s checkpoint is after its last epoch; train without --resume")
+        raise ckpt.RunError(
+            f"--resume: {checkpointing.run_path}'s checkpoint is after its last epoch; train without --resume"
+        )
     return _State(
         epoch=epoch,
         history=[EpochStats(**h) for h in meta["history"]],
@@ -261,13 +273,16 @@ class _Loop:
             # encoder pass per warm-up step), then keep them in step with the encoder below
             pool = self.members[rng.permutation(len(self.members))[: 8 * config.batch_size]]
             with torch.no_grad(), self.policy.autocast():
-                z_pool = torch.cat([model.features(_augment(feeder.gather(pool[i : i + 256]), _flips(len(pool[i : i + 256]), self.hflip)))
-                                    for i in range(0, len(pool), 256)]).float()  # fmt: skip
+                chunks = [pool[i : i + 256] for i in range(0, len(pool), 256)]
+                z_pool = torch.cat(
+                    [model.features(_augment(feeder.gather(c), _flips(len(c), self.hflip))) for c in chunks]
+                ).float()
             for _ in range(config.adv_warmup_steps):
                 j = dist.shard(rng.integers(0, len(pool), size=min(config.batch_size, len(pool))))
                 _, p = self._labels(pool[j])
                 with self.policy.autocast():
-                    adv.step(z_pool[torch.as_tensor(j).to(self.device)], p, feeder.pixels(pool[j]) if adv.use_rec else None)
+                    px = feeder.pixels(pool[j]) if adv.use_rec else None
+                    adv.step(z_pool[torch.as_tensor(j).to(self.device)], p, px)
         sums = np.zeros(8)  # ce*n, priv*n, correct, n, adv_loss, adv_acc, rec, adv_n
         batches = _batches(len(self.members), config.batch_size, rng, dist.world)
         flips = [_flips(len(b), self.hflip) for b in batches]  # global draws: the same on every rank
@@ -296,7 +311,8 @@ class _Loop:
             loss.backward()
             opt.step()
             sched.step()
-            sums[:4] += (float(ce.item()) * len(idx), float(priv.item()) * len(idx), int((logits.argmax(1) == y).sum()), len(idx))
+            correct = int((logits.argmax(1) == y).sum())
+            sums[:4] += (float(ce.item()) * len(idx), float(priv.item()) * len(idx), correct, len(idx))
             bar.set_postfix(acc=f"{sums[2] / sums[3]:.3f}")
         self._recalibrate(rng)
         ce_n, priv_n, correct, n, a_loss, a_acc, rec, adv_n = dist.sum(sums.tolist())

@@ -99,8 +99,8 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
     if progress:
         sizes = ", ".join(f"{k} {v}" for k, v in split.sizes().items())
         procs = f", {dist.world} processes" if dist.active else ""
-        print(f"privsplit train: {data.source} task={data.task} private={data.private} "
-              f"{data.image_size}px, {len(data)} images ({sizes}) on {policy.describe()}{procs}", file=sys.stderr, flush=True)
+        print(f"privsplit train: {data.source} task={data.task} private={data.private} {data.image_size}px, "
+              f"{len(data)} images ({sizes}) on {policy.describe()}{procs}", file=sys.stderr, flush=True)
     run_config = RunConfig(
         data=DataConfig(spec=data_spec, task=data.task, private=data.private, image_size=data.image_size, limit=limit),
         model=model_config,
