@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--load-seconds", type=non_negative_float, default=3.0, metavar="S", help="seconds of cloud load per concurrency level (default %(default)s)")
     p.add_argument("--smallest", action="store_true", help="the cheapest settings that still tell the story (few epochs, short measurements)")
     p.add_argument("--force", action="store_true", help="replace a previous quickstart in DIR")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted quickstart in DIR (same options): trained models and probes are "
+                   "kept, an interrupted training continues from its last epoch checkpoint, the export and later "
+                   "stages run again")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
 
@@ -72,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
                                   edge_runs=args.edge_runs, load_seconds=args.load_seconds or 3.0, **options)  # fmt: skip
     changes = {"epochs": args.epochs, "probe_epochs": args.probe_epochs}
     config = config.with_(**{k: v for k, v in changes.items() if v is not None})
-    html = run_quickstart(config, force=args.force)
+    if args.force and args.resume:
+        from privsplit.errors import ConfigError
+
+        raise ConfigError("--force replaces the quickstart that --resume continues: give one of them")
+    html = run_quickstart(config, force=args.force, resume=args.resume)
     print(f"report: {html}")
     print(f"        {html.with_suffix('.md')}")
     print(f"        {html.parent / 'summary.json'}")

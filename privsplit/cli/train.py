@@ -9,6 +9,21 @@ from pathlib import Path
 
 from privsplit.cli._common import non_negative_float, positive_int
 
+DEVICES = ("auto", "cpu", "cuda", "mps")  # privsplit.train.device.DeviceKind, without importing torch here
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+_PARSER_ACTIONS: list = []
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="0.4,0.2,0.2,0.2", metavar="F,F,F,F", help="fractions members,reference,holdout,attacker (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and noise (default %(default)s)")
     p.add_argument("--unprotected", action="store_true", help="train the unprotected baseline (adversaries and noise off, 32 feature channels)")
-    p.add_argument("--epochs", type=positive_int, help="training epochs (default 20)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="joint epochs of encoder, server layers and adversaries (default 20)")  # fmt: skip
+    p.add_argument("--head-epochs", type=non_negative_int, metavar="N",
+                   help="then N epochs that retrain the server layers alone on the frozen encoder, the best on "
+                   "reference kept (default 5 protected, 0 with --unprotected)")  # fmt: skip
     p.add_argument("--adv-weight", type=non_negative_float, metavar="F", help="weight of the attribute adversaries' term (default 3; 0 = off)")
     p.add_argument("--rec-weight", type=non_negative_float, metavar="F", help="weight of the reconstruction adversary's term (default 0 = off)")
     p.add_argument("--noise", type=non_negative_float, metavar="SIGMA", help="channel noise sigma, in units of the features' std (default 1.0)")
@@ -39,8 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-point", type=positive_int, metavar="K", help="number of blocks on the device (default: architecture's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 128)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default 2e-3)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to train: auto picks a CUDA or Apple MPS accelerator when present, else the CPU "
+                   "(default %(default)s)")
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="train one model in N processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on "
+                   "GPUs; default 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last epoch checkpoint")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
+    _PARSER_ACTIONS[:] = p._actions
 
 
 def build_config(args: argparse.Namespace):
@@ -49,6 +77,7 @@ def build_config(args: argparse.Namespace):
     config = TrainConfig.unprotected() if args.unprotected else TrainConfig()
     changes = {
         "epochs": args.epochs,
+        "head_finetune_epochs": args.head_epochs,
         "adv_weight": args.adv_weight,
         "rec_weight": args.rec_weight,
         "noise_sigma": args.noise,
@@ -65,10 +94,14 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from privsplit.data import SplitFractions
     from privsplit.train import train_run
+    from privsplit.train.distributed import under_torchrun
 
     if args.quiet:
         os.environ["PRIVSPLIT_PROGRESS"] = "0"  # the loaders' image-decoding bars too
     config = build_config(args)
+    fractions = SplitFractions.parse(args.split)
+    if args.nproc > 1 and not under_torchrun():
+        return _launch(args)
     run_folder = train_run(
         args.data,
         args.out,
@@ -77,10 +110,38 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         limit=args.limit,
         seed=args.seed,
-        fractions=SplitFractions.parse(args.split),
+        fractions=fractions,
         config=config,
         progress=not args.quiet,
+        device=args.device,
+        resume=args.resume,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports
     metrics = run_folder.read_json("metrics.json")
     print(json.dumps({"run": str(run_folder.path), "task": metrics["task"], "selected_epoch": metrics["selected_epoch"]}))
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Re-run this very command in ``--nproc`` processes under torchrun (validated here first)."""
+    from privsplit.train.device import resolve_device
+    from privsplit.train.distributed import launch
+
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        import torch
+
+        if args.nproc > torch.cuda.device_count():
+            from privsplit.errors import ConfigError
+
+            count = torch.cuda.device_count()
+            raise ConfigError(f"--nproc {args.nproc} on CUDA needs {args.nproc} GPUs; this machine has {count}")
+    argv = ["train"]
+    for action in _PARSER_ACTIONS:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("nproc", "help") or value is None or value is False:
+            continue
+        flag = action.option_strings[-1]
+        argv += [flag] if value is True else [flag, str(value)]
+    return launch(args.nproc, argv)

@@ -113,7 +113,10 @@ class SplitModel(nn.Module):
     def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.config.noise_sigma <= 0:
             return z
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        if generator is not None and generator.device != z.device:  # seeded CPU noise, the same on every device
+            noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=generator.device).to(z.device)
+        else:
+            noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         return z + self.config.noise_sigma * noise
 
     def features(self, x: torch.Tensor, *, noise: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -24,7 +24,10 @@ from privsplit.results import save_json
 _RUNTIME_ENCODER = {"litert": "tflite-int8", "tflite-runtime": "tflite-int8", "onnxruntime": "onnx-int8"}
 
 
-def _prepare(root: Path, force: bool) -> None:
+def _prepare(root: Path, force: bool, resume: QuickstartConfig | None = None) -> None:
+    if resume is not None:
+        _check_resume(QuickstartLayout(root), resume)
+        return
     if root.exists() and any(root.iterdir()):
         if not force:
             raise ConfigError(f"{root} exists and is not empty: choose a new --out, or pass --force to replace a previous quickstart there")
@@ -32,6 +35,34 @@ def _prepare(root: Path, force: bool) -> None:
             raise ConfigError(f"{root} is not a quickstart folder (no quickstart.json): refusing to delete it even with --force")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+
+
+# Made again on --resume (cheap next to training; the signing key and the bundles go together).
+_REMADE_ON_RESUME = ("export", "device", "keys", "measure", "plots")
+
+
+def _check_resume(layout: QuickstartLayout, config: QuickstartConfig) -> None:
+    """``--resume``: the folder must hold a quickstart started with the same options."""
+    if not layout.state.is_file():
+        raise ConfigError(
+            f"--resume: {layout.root} holds no quickstart (no quickstart.json); start one without --resume"
+        )
+    saved = json.loads(layout.state.read_text()).get("config", {})
+    wanted = config.to_json()
+    diff = [k for k in sorted(set(saved) | set(wanted)) if k != "progress" and saved.get(k) != wanted.get(k)]
+    if diff:
+        changes = ", ".join(f"{k} was {saved.get(k)!r}, now {wanted.get(k)!r}" for k in diff[:3])
+        raise ConfigError(
+            f"--resume: {layout.root} was started with other options ({changes}); resume with the same ones"
+        )
+    for name in _REMADE_ON_RESUME:
+        shutil.rmtree(layout.root / name, ignore_errors=True)
+
+
+def _run_complete(path: Path) -> bool:
+    from privsplit.train.checkpoint import has_checkpoint
+
+    return (path / "metrics.json").is_file() and not has_checkpoint(path)
 
 
 def _models(config: QuickstartConfig):
@@ -46,12 +77,16 @@ def _models(config: QuickstartConfig):
     return models
 
 
-def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
-    """Run every stage into ``config.out`` and build the report; returns the report's HTML path."""
+def run_quickstart(config: QuickstartConfig, *, force: bool = False, resume: bool = False) -> Path:
+    """Run every stage into ``config.out`` and build the report; returns the report's HTML path.
+
+    ``resume``: continue an interrupted quickstart in ``config.out`` (same options): trained models and
+    their probes are kept, an interrupted training resumes from its epoch checkpoint, and the stages
+    from the export on run again."""
     from privsplit.report.build import build_report
 
     layout = QuickstartLayout(config.out)
-    _prepare(layout.root, force)
+    _prepare(layout.root, force, config if resume else None)
     models = _models(config)
     state: dict = {
         "schema_version": QUICKSTART_SCHEMA_VERSION, "kind": "quickstart", "privsplit": __version__,
@@ -83,14 +118,23 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
 def _train(config, layout, models, log, state) -> None:
     from privsplit.train import train_run
 
+    from privsplit.run import RunFolder
+    from privsplit.train.checkpoint import has_checkpoint
+
     for name, train_config in models:
+        path = layout.run(name)
         with log.stage(f"train {name} model") as st:
-            folder = train_run(
-                config.data, layout.run(name), task=config.task, private=config.private, image_size=config.image_size,
-                limit=config.limit, seed=config.seed, config=train_config, progress=config.progress,
-            )  # fmt: skip
+            kept = _run_complete(path)
+            if kept:
+                folder = RunFolder(path)
+            else:
+                folder = train_run(
+                    config.data, path, task=config.task, private=config.private, image_size=config.image_size,
+                    limit=config.limit, seed=config.seed, config=train_config, progress=config.progress,
+                    resume=has_checkpoint(path),
+                )  # fmt: skip
             acc = folder.read_json("metrics.json")["task"]["accuracy"]
-            st.detail = f"holdout task accuracy {acc:.3f}"
+            st.detail = f"holdout task accuracy {acc:.3f}" + (" (kept from the interrupted quickstart)" if kept else "")
         state["models"].append({"name": name, "run": str(layout.run(name).relative_to(layout.root)), "adv_weight": train_config.adv_weight,
                                 "noise_sigma": train_config.noise_sigma, "feature_channels": train_config.feature_channels})  # fmt: skip
 
@@ -108,7 +152,13 @@ def _probe_features(config, layout, models, log) -> None:
     with log.stage(f"feature-leakage probe of {len(models)} models") as st:
         found = []
         for name, _ in models:
-            result = probe_run_features(layout.run(name), _feature_spec(config), progress=config.progress)
+            saved = layout.run(name) / "probe_features.json"
+            if saved.is_file():  # kept on --resume
+                from privsplit.probes.feature_results import FeatureLeakageResult
+
+                result = FeatureLeakageResult.load(saved)
+            else:
+                result = probe_run_features(layout.run(name), _feature_spec(config), progress=config.progress)
             found.append(f"{name} {result.attribute.balanced_accuracy:.3f}" if result.attribute else name)
         st.detail = "attribute attacker: " + ", ".join(found)
 
@@ -119,12 +169,20 @@ def _purify(config, layout, log) -> None:
     from privsplit.train.purifier import PurifierTrainConfig, train_purifier
 
     folder = RunFolder(layout.run(PROTECTED)).check()
+    kept = folder.has("purifier.json") and folder.has("purifier.safetensors") and folder.has("probe_outputs.json")
     with log.stage("train purifier") as st:
-        train_purifier(folder, PurifierTrainConfig(epochs=config.purifier_epochs, seed=config.seed), progress=config.progress)
-        st.detail = "on the protected model's reference outputs"
+        if not kept:  # else kept from the interrupted quickstart (--resume)
+            purifier_config = PurifierTrainConfig(epochs=config.purifier_epochs, seed=config.seed)
+            train_purifier(folder, purifier_config, progress=config.progress)
+        st.detail = "on the protected model's reference outputs" + (" (kept)" if kept else "")
     with log.stage("output-leakage probe (membership inference, inversion)") as st:
-        result = probe_outputs(folder, OutputProbeSpec(seed=config.seed, progress=config.progress))
-        result.save(folder.file("probe_outputs.json"))
+        if kept:
+            from privsplit.probes.output_results import OutputProbeResult
+
+            result = OutputProbeResult.load(folder.file("probe_outputs.json"))
+        else:
+            result = probe_outputs(folder, OutputProbeSpec(seed=config.seed, progress=config.progress))
+            result.save(folder.file("probe_outputs.json"))
         st.detail = f"best attack AUC {result.mia.best.auc:.3f} -> {result.mia_purified.best.auc:.3f} with purifier"
 
 

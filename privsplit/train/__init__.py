@@ -1,7 +1,8 @@
 """Training: adversarial split-model training (Privacy Partitioning) and the purifier."""
 
-from privsplit.train.adversarial import EpochStats, TrainResult, accuracy, predict, train_split_model
+from privsplit.train.adversarial import EpochStats, TrainResult, accuracy, predict
 from privsplit.train.config import AdversaryLoss, TrainConfig
+from privsplit.train.loop import train_split_model
 from privsplit.train.run import train_run
 
 __all__ = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -12,8 +13,12 @@ from privsplit.data import Part, SplitFractions, load_dataset, make_split
 from privsplit.errors import ConfigError
 from privsplit.models import Arch, ModelConfig, build_split_model
 from privsplit.run import DataConfig, RunConfig, RunFolder
-from privsplit.train.adversarial import accuracy, train_split_model
+from privsplit.train import checkpoint as ckpt
+from privsplit.train import distributed
+from privsplit.train.adversarial import accuracy
 from privsplit.train.config import TrainConfig
+from privsplit.train.device import DeviceKind, DevicePolicy, resolve_device
+from privsplit.train.loop import Checkpointing, train_split_model
 
 METRICS_SCHEMA_VERSION = 1
 
@@ -38,9 +43,36 @@ def train_run(
     fractions: SplitFractions = SplitFractions(),
     config: TrainConfig = TrainConfig(),
     progress: bool = True,
+    device: DeviceKind | str = DeviceKind.CPU,
+    resume: bool = False,
 ) -> RunFolder:
-    """Load the data, split it, train the split model and write the run folder."""
+    """Load the data, split it, train the split model and write the run folder.
+
+    ``device``: where to train (``auto`` picks an accelerator when there is one). Under torchrun
+    (``WORLD_SIZE`` > 1) every process calls this and one model is trained with DDP; only rank 0
+    writes. An epoch checkpoint is kept in ``RUN/checkpoint/`` while the run is under way;
+    ``resume=True`` continues from it.
+    """
     started = time.perf_counter()
+    run = RunFolder(out_dir)
+    if not resume and ckpt.has_checkpoint(run.path):
+        raise ConfigError(
+            f"{run.path} holds an interrupted run (checkpoint/): continue it with --resume, or choose a new --out"
+        )
+    target = resolve_device(device, local_rank=distributed.local_rank_from_env())
+    created = not distributed.dist.is_initialized()
+    dist = distributed.init_from_env(target.type)
+    try:
+        return _train_run(data_spec, run, task=task, private=private, image_size=image_size, limit=limit, seed=seed,
+                          fractions=fractions, config=config, progress=progress and dist.is_main, resume=resume,
+                          policy=DevicePolicy.for_device(target), dist=dist, started=started)  # fmt: skip
+    finally:
+        if created:
+            distributed.shutdown()
+
+
+def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fractions, config, progress, resume, policy,
+               dist, started) -> RunFolder:  # fmt: skip
     data = load_dataset(data_spec, task=task, private=private, image_size=image_size, limit=limit)
     split = make_split(len(data), fractions, seed=seed)
     members = split[Part.MEMBERS]
@@ -66,20 +98,25 @@ def train_run(
     model = build_split_model(model_config)
     if progress:
         sizes = ", ".join(f"{k} {v}" for k, v in split.sizes().items())
-        print(f"privsplit train: {data.source} task={data.task} private={data.private} "
-              f"{data.image_size}px, {len(data)} images ({sizes})", file=sys.stderr, flush=True)
-    result = train_split_model(model, data, split, config, seed=seed, progress=progress)
-
-    run = RunFolder(out_dir)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(
-        RunConfig(
-            data=DataConfig(spec=data_spec, task=data.task, private=data.private, image_size=data.image_size, limit=limit),
-            model=model_config,
-            seed=seed,
-            train=config.to_json(),
-        )
+        procs = f", {dist.world} processes" if dist.active else ""
+        print(f"privsplit train: {data.source} task={data.task} private={data.private} {data.image_size}px, "
+              f"{len(data)} images ({sizes}) on {policy.describe()}{procs}", file=sys.stderr, flush=True)
+    run_config = RunConfig(
+        data=DataConfig(spec=data_spec, task=data.task, private=data.private, image_size=data.image_size, limit=limit),
+        model=model_config,
+        seed=seed,
+        train=config.to_json(),
     )
+    identity = json.loads(json.dumps({"run": run_config.to_json(), "split": fractions.as_dict()}))
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+    result = train_split_model(model, data, split, config, seed=seed, progress=progress, policy=policy, dist=dist,
+                               checkpointing=Checkpointing(run.path, identity, resume=resume))  # fmt: skip
+    _write_digest(result.model, dist)
+    if not dist.is_main:
+        dist.barrier()  # rank 0 writes the run folder
+        return run
+    run.write_config(run_config)
     split.save(run.file("split.json"))
     run.save_split_model(result.model)
 
@@ -96,11 +133,34 @@ def train_run(
         },
         "selected_epoch": result.selected_epoch,
         "train_seconds": round(time.perf_counter() - started, 2),
+        "device": policy.describe(),
+        "processes": dist.world,
         "history": result.history_json(),
     }
     run.write_json("metrics.json", metrics)
+    ckpt.remove_checkpoint(run.path)
+    dist.barrier()
     if progress:
         t = metrics["task"]
         print(f"privsplit train: holdout accuracy {t['accuracy']:.4f} (members {t['accuracy_members']:.4f}, "
               f"majority {t['majority_baseline']:.4f}) -> {run.path}", file=sys.stderr, flush=True)
     return run
+
+
+DIGEST_ENV = "PRIVSPLIT_WEIGHT_DIGESTS"  # testing aid: a folder where every rank writes its weights' SHA-256
+
+
+def _write_digest(model, dist) -> None:
+    import hashlib
+    import os
+    from pathlib import Path
+
+    folder = os.environ.get(DIGEST_ENV)
+    if not folder:
+        return
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"rank{dist.rank}.sha256").write_text(h.hexdigest())

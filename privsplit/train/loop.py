@@ -1,0 +1,359 @@
+"""The adversarial training loop of Privacy Partitioning, on any device and in any number of processes.
+
+Encoder + server layers minimise the task loss while adversaries that see the (noisy) features try
+to infer the private attribute and/or reconstruct the input; the two sides are updated in
+alternation. What made the post-hoc attacker fail in our measurements (see docs/methods.md): a
+narrow bottleneck, Gaussian channel noise, adversaries as strong and as varied as the attackers
+(the probe's own CNN and linear architectures, re-initialised every epoch with a warm-up, several
+steps per encoder step), and entropy maximisation instead of -CE. ``config.epochs`` joint epochs are
+followed by ``config.head_finetune_epochs`` epochs that retrain the server layers alone.
+
+Every epoch reseeds torch and numpy from ``(seed, epoch)``: all ranks draw the same batches and the
+same fresh adversaries, and a resumed run continues exactly where the checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privsplit.data import Dataset, Part, Split
+from privsplit.models import SplitModel
+from privsplit.progress import progress_bar
+from privsplit.train import checkpoint as ckpt
+from privsplit.train.adversarial import (
+    EpochStats,
+    TrainResult,
+    _Adversaries,
+    describe,
+    log,
+    predict,
+    recalibrate_batchnorm,
+)
+from privsplit.train.config import TrainConfig
+from privsplit.train.device import BatchFeeder, DevicePolicy
+from privsplit.train.distributed import DistContext
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where epoch checkpoints go, what a resumed run must match, and whether to resume."""
+
+    run_path: Path
+    identity: dict[str, Any]
+    resume: bool = False
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs done, joint and head together
+    history: list[EpochStats] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    selected: int = 0
+
+
+class _Joint(nn.Module):
+    """Encoder, channel noise and server layers in one forward, so DDP wraps one module."""
+
+    def __init__(self, model: SplitModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.model.features(x)
+        return z, self.model.head(z)
+
+
+def _reseed(seed: int, epoch: int) -> np.random.Generator:
+    torch.manual_seed(seed * 1_000_003 + epoch)
+    return np.random.default_rng([seed, epoch])
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator, world: int) -> list[np.ndarray]:
+    """Global batches of a seeded permutation; every rank's shard keeps at least 2 samples (BatchNorm)."""
+    order = rng.permutation(n)
+    chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [c for c in chunks if len(c) >= 2 * world]
+
+
+def _flips(n: int, hflip: bool) -> torch.Tensor | None:
+    return (torch.rand(n) < 0.5) if hflip else None
+
+
+def _augment(x: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+    if flips is None:
+        return x
+    flips = flips.to(x.device)
+    return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def train_split_model(
+    model: SplitModel,
+    data: Dataset,
+    split: Split,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    policy: DevicePolicy | None = None,
+    dist: DistContext = DistContext(),
+    checkpointing: Checkpointing | None = None,
+) -> TrainResult:
+    """Train ``model`` on the ``members`` part; select on ``reference``; return it on the CPU with its history."""
+    policy = policy or DevicePolicy(torch.device("cpu"))
+    device = policy.device
+    policy.prepare()
+    model.to(device)
+    members, reference = split[Part.MEMBERS], split[Part.REFERENCE]
+    if len(reference) == 0:  # selection falls back on the members themselves
+        reference = members
+    feeder = BatchFeeder(data.images, model.mean.flatten(), model.std.flatten(), policy)
+    y_all = torch.as_tensor(data.task_labels).to(device)
+    p_all = torch.as_tensor(data.private_labels).to(device) if data.private is not None else None
+    x_ref, y_ref = feeder.gather(reference), y_all[torch.as_tensor(reference).to(device)]
+    hflip = config.hflip if config.hflip is not None else data.source.split(":")[0] in ("celeba", "utkface")
+    num_private = data.num_classes(data.private) if data.private is not None else None
+    ctx = _Loop(model, config, policy, dist, feeder, members, y_all, p_all, x_ref, y_ref, hflip, seed, progress)
+    adv = _Adversaries(model, config, num_private, dist=dist)
+
+    params = list(model.encoder.parameters()) + list(model.head.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(members) / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch + 1
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps, pct_start=0.15)
+    head_opt = torch.optim.AdamW(model.head.parameters(), lr=config.lr * 0.25, weight_decay=config.weight_decay)
+
+    state = _State(selected=config.epochs)
+    if checkpointing is not None and checkpointing.resume:
+        state = _restore(checkpointing, model, opt, sched, head_opt, config)
+        log(f"  resumed after epoch {state.epoch} from {ckpt.checkpoint_dir(checkpointing.run_path)}", progress)
+
+    if state.epoch <= config.epochs:  # joint epochs left, or the switch to the head fine-tune
+        joint = dist.wrap(_Joint(model), device)
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            stats = ctx.joint_epoch(epoch, joint, adv, opt, sched)
+            # The unprotected baseline picks its best epoch on reference; a protected encoder keeps its
+            # last epoch (an early epoch is a less private one) and selects among head fine-tune epochs.
+            if not config.protected and stats.reference_accuracy > state.best_acc:
+                state.best_acc, state.best_epoch = stats.reference_accuracy, epoch
+                state.best_state = copy.deepcopy(model.state_dict())
+            _end_epoch(state, stats, checkpointing, dist, model, opt, sched, head_opt, progress)
+        del joint
+        if state.best_state is not None:
+            model.load_state_dict(state.best_state)
+            state.selected = state.best_epoch
+        if config.head_finetune_epochs > 0:  # the fine-tune's starting point competes too
+            state.best_acc, state.best_epoch = ctx.reference_accuracy(), config.epochs
+            state.best_state = copy.deepcopy(model.head.state_dict())
+    if config.head_finetune_epochs > 0:
+        model.encoder.eval()
+        model.encoder.requires_grad_(False)
+        head = dist.wrap(model.head, device)
+        for epoch in range(state.epoch + 1, config.epochs + config.head_finetune_epochs + 1):
+            stats = ctx.head_epoch(epoch, head, head_opt)
+            if stats.reference_accuracy > state.best_acc:
+                state.best_acc, state.best_epoch = stats.reference_accuracy, epoch
+                state.best_state = copy.deepcopy(model.head.state_dict())
+            _end_epoch(state, stats, checkpointing, dist, model, opt, sched, head_opt, progress)
+        del head
+        model.head.load_state_dict(state.best_state)
+        model.encoder.requires_grad_(True)
+        state.selected = state.best_epoch
+    model.eval().cpu()
+    return TrainResult(model=model, history=tuple(state.history), selected_epoch=state.selected)
+
+
+def _end_epoch(state, stats, checkpointing, dist, model, opt, sched, head_opt, progress) -> None:
+    state.epoch = stats.epoch
+    state.history.append(stats)
+    log(describe(stats), progress)
+    if checkpointing is None:
+        return
+    if dist.is_main:
+        _save(checkpointing, state, model, opt, sched, head_opt)
+    dist.barrier()
+    if ckpt.stop_requested(stats.epoch):
+        raise ckpt.TrainingStopped(
+            f"stopped after epoch {stats.epoch} as {ckpt.STOP_ENV} asks; "
+            f"continue with --resume --out {checkpointing.run_path}"
+        )
+
+
+def _save(checkpointing, state: _State, model, opt, sched, head_opt) -> None:
+    from dataclasses import asdict
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_t, opt_meta = ckpt.optimizer_state(opt, "opt")
+    head_t, head_meta = ckpt.optimizer_state(head_opt, "head_opt")
+    tensors.update(opt_t)
+    tensors.update(head_t)
+    if state.best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+    meta = {
+        "identity": checkpointing.identity,
+        "epoch": state.epoch,
+        "history": [asdict(h) for h in state.history],
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "selected": state.selected,
+        "optimizer": opt_meta,
+        "head_optimizer": head_meta,
+        "scheduler": sched.state_dict(),
+    }
+    ckpt.save_checkpoint(checkpointing.run_path, meta, tensors)
+
+
+def _restore(checkpointing, model, opt, sched, head_opt, config: TrainConfig) -> _State:
+    saved = ckpt.load_checkpoint(checkpointing.run_path, checkpointing.identity)
+    meta = saved.meta
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in saved.group("model").items()})
+    ckpt.load_optimizer_state(opt, saved, "opt", meta["optimizer"])
+    ckpt.load_optimizer_state(head_opt, saved, "head_opt", meta["head_optimizer"])
+    sched.load_state_dict(meta["scheduler"])
+    best = saved.group("best")
+    epoch = int(meta["epoch"])
+    if epoch > config.epochs + config.head_finetune_epochs:
+        raise ckpt.RunError(
+            f"--resume: {checkpointing.run_path}'s checkpoint is after its last epoch; train without --resume"
+        )
+    return _State(
+        epoch=epoch,
+        history=[EpochStats(**h) for h in meta["history"]],
+        best_acc=float(meta["best_acc"]),
+        best_epoch=int(meta["best_epoch"]),
+        best_state={k: v.to(device) for k, v in best.items()} if best else None,
+        selected=int(meta["selected"]),
+    )
+
+
+class _Loop:
+    """One joint or head epoch; everything the two share."""
+
+    def __init__(self, model, config, policy, dist, feeder, members, y_all, p_all, x_ref, y_ref, hflip, seed, progress):
+        self.model, self.config, self.policy, self.dist, self.feeder = model, config, policy, dist, feeder
+        self.members, self.y_all, self.p_all, self.x_ref, self.y_ref = members, y_all, p_all, x_ref, y_ref
+        self.hflip, self.seed, self.progress = hflip, seed, progress
+        self.device = policy.device
+
+    def _labels(self, index: np.ndarray):
+        idx = torch.as_tensor(index).to(self.device)
+        return self.y_all[idx], (self.p_all[idx] if self.p_all is not None else None)
+
+    def reference_accuracy(self) -> float:
+        """Rank 0's figure, broadcast: every rank takes the same model-selection decision."""
+        acc = float((predict(self.model, self.x_ref, noise_seed=self.seed + 7) == self.y_ref.cpu().numpy()).mean())
+        return self.dist.broadcast_value(acc)
+
+    def _recalibrate(self, rng, part=None) -> None:
+        """BatchNorm re-estimation on rank 0, broadcast (the next epoch reseeds, so the ranks' rngs realign)."""
+        if self.dist.is_main:
+            gather = (lambda i: self.feeder.gather(self.members[i]), len(self.members))
+            recalibrate_batchnorm(self.model, gather, rng=rng, part=part)
+        self.dist.broadcast_module(self.model)
+
+    def joint_epoch(self, epoch: int, joint, adv: _Adversaries, opt, sched) -> EpochStats:
+        config, model, dist, feeder = self.config, self.model, self.dist, self.feeder
+        rng = _reseed(self.seed, epoch)
+        model.train()
+        if adv.active:
+            adv.reset()
+            adv.requires_grad(True)
+            # warm the fresh adversaries up on features of a sample computed once (cheap: no
+            # encoder pass per warm-up step), then keep them in step with the encoder below
+            pool = self.members[rng.permutation(len(self.members))[: 8 * config.batch_size]]
+            with torch.no_grad(), self.policy.autocast():
+                chunks = [pool[i : i + 256] for i in range(0, len(pool), 256)]
+                z_pool = torch.cat(
+                    [model.features(_augment(feeder.gather(c), _flips(len(c), self.hflip))) for c in chunks]
+                ).float()
+            for _ in range(config.adv_warmup_steps):
+                j = dist.shard(rng.integers(0, len(pool), size=min(config.batch_size, len(pool))))
+                _, p = self._labels(pool[j])
+                with self.policy.autocast():
+                    px = feeder.pixels(pool[j]) if adv.use_rec else None
+                    adv.step(z_pool[torch.as_tensor(j).to(self.device)], p, px)
+        sums = np.zeros(8)  # ce*n, priv*n, correct, n, adv_loss, adv_acc, rec, adv_n
+        batches = _batches(len(self.members), config.batch_size, rng, dist.world)
+        flips = [_flips(len(b), self.hflip) for b in batches]  # global draws: the same on every rank
+        shards = [dist.shard(self.members[b]) for b in batches]
+        bar = progress_bar(range(len(batches)), desc=f"epoch {epoch}/{config.epochs}", enabled=self.progress)
+        for k, (idx, x) in zip(bar, feeder.stream(shards)):
+            x = _augment(x, dist.shard(flips[k]) if flips[k] is not None else None)
+            y, p = self._labels(idx)
+            px = feeder.pixels(idx) if adv.use_rec else None
+            if adv.active:
+                with torch.no_grad(), self.policy.autocast():
+                    z_det = model.features(x).float()
+                for _ in range(config.adv_steps):
+                    with self.policy.autocast():
+                        a_loss, a_acc, rec = adv.step(z_det, p, px)
+                sums[4:] += (a_loss, a_acc or 0.0, rec or 0.0, 1)
+                adv.requires_grad(False)
+            with self.policy.autocast():
+                z, logits = joint(x)
+                ce = F.cross_entropy(logits.float(), y)
+                priv = adv.privacy_loss(z.float(), p, px) if adv.active else torch.zeros((), device=self.device)
+            loss = ce + priv
+            if adv.active:
+                adv.requires_grad(True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct = int((logits.argmax(1) == y).sum())
+            sums[:4] += (float(ce.item()) * len(idx), float(priv.item()) * len(idx), correct, len(idx))
+            bar.set_postfix(acc=f"{sums[2] / sums[3]:.3f}")
+        self._recalibrate(rng)
+        ce_n, priv_n, correct, n, a_loss, a_acc, rec, adv_n = dist.sum(sums.tolist())
+        n, k = max(1.0, n), max(1.0, adv_n)
+        return EpochStats(
+            epoch=epoch,
+            phase="joint",
+            task_loss=ce_n / n,
+            task_accuracy=correct / n,
+            reference_accuracy=self.reference_accuracy(),
+            adversary_loss=a_loss / k if adv.use_attr else None,
+            adversary_accuracy=a_acc / k if adv.use_attr else None,
+            reconstruction_mse=rec / k if adv.use_rec else None,
+            privacy_loss=priv_n / n if adv.active else None,
+            total_loss=(ce_n + priv_n) / n if adv.active else None,
+        )
+
+    def head_epoch(self, epoch: int, head, opt) -> EpochStats:
+        """Encoder frozen: retrain the server layers on fresh channel noise."""
+        config, model, dist, feeder = self.config, self.model, self.dist, self.feeder
+        rng = _reseed(self.seed, epoch)
+        model.head.train()
+        sums = np.zeros(3)  # ce*n, correct, n
+        batches = _batches(len(self.members), config.batch_size, rng, dist.world)
+        flips = [_flips(len(b), self.hflip) for b in batches]
+        shards = [dist.shard(self.members[b]) for b in batches]
+        total = config.head_finetune_epochs
+        bar = progress_bar(range(len(batches)), desc=f"head {epoch - config.epochs}/{total}", enabled=self.progress)
+        for k, (idx, x) in zip(bar, feeder.stream(shards)):
+            y, _ = self._labels(idx)
+            with self.policy.autocast():
+                with torch.no_grad():
+                    z = model.features(_augment(x, dist.shard(flips[k]) if flips[k] is not None else None))
+                logits = head(z)
+                loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += (float(loss.item()) * len(idx), int((logits.argmax(1) == y).sum()), len(idx))
+            bar.set_postfix(acc=f"{sums[1] / sums[2]:.3f}")
+        self._recalibrate(rng, part=model.head)
+        ce_n, correct, n = dist.sum(sums.tolist())
+        n = max(1.0, n)
+        return EpochStats(epoch, "head", ce_n / n, correct / n, self.reference_accuracy())
