@@ -345,6 +345,16 @@ def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind |
     return actual
 
 
+def _check_specs(manifest: Mapping[str, Any], kind: BundleKind) -> None:
+    """Parse every spec the :class:`Bundle` properties return, so a damaged manifest fails at load, not later."""
+    FeatureSpec.from_json(manifest["features"])
+    tuple(str(c) for c in manifest["classes"])
+    if kind is BundleKind.EDGE:
+        PreprocessSpec.from_json(manifest["preprocess"])
+        for entry in manifest["encoders"].values():
+            TensorSpec.from_json(entry["input"]), TensorSpec.from_json(entry["output"])
+
+
 def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | None = None) -> Bundle:
     """Verify and open a bundle; raise :class:`BundleError` naming the offending file.
 
@@ -355,7 +365,12 @@ def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | No
     root = Path(path)
     raw, manifest = _read_manifest(root)
     verified = _verify_signature(root, raw, trust_key) if trust_key is not None else None
-    actual = _check_structure(root, manifest, kind)
+    try:
+        actual = _check_structure(root, manifest, kind)
+        _check_specs(manifest, actual)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"lacks {exc}" if isinstance(exc, KeyError) else f"has a malformed entry ({type(exc).__name__}: {exc})"
+        raise BundleError(f"{root / MANIFEST} is damaged, it {what}: re-export the bundle with `privsplit export`") from None
     _verify_files(root, manifest["files"])
     return Bundle(
         root=root,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from privsplit.errors import RunError
 
@@ -23,6 +23,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from privsplit.models import ModelConfig, SplitModel
 
 RUN_SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+# The command that rewrites a damaged file of a run (the fix named in the error).
+_TRAIN_FILES = ("config", "split", "metrics", "encoder", "head")
+
+
+def _fix_for(target: Path) -> str:
+    if target.stem in _TRAIN_FILES:
+        return f"re-train the run (`privsplit train ... --out {target.parent}`)"
+    if target.stem == "purifier":
+        return f"re-run `privsplit train-purifier {target.parent}`"
+    return "re-run the step that writes it"
 
 
 @dataclass(frozen=True)
@@ -90,9 +102,24 @@ class RunFolder:
         if not target.is_file():
             raise RunError(f"{target} not found: is {self.path} a run folder written by `privsplit train`?")
         try:
-            return json.loads(target.read_text())
+            return json.loads(target.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise RunError(f"{target} is not valid JSON ({exc.msg} at line {exc.lineno}): re-run the step that writes it") from exc
+            raise RunError(f"{target} is damaged, not valid JSON ({exc.msg} at line {exc.lineno}): {_fix_for(target)}") from None
+        except UnicodeDecodeError:
+            raise RunError(f"{target} is damaged, not UTF-8 text: {_fix_for(target)}") from None
+
+    def parse_json(self, name: str, parse: Callable[[Any], T]) -> T:
+        """``parse(read_json(name))``; a record with missing or mistyped fields is a damaged file (:class:`RunError`)."""
+        data = self.read_json(name)
+        target = self.file(name)
+        if not isinstance(data, dict):
+            raise RunError(f"{target} is damaged, not a JSON object: {_fix_for(target)}")
+        try:
+            return parse(data)
+        except KeyError as exc:
+            raise RunError(f"{target} is damaged, it lacks {exc}: {_fix_for(target)}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RunError(f"{target} is damaged ({type(exc).__name__}: {exc}): {_fix_for(target)}") from None
 
     # ---- config, split, data -----------------------------------------------------------------
     def check(self) -> "RunFolder":
@@ -104,7 +131,7 @@ class RunFolder:
         return self
 
     def config(self) -> RunConfig:
-        return RunConfig.from_json(self.read_json("config.json"))
+        return self.parse_json("config.json", RunConfig.from_json)
 
     def write_config(self, config: RunConfig) -> None:
         self.write_json("config.json", config.to_json())
@@ -112,7 +139,7 @@ class RunFolder:
     def split(self) -> "Split":
         from privsplit.data import Split
 
-        return Split.from_json(self.read_json("split.json"))
+        return self.parse_json("split.json", Split.from_json)
 
     def dataset(self) -> "Dataset":
         """Reload the run's dataset exactly as it was trained on (same spec, size, limit, task)."""
@@ -136,13 +163,19 @@ class RunFolder:
         return target
 
     def load_module(self, name: str, module):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         target = self.file(f"{name}.safetensors")
         if not target.is_file():
             raise RunError(f"{target} not found: the run lacks its {name} weights")
         try:
-            module.load_state_dict(load_file(str(target)))
+            state = load_file(str(target))
+        except (SafetensorError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RunError(f"{target} is damaged, not a readable safetensors file ({first}): {_fix_for(target)}") from None
+        try:
+            module.load_state_dict(state)
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise RunError(

@@ -179,13 +179,13 @@ def load_purifier(run: "RunFolder") -> Purifier | None:
     """The run's purifier in eval mode, or ``None`` when the run has none."""
     if not run.has(PURIFIER_JSON):
         return None
-    data = run.read_json(PURIFIER_JSON)
+    data = run.parse_json(PURIFIER_JSON, dict)
     if data.get("schema_version") != PURIFIER_SCHEMA_VERSION:
         raise RunError(
             f"{run.file(PURIFIER_JSON)} has schema version {data.get('schema_version')}, expected "
             f"{PURIFIER_SCHEMA_VERSION}: re-run `privsplit train-purifier {run.path}`"
         )
-    purifier = Purifier(PurifierConfig.from_json(data["config"]))
+    purifier = Purifier(run.parse_json(PURIFIER_JSON, lambda d: PurifierConfig.from_json(d["config"])))
     if not run.has(f"{PURIFIER_WEIGHTS}.safetensors"):
         raise RunError(f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: re-run `privsplit train-purifier {run.path}`")
     run.load_module(PURIFIER_WEIGHTS, purifier)
@@ -194,6 +194,6 @@ def load_purifier(run: "RunFolder") -> Purifier | None:
 
 def purifier_training_facts(run: "RunFolder") -> dict[str, Any]:
     """The ``training`` block of ``purifier.json`` (mode, epochs, reference figures)."""
-    return dict(run.read_json(PURIFIER_JSON).get("training", {}))
+    return dict(run.parse_json(PURIFIER_JSON, lambda d: dict(d.get("training", {}))))
 
 
