@@ -23,10 +23,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from privsplit.models import ModelConfig, SplitModel
 
 RUN_SCHEMA_VERSION = 1
+# The channel-noise seed of a run's holdout accuracy is ``seed + EVAL_NOISE_OFFSET`` (recorded in metrics.json), so
+# train, probe and export score the holdout with the same noise draw and print the same accuracy.
+EVAL_NOISE_OFFSET = 11
 T = TypeVar("T")
 
 # The command that rewrites a damaged file of a run (the fix named in the error).
 _TRAIN_FILES = ("config", "split", "metrics", "encoder", "head")
+
+
+def noise_note(sigma: float | None, seed: int | None) -> str:
+    """How a printed holdout accuracy was measured: "(with channel noise σ=1, noise seed 11)"."""
+    if sigma is None:
+        return "(with the run's channel noise)"
+    if sigma <= 0:
+        return "(no channel noise: σ=0)"
+    return f"(with channel noise σ={sigma:g}" + ("" if seed is None else f", noise seed {seed}") + ")"
 
 
 def _fix_for(target: Path) -> str:
@@ -132,6 +144,14 @@ class RunFolder:
 
     def config(self) -> RunConfig:
         return self.parse_json("config.json", RunConfig.from_json)
+
+    def eval_noise_seed(self) -> int:
+        """The channel-noise seed of the run's holdout accuracy (metrics.json; older runs: config seed + 11)."""
+        if self.has("metrics.json"):
+            seed = self.parse_json("metrics.json", lambda d: d["task"].get("noise_seed"))
+            if seed is not None:
+                return int(seed)
+        return self.config().seed + EVAL_NOISE_OFFSET
 
     def write_config(self, config: RunConfig) -> None:
         self.write_json("config.json", config.to_json())

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from privsplit import __version__
 from privsplit.errors import PrivsplitError
+from privsplit.quiet import silence_startup_noise
 
 # Modules in privsplit.cli that each define ``register(subparsers)``; order = order in --help.
 COMMAND_MODULES = [
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_startup_noise()  # before any command imports TensorFlow, LiteRT, torch or torchao
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

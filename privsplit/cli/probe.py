@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_out(feats)
     feats.add_argument("--plots", type=Path, metavar="DIR", help="write a reconstruction grid PNG here")
     feats.add_argument("--epochs", type=positive_int, default=None, help="attacker training epochs (default: the probe's own)")
-    feats.add_argument("--seed", type=int, default=0, help="seed of the attackers and the noise")
+    feats.add_argument("--seed", type=int, default=0, help="seed of the attackers and of their features' noise "
+                       "(the task accuracy uses the run's own noise seed, as train and export do)")
     feats.set_defaults(handler=_lazy("privsplit.cli.probe_features"))
 
     outs = kinds.add_parser(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from privsplit.run import noise_note
+
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.feature_results import FeatureLeakageResult
 
@@ -17,7 +19,7 @@ def summary_text(result: "FeatureLeakageResult") -> str:
     lines = [
         f"Feature leakage: {result.source}, task {result.task}; features {c}x{h}x{w} ({result.feature_dtype}); "
         f"attackers trained on {result.attacker_size} attacker images, scored on {result.holdout_size} holdout images",
-        f"task accuracy (holdout, with channel noise): {_f(result.task_accuracy)}",
+        f"task accuracy (holdout): {_f(result.task_accuracy, '.4f')} {noise_note(result.task_noise_sigma, result.task_noise_seed)}",
     ]
     att = result.attribute
     if att is None:
