@@ -50,7 +50,12 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
     """Run every stage into ``config.out`` and build the report; returns the report's HTML path."""
     from privsplit.report.build import build_report
 
+    from privsplit.data import load_dataset
+
     layout = QuickstartLayout(config.out)
+    # every data option (spec, folder, task, private, --image-size, --limit) is checked before --out is touched,
+    # so a bad option leaves nothing behind that a corrected rerun would refuse
+    load_dataset(config.data, task=config.task, private=config.private, image_size=config.image_size, limit=config.limit)
     _prepare(layout.root, force)
     models = _models(config)
     state: dict = {
