@@ -10,6 +10,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.feature_results import FeatureLeakageResult
 
 
+# A task floor this high means the task label determines the private attribute (e.g. digit -> parity).
+DETERMINED_FLOOR = 0.99
+
+
 def _f(value: float | None, fmt: str = ".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -39,6 +43,12 @@ def summary_text(result: "FeatureLeakageResult") -> str:
             f"  {'chance':<{width - 2}}{_f(att.chance):>9}{_f(0.5):>8}",
             f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} balanced accuracy over the floor",
         ]
+        if att.task_floor >= DETERMINED_FLOOR:
+            lines.append(
+                f"  warning: the task label alone determines {att.name} (task floor {att.task_floor:.3f}): whatever "
+                "does the task reveals it, and 'leakage beyond the task' measures only how far the attackers fall "
+                "short of the label; choose a private attribute the task does not determine"
+            )
     rec = result.reconstruction
     if rec is None:
         lines.append("reconstruction: not run")
