@@ -44,7 +44,9 @@ def torch_features(model, images: np.ndarray, *, batch_size: int = 256) -> np.nd
     return np.concatenate(out).astype(np.float32)
 
 
-def holdout_reference(model, data: Dataset, split: Split, *, seed: int, noise_seed: int, limit: int | None = None) -> Holdout:
+def holdout_reference(
+    model, data: Dataset, split: Split, *, seed: int, noise_seed: int, limit: int | None = None
+) -> Holdout:
     """Holdout images (``limit``: a subset drawn with ``seed``) with the run's channel noise (``noise_seed``).
 
     The noise is the draw :meth:`SplitModel.scores` makes, so on the whole holdout ``torch_accuracy`` is the

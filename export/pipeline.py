@@ -133,6 +133,7 @@ def export_run(
     model = run.load_split_model()
     cfg = model.config
     data, split = run.dataset(), run.split()
+    noise_seed = run.eval_noise_seed()  # read (and checked) before anything is written
     shape = feature_shape(cfg)
     _prepare_out(out, overwrite)
 
@@ -140,7 +141,6 @@ def export_run(
     gen_noise = np.random.default_rng(seed + 1).standard_normal((len(calib), *shape)).astype(np.float32)
     scale, zero_point = wire_quantization(measure.torch_features(model, calib.images) + cfg.noise_sigma * gen_noise)
     wire = FeatureSpec(shape=shape, scale=scale, zero_point=zero_point, noise_sigma=float(cfg.noise_sigma))
-    noise_seed = run.eval_noise_seed()
     holdout = measure.holdout_reference(model, data, split, seed=seed + 2, noise_seed=noise_seed, limit=holdout_limit)
     _log(f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "
          f"zero point {zero_point}; torch holdout accuracy {holdout.torch_accuracy:.4f} "

@@ -375,7 +375,8 @@ def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | No
         _check_specs(manifest, actual)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         what = f"lacks {exc}" if isinstance(exc, KeyError) else f"has a malformed entry ({type(exc).__name__}: {exc})"
-        raise BundleError(f"{root / MANIFEST} is damaged, it {what}: re-export the bundle with `privsplit export`") from None
+        fix = "re-export the bundle with `privsplit export`"
+        raise BundleError(f"{root / MANIFEST} is damaged, it {what}: {fix}") from None
     _verify_files(root, manifest["files"])
     return Bundle(
         root=root,

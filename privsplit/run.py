@@ -116,12 +116,13 @@ class RunFolder:
         try:
             return json.loads(target.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise RunError(f"{target} is damaged, not valid JSON ({exc.msg} at line {exc.lineno}): {_fix_for(target)}") from None
+            where = f"{exc.msg} at line {exc.lineno}"
+            raise RunError(f"{target} is damaged, not valid JSON ({where}): {_fix_for(target)}") from None
         except UnicodeDecodeError:
             raise RunError(f"{target} is damaged, not UTF-8 text: {_fix_for(target)}") from None
 
     def parse_json(self, name: str, parse: Callable[[Any], T]) -> T:
-        """``parse(read_json(name))``; a record with missing or mistyped fields is a damaged file (:class:`RunError`)."""
+        """``parse(read_json(name))``; missing or mistyped fields make it a damaged file (:class:`RunError`)."""
         data = self.read_json(name)
         target = self.file(name)
         if not isinstance(data, dict):
@@ -193,7 +194,8 @@ class RunFolder:
             state = load_file(str(target))
         except (SafetensorError, OSError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise RunError(f"{target} is damaged, not a readable safetensors file ({first}): {_fix_for(target)}") from None
+            fix = _fix_for(target)
+            raise RunError(f"{target} is damaged, not a readable safetensors file ({first}): {fix}") from None
         try:
             module.load_state_dict(state)
         except (RuntimeError, ValueError) as exc:

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rtt-ms", type=non_negative_float, default=0.0, metavar="F", help="network round trip added to every split (default %(default)s)")
     p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime", help="what times the prefixes (default %(default)s)")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="threads for the timed runs (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, metavar="N", help="unmeasured runs per module before timing (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=10, metavar="N",
+                   help="unmeasured runs per module before timing (default %(default)s)")
     p.add_argument("--runs", type=positive_int, default=100, metavar="N",
                    help="timed runs per module, interleaved across modules; the median is reported (default %(default)s)")
     p.add_argument("--samples", type=positive_int, default=256, metavar="N", help="holdout images for the leakage indicator (default %(default)s)")

@@ -58,7 +58,8 @@ def read_labels_csv(path: Path, *, limit: int | None = None) -> tuple[list[str],
     file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), 0)
     label_cols = [i for i in range(len(header)) if i != file_col]
     if not label_cols:
-        raise DataError(f"{path}: no label columns besides {file_column_rule(header, file_col)}; add e.g. a 'class' column")
+        rule = file_column_rule(header, file_col)
+        raise DataError(f"{path}: no label columns besides {rule}; add e.g. a 'class' column")
     body = rows[1:] if limit is None else rows[1 : limit + 1]
     files: list[str] = []
     values: dict[str, list[str]] = {header[i]: [] for i in label_cols}

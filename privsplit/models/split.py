@@ -19,8 +19,10 @@ from privsplit.models.mobilenet import block_strides, conv_bn, mobilenet_v2_bloc
 SCORE_BATCH = 512  # images per noise draw in SplitModel.scores; channel_noise draws the same stream
 
 
-def channel_noise(n: int, shape: tuple[int, int, int], *, sigma: float, seed: int, batch_size: int = SCORE_BATCH) -> np.ndarray:
-    """The channel noise :meth:`SplitModel.scores` adds for ``n`` images with ``noise_seed=seed``, as float32 (n, C, h, w).
+def channel_noise(
+    n: int, shape: tuple[int, int, int], *, sigma: float, seed: int, batch_size: int = SCORE_BATCH
+) -> np.ndarray:
+    """The channel noise :meth:`SplitModel.scores` adds for ``n`` images with ``noise_seed=seed``: (n, C, h, w).
 
     Drawn batch by batch from one generator exactly as ``scores`` draws it, so an accuracy computed from these
     features plus this noise equals the accuracy of ``scores`` (export parity relies on it).

@@ -23,7 +23,8 @@ def summary_text(result: "FeatureLeakageResult") -> str:
     lines = [
         f"Feature leakage: {result.source}, task {result.task}; features {c}x{h}x{w} ({result.feature_dtype}); "
         f"attackers trained on {result.attacker_size} attacker images, scored on {result.holdout_size} holdout images",
-        f"task accuracy (holdout): {_f(result.task_accuracy, '.4f')} {noise_note(result.task_noise_sigma, result.task_noise_seed)}",
+        f"task accuracy (holdout): {_f(result.task_accuracy, '.4f')} "
+        f"{noise_note(result.task_noise_sigma, result.task_noise_seed)}",
     ]
     att = result.attribute
     if att is None:

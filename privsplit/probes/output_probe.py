@@ -132,7 +132,8 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
 
     members_all = scored(members, 0)
     if spec.noise_seed is None:  # the run's holdout noise: the holdout accuracy train, probe features and export print
-        holdout_all = ScoredRecords(service_scores(model, data.images[holdout], noise_seed=run.eval_noise_seed()), labels[holdout])
+        holdout_scores = service_scores(model, data.images[holdout], noise_seed=run.eval_noise_seed())
+        holdout_all = ScoredRecords(holdout_scores, labels[holdout])
     else:
         holdout_all = scored(holdout, 1)
     pos_m = np.searchsorted(members, eval_m)

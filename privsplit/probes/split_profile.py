@@ -367,7 +367,8 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
             if progress:
                 import sys
 
-                print(f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}", file=sys.stderr, flush=True)
+                print(f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
     chosen, ok, reason = suggest(rows, spec)
     return SplitProfile(run=run.path.name, arch=cfg.arch.value, image_size=cfg.image_size, spec=spec, rows=tuple(rows),
                         suggested=chosen, within_budget=ok, reason=reason, private_chance=chance)  # fmt: skip

@@ -19,6 +19,7 @@ from privsplit.quickstart.config import QUICKSTART_SCHEMA_VERSION, QuickstartCon
 from privsplit.quickstart.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
 from privsplit.quickstart.service import ServiceProcess
 from privsplit.quickstart.stages import StageLog
+from privsplit.run import noise_note
 
 # The encoder format each device runtime runs in the quickstart's bundle.
 _RUNTIME_ENCODER = {"litert": "tflite-int8", "tflite-runtime": "tflite-int8", "onnxruntime": "onnx-int8"}
@@ -55,7 +56,8 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False) -> Path:
     layout = QuickstartLayout(config.out)
     # every data option (spec, folder, task, private, --image-size, --limit) is checked before --out is touched,
     # so a bad option leaves nothing behind that a corrected rerun would refuse
-    load_dataset(config.data, task=config.task, private=config.private, image_size=config.image_size, limit=config.limit)
+    load_dataset(config.data, task=config.task, private=config.private, image_size=config.image_size,
+                 limit=config.limit)  # fmt: skip
     _prepare(layout.root, force)
     models = _models(config)
     state: dict = {
@@ -94,8 +96,9 @@ def _train(config, layout, models, log, state) -> None:
                 config.data, layout.run(name), task=config.task, private=config.private, image_size=config.image_size,
                 limit=config.limit, seed=config.seed, config=train_config, progress=config.progress,
             )  # fmt: skip
-            acc = folder.read_json("metrics.json")["task"]["accuracy"]
-            st.detail = f"holdout task accuracy {acc:.3f}"
+            task = folder.read_json("metrics.json")["task"]
+            noise = noise_note(task.get("noise_sigma"), task.get("noise_seed"))
+            st.detail = f"holdout task accuracy {task['accuracy']:.4f} {noise}"
         state["models"].append({"name": name, "run": str(layout.run(name).relative_to(layout.root)), "adv_weight": train_config.adv_weight,
                                 "noise_sigma": train_config.noise_sigma, "feature_channels": train_config.feature_channels})  # fmt: skip
 
