@@ -94,7 +94,7 @@ class ModelHost:
 
     def __init__(self, bundle: Bundle, *, name: str, threads: int = 1) -> None:
         if bundle.kind is not BundleKind.CLOUD:
-            raise BundleError(f"{bundle.root} is a {bundle.kind.value} bundle; serve the cloud bundle (OUT/cloud)")
+            raise BundleError(f"{bundle.root} is {bundle.kind.a}; serve the cloud bundle (OUT/cloud)")
         manifest = bundle.manifest
         self.bundle = bundle
         features = bundle.features

@@ -142,7 +142,7 @@ class EdgePipeline:
         if not isinstance(bundle, Bundle):
             bundle = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)
         elif bundle.kind is not BundleKind.EDGE:
-            raise BundleError(f"{bundle.root} is a {bundle.kind.value} bundle; the device needs the edge bundle")
+            raise BundleError(f"{bundle.root} is {bundle.kind.a}; the device needs the edge bundle")
         name, backend = select_encoder(bundle, encoder=encoder, runtime=runtime)
         path, _, _ = bundle.encoder(name)
         rt = open_runtime(path, artefact=_entry_family(name, bundle.manifest["encoders"][name]), runtime=backend, threads=threads)

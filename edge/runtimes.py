@@ -10,6 +10,7 @@ manifest's, so a manifest that lies about its artefact is refused before anythin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from privsplit.bundle import TensorSpec
 from privsplit.errors import BundleError, ConfigError, MissingDependencyError
+from privsplit.quiet import drop_native_stderr
 
 
 class RuntimeName(str, Enum):
@@ -71,7 +73,8 @@ def _numpy_major() -> int:
 
 def import_backend(name: RuntimeName):
     """Import a backend's module or raise :class:`MissingDependencyError` naming the pip package."""
-    if name is RuntimeName.TFLITE_RUNTIME and _numpy_major() >= 2:
+    installed = importlib.util.find_spec(name.module.split(".")[0]) is not None
+    if installed and name is RuntimeName.TFLITE_RUNTIME and _numpy_major() >= 2:
         raise MissingDependencyError(
             f"tflite-runtime needs numpy<2 but numpy {np.__version__} is installed (its interpreter fails to "
             "construct): use --runtime litert (pip install 'ai-edge-litert==2.3.*'), or pip install 'numpy<2' 'tflite-runtime==2.14.*'"
@@ -155,8 +158,9 @@ class TfliteRuntime(Runtime):
         module = import_backend(name)
         self.name, self.path, self.threads = name, Path(path), threads
         try:
-            interp = module.Interpreter(model_path=str(path), num_threads=threads)
-            interp.allocate_tensors()
+            with drop_native_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" INFO line
+                interp = module.Interpreter(model_path=str(path), num_threads=threads)
+                interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{path.name}: {name.value} cannot load it ({exc})") from None
         inputs, outputs = interp.get_input_details(), interp.get_output_details()

@@ -44,19 +44,23 @@ def torch_features(model, images: np.ndarray, *, batch_size: int = 256) -> np.nd
     return np.concatenate(out).astype(np.float32)
 
 
-def holdout_reference(model, data: Dataset, split: Split, *, seed: int, limit: int | None = None) -> Holdout:
-    import torch
+def holdout_reference(
+    model, data: Dataset, split: Split, *, seed: int, noise_seed: int, limit: int | None = None
+) -> Holdout:
+    """Holdout images (``limit``: a subset drawn with ``seed``) with the run's channel noise (``noise_seed``).
+
+    The noise is the draw :meth:`SplitModel.scores` makes, so on the whole holdout ``torch_accuracy`` is the
+    accuracy ``privsplit train`` and ``privsplit probe features`` print for the run.
+    """
+    from privsplit.models import channel_noise
 
     index = split[Part.HOLDOUT]
     if limit is not None and len(index) > limit:
         index = np.sort(np.random.default_rng(seed).choice(index, size=limit, replace=False))
     images, labels = data.images[index], data.task_labels[index]
     feats = torch_features(model, images)
-    gen = torch.Generator().manual_seed(seed)
-    noise = (model.config.noise_sigma * torch.randn(feats.shape, generator=gen)).numpy().astype(np.float32)
-    with torch.no_grad():
-        logits = model.head(torch.from_numpy(feats + noise))
-    accuracy = float((logits.argmax(1).numpy() == labels).mean())
+    noise = channel_noise(len(images), feats.shape[1:], sigma=float(model.config.noise_sigma), seed=noise_seed)
+    accuracy = float((model.scores(images, noise_seed=noise_seed).argmax(1) == labels).mean())
     return Holdout(images=images, labels=labels, features=feats, noise=noise, torch_accuracy=accuracy)
 
 

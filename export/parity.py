@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from privsplit.errors import RunError
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
+from privsplit.run import noise_note
 
 PARITY_SCHEMA_VERSION = 1
 KIND = "parity"
@@ -83,6 +84,7 @@ class ParityReport:
     formats: tuple[FormatParity, ...] = field(default_factory=tuple)
     probe: Mapping[str, Any] | None = None  # FeatureProbeSpec JSON, None when the probe was skipped
     cloud: Mapping[str, Any] | None = None  # server.onnx / purifier.onnx vs torch: {"server": {...}, "purifier": {...}|None}
+    noise_seed: int | None = None  # the run's holdout noise seed (the noise every accuracy here includes)
 
     def format(self, name: str) -> FormatParity:
         for row in self.formats:
@@ -115,18 +117,18 @@ class ParityReport:
         return cls.from_json(read_json(path, what="a parity report", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
-        def pct(v):
-            return "   -  " if v is None else f"{100 * v:6.2f}"
+        def pct(v):  # accuracies as fractions, as train and probe print them
+            return "   -  " if v is None else f"{v:.4f}"
 
         def f(v, spec):
             return "-" if v is None else format(v, spec)
 
         ref = self.reference
         head = (
-            f"parity on {self.holdout_size} holdout images of {self.run} (noise sigma {self.noise_sigma}, "
-            f"tolerance {100 * self.tolerance:.2f} points)"
+            f"parity on {self.holdout_size} holdout images of {self.run}; accuracies are holdout task accuracies "
+            f"{noise_note(self.noise_sigma, self.noise_seed)}; tolerance {100 * self.tolerance:.2f} points"
         )
-        cols = f"{'format':<15}{'size KB':>9}{'ratio':>7}{'max|err|':>10}{'cosine':>9}{'acc %':>8}{'torch %':>8}{'attr BA %':>10}{'SSIM':>7}  status"
+        cols = f"{'format':<15}{'size KB':>9}{'ratio':>7}{'max|err|':>10}{'cosine':>9}{'acc':>8}{'torch':>8}{'attr BA':>10}{'SSIM':>7}  status"
         lines = [head, cols, "-" * len(cols)]
         lines.append(
             f"{'pytorch':<15}{'':>9}{'':>7}{'':>10}{'':>9}{pct(ref.task_accuracy):>8}{'':>8}"
@@ -141,7 +143,7 @@ class ParityReport:
                 f"{f(r.reconstruction_ssim, '.3f'):>7}  {status}"
             )
         if ref.attribute_chance is not None:
-            lines.append(f"attribute chance {pct(ref.attribute_chance).strip()} %, task floor {pct(ref.attribute_task_floor).strip()} %")
+            lines.append(f"attribute chance {pct(ref.attribute_chance).strip()}, task floor {pct(ref.attribute_task_floor).strip()}")
         if self.cloud:
             server, purifier = self.cloud.get("server"), self.cloud.get("purifier")
             lines.append(f"server.onnx vs torch: max abs err {server['max_abs_err']:.2e}"

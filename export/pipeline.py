@@ -26,7 +26,7 @@ from privsplit.export.bundle_writer import write_bundle
 from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
-from privsplit.run import RunFolder
+from privsplit.run import RunFolder, noise_note
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ def export_run(
     model = run.load_split_model()
     cfg = model.config
     data, split = run.dataset(), run.split()
+    noise_seed = run.eval_noise_seed()  # read (and checked) before anything is written
     shape = feature_shape(cfg)
     _prepare_out(out, overwrite)
 
@@ -140,9 +141,10 @@ def export_run(
     gen_noise = np.random.default_rng(seed + 1).standard_normal((len(calib), *shape)).astype(np.float32)
     scale, zero_point = wire_quantization(measure.torch_features(model, calib.images) + cfg.noise_sigma * gen_noise)
     wire = FeatureSpec(shape=shape, scale=scale, zero_point=zero_point, noise_sigma=float(cfg.noise_sigma))
-    holdout = measure.holdout_reference(model, data, split, seed=seed + 2, limit=holdout_limit)
+    holdout = measure.holdout_reference(model, data, split, seed=seed + 2, noise_seed=noise_seed, limit=holdout_limit)
     _log(f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "
-         f"zero point {zero_point}; torch holdout accuracy {100 * holdout.torch_accuracy:.2f} %", progress)  # fmt: skip
+         f"zero point {zero_point}; torch holdout accuracy {holdout.torch_accuracy:.4f} "
+         f"{noise_note(cfg.noise_sigma, noise_seed)}", progress)  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="export-", dir=out) as tmp:
         work = Path(tmp)
@@ -173,7 +175,7 @@ def export_run(
         report = ParityReport(
             run=str(run.path.name), holdout_size=len(holdout.labels), tolerance=tolerance, noise_sigma=float(cfg.noise_sigma),
             seed=seed, calibration_size=len(calib), wire=wire.to_json(), reference=reference, formats=tuple(rows),
-            probe=None if probe_spec is None else probe_spec.to_json(), cloud=cloud_parity,
+            probe=None if probe_spec is None else probe_spec.to_json(), cloud=cloud_parity, noise_seed=noise_seed,
         )  # fmt: skip
         report.save(out / "parity.json")
         for r in rows:

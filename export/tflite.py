@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from privsplit.errors import require
+from privsplit.quiet import drop_native_stderr
 from privsplit.export.calibration import CalibrationSet, tflite_samples
 from privsplit.export.formats import Backend, ExportFormat
 
@@ -43,7 +44,7 @@ def convert_float(encoder, image_shape: tuple[int, int, int], out: Path) -> Path
     h, w, c = image_shape
     wrapped = lt.to_channel_last_io(encoder, args=[0], outputs=[0]).eval()
     sample = (torch.rand(1, h, w, c),)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), drop_native_stderr():  # LiteRT's XNNPACK-delegate INFO line
         warnings.simplefilter("ignore")
         edge_model = lt.convert(wrapped, sample)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ def compact_names(path: Path) -> Path:
 
 def quantize_format(float_path: Path, fmt: ExportFormat, out: Path, *, calib: CalibrationSet | None, progress: bool = True) -> Path:
     """Make ``fmt`` from the float32 TFLite file (``tflite-fp32`` is a copy), internal tensor names compacted."""
-    with warnings.catch_warnings():
+    # the quantizer's interpreters log LiteRT's XNNPACK-delegate INFO line natively
+    with warnings.catch_warnings(), drop_native_stderr():
         warnings.simplefilter("ignore")
         return compact_names(_make(float_path, fmt, out, calib=calib, progress=progress))
 

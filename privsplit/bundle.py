@@ -56,6 +56,11 @@ class BundleKind(str, Enum):
     EDGE = "edge"
     CLOUD = "cloud"
 
+    @property
+    def a(self) -> str:
+        """``"an edge bundle"`` / ``"a cloud bundle"`` for messages."""
+        return f"{'an' if self.value[0] in 'aeiou' else 'a'} {self.value} bundle"
+
 
 # ---- tensor and wire specs -------------------------------------------------------------------
 def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
@@ -239,7 +244,7 @@ class Bundle:
 
     def _need(self, kind: BundleKind, what: str) -> None:
         if self.kind is not kind:
-            raise BundleError(f"{self.root} is a {self.kind.value} bundle; {what} lives in the {kind.value} bundle")
+            raise BundleError(f"{self.root} is {self.kind.a}; {what} lives in the {kind.value} bundle")
 
 
 def _read_manifest(root: Path) -> tuple[bytes, dict]:
@@ -326,14 +331,14 @@ def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind |
     except ValueError:
         raise BundleError(f"{where} has unknown kind {manifest['kind']!r}") from None
     if kind is not None and actual is not BundleKind(kind):
-        raise BundleError(f"{root} is a {actual.value} bundle, a {BundleKind(kind).value} bundle was expected")
+        raise BundleError(f"{root} is {actual.a}, {BundleKind(kind).a} was expected")
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{where}: 'files' must be an object of relpath -> {{sha256, size}}")
     files = manifest["files"]
     required = ("preprocess", "encoders", "default_encoder") if actual is BundleKind.EDGE else ("server", "purifier", "accepted_encoder_hashes")
     for key in required:
         if key not in manifest:
-            raise BundleError(f"{where} lacks {key!r} required in a {actual.value} bundle: re-export it")
+            raise BundleError(f"{where} lacks {key!r} required in {actual.a}: re-export it")
     if actual is BundleKind.EDGE:
         if manifest["default_encoder"] not in manifest["encoders"]:
             raise BundleError(f"{where}: default_encoder {manifest['default_encoder']!r} is not among its encoders")
@@ -349,6 +354,16 @@ def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind |
     return actual
 
 
+def _check_specs(manifest: Mapping[str, Any], kind: BundleKind) -> None:
+    """Parse every spec the :class:`Bundle` properties return, so a damaged manifest fails at load, not later."""
+    FeatureSpec.from_json(manifest["features"])
+    tuple(str(c) for c in manifest["classes"])
+    if kind is BundleKind.EDGE:
+        PreprocessSpec.from_json(manifest["preprocess"])
+        for entry in manifest["encoders"].values():
+            TensorSpec.from_json(entry["input"]), TensorSpec.from_json(entry["output"])
+
+
 def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | None = None) -> Bundle:
     """Verify and open a bundle; raise :class:`BundleError` naming the offending file.
 
@@ -359,7 +374,13 @@ def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | No
     root = Path(path)
     raw, manifest = _read_manifest(root)
     verified = _verify_signature(root, raw, trust_key) if trust_key is not None else None
-    actual = _check_structure(root, manifest, kind)
+    try:
+        actual = _check_structure(root, manifest, kind)
+        _check_specs(manifest, actual)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"lacks {exc}" if isinstance(exc, KeyError) else f"has a malformed entry ({type(exc).__name__}: {exc})"
+        fix = "re-export the bundle with `privsplit export`"
+        raise BundleError(f"{root / MANIFEST} is damaged, it {what}: {fix}") from None
     _verify_files(root, manifest["files"])
     return Bundle(
         root=root,

@@ -11,18 +11,43 @@ Layout (all JSON or safetensors; never pickle)::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from privsplit.errors import RunError
-from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
+from privsplit.results import check_schema, from_dict, save_json, to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.data import Dataset, Split
     from privsplit.models import ModelConfig, SplitModel
 
 RUN_SCHEMA_VERSION = 1
+# The channel-noise seed of a run's holdout accuracy is ``seed + EVAL_NOISE_OFFSET`` (recorded in metrics.json), so
+# train, probe and export score the holdout with the same noise draw and print the same accuracy.
+EVAL_NOISE_OFFSET = 11
+T = TypeVar("T")
+
+# The command that rewrites a damaged file of a run (the fix named in the error).
+_TRAIN_FILES = ("config", "split", "metrics", "encoder", "head")
+
+
+def noise_note(sigma: float | None, seed: int | None) -> str:
+    """How a printed holdout accuracy was measured: "(with channel noise σ=1, noise seed 11)"."""
+    if sigma is None:
+        return "(with the run's channel noise)"
+    if sigma <= 0:
+        return "(no channel noise: σ=0)"
+    return f"(with channel noise σ={sigma:g}" + ("" if seed is None else f", noise seed {seed}") + ")"
+
+
+def _fix_for(target: Path) -> str:
+    if target.stem in _TRAIN_FILES:
+        return f"re-train the run (`privsplit train ... --out {target.parent}`)"
+    if target.stem == "purifier":
+        return f"re-run `privsplit train-purifier {target.parent}`"
+    return "re-run the step that writes it"
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,26 @@ class RunFolder:
         target = self.file(name)
         if not target.is_file():
             raise RunError(f"{target} not found: is {self.path} a run folder written by `privsplit train`?")
-        return read_json(target, what=name, hint="re-run the step that writes it")
+        try:
+            return json.loads(target.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            where = f"{exc.msg} at line {exc.lineno}"
+            raise RunError(f"{target} is damaged, not valid JSON ({where}): {_fix_for(target)}") from None
+        except UnicodeDecodeError:
+            raise RunError(f"{target} is damaged, not UTF-8 text: {_fix_for(target)}") from None
+
+    def parse_json(self, name: str, parse: Callable[[Any], T]) -> T:
+        """``parse(read_json(name))``; missing or mistyped fields make it a damaged file (:class:`RunError`)."""
+        data = self.read_json(name)
+        target = self.file(name)
+        if not isinstance(data, dict):
+            raise RunError(f"{target} is damaged, not a JSON object: {_fix_for(target)}")
+        try:
+            return parse(data)
+        except KeyError as exc:
+            raise RunError(f"{target} is damaged, it lacks {exc}: {_fix_for(target)}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RunError(f"{target} is damaged ({type(exc).__name__}: {exc}): {_fix_for(target)}") from None
 
     # ---- config, split, data -----------------------------------------------------------------
     def check(self) -> "RunFolder":
@@ -84,7 +128,15 @@ class RunFolder:
         return self
 
     def config(self) -> RunConfig:
-        return RunConfig.from_json(self.read_json("config.json"), source=str(self.file("config.json")))
+        return self.parse_json("config.json", lambda d: RunConfig.from_json(d, source=str(self.file("config.json"))))
+
+    def eval_noise_seed(self) -> int:
+        """The channel-noise seed of the run's holdout accuracy (metrics.json; older runs: config seed + 11)."""
+        if self.has("metrics.json"):
+            seed = self.parse_json("metrics.json", lambda d: d["task"].get("noise_seed"))
+            if seed is not None:
+                return int(seed)
+        return self.config().seed + EVAL_NOISE_OFFSET
 
     def write_config(self, config: RunConfig) -> None:
         self.write_json("config.json", config.to_json())
@@ -92,7 +144,7 @@ class RunFolder:
     def split(self) -> "Split":
         from privsplit.data import Split
 
-        return Split.from_json(self.read_json("split.json"), source=str(self.file("split.json")))
+        return self.parse_json("split.json", lambda d: Split.from_json(d, source=str(self.file("split.json"))))
 
     def dataset(self) -> "Dataset":
         """Reload the run's dataset exactly as it was trained on (same spec, size, limit, task)."""
@@ -116,13 +168,20 @@ class RunFolder:
         return target
 
     def load_module(self, name: str, module):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         target = self.file(f"{name}.safetensors")
         if not target.is_file():
             raise RunError(f"{target} not found: the run lacks its {name} weights")
         try:
-            module.load_state_dict(load_file(str(target)))
+            state = load_file(str(target))
+        except (SafetensorError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            fix = _fix_for(target)
+            raise RunError(f"{target} is damaged, not a readable safetensors file ({first}): {fix}") from None
+        try:
+            module.load_state_dict(state)
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise RunError(

@@ -156,7 +156,7 @@ def test_rewritten_manifest_fails_the_signature(signed, keys):
 def test_structural_errors(tmp_path, signed):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "absent")
-    with pytest.raises(BundleError, match="is a edge bundle, a cloud bundle was expected"):
+    with pytest.raises(BundleError, match="is an edge bundle, a cloud bundle was expected"):
         load_bundle(signed.root, kind=BundleKind.CLOUD)
     manifest = json.loads((signed.root / MANIFEST).read_text())
     for change, pattern in (

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PREFIX.key from `privsplit keys generate`)")
     p.add_argument("--tolerance", type=non_negative_float, default=0.01, metavar="F",
                    help="largest holdout task-accuracy drop vs PyTorch a shipped format may have, as a fraction (default %(default)s = 1 point)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling, noise and probe attackers (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of calibration sampling, the holdout subset and probe attackers "
+                   "(default %(default)s); the holdout's channel noise is the run's own, as in train and probe")
     p.add_argument("--holdout-limit", type=positive_int, metavar="N", help="measure parity on at most N holdout images (default all)")
     p.add_argument("--no-probe", action="store_true", help="skip the feature-leakage probe (attribute / reconstruction columns stay empty)")
     p.add_argument("--probe-formats", metavar="F,F", help="run the leakage probe only on these formats (default: all exported)")

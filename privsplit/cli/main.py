@@ -16,6 +16,7 @@ from typing import Sequence
 
 from privsplit import __version__
 from privsplit.errors import PrivsplitError
+from privsplit.quiet import silence_startup_noise
 
 # Modules in privsplit.cli that each define ``register(subparsers)``; order = order in --help.
 COMMAND_MODULES = [
@@ -34,10 +35,19 @@ COMMAND_MODULES = [
 ]
 
 
+EXIT_CODES = (
+    "exit codes: 0 success; 1 other privsplit error; 2 bad option, dataset, or missing/damaged run file "
+    "(config.json, split.json, metrics.json, *.safetensors: re-train); 3 missing, damaged, tampered or untrusted "
+    "bundle (re-export); 4 optional package not installed; 5 no exported format passed parity; 130 interrupted. "
+    "Errors are one line on stderr naming the file or option and the fix."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="privsplit",
         description="Privacy-preserving split inference: train, export, flash, serve and measure.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"privsplit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -50,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_startup_noise()  # before any command imports TensorFlow, LiteRT, torch or torchao
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

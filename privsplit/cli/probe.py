@@ -25,12 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_out(feats)
     feats.add_argument("--plots", type=Path, metavar="DIR", help="write a reconstruction grid PNG here")
     feats.add_argument("--epochs", type=positive_int, default=None, help="attacker training epochs (default: the probe's own)")
-    feats.add_argument("--seed", type=int, default=0, help="seed of the attackers and the noise")
+    feats.add_argument("--seed", type=int, default=0, help="seed of the attackers and of their features' noise "
+                       "(the task accuracy uses the run's own noise seed, as train and export do)")
     feats.set_defaults(handler=_lazy("privsplit.cli.probe_features"))
 
     outs = kinds.add_parser(
         "outputs",
         help="what the returned scores leak: membership inference and model inversion, without/with purifier",
+        description="Score the run's members and holdout through the deployed path (encoder, channel noise, server "
+        "layers), then attack the returned scores: membership inference (threshold and learned attacks on shadow "
+        "models, AUC, advantage and TPR at low FPR beside the label-only floor) and model inversion (a decoder from "
+        "scores to images, SSIM beside the mean-image baseline), each without and with the run's purifier. Needs a "
+        "run with a purifier (`privsplit train-purifier RUN`).",
     )
     outs.add_argument("run", type=Path, metavar="RUN", help="run folder with a purifier (`privsplit train-purifier`)")
     add_json_out(outs)

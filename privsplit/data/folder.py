@@ -33,8 +33,17 @@ def sort_classes(values: set[str]) -> tuple[str, ...]:
         return tuple(sorted(values))
 
 
-def read_labels_csv(path: Path, *, limit: int | None = None) -> tuple[list[str], dict[str, list[str]]]:
-    """The image paths and the raw values of every label column, first ``limit`` rows."""
+def file_column_rule(header: list[str], file_col: int) -> str:
+    """Why ``header[file_col]`` was taken as the column of image paths (for error messages)."""
+    if header[file_col].lower() in FILE_COLUMNS:
+        return f"the file column {header[file_col]!r}"
+    return (f"column {header[file_col]!r}, taken as the file column because no column is named "
+            f"{' / '.join(FILE_COLUMNS)} (it is the first column)")  # fmt: skip
+
+
+def read_labels_csv(path: Path, *, limit: int | None = None) -> tuple[list[str], dict[str, list[str]], str]:
+    """The image paths, the raw values of every label column (first ``limit`` rows) and how the file column
+    was chosen (:func:`file_column_rule`)."""
     if not path.is_file():
         raise DataError(f"{path} not found: a folder dataset needs a labels.csv (header: file,<label>,...)")
     with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -49,7 +58,8 @@ def read_labels_csv(path: Path, *, limit: int | None = None) -> tuple[list[str],
     file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), 0)
     label_cols = [i for i in range(len(header)) if i != file_col]
     if not label_cols:
-        raise DataError(f"{path}: no label columns besides {header[file_col]!r}; add e.g. a 'class' column")
+        rule = file_column_rule(header, file_col)
+        raise DataError(f"{path}: no label columns besides {rule}; add e.g. a 'class' column")
     body = rows[1:] if limit is None else rows[1 : limit + 1]
     files: list[str] = []
     values: dict[str, list[str]] = {header[i]: [] for i in label_cols}
@@ -63,7 +73,7 @@ def read_labels_csv(path: Path, *, limit: int | None = None) -> tuple[list[str],
         files.append(cells[file_col])
         for i in label_cols:
             values[header[i]].append(cells[i])
-    return files, values
+    return files, values, file_column_rule(header, file_col)
 
 
 @register_loader("folder", default_image_size=64, needs_path=True, help="images + labels.csv (file,<label>,...)")
@@ -72,14 +82,15 @@ def load_folder(path: Path | None, *, image_size: int, limit: int | None) -> Lab
         raise DataError(f"dataset folder {path} not found")
     root = Path(path)
     labels_path = root / LABELS_FILE
-    files, raw = read_labels_csv(labels_path, limit=limit)
+    files, raw, file_rule = read_labels_csv(labels_path, limit=limit)
     if not files:
         raise DataError(f"{labels_path} lists no images")
     paths = [root / f for f in files]
     missing = [f for f, p in zip(files, paths) if not p.is_file()]
     if missing:
         raise DataError(
-            f"{len(missing)} image(s) listed in {labels_path} not found in {root}, e.g. {root / missing[0]}"
+            f"{len(missing)} of {len(files)} image(s) named in {file_rule} of {labels_path} not found in {root}, "
+            f"e.g. {root / missing[0]}: put the image paths (relative to {root}) in a column named 'file'"
         )
     key = {
         "version": _CACHE_VERSION,

@@ -8,7 +8,15 @@ from privsplit.models.adversaries import (
     ReconstructionDecoder,
 )
 from privsplit.models.config import Arch, ModelConfig
-from privsplit.models.split import Encoder, ServerLayers, SplitModel, build_split_model, feature_shape
+from privsplit.models.split import (
+    SCORE_BATCH,
+    Encoder,
+    ServerLayers,
+    SplitModel,
+    build_split_model,
+    channel_noise,
+    feature_shape,
+)
 
 __all__ = [
     "Arch",
@@ -18,6 +26,8 @@ __all__ = [
     "SplitModel",
     "build_split_model",
     "feature_shape",
+    "channel_noise",
+    "SCORE_BATCH",
     "ATTRIBUTE_ATTACKERS",
     "LinearAttacker",
     "MLPAttacker",

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from privsplit.errors import ConfigError, RunError
-from privsplit.results import from_dict, load_json, save_json, to_dict
+from privsplit.results import from_dict, save_json, to_dict
 
 PURIFIER_SCHEMA_VERSION = 1
 PURIFIER_JSON = "purifier.json"
@@ -184,9 +184,13 @@ def load_purifier(run: RunStore) -> Purifier | None:
     """The run's purifier in eval mode, or ``None`` when the run has none."""
     if not run.has(PURIFIER_JSON):
         return None
-    data = load_json(run.file(PURIFIER_JSON), version=PURIFIER_SCHEMA_VERSION, what="the purifier config",
-                     hint=f"re-run `privsplit train-purifier {run.path}`")  # fmt: skip
-    purifier = Purifier(PurifierConfig.from_json(data["config"]))
+    data = run.parse_json(PURIFIER_JSON, dict)
+    if data.get("schema_version") != PURIFIER_SCHEMA_VERSION:
+        raise RunError(
+            f"{run.file(PURIFIER_JSON)} has schema version {data.get('schema_version')}, expected "
+            f"{PURIFIER_SCHEMA_VERSION}: re-run `privsplit train-purifier {run.path}`"
+        )
+    purifier = Purifier(run.parse_json(PURIFIER_JSON, lambda d: PurifierConfig.from_json(d["config"])))
     if not run.has(f"{PURIFIER_WEIGHTS}.safetensors"):
         raise RunError(f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: re-run `privsplit train-purifier {run.path}`")
     run.load_module(PURIFIER_WEIGHTS, purifier)
@@ -195,6 +199,6 @@ def load_purifier(run: RunStore) -> Purifier | None:
 
 def purifier_training_facts(run: RunStore) -> dict[str, Any]:
     """The ``training`` block of ``purifier.json`` (mode, epochs, reference figures)."""
-    return dict(run.read_json(PURIFIER_JSON).get("training", {}))
+    return dict(run.parse_json(PURIFIER_JSON, lambda d: dict(d.get("training", {}))))
 
 

@@ -16,6 +16,24 @@ from privsplit.models.config import Arch, ModelConfig
 from privsplit.models.mobilenet import block_strides, conv_bn, mobilenet_v2_blocks
 
 
+SCORE_BATCH = 512  # images per noise draw in SplitModel.scores; channel_noise draws the same stream
+
+
+def channel_noise(
+    n: int, shape: tuple[int, int, int], *, sigma: float, seed: int, batch_size: int = SCORE_BATCH
+) -> np.ndarray:
+    """The channel noise :meth:`SplitModel.scores` adds for ``n`` images with ``noise_seed=seed``: (n, C, h, w).
+
+    Drawn batch by batch from one generator exactly as ``scores`` draws it, so an accuracy computed from these
+    features plus this noise equals the accuracy of ``scores`` (export parity relies on it).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if sigma <= 0:
+        return np.zeros((n, *shape), np.float32)
+    draws = [sigma * torch.randn((min(batch_size, n - i), *shape), generator=gen) for i in range(0, n, batch_size)]
+    return torch.cat(draws).numpy().astype(np.float32) if draws else np.zeros((0, *shape), np.float32)
+
+
 def _small_cnn_channels(width: int, count: int) -> list[int]:
     return [width * (2 ** min(i, 2)) for i in range(count)]
 
@@ -128,7 +146,7 @@ class SplitModel(nn.Module):
         return self.head(self.features(x))
 
     @torch.no_grad()
-    def scores(self, images: np.ndarray, *, noise_seed: int, batch_size: int = 512) -> np.ndarray:
+    def scores(self, images: np.ndarray, *, noise_seed: int, batch_size: int = SCORE_BATCH) -> np.ndarray:
         """Softmax scores the deployed pipeline returns for ``uint8 (N, H, W, C)`` images.
 
         Encoder, channel noise from one generator seeded with ``noise_seed`` (advancing across

@@ -75,11 +75,14 @@ def torch_encoder_fn(model: "SplitModel", *, seed: int = 0, batch_size: int = 25
     return encode
 
 
-def torch_task_accuracy(model: "SplitModel", data: Dataset, *, seed: int = 0, batch_size: int = 256) -> float:
-    """Task accuracy of the full model on ``data`` with the channel noise on (what the deployment delivers)."""
+def torch_task_accuracy(model: "SplitModel", data: Dataset, *, seed: int = 0) -> float:
+    """Task accuracy of the full model on ``data`` with the channel noise on (what the deployment delivers).
+
+    Scored by :meth:`SplitModel.scores`; with the run's ``eval_noise_seed`` on its holdout this is the holdout
+    accuracy ``privsplit train`` recorded."""
     from sklearn.metrics import accuracy_score
 
-    predictions = model.scores(data.images, noise_seed=seed, batch_size=batch_size).argmax(1)
+    predictions = model.scores(data.images, noise_seed=seed).argmax(1)
     return float(accuracy_score(data.task_labels, predictions))
 
 
@@ -204,8 +207,11 @@ def probe_run_features(run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, prog
             file=sys.stderr,
             flush=True,
         )
-    accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=spec.seed)
+    noise_seed = folder.eval_noise_seed()  # the run's holdout noise: the same accuracy as train and export print
+    accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=noise_seed)
     encode = torch_encoder_fn(model, seed=spec.seed + 1)
-    result = probe_features(encode, data, split, spec=spec, progress=progress).with_task_accuracy(accuracy)
+    result = probe_features(encode, data, split, spec=spec, progress=progress).with_task_accuracy(
+        accuracy, noise_sigma=float(model.config.noise_sigma), noise_seed=noise_seed
+    )
     result.save(folder.path)
     return result

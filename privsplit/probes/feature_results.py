@@ -146,9 +146,13 @@ class FeatureLeakageResult:
     reconstruction: ReconstructionLeakage | None
     runtime_s: float
     task_accuracy: float | None = None
+    task_noise_sigma: float | None = None  # the channel noise the task accuracy was measured with
+    task_noise_seed: int | None = None
 
-    def with_task_accuracy(self, accuracy: float | None) -> "FeatureLeakageResult":
-        return replace(self, task_accuracy=accuracy)
+    def with_task_accuracy(
+        self, accuracy: float | None, *, noise_sigma: float | None = None, noise_seed: int | None = None
+    ) -> "FeatureLeakageResult":
+        return replace(self, task_accuracy=accuracy, task_noise_sigma=noise_sigma, task_noise_seed=noise_seed)
 
     # ---- JSON ---------------------------------------------------------------------------------
     def to_json(self, *, samples_file: str | None = None) -> dict:
@@ -162,7 +166,8 @@ class FeatureLeakageResult:
                 "feature_dtype": self.feature_dtype,
             },
             "sizes": {"attacker": self.attacker_size, "holdout": self.holdout_size},
-            "task": {"name": self.task, "accuracy": self.task_accuracy},
+            "task": {"name": self.task, "accuracy": self.task_accuracy, "noise_sigma": self.task_noise_sigma,
+                     "noise_seed": self.task_noise_seed},
             "attribute": None if self.attribute is None else self.attribute.to_json(),
             "reconstruction": None if self.reconstruction is None else self.reconstruction.to_json(samples_file),
             "spec": self.spec.to_json(),
@@ -190,6 +195,8 @@ class FeatureLeakageResult:
             else ReconstructionLeakage.from_json(data["reconstruction"], samples),
             runtime_s=float(data["runtime_s"]),
             task_accuracy=data["task"].get("accuracy"),
+            task_noise_sigma=data["task"].get("noise_sigma"),
+            task_noise_seed=data["task"].get("noise_seed"),
         )
 
     # ---- files --------------------------------------------------------------------------------

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from privsplit.run import noise_note
+
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.feature_results import FeatureLeakageResult
+
+
+# A task floor this high means the task label determines the private attribute (e.g. digit -> parity).
+DETERMINED_FLOOR = 0.99
 
 
 def _f(value: float | None, fmt: str = ".3f") -> str:
@@ -17,7 +23,8 @@ def summary_text(result: "FeatureLeakageResult") -> str:
     lines = [
         f"Feature leakage: {result.source}, task {result.task}; features {c}x{h}x{w} ({result.feature_dtype}); "
         f"attackers trained on {result.attacker_size} attacker images, scored on {result.holdout_size} holdout images",
-        f"task accuracy (holdout, with channel noise): {_f(result.task_accuracy)}",
+        f"task accuracy (holdout): {_f(result.task_accuracy, '.4f')} "
+        f"{noise_note(result.task_noise_sigma, result.task_noise_seed)}",
     ]
     att = result.attribute
     if att is None:
@@ -37,6 +44,12 @@ def summary_text(result: "FeatureLeakageResult") -> str:
             f"  {'chance':<{width - 2}}{_f(att.chance):>9}{_f(0.5):>8}",
             f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} balanced accuracy over the floor",
         ]
+        if att.task_floor >= DETERMINED_FLOOR:
+            lines.append(
+                f"  warning: the task label alone determines {att.name} (task floor {att.task_floor:.3f}): whatever "
+                "does the task reveals it, and 'leakage beyond the task' measures only how far the attackers fall "
+                "short of the label; choose a private attribute the task does not determine"
+            )
     rec = result.reconstruction
     if rec is None:
         lines.append("reconstruction: not run")

@@ -201,7 +201,7 @@ class OutputProbeResult:
         def add(name: str, raw: float, pur: float, fmt: str = "{:.3f}") -> None:
             rows.append((name, fmt.format(raw), fmt.format(pur)))
 
-        add("holdout accuracy", self.accuracy, self.accuracy_purified, "{:.4f}")
+        add("holdout accuracy (with channel noise)", self.accuracy, self.accuracy_purified, "{:.4f}")
         add("members accuracy", self.accuracy_members, self.accuracy_members_purified, "{:.4f}")
         rows.append(("label agreement (holdout)", "-", f"{self.label_agreement:.4f}"))
         rows.append(("distortion % L1 (holdout / members)", "-", f"{self.distortion_pct:.2f} / {self.distortion_pct_members:.2f}"))

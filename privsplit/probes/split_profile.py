@@ -53,7 +53,8 @@ class SplitProfileSpec:
     rtt_ms: float = 0.0  # network round trip added to every split
     runtime: SplitRuntime = SplitRuntime.ONNXRUNTIME
     threads: int = 1
-    runs: int = 30
+    warmup: int = 10  # unmeasured calls per module before timing (as `privsplit edge bench`)
+    runs: int = 100  # timed calls per module, interleaved across modules in ROUNDS rounds; the median is reported
     samples: int = 256  # holdout images for the leakage indicator
     seed: int = 0
 
@@ -62,8 +63,8 @@ class SplitProfileSpec:
             raise ConfigError(f"--bandwidth-mbps must be > 0, got {self.bandwidth_mbps}")
         if self.budget_ms is not None and not self.budget_ms > 0:
             raise ConfigError(f"--budget-ms must be > 0, got {self.budget_ms}")
-        if self.threads < 1 or self.runs < 1 or self.samples < 8 or self.rtt_ms < 0:
-            raise ConfigError("need threads >= 1, runs >= 1, samples >= 8 and rtt >= 0")
+        if self.threads < 1 or self.runs < 1 or self.samples < 8 or self.rtt_ms < 0 or self.warmup < 0:
+            raise ConfigError("need threads >= 1, warmup >= 0, runs >= 1, samples >= 8 and rtt >= 0")
 
     def to_json(self) -> dict:
         return to_dict(self)
@@ -134,40 +135,59 @@ class SplitProfile:
             shape = "x".join(map(str, r.feature_shape))
             line = f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} {r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f}"
             lines.append(line + (f" {r.private_balanced_accuracy:>7.3f}" if priv else ""))
-        lines.append("(ms; * suggested, t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")"))
+        lines.append(f"(ms: median of {s.runs} runs per module after {s.warmup} warm-up runs, interleaved; * suggested, "
+                     "t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")"))
         lines.append(f"suggested split {self.suggested}: {self.reason}")
         return "\n".join(lines)
 
 
 # ---- latency ------------------------------------------------------------------------------------------
-def _timed(fn, runs: int) -> float:
-    for _ in range(min(5, runs)):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+ROUNDS = 5  # timed runs are spread over this many rounds through all modules
 
 
-def _latency_ms(module, shape: tuple[int, ...], spec: SplitProfileSpec, workdir: Path) -> float:
+def median_latencies_ms(calls: list, *, warmup: int, runs: int, rounds: int = ROUNDS) -> list[float]:
+    """Median milliseconds per call of each of ``calls``, measured like ``privsplit edge bench``.
+
+    Every call is first warmed up ``warmup`` times (one-time allocation, lazy initialisation, caches); the
+    ``runs`` timed calls of each are then interleaved in ``rounds`` rounds through all of them, so a burst of
+    load on the machine lands on every module alike instead of on whichever was being timed, and the median
+    ignores the outliers that remain.
+    """
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in calls]
+    rounds = max(1, min(rounds, runs))
+    for r in range(rounds):
+        n = runs // rounds + (1 if r < runs % rounds else 0)
+        for fn, times in zip(calls, samples):
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+    return [float(np.median(times) * 1e3) for times in samples]
+
+
+def _timer(module, shape: tuple[int, ...], spec: SplitProfileSpec, path: Path):
+    """A no-argument call running ``module`` once on a zero batch of one, in the spec's runtime."""
     import torch
 
     module = module.eval()
     x = torch.zeros((1, *shape))
     if spec.runtime is SplitRuntime.TORCH:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(spec.threads)
-        try:
-            with torch.no_grad():
-                return _timed(lambda: module(x), spec.runs)
-        finally:
-            torch.set_num_threads(previous)
+        def call():
+            previous = torch.get_num_threads()
+            torch.set_num_threads(spec.threads)
+            try:
+                with torch.no_grad():
+                    module(x)
+            finally:
+                torch.set_num_threads(previous)
+
+        return call
     from privsplit.errors import require
 
     ort = require("onnxruntime", package="onnxruntime", extra="export")
-    path = workdir / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
@@ -175,7 +195,7 @@ def _latency_ms(module, shape: tuple[int, ...], spec: SplitProfileSpec, workdir:
     options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = spec.threads, 1, 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
-    return _timed(lambda: session.run(None, feed), spec.runs)
+    return lambda: session.run(None, feed)
 
 
 def _request_bytes(shape: tuple[int, int, int]) -> int:
@@ -311,12 +331,18 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
     chance = None if private is None else 1.0 / len(data.classes[data.private])
     cuts = _cut_modules(model)
     rows = []
+    candidates = _candidates(cfg)
+    image = (cfg.in_channels, cfg.image_size, cfg.image_size)
     with tempfile.TemporaryDirectory(prefix="split-profile-") as tmp:
-        for k in _candidates(cfg):
+        calls = []
+        for k in candidates:  # every module first, then all timed together (interleaved, after warm-up)
             cfg_k = replace(cfg, split=k)
-            shape = feature_shape(cfg_k)
-            device_ms = _latency_ms(Encoder(cfg_k), (cfg.in_channels, cfg.image_size, cfg.image_size), spec, Path(tmp))
-            server_ms = _latency_ms(ServerLayers(cfg_k), shape, spec, Path(tmp))
+            calls.append(_timer(Encoder(cfg_k), image, spec, Path(tmp) / f"device{k}.onnx"))
+            calls.append(_timer(ServerLayers(cfg_k), feature_shape(cfg_k), spec, Path(tmp) / f"server{k}.onnx"))
+        latencies = median_latencies_ms(calls, warmup=spec.warmup, runs=spec.runs)
+        for i, k in enumerate(candidates):
+            shape = feature_shape(replace(cfg, split=k))
+            device_ms, server_ms = latencies[2 * i], latencies[2 * i + 1]
             nbytes = _request_bytes(shape)
             uplink_ms = nbytes * 8 / (spec.bandwidth_mbps * 1e6) * 1e3
             cut = cuts[k - 1]
@@ -340,7 +366,8 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
             if progress:
                 import sys
 
-                print(f"split-profile: split {k}: device {device_ms:.2f} ms, {nbytes} B, dCor {dcor:.3f}", file=sys.stderr, flush=True)
+                print(f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
     chosen, ok, reason = suggest(rows, spec)
     return SplitProfile(run=run.path.name, arch=cfg.arch.value, image_size=cfg.image_size, spec=spec, rows=tuple(rows),
                         suggested=chosen, within_budget=ok, reason=reason, private_chance=chance)  # fmt: skip

@@ -18,7 +18,8 @@ from privsplit.quickstart.config import QUICKSTART_SCHEMA_VERSION, QuickstartCon
 from privsplit.quickstart.service import ServiceProcess
 from privsplit.quickstart.stages import StageLog
 from privsplit.report.layout import PROTECTED, UNPROTECTED, QuickstartLayout, curve_run_name
-from privsplit.results import save_json
+from privsplit.results import read_json, save_json
+from privsplit.run import noise_note
 
 # The encoder format each device runtime runs in the quickstart's bundle.
 _RUNTIME_ENCODER = {"litert": "tflite-int8", "tflite-runtime": "tflite-int8", "onnxruntime": "onnx-int8"}
@@ -47,7 +48,7 @@ def _check_resume(layout: QuickstartLayout, config: QuickstartConfig) -> None:
         raise ConfigError(
             f"--resume: {layout.root} holds no quickstart (no quickstart.json); start one without --resume"
         )
-    saved = json.loads(layout.state.read_text()).get("config", {})
+    saved = read_json(layout.state, what="the quickstart state").get("config", {})
     wanted = config.to_json()
     diff = [k for k in sorted(set(saved) | set(wanted)) if k != "progress" and saved.get(k) != wanted.get(k)]
     if diff:
@@ -85,7 +86,13 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False, resume: boo
     from the export on run again."""
     from privsplit.report.build import build_report
 
+    from privsplit.data import load_dataset
+
     layout = QuickstartLayout(config.out)
+    # every data option (spec, folder, task, private, --image-size, --limit) is checked before --out is touched,
+    # so a bad option leaves nothing behind that a corrected rerun would refuse
+    load_dataset(config.data, task=config.task, private=config.private, image_size=config.image_size,
+                 limit=config.limit)  # fmt: skip
     _prepare(layout.root, force, config if resume else None)
     models = _models(config)
     state: dict = {
@@ -133,8 +140,11 @@ def _train(config, layout, models, log, state) -> None:
                     limit=config.limit, seed=config.seed, config=train_config, progress=config.progress,
                     resume=has_checkpoint(path),
                 )  # fmt: skip
-            acc = folder.read_json("metrics.json")["task"]["accuracy"]
-            st.detail = f"holdout task accuracy {acc:.3f}" + (" (kept from the interrupted quickstart)" if kept else "")
+            task = folder.read_json("metrics.json")["task"]
+            noise = noise_note(task.get("noise_sigma"), task.get("noise_seed"))
+            st.detail = f"holdout task accuracy {task['accuracy']:.4f} {noise}" + (
+                " (kept from the interrupted quickstart)" if kept else ""
+            )
         state["models"].append({"name": name, "run": str(layout.run(name).relative_to(layout.root)), "adv_weight": train_config.adv_weight,
                                 "noise_sigma": train_config.noise_sigma, "feature_channels": train_config.feature_channels})  # fmt: skip
 

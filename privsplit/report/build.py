@@ -42,7 +42,7 @@ def _features(doc: Document, s: dict) -> None:
     )
     rows = [[m["name"], f"{m['feature_channels']} ch, σ {m['noise_sigma']:g}, λ {m['adv_weight']:g}", _f(m["task_accuracy"]),
              f"{_f(m['attribute_balanced_accuracy'])} ({m['attribute_attacker']})", _f(m["reconstruction_ssim"])] for m in models]  # fmt: skip
-    sec.add(Table(["model", "encoder (channels, noise, adversary weight)", "task accuracy", "attribute attacker bal. acc.", "reconstruction SSIM"], rows))
+    sec.add(Table(["model", "encoder (channels, noise, adversary weight)", "task accuracy (with channel noise)", "attribute attacker bal. acc.", "reconstruction SSIM"], rows))
     if s["artefacts"]:
         rows = [[a["format"], _f(a["size_kb"], 1), _f(a["task_accuracy"]), _f(a["attribute_balanced_accuracy"]), _f(a["reconstruction_ssim"]),
                  _f(a["cosine"], 5), "yes" if a["shipped"] else "no"] for a in s["artefacts"]]  # fmt: skip
@@ -109,7 +109,7 @@ def _stages(doc: Document, s: dict) -> None:
 
 _THREAT = """- Feature probe: the attacker holds the features the device sends (an eavesdropper or the cloud itself), knows the encoder's outputs for its own labelled images (`attacker` part, disjoint from training) and trains any of three classifiers and a decoder on them.
 - Output probe: the attacker is a client of the deployed service; it knows which of its own records were training members of a shadow model it trains on its own data, and queries the service for the scores of the records it tests.
-- Limits: one seed per figure; small test sets give ±1–3 points of sampling noise (the holdout accuracy itself varies with the channel-noise draw); latency is measured on this machine, not on a device; a label-preserving purifier cannot remove what the label itself reveals (the label floor)."""
+- Limits: one seed per figure; small test sets give ±1–3 points of sampling noise (every holdout accuracy includes the channel noise: one seeded draw per run, shared by train, probe and export); latency is measured on this machine, not on a device; a label-preserving purifier cannot remove what the label itself reveals (the label floor)."""
 
 
 def build_document(s: dict, figures: dict[str, Path]) -> Document:

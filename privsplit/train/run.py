@@ -12,7 +12,7 @@ import torch
 from privsplit.data import Part, SplitFractions, load_dataset, make_split
 from privsplit.errors import ConfigError
 from privsplit.models import Arch, ModelConfig, build_split_model
-from privsplit.run import DataConfig, RunConfig, RunFolder
+from privsplit.run import EVAL_NOISE_OFFSET, DataConfig, RunConfig, RunFolder, noise_note
 from privsplit.train import checkpoint as ckpt
 from privsplit.train import distributed
 from privsplit.train.adversarial import accuracy
@@ -122,14 +122,17 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
 
     x = result.model.preprocess(data.images)
     y = torch.as_tensor(data.task_labels)
+    noise_seed = seed + EVAL_NOISE_OFFSET
     metrics = {
         "schema_version": METRICS_SCHEMA_VERSION,
         "task": {
             "name": data.task,
-            "accuracy": accuracy(result.model, x[split[Part.HOLDOUT]], y[split[Part.HOLDOUT]], noise_seed=seed + 11),
-            "accuracy_members": accuracy(result.model, x[members], y[members], noise_seed=seed + 11),
-            "accuracy_reference": accuracy(result.model, x[split[Part.REFERENCE]], y[split[Part.REFERENCE]], noise_seed=seed + 11),
+            "accuracy": accuracy(result.model, x[split[Part.HOLDOUT]], y[split[Part.HOLDOUT]], noise_seed=noise_seed),
+            "accuracy_members": accuracy(result.model, x[members], y[members], noise_seed=noise_seed),
+            "accuracy_reference": accuracy(result.model, x[split[Part.REFERENCE]], y[split[Part.REFERENCE]], noise_seed=noise_seed),
             "majority_baseline": float(np.bincount(data.task_labels[split[Part.HOLDOUT]]).max() / len(split[Part.HOLDOUT])),
+            "noise_sigma": float(model_config.noise_sigma),
+            "noise_seed": noise_seed,
         },
         "selected_epoch": result.selected_epoch,
         "train_seconds": round(time.perf_counter() - started, 2),
@@ -142,8 +145,9 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
     dist.barrier()
     if progress:
         t = metrics["task"]
-        print(f"privsplit train: holdout accuracy {t['accuracy']:.4f} (members {t['accuracy_members']:.4f}, "
-              f"majority {t['majority_baseline']:.4f}) -> {run.path}", file=sys.stderr, flush=True)
+        print(f"privsplit train: holdout accuracy {t['accuracy']:.4f} {noise_note(model_config.noise_sigma, noise_seed)} "
+              f"(members {t['accuracy_members']:.4f}, majority {t['majority_baseline']:.4f}) -> {run.path}",
+              file=sys.stderr, flush=True)  # fmt: skip
     return run
 
 

@@ -8,7 +8,7 @@ import torch
 from privsplit.data import Dataset, Part, Split, SplitFractions
 from privsplit.models import SplitModel, build_split_model
 from privsplit.run import RunConfig
-from privsplit.train.adversarial import train_split_model
+from privsplit.train.loop import train_split_model
 from privsplit.train.config import TrainConfig
 
 __all__ = ["train_shadow"]
