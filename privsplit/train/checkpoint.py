@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from privsplit.errors import RunError
+from privsplit.results import save_json
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_SCHEMA_VERSION = 1
@@ -68,7 +69,7 @@ def save_checkpoint(run_path: str | Path, meta: dict[str, Any], tensors: dict[st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-    (tmp / "checkpoint.json").write_text(json.dumps({"schema_version": CHECKPOINT_SCHEMA_VERSION, **meta}, indent=1))
+    save_json(tmp / "checkpoint.json", meta, version=CHECKPOINT_SCHEMA_VERSION, indent=1)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
