@@ -66,7 +66,9 @@ def noisy_run(digits_folder, tmp_path_factory) -> dict:
     assert train.returncode == 0, train.stderr[-3000:]
     probe = cli("probe", "features", run, "--epochs", "1")
     assert probe.returncode == 0, probe.stderr[-3000:]
-    export = cli("export", run, "--out", out, "--formats", "onnx-fp32,tflite-int8", "--no-probe", "--quiet")
+    # 80 holdout images: one flipped answer is 1.25 points, so the tolerance is wide (parity is test_export's business)
+    export = cli("export", run, "--out", out, "--formats", "onnx-fp32,tflite-int8", "--no-probe", "--quiet",
+                 "--tolerance", "0.2")  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     return {"run": run, "out": out, "train": train, "probe": probe, "export": export}
 
@@ -218,7 +220,8 @@ def test_tflite_runtime_not_installed_is_not_blamed_on_numpy():
 def test_probe_outputs_help_has_a_description():
     proc = cli("probe", "outputs", "--help")
     assert proc.returncode == 0
-    assert "membership inference" in proc.stdout and "purifier" in proc.stdout
+    text = " ".join(proc.stdout.split())
+    assert "membership inference" in text and "model inversion" in text and "purifier" in text
 
 
 def test_a_private_attribute_fixed_by_the_task_gets_a_warning(noisy_run):
