@@ -85,9 +85,10 @@ def drop_native_stderr(prefix: bytes = XNNPACK_INFO):
     For log lines of native libraries that Python cannot filter. Everything else (progress bars, warnings) is
     passed on as it is written, by a thread reading a pipe.
     """
+    fd = 2  # native libraries write to fd 2 whatever sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (a captured stream): nothing to filter
+        os.fstat(fd)
+    except OSError:  # no stderr at all: nothing to filter
         yield
         return
     sys.stderr.flush()

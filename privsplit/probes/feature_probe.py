@@ -200,6 +200,7 @@ def probe_run_features(run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, prog
     model = folder.load_split_model()
     data = folder.dataset()
     split = folder.split()
+    noise_seed = folder.eval_noise_seed()  # the run's holdout noise: the same accuracy as train and export print
     if progress:
         print(
             f"privsplit probe features: {folder.path} ({data.source}, task {data.task}, private {data.private}, "
@@ -207,7 +208,6 @@ def probe_run_features(run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, prog
             file=sys.stderr,
             flush=True,
         )
-    noise_seed = folder.eval_noise_seed()  # the run's holdout noise: the same accuracy as train and export print
     accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=noise_seed)
     encode = torch_encoder_fn(model, seed=spec.seed + 1)
     result = probe_features(encode, data, split, spec=spec, progress=progress).with_task_accuracy(
