@@ -93,7 +93,8 @@ class LoadResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "LoadResult":
-        return cls.from_json(read_json(path, what="a load result", hint="re-run `privsplit bench ... --json FILE`"), source=str(path))
+        hint = "re-run `privsplit bench ... --json FILE`"
+        return cls.from_json(read_json(path, what="a load result", hint=hint), source=str(path))
 
     def summary(self) -> str:
         head = f"{self.label + ': ' if self.label else ''}{self.spec.target} {'stream' if self.spec.stream else 'unary'}, " \

@@ -114,7 +114,8 @@ class BenchResult:
         return rest / enc if enc > 0 else float("inf")
 
     def to_json(self) -> dict:
-        return {"schema_version": BENCH_SCHEMA_VERSION, **to_dict(self), "overhead_share": to_dict(round(self.overhead_share, 4))}
+        share = to_dict(round(self.overhead_share, 4))
+        return {"schema_version": BENCH_SCHEMA_VERSION, **to_dict(self), "overhead_share": share}
 
     @classmethod
     def from_json(cls, data: dict, *, source: str = "bench result") -> "BenchResult":

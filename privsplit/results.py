@@ -41,7 +41,9 @@ from privsplit.errors import ConfigError, ResultError
 
 T = TypeVar("T")
 
-__all__ = ["to_dict", "from_dict", "dumps", "check_schema", "atomic_write", "save_json", "read_json", "load_json", "save_npz"]
+__all__ = [
+    "to_dict", "from_dict", "dumps", "check_schema", "atomic_write", "save_json", "read_json", "load_json", "save_npz",
+]  # fmt: skip
 
 
 # ---- values -> JSON ---------------------------------------------------------------------------------
@@ -65,7 +67,8 @@ def to_dict(obj: Any) -> Any:
         return os.fspath(obj)
     if type(obj).__module__ == "numpy":  # numpy scalar or array, without importing numpy here
         return to_dict(obj.tolist())
-    raise TypeError(f"cannot write a {type(obj).__name__} to JSON: convert it to numbers, strings, lists or a dataclass")
+    name = type(obj).__name__
+    raise TypeError(f"cannot write a {name} to JSON: convert it to numbers, strings, lists or a dataclass")
 
 
 def _key(key: Any) -> str:
@@ -90,7 +93,8 @@ def _hints(cls: type) -> dict[str, Any]:
         hints = {}
         for f in dataclasses.fields(cls):
             try:
-                hints[f.name] = eval(f.type, module) if isinstance(f.type, str) else f.type  # noqa: S307 - own annotations
+                # the class's own annotation text, evaluated as typing.get_type_hints would
+                hints[f.name] = eval(f.type, module) if isinstance(f.type, str) else f.type  # noqa: S307
             except Exception:  # noqa: BLE001 - unresolvable: taken as is
                 hints[f.name] = Any
         return hints

@@ -176,7 +176,8 @@ def _save(obj, path: Path) -> None:
 
 def _same(a, b) -> bool:
     if type(a).__name__ == "Split":
-        return a.n == b.n and a.seed == b.seed and all(np.array_equal(a[p], b[p]) for p in ("members", "holdout", "attacker"))
+        parts = ("members", "reference", "holdout", "attacker")
+        return a.n == b.n and a.seed == b.seed and all(np.array_equal(a[p], b[p]) for p in parts)
     if type(a).__name__ == "OutputProbeResult":
         arrays = all(np.array_equal(a.arrays.scores[k], b.arrays.scores[k]) for k in a.arrays.scores)
         return replace(a, arrays=None).to_json() == replace(b, arrays=None).to_json() and arrays and a.mia == b.mia
@@ -255,7 +256,8 @@ def test_run_folder_config_of_another_version_names_the_file(tmp_path):
 
     data = json.loads((V1 / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**data, "schema_version": 2}))
-    with pytest.raises(ResultError, match=rf"{tmp_path / 'config.json'} has schema version 2, expected 1: re-run `privsplit train`"):
+    expected = rf"{tmp_path / 'config.json'} has schema version 2, expected 1: re-run `privsplit train`"
+    with pytest.raises(ResultError, match=expected):
         RunFolder(tmp_path).config()
     (tmp_path / "config.json").write_text(json.dumps(data))
     assert RunFolder(tmp_path).config() == samples()["config.json"][0]

@@ -177,7 +177,8 @@ def purify_numpy(purifier: Purifier, probs, batch_size: int = 4096):
 def save_purifier(run: RunStore, purifier: Purifier, *, training: dict[str, Any] | None = None) -> None:
     """Write ``RUN/purifier.json`` and ``RUN/purifier.safetensors``."""
     run.save_module(PURIFIER_WEIGHTS, purifier)
-    save_json(run.file(PURIFIER_JSON), {"config": purifier.config, "training": training or {}}, version=PURIFIER_SCHEMA_VERSION)
+    body = {"config": purifier.config, "training": training or {}}
+    save_json(run.file(PURIFIER_JSON), body, version=PURIFIER_SCHEMA_VERSION)
 
 
 def load_purifier(run: RunStore) -> Purifier | None:

@@ -92,7 +92,7 @@ class ReconstructionSamples:
     mean_image: np.ndarray
 
     def save(self, path: Path) -> None:
-        save_npz(path, {"originals": self.originals, "reconstructions": self.reconstructions, "mean_image": self.mean_image})
+        save_npz(path, {k: getattr(self, k) for k in ("originals", "reconstructions", "mean_image")})
 
     @classmethod
     def load(cls, path: Path) -> "ReconstructionSamples":
@@ -176,7 +176,11 @@ class FeatureLeakageResult:
 
     @classmethod
     def from_json(
-        cls, data: Mapping[str, Any], *, samples: ReconstructionSamples | None = None, source: str = "feature-leakage result"
+        cls,
+        data: Mapping[str, Any],
+        *,
+        samples: ReconstructionSamples | None = None,
+        source: str = "feature-leakage result",
     ) -> "FeatureLeakageResult":
         data = check_schema(data, version=FEATURE_LEAKAGE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
         d = data["data"]

@@ -192,7 +192,8 @@ class OutputProbeResult:
             raise RunError(f"{json_path} not found: write it with `privsplit probe outputs RUN --json {json_path}`")
         npz = json_path.with_suffix(".npz")
         arrays = OutputArrays.load(npz) if npz.is_file() else None
-        return cls.from_json(read_json(json_path, what="an output-probe result", hint=_HINT), arrays, source=str(json_path))
+        data = read_json(json_path, what="an output-probe result", hint=_HINT)
+        return cls.from_json(data, arrays, source=str(json_path))
 
     def summary(self) -> str:
         """A side-by-side text table: every figure without and with the purifier."""
