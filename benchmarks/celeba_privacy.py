@@ -34,8 +34,26 @@ SCHEMA_VERSION = 1
 def run_setting(name: str, extra: list[str], args: argparse.Namespace) -> dict:
     run_dir = args.out / "runs" / name.replace(" ", "_").replace("+", "_")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PRIVSPLIT_PROGRESS="0")
-    train = [sys.executable, "-m", "privsplit.cli.main", "train", "--data", f"celeba:{args.data}", "--task", "Smiling",
-             "--private", "Male", "--image-size", "64", "--out", str(run_dir), "--seed", str(args.seed), "--quiet", *extra]
+    train = [
+        sys.executable,
+        "-m",
+        "privsplit.cli.main",
+        "train",
+        "--data",
+        f"celeba:{args.data}",
+        "--task",
+        "Smiling",
+        "--private",
+        "Male",
+        "--image-size",
+        "64",
+        "--out",
+        str(run_dir),
+        "--seed",
+        str(args.seed),
+        "--quiet",
+        *extra,
+    ]
     if args.epochs and "--epochs" not in extra:
         train += ["--epochs", str(args.epochs)]
     t0 = time.perf_counter()
@@ -43,8 +61,23 @@ def run_setting(name: str, extra: list[str], args: argparse.Namespace) -> dict:
         subprocess.run(train, check=True, env=env)
     t1 = time.perf_counter()
     probe_json = run_dir / "probe_features.json"
-    subprocess.run([sys.executable, "-m", "privsplit.cli.main", "probe", "features", str(run_dir), "--json", str(probe_json),
-                    "--plots", str(run_dir / "plots")], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "privsplit.cli.main",
+            "probe",
+            "features",
+            str(run_dir),
+            "--json",
+            str(probe_json),
+            "--plots",
+            str(run_dir / "plots"),
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     probe = read_json(probe_json)
     metrics = read_json(run_dir / "metrics.json")
     print(f"[{name}] done: train {t1 - t0:.0f} s, probe {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
@@ -67,8 +100,10 @@ def table(rows: list[dict]) -> str:
     head = f"{'setting':<18} {'task acc':>8} {'attr bacc':>9} {'floor':>6} {'chance':>6} {'SSIM':>6} {'mean-img':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['setting']:<18} {r['task_accuracy']:>8.4f} {r['attribute_balanced_accuracy']:>9.4f} "
-                     f"{r['task_floor']:>6.3f} {r['chance']:>6.3f} {r['reconstruction_ssim']:>6.3f} {r['baseline_ssim']:>8.3f}")
+        lines.append(
+            f"{r['setting']:<18} {r['task_accuracy']:>8.4f} {r['attribute_balanced_accuracy']:>9.4f} "
+            f"{r['task_floor']:>6.3f} {r['chance']:>6.3f} {r['reconstruction_ssim']:>6.3f} {r['baseline_ssim']:>8.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -79,12 +114,22 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, base_key, label in ((axes[0], "attribute_balanced_accuracy", "task_floor", "attacker balanced accuracy (Male)"),
-                                     (axes[1], "reconstruction_ssim", "baseline_ssim", "reconstruction SSIM")):
+    for ax, key, base_key, label in (
+        (axes[0], "attribute_balanced_accuracy", "task_floor", "attacker balanced accuracy (Male)"),
+        (axes[1], "reconstruction_ssim", "baseline_ssim", "reconstruction SSIM"),
+    ):
         for r in rows:
             ax.scatter(r[key], r["task_accuracy"], s=40)
-            ax.annotate(r["setting"], (r[key], r["task_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.axvline(rows[0][base_key], color="grey", ls="--", lw=1, label="task floor" if base_key == "task_floor" else "mean image")
+            ax.annotate(
+                r["setting"], (r[key], r["task_accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+        ax.axvline(
+            rows[0][base_key],
+            color="grey",
+            ls="--",
+            lw=1,
+            label="task floor" if base_key == "task_floor" else "mean image",
+        )
         if key == "attribute_balanced_accuracy":
             ax.axvline(rows[0]["chance"], color="grey", ls=":", lw=1, label="chance")
         ax.set_xlabel(f"{label}  (lower = more private)")
@@ -113,8 +158,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda n: run_setting(n, SETTINGS[n], args), names))
-    result = {"schema_version": SCHEMA_VERSION, "dataset": "celeba-10k", "task": "Smiling", "private": "Male",
-              "image_size": 64, "seed": args.seed, "rows": rows}
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": "celeba-10k",
+        "task": "Smiling",
+        "private": "Male",
+        "image_size": 64,
+        "seed": args.seed,
+        "rows": rows,
+    }
     save_json(args.out / "celeba_privacy.json", result)
     plot(rows, args.out / "celeba_privacy.png")
     print(dumps(result), end="")

@@ -45,10 +45,13 @@ def echo_server(kind: str) -> None:
     ident = lambda b: b  # noqa: E731
 
     def handlers(unary, stream):
-        return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-            "ModelInfer": grpc.unary_unary_rpc_method_handler(unary, ident, ident),
-            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream, ident, ident),
-        })  # fmt: skip
+        return grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService",
+            {
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(unary, ident, ident),
+                "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream, ident, ident),
+            },
+        )
 
     if kind == "sync":
         from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +104,15 @@ def ensure_bundle(path: Path | None) -> Path:
     torch.set_num_threads(2)
     log("training a digits run (2 epochs) and exporting its cloud bundle")
     run = train_run("digits", RESULTS / "cloud_run", seed=0, config=TrainConfig.unprotected(epochs=2), progress=False)
-    export_run(run, cached, formats=(ExportFormat.ONNX_FP32,), calibration=64, holdout_limit=128, overwrite=True, progress=False)
+    export_run(
+        run,
+        cached,
+        formats=(ExportFormat.ONNX_FP32,),
+        calibration=64,
+        holdout_limit=128,
+        overwrite=True,
+        progress=False,
+    )
     return cached / "cloud"
 
 
@@ -138,7 +149,17 @@ class Proc:
 
 
 def serve_args(bundle: Path, max_batch: int) -> list[str]:
-    return [sys.executable, "-m", "privsplit.cli.main", "serve", str(bundle), "--port", "0", "--max-batch", str(max_batch)]
+    return [
+        sys.executable,
+        "-m",
+        "privsplit.cli.main",
+        "serve",
+        str(bundle),
+        "--port",
+        "0",
+        "--max-batch",
+        str(max_batch),
+    ]
 
 
 def raw_ort(bundle: Path, batches: tuple[int, ...], seconds: float) -> dict:
@@ -163,11 +184,19 @@ def raw_ort(bundle: Path, batches: tuple[int, ...], seconds: float) -> dict:
     return out
 
 
-def load(target: str, request, concurrency, duration: float, *, stream: bool = False, label: str = "", parse: bool = True):
+def load(
+    target: str, request, concurrency, duration: float, *, stream: bool = False, label: str = "", parse: bool = True
+):
     from privsplit.cloud.loadgen import LoadSpec, run_load
 
-    spec = LoadSpec(target=target, concurrency=tuple(concurrency), duration_s=duration, warmup_s=min(1.0, duration / 2),
-                    stream=stream, parse_replies=parse)  # fmt: skip
+    spec = LoadSpec(
+        target=target,
+        concurrency=tuple(concurrency),
+        duration_s=duration,
+        warmup_s=min(1.0, duration / 2),
+        stream=stream,
+        parse_replies=parse,
+    )
     result = run_load(spec, request, label=label)
     log("\n" + result.summary())
     return result
@@ -198,10 +227,18 @@ def main() -> int:
     bundle = load_bundle(bundle_dir)
     f = bundle.features
     q = np.random.default_rng(0).integers(-128, 128, size=(1, *f.shape), dtype=np.int16).astype(np.int8)
-    request = features_request(q, encoder_hash=sorted(bundle.manifest["accepted_encoder_hashes"])[0], scale=f.scale, zero_point=f.zero_point)
-    report: dict = {"schema_version": SCHEMA_VERSION, "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
-                    "bundle": {"version": bundle.version, "purifier": bundle.manifest.get("purifier") is not None,
-                               "feature_shape": list(f.shape)}}  # fmt: skip
+    request = features_request(
+        q, encoder_hash=sorted(bundle.manifest["accepted_encoder_hashes"])[0], scale=f.scale, zero_point=f.zero_point
+    )
+    report: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
+        "bundle": {
+            "version": bundle.version,
+            "purifier": bundle.manifest.get("purifier") is not None,
+            "feature_shape": list(f.shape),
+        },
+    }
 
     report["raw_ort"] = raw_ort(bundle_dir, tuple(sorted(set(conc) | {1})), seconds=2.0)
 
@@ -209,8 +246,12 @@ def main() -> int:
     for kind in ("sync", "aio"):
         echo = Proc([sys.executable, __file__, "--echo-server", kind])
         try:
-            echoes[kind] = (load(echo.target, request, conc, args.duration, label=f"{kind} echo unary", parse=False),
-                            load(echo.target, request, (1, 32), args.duration, stream=True, label=f"{kind} echo stream", parse=False))  # fmt: skip
+            echoes[kind] = (
+                load(echo.target, request, conc, args.duration, label=f"{kind} echo unary", parse=False),
+                load(
+                    echo.target, request, (1, 32), args.duration, stream=True, label=f"{kind} echo stream", parse=False
+                ),
+            )
         finally:
             echo.stop()
     report["echo"] = {kind: {"unary": u.to_json(), "stream": st.to_json()} for kind, (u, st) in echoes.items()}
@@ -230,11 +271,19 @@ def main() -> int:
             rss0 = on.rss_kb()
             soak = load(on.target, request, (64,), args.soak, label=f"soak: 64 clients, {args.soak:g} s")
             rss1 = on.rss_kb()
-            report["soak"] = {"result": soak.to_json(), "rss_kb_before": rss0, "rss_kb_after": rss1,
-                              "rss_growth": (rss1 - rss0) / rss0 if rss0 else None}  # fmt: skip
+            report["soak"] = {
+                "result": soak.to_json(),
+                "rss_kb_before": rss0,
+                "rss_kb_after": rss1,
+                "rss_growth": (rss1 - rss0) / rss0 if rss0 else None,
+            }
     finally:
         report["serve_on_exit"] = on.stop()
-    report["serve"] = {"off_unary": off_unary.to_json(), "on_unary": on_unary.to_json(), "on_stream": on_stream.to_json()}
+    report["serve"] = {
+        "off_unary": off_unary.to_json(),
+        "on_unary": on_unary.to_json(),
+        "on_stream": on_stream.to_json(),
+    }
 
     # ---- goals ------------------------------------------------------------------------------------------
     goals = {}
@@ -242,34 +291,62 @@ def main() -> int:
     on_hi, off_hi, echo_hi = point(on_unary, c_hi), point(off_unary, c_hi), point(echo_unary, c_hi)
     ort_hi = report["raw_ort"].get(str(c_hi), {}).get("rows_per_s", float("inf"))
     limit = min(echo_hi.throughput, ort_hi)
-    goals["batched_vs_unbatched"] = {"value": on_hi.throughput / off_hi.throughput, "goal": ">= 3", "ok": on_hi.throughput >= 3 * off_hi.throughput}
+    goals["batched_vs_unbatched"] = {
+        "value": on_hi.throughput / off_hi.throughput,
+        "goal": ">= 3",
+        "ok": on_hi.throughput >= 3 * off_hi.throughput,
+    }
     aio_hi = point(echoes["aio"][0], c_hi).throughput
-    goals["batched_vs_limit"] = {"value": on_hi.throughput / limit, "limit_req_per_s": limit, "goal": ">= 0.7",
-                                 "vs_aio_echo": on_hi.throughput / min(aio_hi, ort_hi), "ok": on_hi.throughput >= 0.7 * limit}  # fmt: skip
+    goals["batched_vs_limit"] = {
+        "value": on_hi.throughput / limit,
+        "limit_req_per_s": limit,
+        "goal": ">= 0.7",
+        "vs_aio_echo": on_hi.throughput / min(aio_hi, ort_hi),
+        "ok": on_hi.throughput >= 0.7 * limit,
+    }
     budget = report["raw_ort"]["1"]["median_ms"] + point(echo_unary, 1).p50_ms + 0.2
     c1 = point(on_unary, 1).p50_ms if 1 in conc else float("nan")
     budget_aio = report["raw_ort"]["1"]["median_ms"] + point(echoes["aio"][0], 1).p50_ms + 0.2
-    goals["latency_c1"] = {"p50_ms": c1, "budget_ms": budget, "budget_with_aio_echo_ms": budget_aio,
-                           "goal": "<= raw compute + echo + 0.2 ms", "ok": c1 <= budget}  # fmt: skip
+    goals["latency_c1"] = {
+        "p50_ms": c1,
+        "budget_ms": budget,
+        "budget_with_aio_echo_ms": budget_aio,
+        "goal": "<= raw compute + echo + 0.2 ms",
+        "ok": c1 <= budget,
+    }
     if "soak" in report:
         sp = soak.points[0]
         growth = report["soak"]["rss_growth"]
-        goals["soak"] = {"errors": sp.errors, "requests": sp.requests, "rss_growth": growth,
-                         "goal": "0 errors, RSS growth < 10 %", "ok": sp.errors == 0 and growth is not None and growth < 0.10}  # fmt: skip
+        goals["soak"] = {
+            "errors": sp.errors,
+            "requests": sp.requests,
+            "rss_growth": growth,
+            "goal": "0 errors, RSS growth < 10 %",
+            "ok": sp.errors == 0 and growth is not None and growth < 0.10,
+        }
     report["goals"] = goals
     report["machine"]["loadavg_end"] = os.getloadavg()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_json(args.out, report)
-    lines = [f"cloud benchmark ({os.cpu_count()} CPUs shared by client and server; load average at start "
-             f"{report['machine']['loadavg_start'][0]:.1f}, at end {report['machine']['loadavg_end'][0]:.1f})", "",
-             "raw onnxruntime: " + ", ".join(f"batch {v['batch']}: {v['median_ms']:.3f} ms ({v['rows_per_s']:.0f} rows/s)"
-                                             for v in report["raw_ort"].values()), ""]  # fmt: skip
+    lines = [
+        f"cloud benchmark ({os.cpu_count()} CPUs shared by client and server; load average at start "
+        f"{report['machine']['loadavg_start'][0]:.1f}, at end {report['machine']['loadavg_end'][0]:.1f})",
+        "",
+        "raw onnxruntime: "
+        + ", ".join(
+            f"batch {v['batch']}: {v['median_ms']:.3f} ms ({v['rows_per_s']:.0f} rows/s)"
+            for v in report["raw_ort"].values()
+        ),
+        "",
+    ]
     for res in (*echoes["sync"], *echoes["aio"], off_unary, on_unary, on_stream, *([soak] if soak else [])):
         lines += [res.summary(), ""]
     lines.append("goals:")
     for name, g in goals.items():
-        lines.append(f"  {name}: {'PASS' if g['ok'] else 'MISS'} {json.dumps({k: v for k, v in g.items() if k != 'ok'})}")
+        lines.append(
+            f"  {name}: {'PASS' if g['ok'] else 'MISS'} {json.dumps({k: v for k, v in g.items() if k != 'ok'})}"
+        )
     text = "\n".join(lines) + "\n"
     args.out.with_suffix(".txt").write_text(text)
     print(text)

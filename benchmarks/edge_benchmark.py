@@ -45,8 +45,20 @@ def _train(out: Path, *, arch: str, size: int, limit: int, seed: int) -> Path:
 
     if (out / "config.json").is_file():
         return out
-    config = TrainConfig(epochs=1, adv_weight=0.0, noise_sigma=1.0, feature_channels=4, head_finetune_epochs=0, arch=arch, batch_size=64)
-    train_run(f"celeba:{CELEBA}", out, task="Smiling", private="Male", image_size=size, limit=limit, seed=seed, config=config, progress=False)
+    config = TrainConfig(
+        epochs=1, adv_weight=0.0, noise_sigma=1.0, feature_channels=4, head_finetune_epochs=0, arch=arch, batch_size=64
+    )
+    train_run(
+        f"celeba:{CELEBA}",
+        out,
+        task="Smiling",
+        private="Male",
+        image_size=size,
+        limit=limit,
+        seed=seed,
+        config=config,
+        progress=False,
+    )
     return out
 
 
@@ -55,7 +67,9 @@ def _export(run: Path, out: Path) -> Path:
 
     if (out / "edge" / "manifest.json").is_file():
         return out
-    export_run(run, out, formats=ALL_FORMATS, calibration=64, tolerance=0.99, holdout_limit=256, overwrite=True, progress=False)
+    export_run(
+        run, out, formats=ALL_FORMATS, calibration=64, tolerance=0.99, holdout_limit=256, overwrite=True, progress=False
+    )
     return out
 
 
@@ -89,7 +103,10 @@ def _bench(python: str, bundle: Path, out: Path, args: list[str]) -> dict | None
     # not from the repository root: there `python -m` would import the source tree, not the installed edge package
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent)
     if proc.returncode != 0:
-        print(f"  skipped ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})", file=sys.stderr)
+        print(
+            f"  skipped ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})",
+            file=sys.stderr,
+        )
         return None
     return read_json(out)
 
@@ -102,8 +119,13 @@ def _free_port() -> int:
 
 def _serve(cloud: Path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "privsplit.cli.main", "serve", str(cloud), "--port", str(port), "--max-batch", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "privsplit.cli.main", "serve", str(cloud), "--port", str(port), "--max-batch", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -135,12 +157,20 @@ def measure_model(name: str, run: Path, export: Path, image: Path, args, results
         for runtime in RUNTIMES[entry["runtime"]]:
             print(f"{name}: {fmt} on {runtime}", file=sys.stderr, flush=True)
             tag = f"{name}-{fmt}-{runtime}"
-            frame_res = _bench(args.edge_python, export / "edge", results / "bench" / f"{tag}-frame.json",
-                               ["--encoder", fmt, "--runtime", runtime, "--image", str(frame_file), "--frames", *common])  # fmt: skip
+            frame_res = _bench(
+                args.edge_python,
+                export / "edge",
+                results / "bench" / f"{tag}-frame.json",
+                ["--encoder", fmt, "--runtime", runtime, "--image", str(frame_file), "--frames", *common],
+            )
             if frame_res is None:
                 continue
-            file_res = _bench(args.edge_python, export / "edge", results / "bench" / f"{tag}-file.json",
-                              ["--encoder", fmt, "--runtime", runtime, "--image", str(image), *common])  # fmt: skip
+            file_res = _bench(
+                args.edge_python,
+                export / "edge",
+                results / "bench" / f"{tag}-file.json",
+                ["--encoder", fmt, "--runtime", runtime, "--image", str(image), *common],
+            )
             rows.append({"format": fmt, "runtime": runtime, "frame": frame_res, "file": file_res})
     torch = _torch_eager(run, frame, threads=args.threads, runs=args.runs)
     rpc = None
@@ -148,15 +178,29 @@ def measure_model(name: str, run: Path, export: Path, image: Path, args, results
         proc, port = _serve(export / "cloud")
         try:
             print(f"{name}: default encoder with the RPC to 127.0.0.1:{port}", file=sys.stderr, flush=True)
-            rpc = _bench(args.edge_python, export / "edge", results / "bench" / f"{name}-rpc.json",
-                         ["--image", str(frame_file), "--frames", "--server", f"127.0.0.1:{port}", *common])  # fmt: skip
+            rpc = _bench(
+                args.edge_python,
+                export / "edge",
+                results / "bench" / f"{name}-rpc.json",
+                ["--image", str(frame_file), "--frames", "--server", f"127.0.0.1:{port}", *common],
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=60)
     cfg = read_json(run / "config.json")["model"]
-    return {"name": name, "run": str(run), "model": cfg, "image": image.name, "image_bytes": image.stat().st_size,
-            "torch_eager": torch, "rows": rows, "rpc": rpc, "default_encoder": edge.manifest["default_encoder"],
-            "features": edge.manifest["features"], "frame_shape": list(np.asarray(frame).shape)}  # fmt: skip
+    return {
+        "name": name,
+        "run": str(run),
+        "model": cfg,
+        "image": image.name,
+        "image_bytes": image.stat().st_size,
+        "torch_eager": torch,
+        "rows": rows,
+        "rpc": rpc,
+        "default_encoder": edge.manifest["default_encoder"],
+        "features": edge.manifest["features"],
+        "frame_shape": list(np.asarray(frame).shape),
+    }
 
 
 def goals(models: list[dict]) -> dict:
@@ -165,7 +209,10 @@ def goals(models: list[dict]) -> dict:
         int8 = [r for r in m["rows"] if r["format"] == "tflite-int8" and r["runtime"] == "litert"]
         if int8:
             ratio = int8[0]["frame"]["stages"]["encode"]["p50_ms"] / m["torch_eager"]["p50_ms"]
-            out[f"{m['name']}: tflite-int8 (litert) <= 0.5x torch eager"] = {"value": round(ratio, 3), "met": ratio <= 0.5}
+            out[f"{m['name']}: tflite-int8 (litert) <= 0.5x torch eager"] = {
+                "value": round(ratio, 3),
+                "met": ratio <= 0.5,
+            }
             share = int8[0]["frame"]["overhead_share"]
             key = f"{m['name']}: pipeline overhead <= 10% of encode (frames)"
             # the goal is set at 224 px; at 64 px it is reported for information (encode is ~0.1 ms there)
@@ -173,7 +220,10 @@ def goals(models: list[dict]) -> dict:
             f = int8[0]["frame"]
             fb = f["feature_bytes"] / (4 * f["feature_bytes"])
             out[f"{m['name']}: int8 features <= 0.25x float32"] = {
-                "value": fb, "request_ratio": round(f["bytes_per_request"] / f["bytes_float32_request"], 4), "met": fb <= 0.25}
+                "value": fb,
+                "request_ratio": round(f["bytes_per_request"] / f["bytes_float32_request"], 4),
+                "met": fb <= 0.25,
+            }
     return out
 
 
@@ -181,11 +231,17 @@ def table(models: list[dict]) -> str:
     lines = []
     for m in models:
         t = m["torch_eager"]
-        lines.append(f"== {m['name']}: {m['model']['arch']} {m['model']['image_size']} px, split {m['model']['split']}, "
-                     f"features {'x'.join(map(str, m['features']['shape']))} int8 (noise {m['features']['noise_sigma']})")  # fmt: skip
-        lines.append(f"{'format':<15}{'runtime':<15}{'init':>8}{'first':>8}{'enc p50':>9}{'enc p99':>9}{'x torch':>8}"
-                     f"{'frame p50':>10}{'ovh %':>7}{'file p50':>9}{'decode':>8}{'RSS MB':>8}")  # fmt: skip
-        lines.append(f"{'pytorch eager':<15}{'torch':<15}{'':>8}{'':>8}{t['p50_ms']:>9.3f}{t['p99_ms']:>9.3f}{1.0:>8.2f}")
+        lines.append(
+            f"== {m['name']}: {m['model']['arch']} {m['model']['image_size']} px, split {m['model']['split']}, "
+            f"features {'x'.join(map(str, m['features']['shape']))} int8 (noise {m['features']['noise_sigma']})"
+        )
+        lines.append(
+            f"{'format':<15}{'runtime':<15}{'init':>8}{'first':>8}{'enc p50':>9}{'enc p99':>9}{'x torch':>8}"
+            f"{'frame p50':>10}{'ovh %':>7}{'file p50':>9}{'decode':>8}{'RSS MB':>8}"
+        )
+        lines.append(
+            f"{'pytorch eager':<15}{'torch':<15}{'':>8}{'':>8}{t['p50_ms']:>9.3f}{t['p99_ms']:>9.3f}{1.0:>8.2f}"
+        )
         for r in m["rows"]:
             f, g = r["frame"], r["file"] or {}
             enc = f["stages"]["encode"]
@@ -193,17 +249,21 @@ def table(models: list[dict]) -> str:
                 f"{r['format']:<15}{r['runtime']:<15}{f['init_ms']:>8.1f}{f['first_ms']:>8.2f}{enc['p50_ms']:>9.3f}{enc['p99_ms']:>9.3f}"
                 f"{enc['p50_ms'] / t['p50_ms']:>8.2f}{f['p50_ms']:>10.3f}{100 * f['overhead_share']:>7.1f}"
                 f"{g.get('p50_ms', float('nan')):>9.3f}{g.get('stages', {}).get('decode', {}).get('p50_ms', float('nan')):>8.3f}{f['peak_rss_mb']:>8.0f}"
-            )  # fmt: skip
+            )
         f = m["rows"][0]["frame"] if m["rows"] else None
         if f:
-            lines.append(f"bytes/request {f['bytes_per_request']} (int8 features {f['feature_bytes']}); float32 request "
-                         f"{f['bytes_float32_request']} ({f['bytes_per_request'] / f['bytes_float32_request']:.3f}x); JPEG q90 of the "
-                         f"{m['frame_shape'][0]} px input {f['bytes_input_jpeg']} ({f['bytes_per_request'] / f['bytes_input_jpeg']:.2f}x); "
-                         f"source JPEG {m['image_bytes']}")  # fmt: skip
+            lines.append(
+                f"bytes/request {f['bytes_per_request']} (int8 features {f['feature_bytes']}); float32 request "
+                f"{f['bytes_float32_request']} ({f['bytes_per_request'] / f['bytes_float32_request']:.3f}x); JPEG q90 of the "
+                f"{m['frame_shape'][0]} px input {f['bytes_input_jpeg']} ({f['bytes_per_request'] / f['bytes_input_jpeg']:.2f}x); "
+                f"source JPEG {m['image_bytes']}"
+            )
         if m["rpc"]:
             r = m["rpc"]
-            lines.append(f"with RPC ({r['encoder']} on {r['runtime']}): p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms; rpc p50 "
-                         f"{r['stages']['rpc']['p50_ms']:.3f} ms of which server compute+queue {r['stages']['server']['p50_ms']:.3f} ms")  # fmt: skip
+            lines.append(
+                f"with RPC ({r['encoder']} on {r['runtime']}): p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms; rpc p50 "
+                f"{r['stages']['rpc']['p50_ms']:.3f} ms of which server compute+queue {r['stages']['server']['p50_ms']:.3f} ms"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -212,7 +272,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--celeba-run", type=Path, help="CelebA 64 px run (default: train one briefly under --out/runs)")
     p.add_argument("--mbv2-run", type=Path, help="MobileNetV2 224 px run (default: train one briefly under --out/runs)")
-    p.add_argument("--limit", type=int, default=1200, help="CelebA images for the brief training runs (default %(default)s)")
+    p.add_argument(
+        "--limit", type=int, default=1200, help="CelebA images for the brief training runs (default %(default)s)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--runs", type=int, default=200)
@@ -235,13 +297,28 @@ def main(argv=None) -> int:
         run = run or _train(args.out / "runs" / name, arch=arch, size=size, limit=args.limit, seed=args.seed)
         export = _export(run, args.out / "export" / name)
         models.append(measure_model(name, run, export, image, args, args.out))
-    result = {"schema_version": SCHEMA_VERSION, "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-              "edge_python": args.edge_python, "cpu_count": os.cpu_count(), "load_average": {"before": load_before, "after": os.getloadavg()},
-              "seconds": round(time.perf_counter() - started, 1), "models": models, "goals": goals(models)}  # fmt: skip
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "edge_python": args.edge_python,
+        "cpu_count": os.cpu_count(),
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "models": models,
+        "goals": goals(models),
+    }
     save_json(args.out / "edge_benchmark.json", result)
     mark = {True: "MET ", False: "MISS", None: "info"}
-    text = table(models) + "goals:\n" + "\n".join(f"  {mark[g['met']]} {k}: {g['value']}" for k, g in result["goals"].items())
-    text += f"\n(load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n"
+    text = (
+        table(models)
+        + "goals:\n"
+        + "\n".join(f"  {mark[g['met']]} {k}: {g['value']}" for k, g in result["goals"].items())
+    )
+    text += (
+        f"\n(load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n"
+    )
     (args.out / "table.txt").write_text(text)
     print(text)
     return 0

@@ -46,7 +46,9 @@ def ensure_run(name: str, runs_dir: Path, retrain: bool):
     t = TARGETS[name]
     out = runs_dir / name
     if retrain or not RunFolder(out).has("metrics.json"):
-        train_run(t["spec"], out, limit=t["limit"], seed=0, config=TrainConfig.unprotected(epochs=t["epochs"]), progress=True)
+        train_run(
+            t["spec"], out, limit=t["limit"], seed=0, config=TrainConfig.unprotected(epochs=t["epochs"]), progress=True
+        )
     return RunFolder(out)
 
 
@@ -112,7 +114,10 @@ def bench_target(name: str, args) -> dict:
     t0 = time.perf_counter()
     view = observe(run, spec)
     print(f"[{name}] scores + shadow model: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    configs = [("ae (default)", PurifierTrainConfig(mode=PurifierMode.AE)), ("adversarial", PurifierTrainConfig(mode=PurifierMode.ADVERSARIAL))]
+    configs = [
+        ("ae (default)", PurifierTrainConfig(mode=PurifierMode.AE)),
+        ("adversarial", PurifierTrainConfig(mode=PurifierMode.ADVERSARIAL)),
+    ]
     configs += [(f"ae clamp {c:g}", PurifierTrainConfig(mode=PurifierMode.AE, log_clamp=c)) for c in args.sweep]
     rows = []
     out_dir = RESULTS / "purifier_probes" / name
@@ -121,18 +126,34 @@ def bench_target(name: str, args) -> dict:
         train_purifier(run, config, progress=False)
         purifier = load_purifier(run)
         result = probe_outputs(run, spec, purifier=purifier, view=view)
-        result = replace(result, purifier={"config": purifier.config.to_json(), "training": purifier_training_facts(run)})
+        result = replace(
+            result, purifier={"config": purifier.config.to_json(), "training": purifier_training_facts(run)}
+        )
         result.save(out_dir / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}.json")
         rows.append(row(result, label=label, seconds=time.perf_counter() - t))
         r = rows[-1]
-        print(f"[{name}] {label}: best AUC {r['best_auc']:.3f} -> {r['best_auc_purified']:.3f} (floor {r['label_floor']:.3f}), "
-              f"distortion {r['distortion_pct']:.2f}%, {r['seconds']:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"[{name}] {label}: best AUC {r['best_auc']:.3f} -> {r['best_auc_purified']:.3f} (floor {r['label_floor']:.3f}), "
+            f"distortion {r['distortion_pct']:.2f}%, {r['seconds']:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     # leave the default purifier in the run folder
     train_purifier(run, configs[0][1], progress=False)
-    bounds = purifier_bounds(view, raw_inversion_mse=rows[0]["inversion_mse"], class_mean_mse=rows[0]["inversion_class_mean_mse"])
-    return {"target": name, **TARGETS[name], "run": str(run.path.relative_to(REPO)) if run.path.is_relative_to(REPO) else str(run.path),
-            "rows": rows, "bounds": {**bounds.to_json(), "min_distortion_for_goal_excess": bounds.min_distortion_for(GOALS["excess_auc"]),
-                                     "excess_at_goal_distortion": bounds.excess_at(GOALS["distortion_pct"])}}  # fmt: skip
+    bounds = purifier_bounds(
+        view, raw_inversion_mse=rows[0]["inversion_mse"], class_mean_mse=rows[0]["inversion_class_mean_mse"]
+    )
+    return {
+        "target": name,
+        **TARGETS[name],
+        "run": str(run.path.relative_to(REPO)) if run.path.is_relative_to(REPO) else str(run.path),
+        "rows": rows,
+        "bounds": {
+            **bounds.to_json(),
+            "min_distortion_for_goal_excess": bounds.min_distortion_for(GOALS["excess_auc"]),
+            "excess_at_goal_distortion": bounds.excess_at(GOALS["distortion_pct"]),
+        },
+    }
 
 
 def plot_frontier(report: dict, path: Path) -> Path:
@@ -144,13 +165,32 @@ def plot_frontier(report: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.2), squeeze=False)
     for ax, t in zip(axes[0], targets):
         pts = sorted(t["bounds"]["frontier"], key=lambda p: p["distortion_pct"])
-        ax.plot([p["distortion_pct"] for p in pts], [p["excess_auc"] for p in pts], "-", color="grey",
-                label="oracle collapse frontier (loss attack)")  # fmt: skip
+        ax.plot(
+            [p["distortion_pct"] for p in pts],
+            [p["excess_auc"] for p in pts],
+            "-",
+            color="grey",
+            label="oracle collapse frontier (loss attack)",
+        )
         for r in t["rows"]:
             ax.scatter(r["distortion_pct"], r["excess_auc_purified"], s=40, zorder=3)
-            ax.annotate(r["purifier"], (r["distortion_pct"], r["excess_auc_purified"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.add_patch(plt.Rectangle((0, -0.01), GOALS["distortion_pct"], GOALS["excess_auc"] + 0.01, color="tab:green", alpha=0.15,
-                                   label="goal: distortion <= 5.5 %, excess <= 0.02"))  # fmt: skip
+            ax.annotate(
+                r["purifier"],
+                (r["distortion_pct"], r["excess_auc_purified"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+        ax.add_patch(
+            plt.Rectangle(
+                (0, -0.01),
+                GOALS["distortion_pct"],
+                GOALS["excess_auc"] + 0.01,
+                color="tab:green",
+                alpha=0.15,
+                label="goal: distortion <= 5.5 %, excess <= 0.02",
+            )
+        )
         ax.set_xlabel("distortion on non-members (mean L1, %)")
         ax.set_ylabel("best attack AUC - label floor (adaptive attacker)")
         ax.set_title(f"{t['target']} (label floor {t['bounds']['label_floor']:.3f})", fontsize=9)
@@ -162,8 +202,10 @@ def plot_frontier(report: dict, path: Path) -> Path:
 
 
 def table(report: dict) -> str:
-    head = (f"{'target':14} {'purifier':16} {'clamp':>6} {'floor':>6} {'AUC raw':>8} {'AUC pur':>8} {'excess':>7} "
-            f"{'TPR.1%':>7} {'acc drop':>8} {'agree':>7} {'dist%':>6} {'dist%m':>6} {'inv x':>6}  goals")
+    head = (
+        f"{'target':14} {'purifier':16} {'clamp':>6} {'floor':>6} {'AUC raw':>8} {'AUC pur':>8} {'excess':>7} "
+        f"{'TPR.1%':>7} {'acc drop':>8} {'agree':>7} {'dist%':>6} {'dist%m':>6} {'inv x':>6}  goals"
+    )
     lines = [head, "-" * len(head)]
     for t in report["targets"]:
         for r in t["rows"]:
@@ -177,22 +219,31 @@ def table(report: dict) -> str:
         lines.append("")
         first = t["rows"][0]
         lines.append(f"{t['target']}: every attack's AUC raw -> purified ({first['purifier']}):")
-        lines.append("  " + ", ".join(f"{k} {v['auc']:.3f}->{v['auc_purified']:.3f}" for k, v in first["attacks"].items()))
+        lines.append(
+            "  " + ", ".join(f"{k} {v['auc']:.3f}->{v['auc_purified']:.3f}" for k, v in first["attacks"].items())
+        )
         b = t["bounds"]
         need, left = b["min_distortion_for_goal_excess"], b["excess_at_goal_distortion"]
-        lines.append(f"{t['target']}: limits of any label-preserving purifier: inversion MSE ratio <= {b['inversion_ceiling']:.2f} "
-                     f"(class-mean / raw); oracle frontier: excess <= {GOALS['excess_auc']} needs >= "
-                     + (f"{need:.1f}" if need is not None else "n/a") + f" % distortion; at {GOALS['distortion_pct']} % the least excess is "
-                     + (f"{left:+.3f}" if left is not None else "n/a"))  # fmt: skip
+        lines.append(
+            f"{t['target']}: limits of any label-preserving purifier: inversion MSE ratio <= {b['inversion_ceiling']:.2f} "
+            f"(class-mean / raw); oracle frontier: excess <= {GOALS['excess_auc']} needs >= "
+            + (f"{need:.1f}" if need is not None else "n/a")
+            + f" % distortion; at {GOALS['distortion_pct']} % the least excess is "
+            + (f"{left:+.3f}" if left is not None else "n/a")
+        )
         lines.append("")
-    lines.append("goals: excess<=0.02, acc drop<=0.3 pt, agreement>=0.997, distortion<=5.5% (holdout L1), inversion MSE>=2x")
+    lines.append(
+        "goals: excess<=0.02, acc drop<=0.3 pt, agreement>=0.997, distortion<=5.5% (holdout L1), inversion MSE>=2x"
+    )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default="fashion-mnist,digits", help="comma-separated: fashion-mnist, digits")
-    parser.add_argument("--sweep", default="0.5,1,2,4", help="fixed clamps for the frontier (comma-separated; '' for none)")
+    parser.add_argument(
+        "--sweep", default="0.5,1,2,4", help="fixed clamps for the frontier (comma-separated; '' for none)"
+    )
     parser.add_argument("--runs", type=Path, default=RESULTS / "runs", help="where the target runs are cached")
     parser.add_argument("--retrain", action="store_true", help="retrain the targets even if cached")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

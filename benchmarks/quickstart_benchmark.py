@@ -44,26 +44,39 @@ def _f(v, d=3) -> str:
 def table(summaries: dict[str, dict]) -> str:
     lines = []
     for name, s in summaries.items():
-        lines.append(f"== {name}: total {s['total_seconds']:.0f} s" + (f" (goal <= {GOAL_DIGITS_S:.0f} s)" if name == "digits" else ""))
+        lines.append(
+            f"== {name}: total {s['total_seconds']:.0f} s"
+            + (f" (goal <= {GOAL_DIGITS_S:.0f} s)" if name == "digits" else "")
+        )
         for t in s["stages"]:
             lines.append(f"  {t['seconds']:7.1f} s  {t['name']}")
         lines.append(f"  {'model':<16}{'task acc':>9}{'attr BA':>9}{'floor':>7}{'SSIM':>7}{'base SSIM':>10}")
         for m in s["models"]:
-            lines.append(f"  {m['name']:<16}{_f(m['task_accuracy']):>9}{_f(m['attribute_balanced_accuracy']):>9}"
-                         f"{_f(m['attribute_task_floor']):>7}{_f(m['reconstruction_ssim']):>7}{_f(m['reconstruction_baseline_ssim']):>10}")  # fmt: skip
+            lines.append(
+                f"  {m['name']:<16}{_f(m['task_accuracy']):>9}{_f(m['attribute_balanced_accuracy']):>9}"
+                f"{_f(m['attribute_task_floor']):>7}{_f(m['reconstruction_ssim']):>7}{_f(m['reconstruction_baseline_ssim']):>10}"
+            )
         for a in s["artefacts"]:
-            lines.append(f"  {a['format']:<16}{_f(a['task_accuracy']):>9}{_f(a['attribute_balanced_accuracy']):>9}{'':>7}"
-                         f"{_f(a['reconstruction_ssim']):>7}   size KB {_f(a['size_kb'], 1)}")  # fmt: skip
+            lines.append(
+                f"  {a['format']:<16}{_f(a['task_accuracy']):>9}{_f(a['attribute_balanced_accuracy']):>9}{'':>7}"
+                f"{_f(a['reconstruction_ssim']):>7}   size KB {_f(a['size_kb'], 1)}"
+            )
         o = s["outputs"]
         if o:
-            lines.append(f"  MIA best AUC {o['raw']['auc']:.3f} ({o['raw']['attack']}) -> {o['purified']['auc']:.3f} purified, label floor "
-                         f"{o['label_floor']:.3f}; TPR@0.1%FPR {o['raw']['tpr_at_0.1pct_fpr']:.3f} -> {o['purified']['tpr_at_0.1pct_fpr']:.3f}; "
-                         f"inversion MSE {o['inversion_mse']:.4f} -> {o['inversion_mse_purified']:.4f}; distortion {o['distortion_pct']:.1f} %")  # fmt: skip
+            lines.append(
+                f"  MIA best AUC {o['raw']['auc']:.3f} ({o['raw']['attack']}) -> {o['purified']['auc']:.3f} purified, label floor "
+                f"{o['label_floor']:.3f}; TPR@0.1%FPR {o['raw']['tpr_at_0.1pct_fpr']:.3f} -> {o['purified']['tpr_at_0.1pct_fpr']:.3f}; "
+                f"inversion MSE {o['inversion_mse']:.4f} -> {o['inversion_mse_purified']:.4f}; distortion {o['distortion_pct']:.1f} %"
+            )
         for d in s["device_latency"]:
-            lines.append(f"  device {d['runtime']:<12} p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms (encode {d['encode_p50_ms']:.3f} ms), "
-                         f"{d['bytes_per_request']} B/request")  # fmt: skip
+            lines.append(
+                f"  device {d['runtime']:<12} p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms (encode {d['encode_p50_ms']:.3f} ms), "
+                f"{d['bytes_per_request']} B/request"
+            )
         for p in (s["cloud"] or {}).get("points", []):
-            lines.append(f"  cloud c={p['concurrency']:<3} {p['throughput']:.0f} req/s, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms")
+            lines.append(
+                f"  cloud c={p['concurrency']:<3} {p['throughput']:.0f} req/s, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -71,7 +84,9 @@ def table(summaries: dict[str, dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default="digits", help="comma-separated: digits, celeba")
-    parser.add_argument("--reuse", action="store_true", help="re-read finished quickstart folders instead of running them again")
+    parser.add_argument(
+        "--reuse", action="store_true", help="re-read finished quickstart folders instead of running them again"
+    )
     args = parser.parse_args(argv)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [n for n in names if n not in TARGETS]
@@ -81,7 +96,11 @@ def main(argv=None) -> int:
     report = {"schema_version": 1, "goal_digits_seconds": GOAL_DIGITS_S, "summaries": summaries}
     RESULTS.mkdir(parents=True, exist_ok=True)
     save_json(RESULTS / "quickstart_benchmark.json", report)
-    print(json.dumps({n: {"total_seconds": s["total_seconds"], "stages": s["stages"]} for n, s in summaries.items()}, indent=2))
+    print(
+        json.dumps(
+            {n: {"total_seconds": s["total_seconds"], "stages": s["stages"]} for n, s in summaries.items()}, indent=2
+        )
+    )
     print(table(summaries))
     return 0
 

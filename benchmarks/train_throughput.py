@@ -46,8 +46,21 @@ def accelerator_present() -> bool:
 def train(target: str, mode: str, extra: list[str]) -> dict:
     device, nproc = MODES[mode]
     out = RESULTS / f"{target}-{mode}"
-    cmd = [sys.executable, "-m", "privsplit.cli.main", "train", *TARGETS[target], "--out", str(out), "--device", device,
-           "--nproc", str(nproc), "--quiet", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "privsplit.cli.main",
+        "train",
+        *TARGETS[target],
+        "--out",
+        str(out),
+        "--device",
+        device,
+        "--nproc",
+        str(nproc),
+        "--quiet",
+        *extra,
+    ]
     env = dict(os.environ)
     if nproc == 1 and device == "cpu":
         env.pop("OMP_NUM_THREADS", None)  # the single process uses every core it is given
@@ -61,11 +74,19 @@ def train(target: str, mode: str, extra: list[str]) -> dict:
     members = len(split["indices"]["members"])
     epochs = len(metrics["history"])
     return {
-        "target": target, "mode": mode, "device": metrics["device"], "processes": metrics["processes"],
-        "wall_s": round(wall, 2), "train_s": metrics["train_seconds"], "epochs": epochs, "members": members,
+        "target": target,
+        "mode": mode,
+        "device": metrics["device"],
+        "processes": metrics["processes"],
+        "wall_s": round(wall, 2),
+        "train_s": metrics["train_seconds"],
+        "epochs": epochs,
+        "members": members,
         "images_per_s": round(members * epochs / metrics["train_seconds"], 1),
-        "task_accuracy": metrics["task"]["accuracy"], "holdout": len(split["indices"]["holdout"]), "run": str(out),
-    }  # fmt: skip
+        "task_accuracy": metrics["task"]["accuracy"],
+        "holdout": len(split["indices"]["holdout"]),
+        "run": str(out),
+    }
 
 
 def probe(row: dict, probe_epochs: int) -> dict:
@@ -75,8 +96,12 @@ def probe(row: dict, probe_epochs: int) -> dict:
     spec = FeatureProbeSpec(seed=0, reconstruction=False).with_epochs(probe_epochs)
     result = probe_run_features(RunFolder(row["run"]).check(), spec, progress=False)
     ba = result.attribute.balanced_accuracy
-    return {**row, "attacker_balanced_accuracy": ba, "attacker_best": result.attribute.best,
-            "attacker_interval": 1.96 * math.sqrt(2 * ba * (1 - ba) / row["holdout"])}  # fmt: skip
+    return {
+        **row,
+        "attacker_balanced_accuracy": ba,
+        "attacker_best": result.attribute.best,
+        "attacker_interval": 1.96 * math.sqrt(2 * ba * (1 - ba) / row["holdout"]),
+    }
 
 
 def compare(rows: list[dict]) -> list[dict]:
@@ -100,26 +125,32 @@ def table(rows: list[dict]) -> str:
             return "-"
         return f"{r[k]:+.3f}" if k.endswith("delta") else f"{r[k]:.3f}"
 
-    lines = [f"{'target':<8}{'mode':<13}{'device':<20}{'proc':>5}{'train s':>9}{'img/s':>8}"
-             f"{'task acc':>9}{'d task':>8}{'attr BA':>9}{'d BA':>8}{'+-':>7}"]  # fmt: skip
+    lines = [
+        f"{'target':<8}{'mode':<13}{'device':<20}{'proc':>5}{'train s':>9}{'img/s':>8}"
+        f"{'task acc':>9}{'d task':>8}{'attr BA':>9}{'d BA':>8}{'+-':>7}"
+    ]
     for r in rows:
-        lines.append(f"{r['target']:<8}{r['mode']:<13}{r['device']:<20}{r['processes']:>5}{r['train_s']:>9.1f}"
-                     f"{r['images_per_s']:>8.0f}{f(r, 'task_accuracy'):>9}{f(r, 'task_accuracy_delta'):>8}"
-                     f"{f(r, 'attacker_balanced_accuracy'):>9}{f(r, 'attacker_delta'):>8}"
-                     f"{f(r, 'attacker_interval'):>7}")  # fmt: skip
+        lines.append(
+            f"{r['target']:<8}{r['mode']:<13}{r['device']:<20}{r['processes']:>5}{r['train_s']:>9.1f}"
+            f"{r['images_per_s']:>8.0f}{f(r, 'task_accuracy'):>9}{f(r, 'task_accuracy_delta'):>8}"
+            f"{f(r, 'attacker_balanced_accuracy'):>9}{f(r, 'attacker_delta'):>8}"
+            f"{f(r, 'attacker_interval'):>7}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="digits", help="comma-separated: digits, celeba (default %(default)s)")
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help="comma-separated: cpu-1, cpu-2, accelerator (default all)")  # fmt: skip
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated: cpu-1, cpu-2, accelerator (default all)"
+    )
     parser.add_argument("--epochs", type=int, help="joint epochs (default: the protected recipe's 20)")
     parser.add_argument("--head-epochs", type=int, help="head fine-tune epochs (default: the recipe's 5)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each dataset")
-    parser.add_argument("--probe-epochs", type=int, default=30,
-                        help="attribute attackers' budget (default %(default)s; 0: no probe)")  # fmt: skip
+    parser.add_argument(
+        "--probe-epochs", type=int, default=30, help="attribute attackers' budget (default %(default)s; 0: no probe)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
     options = (("--epochs", args.epochs), ("--head-epochs", args.head_epochs), ("--limit", args.limit))

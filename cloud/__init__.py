@@ -32,4 +32,4 @@ _LAZY = {
     "run_load": "privsplit.cloud.loadgen",
 }
 
-__getattr__, __all__ = lazy_exports('privsplit.cloud', _LAZY)
+__getattr__, __all__ = lazy_exports("privsplit.cloud", _LAZY)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -77,7 +77,9 @@ class DynamicBatcher:
     thread, :meth:`submit` from any thread, :meth:`close` to drain.
     """
 
-    def __init__(self, run: Callable, config: BatchConfig, *, on_batch: Callable | None = None, on_depth: Callable | None = None) -> None:
+    def __init__(
+        self, run: Callable, config: BatchConfig, *, on_batch: Callable | None = None, on_depth: Callable | None = None
+    ) -> None:
         self._run = run
         self.config = config
         self._on_batch = on_batch or (lambda rows, compute_us: None)
@@ -97,7 +99,7 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def start(self) -> "DynamicBatcher":
+    def start(self) -> DynamicBatcher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="privsplit-model", daemon=True)
             self._thread.start()
@@ -122,7 +124,9 @@ class DynamicBatcher:
         if self._closed:
             if expected:
                 self.unexpect()
-            raise ProtocolError(Code.UNAVAILABLE, "the server is draining and takes no new requests; retry another replica")
+            raise ProtocolError(
+                Code.UNAVAILABLE, "the server is draining and takes no new requests; retry another replica"
+            )
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
         expires = now + self._queue_timeout if deadline is None else min(now + self._queue_timeout, deadline)
@@ -252,15 +256,22 @@ class DynamicBatcher:
             feats = items[0].features if len(items) == 1 else np.concatenate([t.features for t in items], axis=0)
             out = self._run(feats)
         except Exception as exc:  # the model failed on this batch: fail its requests, keep serving
-            error = ProtocolError(Code.INTERNAL, f"the model failed on a batch of {rows} rows: {type(exc).__name__}: {exc}")
+            error = ProtocolError(
+                Code.INTERNAL, f"the model failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
+            )
             for ticket in items:
                 ticket._finish(error=error)
             return
         self._on_batch(rows, out.compute_us)
         offset = 0
         for ticket in items:
-            ticket._finish(BatchResult(
-                probs=out.probs[offset:offset + ticket.rows], labels=out.labels[offset:offset + ticket.rows],
-                compute_us=out.compute_us, queue_us=int((dispatched - ticket.enqueued) * 1e6), batch_size=rows,
-            ))  # fmt: skip
+            ticket._finish(
+                BatchResult(
+                    probs=out.probs[offset : offset + ticket.rows],
+                    labels=out.labels[offset : offset + ticket.rows],
+                    compute_us=out.compute_us,
+                    queue_us=int((dispatched - ticket.enqueued) * 1e6),
+                    batch_size=rows,
+                )
+            )
             offset += ticket.rows

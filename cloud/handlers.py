@@ -17,14 +17,29 @@ from privsplit.cloud.model_host import ModelSpec
 from privsplit.proto.messages import InferRequest, InferResponse, ModelMetadata, ModelRef, ServerMetadata, Tensor
 from privsplit.proto.status import Code, ProtocolError, invalid
 from privsplit.proto.wire import (
-    BATCH_SIZE, COMPUTE_US, ENCODER_HASH, FEATURES, LABEL, LABEL_ONLY, OUTPUTS, PROBS, QUEUE_US, SCALE, ZERO_POINT,
-)  # fmt: skip
+    BATCH_SIZE,
+    COMPUTE_US,
+    ENCODER_HASH,
+    FEATURES,
+    LABEL,
+    LABEL_ONLY,
+    OUTPUTS,
+    PROBS,
+    QUEUE_US,
+    SCALE,
+    ZERO_POINT,
+)
 
 SERVER_NAME = "privsplit"
 EXTENSIONS = ("parameters", "model_streaming", "health", "reflection")
 _RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 _MAX_SCALE = 1e36  # 255 * scale stays below float32's max
-_ACCEPTED = {np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8", np.dtype(np.float16): "FP16", np.dtype(np.float32): "FP32"}
+_ACCEPTED = {
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,14 +66,18 @@ def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
 
 
-def check_model(name: str, version: str, spec: ModelSpec, *, name_field: str = "model_name",
-                version_field: str = "model_version") -> None:
+def check_model(
+    name: str, version: str, spec: ModelSpec, *, name_field: str = "model_name", version_field: str = "model_version"
+) -> None:
     """NOT_FOUND unless ``name`` is the hosted model and ``version`` is empty or its version."""
     if name != spec.name:
-        raise ProtocolError(Code.NOT_FOUND, f"unknown model {name!r}; this server hosts {spec.name!r}", field=name_field)
+        raise ProtocolError(
+            Code.NOT_FOUND, f"unknown model {name!r}; this server hosts {spec.name!r}", field=name_field
+        )
     if version and version != spec.version:
-        raise ProtocolError(Code.NOT_FOUND, f"model {name!r} has no version {version!r}; it has {spec.version!r}",
-                            field=version_field)  # fmt: skip
+        raise ProtocolError(
+            Code.NOT_FOUND, f"model {name!r} has no version {version!r}; it has {spec.version!r}", field=version_field
+        )
 
 
 def model_ready(ref: ModelRef, spec: ModelSpec, *, ready: bool) -> bool:
@@ -88,21 +107,31 @@ def _dequantize(request: InferRequest, tensor: Tensor) -> np.ndarray:
     if data.dtype.kind == "f":
         if not np.isfinite(data).all():
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-            raise invalid("inputs[0].contents", f"{bad} NaN or infinite value(s) in {FEATURES!r}; features must be finite")
+            raise invalid(
+                "inputs[0].contents", f"{bad} NaN or infinite value(s) in {FEATURES!r}; features must be finite"
+            )
         return np.ascontiguousarray(data, dtype=np.float32)
     scale, scale_field = _param(request, tensor, SCALE)
     zero_point, zp_field = _param(request, tensor, ZERO_POINT)
     if scale is None:
-        raise invalid(f"inputs[0].parameters[{SCALE!r}]", f"missing: {_ACCEPTED[data.dtype]} features need a {SCALE!r} (double) parameter")
+        raise invalid(
+            f"inputs[0].parameters[{SCALE!r}]",
+            f"missing: {_ACCEPTED[data.dtype]} features need a {SCALE!r} (double) parameter",
+        )
     if zero_point is None:
-        raise invalid(f"inputs[0].parameters[{ZERO_POINT!r}]", f"missing: {_ACCEPTED[data.dtype]} features need a {ZERO_POINT!r} (int64) parameter")
+        raise invalid(
+            f"inputs[0].parameters[{ZERO_POINT!r}]",
+            f"missing: {_ACCEPTED[data.dtype]} features need a {ZERO_POINT!r} (int64) parameter",
+        )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise invalid(scale_field, f"must be a finite number > 0, got {scale!r}")
     if scale > _MAX_SCALE:
         raise invalid(scale_field, f"{scale!r} overflows float32 when dequantizing (must be <= {_MAX_SCALE:g})")
     low, high = _RANGES[data.dtype]
     if isinstance(zero_point, bool) or not isinstance(zero_point, int) or not low <= zero_point <= high:
-        raise invalid(zp_field, f"must be an integer in [{low}, {high}] for {_ACCEPTED[data.dtype]}, got {zero_point!r}")
+        raise invalid(
+            zp_field, f"must be an integer in [{low}, {high}] for {_ACCEPTED[data.dtype]}, got {zero_point!r}"
+        )
     out = data.astype(np.float32)  # |q - zero_point| <= 255, so with scale <= _MAX_SCALE every value is finite
     out -= np.float32(zero_point)
     out *= np.float32(scale)
@@ -146,7 +175,9 @@ def parse_infer(request: InferRequest, spec: ModelSpec, limits: BatchConfig) -> 
         names = []
         for i, out in enumerate(request.outputs):
             if out.name not in OUTPUTS:
-                raise invalid(f"outputs[{i}].name", f"unknown output {out.name!r}; the model returns {', '.join(OUTPUTS)}")
+                raise invalid(
+                    f"outputs[{i}].name", f"unknown output {out.name!r}; the model returns {', '.join(OUTPUTS)}"
+                )
             if out.name in names:
                 raise invalid(f"outputs[{i}].name", f"output {out.name!r} requested twice")
             names.append(out.name)
@@ -158,10 +189,14 @@ def parse_infer(request: InferRequest, spec: ModelSpec, limits: BatchConfig) -> 
     return InferJob(request_id=request.id, features=_dequantize(request, tensor), outputs=outputs)
 
 
-def build_response(job: InferJob, spec: ModelSpec, probs: np.ndarray, labels: np.ndarray, timing: Timing) -> InferResponse:
+def build_response(
+    job: InferJob, spec: ModelSpec, probs: np.ndarray, labels: np.ndarray, timing: Timing
+) -> InferResponse:
     data = {PROBS: probs, LABEL: labels}
     return InferResponse(
-        model_name=spec.name, model_version=spec.version, id=job.request_id,
+        model_name=spec.name,
+        model_version=spec.version,
+        id=job.request_id,
         parameters={COMPUTE_US: timing.compute_us, QUEUE_US: timing.queue_us, BATCH_SIZE: timing.batch_size},
         outputs=tuple(Tensor(name, data[name]) for name in job.outputs),
-    )  # fmt: skip
+    )

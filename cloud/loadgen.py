@@ -45,7 +45,7 @@ class LoadSpec:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "LoadSpec":
+    def from_json(cls, data: dict) -> LoadSpec:
         return from_dict(cls, data)
 
 
@@ -84,7 +84,7 @@ class LoadResult:
         return {"schema_version": self.schema_version, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "load result") -> "LoadResult":
+    def from_json(cls, data: dict, *, source: str = "load result") -> LoadResult:
         hint = "re-run `privsplit bench ... --json FILE`"
         return from_dict(cls, check_schema(data, version=LOAD_SCHEMA_VERSION, source=source, hint=hint))
 
@@ -92,18 +92,24 @@ class LoadResult:
         return save_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "LoadResult":
+    def load(cls, path: str | Path) -> LoadResult:
         hint = "re-run `privsplit bench ... --json FILE`"
         return cls.from_json(read_json(path, what="a load result", hint=hint), source=str(path))
 
     def summary(self) -> str:
-        head = f"{self.label + ': ' if self.label else ''}{self.spec.target} {'stream' if self.spec.stream else 'unary'}, " \
-               f"{self.request_bytes} B requests of {self.rows_per_request} row(s), {self.spec.duration_s:g} s per level"
-        rows = [f"{'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv compute us':>15} "
-                f"{'srv queue us':>13} {'batch':>6} {'errors':>7}"]  # fmt: skip
+        head = (
+            f"{self.label + ': ' if self.label else ''}{self.spec.target} {'stream' if self.spec.stream else 'unary'}, "
+            f"{self.request_bytes} B requests of {self.rows_per_request} row(s), {self.spec.duration_s:g} s per level"
+        )
+        rows = [
+            f"{'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv compute us':>15} "
+            f"{'srv queue us':>13} {'batch':>6} {'errors':>7}"
+        ]
         for p in self.points:
-            rows.append(f"{p.concurrency:>5} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
-                        f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} {p.batch_size_mean:>6.1f} {p.errors:>7}")  # fmt: skip
+            rows.append(
+                f"{p.concurrency:>5} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
+                f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} {p.batch_size_mean:>6.1f} {p.errors:>7}"
+            )
         return "\n".join([head, *rows])
 
 
@@ -152,7 +158,9 @@ class _Recorder:
             self.errors[code] = self.errors.get(code, 0) + 1
 
 
-async def _unary_worker(call, payload: bytes, rec: _Recorder, stop: list, timeout: float, metadata, parse: bool) -> None:
+async def _unary_worker(
+    call, payload: bytes, rec: _Recorder, stop: list, timeout: float, metadata, parse: bool
+) -> None:
     import grpc
 
     while not stop[0]:
@@ -167,7 +175,9 @@ async def _unary_worker(call, payload: bytes, rec: _Recorder, stop: list, timeou
         rec.ok(time.perf_counter() - started, stats) if stats[0] else rec.error(stats[1])
 
 
-async def _stream_worker(call, payload: bytes, rec: _Recorder, stop: list, timeout: float, metadata, parse: bool) -> None:
+async def _stream_worker(
+    call, payload: bytes, rec: _Recorder, stop: list, timeout: float, metadata, parse: bool
+) -> None:
     import grpc
 
     try:
@@ -205,7 +215,12 @@ async def _level(spec: LoadSpec, dial: DialConfig, payload: bytes, concurrency: 
     rec, stop = _Recorder(), [False]
     worker = _stream_worker if spec.stream else _unary_worker
     try:
-        tasks = [asyncio.ensure_future(worker(calls[i % n_channels], payload, rec, stop, spec.timeout_s, metadata, spec.parse_replies)) for i in range(concurrency)]
+        tasks = [
+            asyncio.ensure_future(
+                worker(calls[i % n_channels], payload, rec, stop, spec.timeout_s, metadata, spec.parse_replies)
+            )
+            for i in range(concurrency)
+        ]
         await asyncio.sleep(spec.warmup_s)
         rec.recording = True
         started = time.perf_counter()
@@ -220,13 +235,27 @@ async def _level(spec: LoadSpec, dial: DialConfig, payload: bytes, concurrency: 
     lat_ms = np.asarray(rec.latency) * 1e3
     n = len(lat_ms)
     return LoadPoint(
-        concurrency=concurrency, stream=spec.stream, requests=n, errors=sum(rec.errors.values()), duration_s=round(elapsed, 3),
-        throughput=n / elapsed, rows_per_s=n * rows / elapsed, p50_ms=_pct(lat_ms, 50), p90_ms=_pct(lat_ms, 90),
-        p99_ms=_pct(lat_ms, 99), mean_ms=float(lat_ms.mean()) if n else float("nan"),
-        server_compute_us_p50=_pct(rec.compute, 50), server_queue_us_p50=_pct(rec.queue, 50),
-        batch_size_mean=float(np.mean(rec.batch)) if n else float("nan"), error_codes=dict(rec.errors),
-        latency_sample_ms=tuple(round(float(v), 4) for v in lat_ms[np.linspace(0, n - 1, min(n, SAMPLE_CAP)).astype(int)]) if n else (),
-    )  # fmt: skip
+        concurrency=concurrency,
+        stream=spec.stream,
+        requests=n,
+        errors=sum(rec.errors.values()),
+        duration_s=round(elapsed, 3),
+        throughput=n / elapsed,
+        rows_per_s=n * rows / elapsed,
+        p50_ms=_pct(lat_ms, 50),
+        p90_ms=_pct(lat_ms, 90),
+        p99_ms=_pct(lat_ms, 99),
+        mean_ms=float(lat_ms.mean()) if n else float("nan"),
+        server_compute_us_p50=_pct(rec.compute, 50),
+        server_queue_us_p50=_pct(rec.queue, 50),
+        batch_size_mean=float(np.mean(rec.batch)) if n else float("nan"),
+        error_codes=dict(rec.errors),
+        latency_sample_ms=tuple(
+            round(float(v), 4) for v in lat_ms[np.linspace(0, n - 1, min(n, SAMPLE_CAP)).astype(int)]
+        )
+        if n
+        else (),
+    )
 
 
 def run_load(spec: LoadSpec, request, *, dial: DialConfig | None = None, label: str = "", progress=None) -> LoadResult:

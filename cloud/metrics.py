@@ -56,12 +56,18 @@ class Metrics:
         def histogram(name, doc, buckets):
             return prom.Histogram(name, doc, labels, buckets=buckets, registry=r).labels(**lv)
 
-        self._request_h = histogram("privsplit_request_duration_seconds", "Request duration in the server", _LATENCY_BUCKETS)
+        self._request_h = histogram(
+            "privsplit_request_duration_seconds", "Request duration in the server", _LATENCY_BUCKETS
+        )
         self._queue_h = histogram("privsplit_queue_duration_seconds", "Queue wait per request", _LATENCY_BUCKETS)
         self._compute_h = histogram("privsplit_compute_duration_seconds", "Model compute per batch", _LATENCY_BUCKETS)
         self._batch_h = histogram("privsplit_batch_size", "Rows per model execution", _BATCH_BUCKETS)
-        self._depth = prom.Gauge("privsplit_queue_depth", "Requests waiting for the model", labels, registry=r).labels(**lv)
-        self._ready = prom.Gauge("privsplit_ready", "1 when serving, 0 while starting or draining", labels, registry=r).labels(**lv)
+        self._depth = prom.Gauge("privsplit_queue_depth", "Requests waiting for the model", labels, registry=r).labels(
+            **lv
+        )
+        self._ready = prom.Gauge(
+            "privsplit_ready", "1 when serving, 0 while starting or draining", labels, registry=r
+        ).labels(**lv)
 
     def success(self, *, request_us: int, queue_us: int, rows: int) -> None:
         c = self._c

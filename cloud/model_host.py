@@ -46,11 +46,15 @@ class ModelSpec:
     def metadata(self) -> ModelMetadata:
         c, h, w = self.feature_shape
         return ModelMetadata(
-            name=self.name, versions=(self.version,), platform=PLATFORM,
+            name=self.name,
+            versions=(self.version,),
+            platform=PLATFORM,
             inputs=(TensorMetadata(FEATURES, Datatype.INT8, (-1, c, h, w)),),
-            outputs=(TensorMetadata(PROBS, Datatype.FP32, (-1, self.num_classes)),
-                     TensorMetadata(LABEL, Datatype.INT64, (-1,))),
-        )  # fmt: skip
+            outputs=(
+                TensorMetadata(PROBS, Datatype.FP32, (-1, self.num_classes)),
+                TensorMetadata(LABEL, Datatype.INT64, (-1,)),
+            ),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +89,9 @@ def _check_io(session, path: Path, *, input_name: str, output_name: str, input_t
             raise BundleError(f"{path}: {what} {arg.name!r} is {arg.type}, expected float32")
         dims = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
         if len(dims) != len(tail) + 1 or dims[1:] != tail:
-            raise BundleError(f"{path}: {what} {arg.name!r} has shape {list(arg.shape)}, expected [B, {', '.join(map(str, tail))}]")
+            raise BundleError(
+                f"{path}: {what} {arg.name!r} has shape {list(arg.shape)}, expected [B, {', '.join(map(str, tail))}]"
+            )
 
 
 class ModelHost:
@@ -103,26 +109,44 @@ class ModelHost:
         self._server_path = bundle.file(server["file"])
         self._server = _session(self._server_path, threads)
         self._server_in, self._server_out = server["input"], server["output"]
-        _check_io(self._server, self._server_path, input_name=self._server_in, output_name=self._server_out,
-                  input_tail=tuple(features.shape), output_tail=(len(classes),))  # fmt: skip
+        _check_io(
+            self._server,
+            self._server_path,
+            input_name=self._server_in,
+            output_name=self._server_out,
+            input_tail=tuple(features.shape),
+            output_tail=(len(classes),),
+        )
         purifier = manifest.get("purifier")
         self._purifier = None
         if purifier is not None:
             path = bundle.file(purifier["file"])
             self._purifier = _session(path, threads)
             self._purifier_in, self._purifier_out = purifier["input"], purifier["output"]
-            _check_io(self._purifier, path, input_name=self._purifier_in, output_name=self._purifier_out,
-                      input_tail=(len(classes),), output_tail=(len(classes),))  # fmt: skip
+            _check_io(
+                self._purifier,
+                path,
+                input_name=self._purifier_in,
+                output_name=self._purifier_out,
+                input_tail=(len(classes),),
+                output_tail=(len(classes),),
+            )
         hashes = manifest.get("accepted_encoder_hashes") or []
         if not hashes:
-            raise BundleError(f"{bundle.root}: accepted_encoder_hashes is empty, so no device could be served; re-export")
+            raise BundleError(
+                f"{bundle.root}: accepted_encoder_hashes is empty, so no device could be served; re-export"
+            )
         self.spec = ModelSpec(
-            name=name, version=bundle.version, classes=classes, features=features,
-            accepted_encoder_hashes=frozenset(str(h).lower() for h in hashes), purifier=self._purifier is not None,
-        )  # fmt: skip
+            name=name,
+            version=bundle.version,
+            classes=classes,
+            features=features,
+            accepted_encoder_hashes=frozenset(str(h).lower() for h in hashes),
+            purifier=self._purifier is not None,
+        )
 
     @classmethod
-    def open(cls, path: str | Path, *, name: str, trust_key: Path | None = None, threads: int = 1) -> "ModelHost":
+    def open(cls, path: str | Path, *, name: str, trust_key: Path | None = None, threads: int = 1) -> ModelHost:
         return cls(load_bundle(path, trust_key=trust_key, kind=BundleKind.CLOUD), name=name, threads=threads)
 
     def infer(self, features: np.ndarray) -> HostOutput:

@@ -39,27 +39,42 @@ class CloudServer:
 
     def __init__(self, config: ServeConfig, *, host: ModelHost | None = None) -> None:
         self.config = config
-        self.host = host if host is not None else ModelHost.open(
-            config.bundle, name=config.model_name, trust_key=config.trust_key, threads=config.threads
+        self.host = (
+            host
+            if host is not None
+            else ModelHost.open(
+                config.bundle, name=config.model_name, trust_key=config.trust_key, threads=config.threads
+            )
         )
         self.metrics = Metrics(model=self.host.spec.name, version=self.host.spec.version)
         self.state = ServingState(self.metrics)
         self.batcher = DynamicBatcher(
-            self.host.infer, config.batch,
-            on_batch=lambda rows, us: self.metrics.batch(rows=rows, compute_us=us), on_depth=self.metrics.queue_depth,
-        )  # fmt: skip
+            self.host.infer,
+            config.batch,
+            on_batch=lambda rows, us: self.metrics.batch(rows=rows, compute_us=us),
+            on_depth=self.metrics.queue_depth,
+        )
         interceptors = []
         if config.token is not None:
-            interceptors.append(BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED")))
+            interceptors.append(
+                BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED"))
+            )
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="privsplit-rpc")
         limit = config.rpc_limit  # beyond it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing
-        self._server = grpc.server(self._pool, interceptors=interceptors, maximum_concurrent_rpcs=limit, options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            *server_keepalive_options(),
-        ])  # fmt: skip
-        servicer = InferenceServicer(spec=self.host.spec, batcher=self.batcher, limits=config.batch, metrics=self.metrics, state=self.state)
+        self._server = grpc.server(
+            self._pool,
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=limit,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                *server_keepalive_options(),
+            ],
+        )
+        servicer = InferenceServicer(
+            spec=self.host.spec, batcher=self.batcher, limits=config.batch, metrics=self.metrics, state=self.state
+        )
         add_to_server(servicer, self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -72,7 +87,9 @@ class CloudServer:
             else:
                 port = self._server.add_secure_port(config.address, server_credentials(config.tls))
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {config.address}: {exc} (port in use, or a bad --host / TLS file)") from None
+            raise ConfigError(
+                f"cannot listen on {config.address}: {exc} (port in use, or a bad --host / TLS file)"
+            ) from None
         if not port:
             raise ConfigError(f"cannot listen on {config.address}: port in use, or a bad --host / TLS file")
         self.port = port
@@ -90,7 +107,7 @@ class CloudServer:
     def ready(self) -> bool:
         return self.state.ready
 
-    def start(self) -> "CloudServer":
+    def start(self) -> CloudServer:
         if self.config.metrics_port is not None:
             self._http, self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
         self.batcher.start()
@@ -121,7 +138,7 @@ class CloudServer:
         """Block until :meth:`stop` finished (True) or ``timeout`` passed (False)."""
         return self._stopped.wait(timeout)
 
-    def __enter__(self) -> "CloudServer":
+    def __enter__(self) -> CloudServer:
         if not self._started:
             self.start()
         return self
@@ -151,7 +168,9 @@ def serve(config: ServeConfig, *, log=None) -> int:
     try:
         server.start()
         spec, batch, tls = server.spec, config.batch, config.tls
-        security = ("mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext") + (", token auth" if config.token else ", no auth")
+        security = ("mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext") + (
+            ", token auth" if config.token else ", no auth"
+        )
         security += f", at most {config.rpc_limit} RPCs at once"
         log(
             f"listening on {config.host}:{port} ({security}); model {spec.name!r} version {spec.version!r}, "

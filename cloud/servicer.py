@@ -66,7 +66,9 @@ class _Started:
 
     __slots__ = ("started", "job", "ticket", "error", "timeout")
 
-    def __init__(self, started: float, job=None, ticket: Ticket | None = None, error: ProtocolError | None = None, timeout=None):
+    def __init__(
+        self, started: float, job=None, ticket: Ticket | None = None, error: ProtocolError | None = None, timeout=None
+    ):
         self.started, self.job, self.ticket, self.error, self.timeout = started, job, ticket, error, timeout
 
 
@@ -83,7 +85,9 @@ def _abort(context, exc: ProtocolError):
 class InferenceServicer:
     """Open Inference Protocol methods (synchronous; gRPC runs them on its worker threads)."""
 
-    def __init__(self, *, spec: ModelSpec, batcher: DynamicBatcher, limits: BatchConfig, metrics: Metrics, state: ServingState) -> None:
+    def __init__(
+        self, *, spec: ModelSpec, batcher: DynamicBatcher, limits: BatchConfig, metrics: Metrics, state: ServingState
+    ) -> None:
         self.spec = spec
         self.batcher = batcher
         self.limits = limits
@@ -130,7 +134,9 @@ class InferenceServicer:
                 raise ProtocolError(Code.INVALID_ARGUMENT, request.error)
             job = handlers.parse_infer(InferRequest.from_proto(request), self.spec, self.limits)
             submitting = True
-            return _Started(started, job, self.batcher.submit(job.features, timeout_s=timeout, expected=True), timeout=timeout)
+            return _Started(
+                started, job, self.batcher.submit(job.features, timeout_s=timeout, expected=True), timeout=timeout
+            )
         except ProtocolError as exc:
             error = exc
         except Exception as exc:  # never let one request take the server down
@@ -147,7 +153,9 @@ class InferenceServicer:
         assert pending.ticket is not None  # a started request holds its error or its ticket
         try:
             result = pending.ticket.result(pending.timeout)
-            timing = handlers.Timing(compute_us=result.compute_us, queue_us=result.queue_us, batch_size=result.batch_size)
+            timing = handlers.Timing(
+                compute_us=result.compute_us, queue_us=result.queue_us, batch_size=result.batch_size
+            )
             reply = handlers.build_response(pending.job, self.spec, result.probs, result.labels, timing).to_proto()
         except ProtocolError as exc:
             self.metrics.failure(exc.code.value)
@@ -155,8 +163,11 @@ class InferenceServicer:
         except Exception as exc:
             self.metrics.failure(Code.INTERNAL.value)
             raise ProtocolError(Code.INTERNAL, f"internal error: {type(exc).__name__}: {exc}") from exc
-        self.metrics.success(request_us=int((time.perf_counter() - pending.started) * 1e6), queue_us=result.queue_us,
-                             rows=pending.job.rows)  # fmt: skip
+        self.metrics.success(
+            request_us=int((time.perf_counter() - pending.started) * 1e6),
+            queue_us=result.queue_us,
+            rows=pending.job.rows,
+        )
         return reply
 
     def ModelInfer(self, request, context):

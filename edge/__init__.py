@@ -45,4 +45,4 @@ _LAZY = {
     "run_bench": "privsplit.edge.latency",
 }
 
-__getattr__, __all__ = lazy_exports('privsplit.edge', _LAZY)
+__getattr__, __all__ = lazy_exports("privsplit.edge", _LAZY)

@@ -114,10 +114,15 @@ class ClientConfig:
         # grpc.min_reconnect_backoff_ms stays default: it is the connect timeout, and slow links need it
         backoff_ms = max(1, int(self.retry.initial_backoff_s * 1000))
         return dialing.DialConfig(
-            target=self.target, tls=None if self.tls is None else self.tls.channel_tls(), token=self.token,
-            insecure=self.insecure, max_message_bytes=self.max_message_bytes, keepalive=self.keepalive, retry=None,
+            target=self.target,
+            tls=None if self.tls is None else self.tls.channel_tls(),
+            token=self.token,
+            insecure=self.insecure,
+            max_message_bytes=self.max_message_bytes,
+            keepalive=self.keepalive,
+            retry=None,
             reconnect_backoff_ms=(backoff_ms, max(backoff_ms, int(self.retry.max_backoff_s * 1000))),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -250,7 +255,9 @@ class EdgeClient:
 
         backlog: list[tuple[str, bytes]] = []
         while True:
-            call = self._stream(outgoing(backlog, state["generation"]), timeout=self.config.stream_timeout_s, metadata=self._metadata)
+            call = self._stream(
+                outgoing(backlog, state["generation"]), timeout=self.config.stream_timeout_s, metadata=self._metadata
+            )
             try:
                 for msg in call:
                     with lock:
@@ -259,14 +266,20 @@ class EdgeClient:
                         rid = next(iter(pending))
                         got = msg.infer_response.id if msg.HasField("infer_response") else ""
                         if got and got != rid:
-                            raise ProtocolError(Code.INTERNAL, f"reply for {got!r} arrived while {rid!r} was the oldest unanswered request")
+                            raise ProtocolError(
+                                Code.INTERNAL,
+                                f"reply for {got!r} arrived while {rid!r} was the oldest unanswered request",
+                            )
                         del pending[rid]
                     failures = 0
                     if msg.error_message:
                         code, error_text = dialing.stream_error(msg.error_message)
                         yield StreamReply(request_id=rid, error=error_text, code=code)
                     else:
-                        yield StreamReply(request_id=rid, prediction=Prediction.from_response(InferResponse.from_proto(msg.infer_response)))
+                        yield StreamReply(
+                            request_id=rid,
+                            prediction=Prediction.from_response(InferResponse.from_proto(msg.infer_response)),
+                        )
                 with lock:
                     if state["exhausted"] and not pending:
                         return
@@ -284,9 +297,14 @@ class EdgeClient:
                     time.sleep(policy.delay(failures - 1, self._rng))
                     continue
                 if code is Code.UNAVAILABLE:
-                    error: ProtocolError = self._unavailable(failures, started, exc if isinstance(exc, grpc.RpcError) else None)
+                    error: ProtocolError = self._unavailable(
+                        failures, started, exc if isinstance(exc, grpc.RpcError) else None
+                    )
                 elif code is Code.DEADLINE_EXCEEDED:
-                    error = ProtocolError(code, f"the stream to {self.config.target} passed its {self.config.stream_timeout_s:g} s deadline")
+                    error = ProtocolError(
+                        code,
+                        f"the stream to {self.config.target} passed its {self.config.stream_timeout_s:g} s deadline",
+                    )
                 else:
                     error = dialing.rpc_error(exc, self.config.target, what="the stream")
                 for rid, _ in backlog:

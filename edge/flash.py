@@ -117,7 +117,9 @@ def parse_target(text: str, **ssh) -> Target:
     if not parts.hostname or not parts.path or parts.path == "/":
         raise ConfigError(f"--to {text!r}: give ssh://user@host[:port]/absolute/path")
     if not _SAFE.match(parts.path) or ".." in parts.path.split("/"):
-        raise ConfigError(f"--to {text!r}: the device path may hold only letters, digits and ._+@~/- (no spaces or '..')")
+        raise ConfigError(
+            f"--to {text!r}: the device path may hold only letters, digits and ._+@~/- (no spaces or '..')"
+        )
     return SshTarget(host=parts.hostname, path=parts.path.rstrip("/"), user=parts.username, port=port, **ssh)
 
 
@@ -146,14 +148,18 @@ def _sh(target: Target, script: str, *args: str) -> str:
     try:
         proc = subprocess.run(cmd, input=_SUMCHECK + script, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as exc:
-        raise FlashError(f"{exc.filename} not found: install the OpenSSH client (ssh, scp) to flash over ssh://") from None
+        raise FlashError(
+            f"{exc.filename} not found: install the OpenSSH client (ssh, scp) to flash over ssh://"
+        ) from None
     except subprocess.TimeoutExpired:
         raise FlashError(f"{target}: the device did not answer within {timeout:g} s") from None
     if proc.returncode != 0:
         err = proc.stderr.strip().splitlines()
         tail = " | ".join(err[-3:]) or f"exit status {proc.returncode}"
         if isinstance(target, SshTarget) and proc.returncode == 255:
-            raise FlashError(f"cannot run commands on {target} over ssh: {tail} (check the address, --identity and --known-hosts)")
+            raise FlashError(
+                f"cannot run commands on {target} over ssh: {tail} (check the address, --identity and --known-hosts)"
+            )
         raise FlashError(f"{target}: {tail}")
     return proc.stdout
 
@@ -176,11 +182,17 @@ def _upload(target: Target, bundle_root: Path, files: list[str], staging: str) -
     host = f"[{target.host}]" if ":" in target.host else target.host
     remote = f"{target.user + '@' if target.user else ''}{host}:{target.path}/releases/{staging}"
     try:
-        proc = subprocess.run([*cmd, str(bundle_root), remote], capture_output=True, text=True, timeout=target.timeout_s)
+        proc = subprocess.run(
+            [*cmd, str(bundle_root), remote], capture_output=True, text=True, timeout=target.timeout_s
+        )
     except subprocess.TimeoutExpired:
-        raise FlashError(f"scp to {target} did not finish within {target.timeout_s:g} s; the active release is unchanged") from None
+        raise FlashError(
+            f"scp to {target} did not finish within {target.timeout_s:g} s; the active release is unchanged"
+        ) from None
     if proc.returncode != 0:
-        raise FlashError(f"scp to {target} failed ({proc.stderr.strip()[-300:] or proc.returncode}); the active release is unchanged")
+        raise FlashError(
+            f"scp to {target} failed ({proc.stderr.strip()[-300:] or proc.returncode}); the active release is unchanged"
+        )
     return sent
 
 
@@ -267,7 +279,7 @@ class _DeviceLock:
     def _try(self) -> str:
         return _sh(self.target, _LOCK, str(self.target.path), self.token, "1" if self.create else "0").strip()
 
-    def __enter__(self) -> "_DeviceLock":
+    def __enter__(self) -> _DeviceLock:
         out = self._try()
         waited = time.monotonic() + OWNERLESS_LOCK_S
         while out == "held=" and time.monotonic() < waited:  # no owner yet: its flash may be between mkdir and write
@@ -300,7 +312,7 @@ class DeviceState:
     recent: tuple[str, ...] = ()  # releases by last activation, oldest first
 
     @classmethod
-    def read(cls, target: Target, *, sums: str = "", version: str = "", create: bool = False) -> "DeviceState":
+    def read(cls, target: Target, *, sums: str = "", version: str = "", create: bool = False) -> DeviceState:
         """The device's releases, history and current link; stale leftovers of interrupted flashes are
         removed on the way. ``create``: make TARGET/releases when missing (flash), else read only."""
         root = str(target.path)
@@ -309,7 +321,9 @@ class DeviceState:
         for line in out.splitlines():
             key, _, value = line.partition("=")
             if key == "current-not-link":
-                raise FlashError(f"{target}/current exists but is not a symlink: move it away (flash manages it as a link)")
+                raise FlashError(
+                    f"{target}/current exists but is not a symlink: move it away (flash manages it as a link)"
+                )
             if key == "current":
                 current = value.removeprefix("releases/").rstrip("/")
             elif key == "history" and value:
@@ -320,8 +334,13 @@ class DeviceState:
                 releases.append(value)
             elif key == "existing":
                 existing = value == "ok"
-        return cls(current=current, history=tuple(history), releases=tuple(releases), existing_ok=existing,
-                   recent=tuple(recent))  # fmt: skip
+        return cls(
+            current=current,
+            history=tuple(history),
+            releases=tuple(releases),
+            existing_ok=existing,
+            recent=tuple(recent),
+        )
 
 
 class FlashAction(str, Enum):
@@ -346,7 +365,7 @@ class FlashResult:
         return {"schema_version": FLASH_RESULT_SCHEMA_VERSION, **to_dict(self), "seconds": round(self.seconds, 3)}
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "flash result") -> "FlashResult":
+    def from_json(cls, data: dict, *, source: str = "flash result") -> FlashResult:
         hint = "re-run `privsplit flash ... --json FILE`"
         return from_dict(cls, check_schema(data, version=FLASH_RESULT_SCHEMA_VERSION, source=source, hint=hint))
 
@@ -401,7 +420,9 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
     verified = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)
     version = verified.version
     if not _SAFE_NAME.match(version):
-        raise FlashError(f"bundle version {version!r} cannot name a release folder (letters, digits, ._+- only): re-export with --version")
+        raise FlashError(
+            f"bundle version {version!r} cannot name a release folder (letters, digits, ._+- only): re-export with --version"
+        )
     root = verified.root
     files = sorted(verified.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (root / SIGNATURE).is_file() else [])
     if any("\n" in f or "\\" in f for f in files):
@@ -414,20 +435,36 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
         return _install(target, root, files, sums, version, keep, started)
 
 
-def _install(target: Target, root: Path, files: list[str], sums: str, version: str, keep: int, started: float) -> FlashResult:
+def _install(
+    target: Target, root: Path, files: list[str], sums: str, version: str, keep: int, started: float
+) -> FlashResult:
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     staging = f".incoming-{token}"
     history, kept, remove = _plan(state, version, keep)
     reused = bool(state.existing_ok)
     if reused and state.current == version:
-        return FlashResult(str(target), version, state.current, FlashAction.UNCHANGED, 0, tuple(state.releases), (), time.perf_counter() - started)
-    replace = "" if state.current != version else (  # re-flash of the current version: current must never dangle
-        f"switch {_q(staging)} {_q(token + '-staged')}\n"  # current -> the verified new copy
-        f"rm -rf -- releases/{_q('.copy-' + token)}\ncp -R releases/{_q(staging)} releases/{_q('.copy-' + token)}\n"
-        f"(cd releases/{_q('.copy-' + token)} && sumcheck ../{_q(staging + '.sha256')}) || "
-        "{ echo 'copying the release on the device failed; current points at the new copy' >&2; exit 3; }\n"
-    )  # fmt: skip
+        return FlashResult(
+            str(target),
+            version,
+            state.current,
+            FlashAction.UNCHANGED,
+            0,
+            tuple(state.releases),
+            (),
+            time.perf_counter() - started,
+        )
+    replace = (
+        ""
+        if state.current != version
+        # re-flash of the current version: current must never dangle
+        else (
+            f"switch {_q(staging)} {_q(token + '-staged')}\n"  # current -> the verified new copy
+            f"rm -rf -- releases/{_q('.copy-' + token)}\ncp -R releases/{_q(staging)} releases/{_q('.copy-' + token)}\n"
+            f"(cd releases/{_q('.copy-' + token)} && sumcheck ../{_q(staging + '.sha256')}) || "
+            "{ echo 'copying the release on the device failed; current points at the new copy' >&2; exit 3; }\n"
+        )
+    )
     source = staging if not replace else ".copy-" + token
     sent = 0
     script = f"set -eu\ncd -- {_q(str(target.path))}\n"
@@ -438,22 +475,24 @@ def _install(target: Target, root: Path, files: list[str], sums: str, version: s
             f"if ! (cd releases/{_q(staging)} && sumcheck ../{_q(staging + '.sha256')}); then\n"
             f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
             "  echo 'the copy on the device does not match the bundle hashes (interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
-            + replace +
-            f"if [ -e releases/{_q(version)} ]; then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
+            + replace
+            + f"if [ -e releases/{_q(version)} ]; then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
             f"mv -- releases/{_q(source)} releases/{_q(version)}\n"
             f"cp -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
             f"rm -rf -- releases/{_q('.trash-' + token)}\n"
-        )  # fmt: skip
+        )
     else:
         script += (
             f"cat > releases/{_q(version + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
             f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
             f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n"
-        )  # fmt: skip
+        )
     cleanup = f"rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n" if not reused else ""
     _sh(target, script + _activation(version, token, history, kept, remove) + cleanup)
     action = FlashAction.SWITCHED if reused else FlashAction.INSTALLED
-    return FlashResult(str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started)
+    return FlashResult(
+        str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started
+    )
 
 
 def rollback(target: Target | str) -> FlashResult:
@@ -472,22 +511,35 @@ def _roll_back(target: Target, started: float) -> FlashResult:
     before = history[: history.index(state.current)] if state.current in history else history
     before = [h for h in before if h != state.current]
     if not before:
-        raise FlashError(f"{target}: no earlier release to roll back to (history: {', '.join(state.history) or 'empty'})")
+        raise FlashError(
+            f"{target}: no earlier release to roll back to (history: {', '.join(state.history) or 'empty'})"
+        )
     previous = before[-1]
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     script = (
         f"set -eu\ncd -- {_q(str(target.path))}\n"
         f"(cd releases/{_q(previous)} && sumcheck ../{_q(previous + '.sha256')}) || "
         f"{{ echo 'release {previous} does not match its checksums on the device: not rolling back (flash a bundle instead)' >&2; exit 3; }}\n"
-    )  # fmt: skip
+    )
     recent = [r for r in (state.recent or state.history) if r != previous and r in state.releases] + [previous]
     _sh(target, script + _activation(previous, token, before, recent, []))
-    return FlashResult(str(target), previous, state.current, FlashAction.ROLLED_BACK, 0, tuple(state.releases), (), time.perf_counter() - started)
+    return FlashResult(
+        str(target),
+        previous,
+        state.current,
+        FlashAction.ROLLED_BACK,
+        0,
+        tuple(state.releases),
+        (),
+        time.perf_counter() - started,
+    )
 
 
 def current_release(target: Target | str | Path) -> Path | None:
     """The folder ``current`` resolves to on a local target (None when there is none)."""
-    target = LocalTarget(target) if isinstance(target, Path) else parse_target(target) if isinstance(target, str) else target
+    target = (
+        LocalTarget(target) if isinstance(target, Path) else parse_target(target) if isinstance(target, str) else target
+    )
     if not isinstance(target, LocalTarget):
         raise ConfigError("current_release reads local targets only")
     link = target.path / "current"

@@ -60,7 +60,7 @@ class InferResult:
         return {k if k != "class_name" else "class": v for k, v in data.items()}  # the JSON key is "class"
 
     @classmethod
-    def from_json(cls, data: dict) -> "InferResult":
+    def from_json(cls, data: dict) -> InferResult:
         return from_dict(cls, {**data, "class_name": data.get("class")})
 
 
@@ -81,12 +81,20 @@ class InferReport:
         return sum(r.skipped for r in self.results)
 
     def to_json(self) -> dict:
-        return to_dict({"schema_version": INFER_SCHEMA_VERSION, "pipeline": self.pipeline, "server": self.server,
-                        "results": [r.to_json() for r in self.results], "failed": self.failed,
-                        "skipped": self.skipped, "stopped_by": self.stopped_by})  # fmt: skip
+        return to_dict(
+            {
+                "schema_version": INFER_SCHEMA_VERSION,
+                "pipeline": self.pipeline,
+                "server": self.server,
+                "results": [r.to_json() for r in self.results],
+                "failed": self.failed,
+                "skipped": self.skipped,
+                "stopped_by": self.stopped_by,
+            }
+        )
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "infer report") -> "InferReport":
+    def from_json(cls, data: dict, *, source: str = "infer report") -> InferReport:
         data = check_schema(data, version=INFER_SCHEMA_VERSION, source=source, hint=_HINT)
         return from_dict(cls, {**data, "results": tuple(InferResult.from_json(r) for r in data["results"])})
 
@@ -94,7 +102,7 @@ class InferReport:
         save_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "InferReport":
+    def load(cls, path: str | Path) -> InferReport:
         return cls.from_json(read_json(path, what="an infer report", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
@@ -102,7 +110,9 @@ class InferReport:
         lines = [f"{'input':<{width}}  {'class':<12} {'conf':>6}  {'ms':>7}  error"]
         for r in self.results:
             if r.ok:
-                lines.append(f"{r.source:<{width}}  {str(r.class_name):<12} {r.confidence if r.confidence is not None else float('nan'):>6.3f}  {r.latency_ms:>7.2f}")
+                lines.append(
+                    f"{r.source:<{width}}  {str(r.class_name):<12} {r.confidence if r.confidence is not None else float('nan'):>6.3f}  {r.latency_ms:>7.2f}"
+                )
             elif r.skipped:
                 lines.append(f"{r.source:<{width}}  {'-':<12} {'-':>6}  {'-':>7}  skipped")
             else:
@@ -112,8 +122,10 @@ class InferReport:
         if self.stopped_by:
             lines.append(f"stopped: {self.stopped_by}")
         ok = len(self.results) - self.failed - self.skipped
-        lines.append(f"{ok}/{len(self.results)} ok{skipped}; encoder {p['encoder']} on {p['runtime']} "
-                     f"({p['threads']} thread(s)), bundle {p['version']}, server {self.server}")  # fmt: skip
+        lines.append(
+            f"{ok}/{len(self.results)} ok{skipped}; encoder {p['encoder']} on {p['runtime']} "
+            f"({p['threads']} thread(s)), bundle {p['version']}, server {self.server}"
+        )
         return "\n".join(lines)
 
 
@@ -122,17 +134,32 @@ def _results(pred, sources: Sequence[str], classes: Sequence[str], latency_ms: f
     for i, src in enumerate(sources):
         label = int(pred.label[i])
         probs = None if pred.probs is None else tuple(float(v) for v in pred.probs[i])
-        out.append(InferResult(
-            source=src, label=label, class_name=classes[label] if 0 <= label < len(classes) else str(label),
-            confidence=None if probs is None else probs[label], probs=probs, latency_ms=round(latency_ms, 3),
-        ))  # fmt: skip
+        out.append(
+            InferResult(
+                source=src,
+                label=label,
+                class_name=classes[label] if 0 <= label < len(classes) else str(label),
+                confidence=None if probs is None else probs[label],
+                probs=probs,
+                latency_ms=round(latency_ms, 3),
+            )
+        )
     return out
 
 
-def _payload(pipeline: EdgePipeline, pixels: np.ndarray, *, model_name: str, request_id: str, label_only: bool) -> bytes:
+def _payload(
+    pipeline: EdgePipeline, pixels: np.ndarray, *, model_name: str, request_id: str, label_only: bool
+) -> bytes:
     wire = pipeline.encode_pixels(pixels)
-    request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point,
-                               model_name=model_name, request_id=request_id, label_only=label_only)  # fmt: skip
+    request = features_request(
+        wire.data,
+        encoder_hash=wire.encoder_hash,
+        scale=wire.scale,
+        zero_point=wire.zero_point,
+        model_name=model_name,
+        request_id=request_id,
+        label_only=label_only,
+    )
     return request.to_proto().SerializeToString()
 
 
@@ -149,7 +176,9 @@ def infer_inputs(
     one request (``batch_size`` inputs) at a time."""
     items = pipeline.expand(inputs)
     classes = pipeline.bundle.classes
-    slots: dict[int, InferResult] = {i: InferResult(source=it.source, error=it.error) for i, it in enumerate(items) if not it.ok}
+    slots: dict[int, InferResult] = {
+        i: InferResult(source=it.source, error=it.error) for i, it in enumerate(items) if not it.ok
+    }
     good = [i for i, it in enumerate(items) if it.ok]
     chunks = [good[s : s + batch_size] for s in range(0, len(good), max(1, batch_size))]
     model = client.config.model_name
@@ -205,12 +234,21 @@ def infer_inputs(
     skip = f"{SKIPPED} (the run stopped: {client.config.target} did not answer or refused)" if stopped_by else SKIPPED
     for i in good:  # inputs never sent
         slots.setdefault(i, InferResult(source=items[i].source, error=skip))
-    return InferReport(pipeline=pipeline.describe(), server=client.config.target,
-                       results=tuple(slots[i] for i in range(len(items))), stopped_by=stopped_by)  # fmt: skip
+    return InferReport(
+        pipeline=pipeline.describe(),
+        server=client.config.target,
+        results=tuple(slots[i] for i in range(len(items))),
+        stopped_by=stopped_by,
+    )
 
 
 def stream_frames(
-    pipeline: EdgePipeline, client: EdgeClient, frames: Iterable[np.ndarray], *, bgr: bool = False, label_only: bool = False
+    pipeline: EdgePipeline,
+    client: EdgeClient,
+    frames: Iterable[np.ndarray],
+    *,
+    bgr: bool = False,
+    label_only: bool = False,
 ) -> Iterator[InferResult]:
     """Camera-rate mode: each ``uint8 (H, W, C)`` frame is encoded as the stream asks for it and sent on
     one ``ModelStreamInfer`` stream; yields one result per frame, in order (``source`` = ``frame[i]``).
@@ -236,8 +274,9 @@ def stream_frames(
         while early and int(early[0].source[6:-1]) < index:
             yield early.pop(0)
         if reply.ok:
-            yield _results(reply.prediction, [reply.request_id], classes, (time.perf_counter() - starts[reply.request_id]) * 1e3)[0]
+            yield _results(
+                reply.prediction, [reply.request_id], classes, (time.perf_counter() - starts[reply.request_id]) * 1e3
+            )[0]
         else:
             yield InferResult(source=reply.request_id, error=reply.error)
     yield from early
-

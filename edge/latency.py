@@ -56,7 +56,9 @@ class BenchSpec:
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.runs < 1 or self.warmup < 0:
-            raise ConfigError(f"need threads >= 1, runs >= 1, warmup >= 0 (got {self.threads}, {self.runs}, {self.warmup})")
+            raise ConfigError(
+                f"need threads >= 1, runs >= 1, warmup >= 0 (got {self.threads}, {self.runs}, {self.warmup})"
+            )
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ConfigError(f"--max-seconds must be > 0, got {self.max_seconds}")
 
@@ -64,7 +66,7 @@ class BenchSpec:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "BenchSpec":
+    def from_json(cls, data: dict) -> BenchSpec:
         return from_dict(cls, data)
 
 
@@ -79,7 +81,12 @@ class StageStats:
     def of(cls, values_ms) -> StageStats:
         v = np.asarray(values_ms, dtype=np.float64)
         p50, p90, p99 = np.percentile(v, [50, 90, 99])
-        return cls(mean_ms=round(float(v.mean()), 4), p50_ms=round(float(p50), 4), p90_ms=round(float(p90), 4), p99_ms=round(float(p99), 4))
+        return cls(
+            mean_ms=round(float(v.mean()), 4),
+            p50_ms=round(float(p50), 4),
+            p90_ms=round(float(p90), 4),
+            p99_ms=round(float(p99), 4),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,24 +125,25 @@ class BenchResult:
         return {"schema_version": BENCH_SCHEMA_VERSION, **to_dict(self), "overhead_share": share}
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "bench result") -> "BenchResult":
+    def from_json(cls, data: dict, *, source: str = "bench result") -> BenchResult:
         return from_dict(cls, check_schema(data, version=BENCH_SCHEMA_VERSION, source=source, hint=_HINT))
 
     def save(self, path: str | Path) -> None:
         save_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "BenchResult":
+    def load(cls, path: str | Path) -> BenchResult:
         return cls.from_json(read_json(path, what="an edge bench result", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
         lines = [
             f"edge bench: {self.encoder} on {self.runtime}, {self.spec.threads} thread(s), bundle {self.bundle_version}, "
             f"input {self.input_desc}",
-            f"init {self.init_ms:.1f} ms" + (f", connect {self.connect_ms:.1f} ms" if self.connect_ms is not None else "")
+            f"init {self.init_ms:.1f} ms"
+            + (f", connect {self.connect_ms:.1f} ms" if self.connect_ms is not None else "")
             + f", first {self.first_ms:.2f} ms, {self.runs} runs, peak RSS {self.peak_rss_mb:.0f} MB",
             f"{'stage':<11}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}  (ms)",
-        ]  # fmt: skip
+        ]
         for name, s in self.stages.items():
             lines.append(f"{name:<11}{s.mean_ms:>9.3f}{s.p50_ms:>9.3f}{s.p90_ms:>9.3f}{s.p99_ms:>9.3f}")
         lines.append(f"{'total':<11}{self.mean_ms:>9.3f}{self.p50_ms:>9.3f}{self.p90_ms:>9.3f}{self.p99_ms:>9.3f}")
@@ -185,14 +193,18 @@ def _jpeg_bytes(pixels: np.ndarray) -> int:
     return len(buf.getvalue())
 
 
-def run_bench(bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_config=None, progress=None) -> BenchResult:
+def run_bench(
+    bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_config=None, progress=None
+) -> BenchResult:
     """Measure ``bundle`` (an edge bundle folder) with ``spec``. ``client_config`` (an
     :class:`~privsplit.edge.client.ClientConfig`) overrides how ``spec.server`` is reached (TLS, token)."""
     from privsplit.edge.pipeline import EdgePipeline
     from privsplit.proto.wire import features_request
 
     t0 = time.perf_counter()
-    pipe = EdgePipeline.open(bundle, trust_key=trust_key, encoder=spec.encoder, runtime=spec.runtime, threads=spec.threads, seed=spec.seed)
+    pipe = EdgePipeline.open(
+        bundle, trust_key=trust_key, encoder=spec.encoder, runtime=spec.runtime, threads=spec.threads, seed=spec.seed
+    )
     init_ms = (time.perf_counter() - t0) * 1e3
     pre = pipe.preprocessor
     size, channels = pre.spec.size, pre.spec.channels
@@ -232,8 +244,18 @@ def run_bench(bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_c
         t3 = time.perf_counter()
         q = pipe.to_wire(raw)
         t4 = time.perf_counter()
-        payload = features_request(q, encoder_hash=pipe.encoder_hash, scale=pipe.wire.scale, zero_point=pipe.wire.zero_point,
-                                   model_name=model, request_id=str(i)).to_proto().SerializeToString()  # fmt: skip
+        payload = (
+            features_request(
+                q,
+                encoder_hash=pipe.encoder_hash,
+                scale=pipe.wire.scale,
+                zero_point=pipe.wire.zero_point,
+                model_name=model,
+                request_id=str(i),
+            )
+            .to_proto()
+            .SerializeToString()
+        )
         t5 = time.perf_counter()
         times.update(decode=t1 - t, preprocess=t2 - t1, encode=t3 - t2, quantize=t4 - t3, serialize=t5 - t4)
         if client is not None:
@@ -257,7 +279,11 @@ def run_bench(bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_c
                 break
         c, h, w = pipe.wire.shape
         z = np.zeros((1, c, h, w), np.float32)
-        float_bytes = len(features_request(z, encoder_hash=pipe.encoder_hash, model_name=model, request_id="0").to_proto().SerializeToString())
+        float_bytes = len(
+            features_request(z, encoder_hash=pipe.encoder_hash, model_name=model, request_id="0")
+            .to_proto()
+            .SerializeToString()
+        )
         pixels = pre.decode_bytes(data) if frame is None else pre.frame(frame)
     finally:
         if client is not None:
@@ -265,15 +291,35 @@ def run_bench(bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_c
     totals = [sum(v for k, v in r.items() if k != "server") for r in rows]
     total = StageStats.of(totals)
     stages = {name: StageStats.of([r[name] for r in rows]) for name in STAGES if name in rows[0]}
-    info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-            "numpy": np.__version__, "cpu_count": __import__("os").cpu_count()}  # fmt: skip
+    info = {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpu_count": __import__("os").cpu_count(),
+    }
     result = BenchResult(
-        spec=spec, runtime=pipe.runtime.name.value, encoder=pipe.encoder, bundle_version=pipe.bundle.version, input_desc=desc,
-        init_ms=round(init_ms, 3), connect_ms=None if connect_ms is None else round(connect_ms, 3), first_ms=round(first_ms, 3),
-        runs=len(rows), mean_ms=total.mean_ms, p50_ms=total.p50_ms, p90_ms=total.p90_ms, p99_ms=total.p99_ms,
-        peak_rss_mb=round(peak_rss_mb(), 1), stages=stages, bytes_per_request=nbytes, bytes_float32_request=float_bytes,
+        spec=spec,
+        runtime=pipe.runtime.name.value,
+        encoder=pipe.encoder,
+        bundle_version=pipe.bundle.version,
+        input_desc=desc,
+        init_ms=round(init_ms, 3),
+        connect_ms=None if connect_ms is None else round(connect_ms, 3),
+        first_ms=round(first_ms, 3),
+        runs=len(rows),
+        mean_ms=total.mean_ms,
+        p50_ms=total.p50_ms,
+        p90_ms=total.p90_ms,
+        p99_ms=total.p99_ms,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        stages=stages,
+        bytes_per_request=nbytes,
+        bytes_float32_request=float_bytes,
         bytes_input_jpeg=_jpeg_bytes(pixels),
-        feature_bytes=int(c * h * w), platform=info, samples_ms=tuple(round(t, 4) for t in totals),
-    )  # fmt: skip
+        feature_bytes=int(c * h * w),
+        platform=info,
+        samples_ms=tuple(round(t, 4) for t in totals),
+    )
     pipe.close()
     return result

@@ -65,7 +65,9 @@ class WireFeatures:
     timing_ms: dict[str, float] = field(default_factory=dict)  # preprocess / encode / quantize, whole batch
 
     def dequantize(self) -> np.ndarray:
-        return ((self.data.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
+        return ((self.data.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(
+            np.float32
+        )
 
 
 def _entry_family(name: str, entry: dict) -> str:
@@ -75,7 +77,9 @@ def _entry_family(name: str, entry: dict) -> str:
     return str(family)
 
 
-def select_encoder(bundle: Bundle, *, encoder: str | None, runtime: RuntimeName | str | None) -> tuple[str, RuntimeName]:
+def select_encoder(
+    bundle: Bundle, *, encoder: str | None, runtime: RuntimeName | str | None
+) -> tuple[str, RuntimeName]:
     """(encoder format, runtime): the requested ones, else the default encoder if a backend for it is
     installed, else the best shipped encoder that one of the installed backends runs."""
     encoders = bundle.manifest["encoders"]
@@ -91,7 +95,9 @@ def select_encoder(bundle: Bundle, *, encoder: str | None, runtime: RuntimeName 
         for name in ranked:
             if _entry_family(name, encoders[name]) == runtime.artefact:
                 return name, choose_runtime(runtime.artefact, runtime)
-        raise ConfigError(f"{bundle.root} ships no {runtime.artefact} encoder for --runtime {runtime.value}; it has {', '.join(sorted(encoders))}")
+        raise ConfigError(
+            f"{bundle.root} ships no {runtime.artefact} encoder for --runtime {runtime.value}; it has {', '.join(sorted(encoders))}"
+        )
     errors = []
     for name in ranked:
         family = _entry_family(name, encoders[name])
@@ -107,7 +113,9 @@ def select_encoder(bundle: Bundle, *, encoder: str | None, runtime: RuntimeName 
 class EdgePipeline:
     """A verified edge bundle with its encoder opened. Build with :meth:`open`."""
 
-    def __init__(self, bundle: Bundle, *, encoder: str, runtime: Runtime, seed: int | None = None, noise: bool = True) -> None:
+    def __init__(
+        self, bundle: Bundle, *, encoder: str, runtime: Runtime, seed: int | None = None, noise: bool = True
+    ) -> None:
         entry = bundle.manifest["encoders"][encoder]
         path, in_spec, out_spec = bundle.encoder(encoder)
         check_io(runtime, manifest_input=in_spec, manifest_output=out_spec)
@@ -123,7 +131,9 @@ class EdgePipeline:
         self.rng = np.random.default_rng(seed)
         c, h, w = self.wire.shape
         if tuple(out_spec.shape[1:]) != (h, w, c):
-            raise BundleError(f"encoder {encoder} outputs {list(out_spec.shape)}, the wire features are [C, h, w] = {[c, h, w]}")
+            raise BundleError(
+                f"encoder {encoder} outputs {list(out_spec.shape)}, the wire features are [C, h, w] = {[c, h, w]}"
+            )
         self._passthrough = self._wire_equals_output()
 
     @classmethod
@@ -145,7 +155,9 @@ class EdgePipeline:
             raise BundleError(f"{bundle.root} is {bundle.kind.a}; the device needs the edge bundle")
         name, backend = select_encoder(bundle, encoder=encoder, runtime=runtime)
         path, _, _ = bundle.encoder(name)
-        rt = open_runtime(path, artefact=_entry_family(name, bundle.manifest["encoders"][name]), runtime=backend, threads=threads)
+        rt = open_runtime(
+            path, artefact=_entry_family(name, bundle.manifest["encoders"][name]), runtime=backend, threads=threads
+        )
         return cls(bundle, encoder=name, runtime=rt, seed=seed, noise=noise)
 
     # ---- inputs -----------------------------------------------------------------------------------
@@ -198,9 +210,11 @@ class EdgePipeline:
         that without noise requantizing changes no value: |q - zp| <= 255 and the scales agree to 1e-6."""
         o, w = self.output, self.wire
         return (
-            o.dtype == w.dtype == "int8" and o.scale is not None and o.zero_point == w.zero_point
+            o.dtype == w.dtype == "int8"
+            and o.scale is not None
+            and o.zero_point == w.zero_point
             and abs(o.scale / w.scale - 1.0) * 256 < 1e-3
-        )  # fmt: skip
+        )
 
     def to_wire(self, raw: np.ndarray) -> np.ndarray:
         """Raw encoder output (NHWC) -> wire int8 ``(N, C, h, w)``, with the channel noise added."""
@@ -222,7 +236,13 @@ class EdgePipeline:
         q = self.to_wire(raw)
         t3 = time.perf_counter()
         timing = {"preprocess": (t1 - t0) * 1e3, "encode": (t2 - t1) * 1e3, "quantize": (t3 - t2) * 1e3}
-        return WireFeatures(data=q, scale=self.wire.scale, zero_point=self.wire.zero_point, encoder_hash=self.encoder_hash, timing_ms=timing)
+        return WireFeatures(
+            data=q,
+            scale=self.wire.scale,
+            zero_point=self.wire.zero_point,
+            encoder_hash=self.encoder_hash,
+            timing_ms=timing,
+        )
 
     def encode(self, inputs: Sequence[str | Path] | np.ndarray) -> tuple[list[Item], WireFeatures]:
         """Inputs -> (items, wire features of the readable ones, in item order)."""
@@ -230,16 +250,23 @@ class EdgePipeline:
         good = [it.pixels for it in items if it.ok and it.pixels is not None]
         c, h, w = self.wire.shape
         if not good:
-            return items, WireFeatures(np.zeros((0, c, h, w), np.int8), self.wire.scale, self.wire.zero_point, self.encoder_hash)
+            return items, WireFeatures(
+                np.zeros((0, c, h, w), np.int8), self.wire.scale, self.wire.zero_point, self.encoder_hash
+            )
         return items, self.encode_pixels(np.stack(good))
 
     def describe(self) -> dict:
         return {
-            "bundle": str(self.bundle.root), "version": self.bundle.version, "encoder": self.encoder,
-            "runtime": self.runtime.name.value, "threads": self.runtime.threads, "encoder_hash": self.encoder_hash,
-            "signed": self.bundle.signed, "verified_key_id": self.bundle.verified_key_id,
+            "bundle": str(self.bundle.root),
+            "version": self.bundle.version,
+            "encoder": self.encoder,
+            "runtime": self.runtime.name.value,
+            "threads": self.runtime.threads,
+            "encoder_hash": self.encoder_hash,
+            "signed": self.bundle.signed,
+            "verified_key_id": self.bundle.verified_key_id,
             "noise_sigma": self.wire.noise_sigma if self.noise else 0.0,
-        }  # fmt: skip
+        }
 
     def close(self) -> None:
         self.runtime.close()

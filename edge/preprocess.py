@@ -40,15 +40,25 @@ class Preprocessor:
         raw = manifest["preprocess"]
         rule = raw.get("resize", RESIZE_RULE)
         if rule != RESIZE_RULE:
-            raise BundleError(f"preprocess.resize {rule!r} is unknown to this privsplit (it applies {RESIZE_RULE!r}): upgrade privsplit")
+            raise BundleError(
+                f"preprocess.resize {rule!r} is unknown to this privsplit (it applies {RESIZE_RULE!r}): upgrade privsplit"
+            )
         spec = PreprocessSpec.from_json(raw)
         if spec.layout != "NHWC" or spec.channel_order not in ("RGB", "L"):
             raise BundleError(f"preprocess layout {spec.layout}/{spec.channel_order} is not supported (NHWC, RGB or L)")
-        if (spec.channel_order == "L") != (spec.channels == 1) or len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
-            raise BundleError(f"preprocess: {spec.channels} channels, order {spec.channel_order}, mean/std {spec.mean}/{spec.std} disagree")
+        if (
+            (spec.channel_order == "L") != (spec.channels == 1)
+            or len(spec.mean) != spec.channels
+            or len(spec.std) != spec.channels
+        ):
+            raise BundleError(
+                f"preprocess: {spec.channels} channels, order {spec.channel_order}, mean/std {spec.mean}/{spec.std} disagree"
+            )
         want = (spec.size, spec.size, spec.channels)
         if tuple(input_spec.shape[1:]) != want:
-            raise BundleError(f"the encoder input is {list(input_spec.shape)}, preprocess makes [N, {', '.join(map(str, want))}]")
+            raise BundleError(
+                f"the encoder input is {list(input_spec.shape)}, preprocess makes [N, {', '.join(map(str, want))}]"
+            )
         return cls(spec=spec, input=input_spec)
 
     @property
@@ -110,7 +120,9 @@ class Preprocessor:
         """``uint8 (N, H, W, C)`` frames -> ``uint8 (N, size, size, channels)`` (one frame: :meth:`frame`)."""
         arr = np.asarray(frames)
         if arr.ndim != 4:
-            raise DataError(f"frames must be a uint8 batch (N, H, W, C), got shape {arr.shape}; pass one frame to frame()")
+            raise DataError(
+                f"frames must be a uint8 batch (N, H, W, C), got shape {arr.shape}; pass one frame to frame()"
+            )
         s = self.spec
         if arr.dtype == np.uint8 and arr.shape[1:] == (s.size, s.size, s.channels) and not bgr:
             return arr
@@ -124,9 +136,13 @@ class Preprocessor:
         """True when normalise+quantize is exactly ``pixel - 128`` (mean 0, std 1, scale 1/255, zero point -128)."""
         s, q = self.spec, self.input
         return (
-            q.dtype == "int8" and q.scale is not None and q.zero_point == -128 and abs(q.scale * 255.0 - 1.0) < 1e-6
-            and all(m == 0.0 for m in s.mean) and all(v == 1.0 for v in s.std)
-        )  # fmt: skip
+            q.dtype == "int8"
+            and q.scale is not None
+            and q.zero_point == -128
+            and abs(q.scale * 255.0 - 1.0) < 1e-6
+            and all(m == 0.0 for m in s.mean)
+            and all(v == 1.0 for v in s.std)
+        )
 
     def normalise(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8 NHWC`` -> float32 ``(pixel / 255 - mean) / std``."""

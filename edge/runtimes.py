@@ -147,8 +147,12 @@ def tflite_spec(detail: dict) -> TensorSpec:
     scale, zero_point = detail["quantization"]
     dtype = np.dtype(detail["dtype"]).name
     quantized = dtype in ("int8", "uint8", "int16") and scale != 0.0
-    return TensorSpec(dtype=dtype, shape=tuple(int(v) for v in detail["shape"]),
-                      scale=float(scale) if quantized else None, zero_point=int(zero_point) if quantized else None)  # fmt: skip
+    return TensorSpec(
+        dtype=dtype,
+        shape=tuple(int(v) for v in detail["shape"]),
+        scale=float(scale) if quantized else None,
+        zero_point=int(zero_point) if quantized else None,
+    )
 
 
 class TfliteRuntime(Runtime):
@@ -165,7 +169,9 @@ class TfliteRuntime(Runtime):
             raise BundleError(f"{path.name}: {name.value} cannot load it ({exc})") from None
         inputs, outputs = interp.get_input_details(), interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"{path.name}: expected one input and one output, it has {len(inputs)} and {len(outputs)}")
+            raise BundleError(
+                f"{path.name}: expected one input and one output, it has {len(inputs)} and {len(outputs)}"
+            )
         self._interp = interp
         self._in, self._out = inputs[0]["index"], outputs[0]["index"]
         self.io = IOSpec(tflite_spec(inputs[0]), tflite_spec(outputs[0]))
@@ -194,7 +200,12 @@ class TfliteRuntime(Runtime):
         self._interp = None
 
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(float16)": "float16",
+}
 
 
 def ort_spec(arg) -> TensorSpec:
@@ -219,7 +230,9 @@ class OnnxRuntime(Runtime):
             raise BundleError(f"{path.name}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"{path.name}: expected one input and one output, it has {len(inputs)} and {len(outputs)}")
+            raise BundleError(
+                f"{path.name}: expected one input and one output, it has {len(inputs)} and {len(outputs)}"
+            )
 
         self._session = session
         self._in_name, self._out_name = inputs[0].name, outputs[0].name
@@ -235,7 +248,10 @@ class OnnxRuntime(Runtime):
 
 def check_io(runtime: Runtime, *, manifest_input: TensorSpec, manifest_output: TensorSpec) -> None:
     """Raise :class:`BundleError` unless the artefact's I/O matches the manifest (dtype, shape, quantization)."""
-    for role, got, want in (("input", runtime.io.input, manifest_input), ("output", runtime.io.output, manifest_output)):
+    for role, got, want in (
+        ("input", runtime.io.input, manifest_input),
+        ("output", runtime.io.output, manifest_output),
+    ):
         if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
             raise BundleError(
                 f"{runtime.path.name}: {runtime.name.value} reports {role} {got.dtype} {list(got.shape)}, the manifest "

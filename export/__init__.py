@@ -19,4 +19,4 @@ _LAZY = {
     "generate_keys": "privsplit.export.signing",
 }
 
-__getattr__, __all__ = lazy_exports('privsplit.export', _LAZY)
+__getattr__, __all__ = lazy_exports("privsplit.export", _LAZY)

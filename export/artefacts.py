@@ -11,7 +11,7 @@ from privsplit.export import onnx_export, tflite
 from privsplit.export.calibration import CalibrationSet
 from privsplit.export.formats import Backend, ExportFormat
 from privsplit.export.modules import ChannelLastIO, edge_encoder, server_module
-from privsplit.export.runtime import check_encoder_io, check_onnx_io, open_encoder, EncoderArtefact
+from privsplit.export.runtime import EncoderArtefact, check_encoder_io, check_onnx_io, open_encoder
 
 
 class EncoderFactory:
@@ -32,7 +32,9 @@ class EncoderFactory:
             if backend is Backend.TFLITE:
                 path = tflite.convert_float(encoder, self.image_shape, self.work / "float.tflite")
             else:
-                path = onnx_export.export_encoder(ChannelLastIO(encoder).eval(), self.image_shape, self.work / "float.onnx")
+                path = onnx_export.export_encoder(
+                    ChannelLastIO(encoder).eval(), self.image_shape, self.work / "float.onnx"
+                )
             self._float[backend] = path
         return self._float[backend]
 
@@ -68,7 +70,11 @@ def make_cloud(model, run, folder: Path) -> tuple[Path, Path | None]:
     cfg = model.config
     shape = feature_shape(cfg)
     server = onnx_export.export_server(server_module(model), shape, folder / "server.onnx")
-    check_onnx_io(server, inputs={onnx_export.SERVER_INPUT: (-1, *shape)}, outputs={onnx_export.SERVER_OUTPUT: (-1, cfg.num_classes)})
+    check_onnx_io(
+        server,
+        inputs={onnx_export.SERVER_INPUT: (-1, *shape)},
+        outputs={onnx_export.SERVER_OUTPUT: (-1, cfg.num_classes)},
+    )
     purifier = load_run_purifier(run)
     if purifier is None:
         return server, None

@@ -8,9 +8,10 @@ same check a device runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from privsplit.bundle import BUNDLE_SCHEMA_VERSION, MANIFEST, SIGNATURE, Bundle, BundleKind, load_bundle, sha256_file
 from privsplit.errors import ExportError

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -49,7 +49,9 @@ def calibration_set(data: Dataset, split: Split, *, count: int, seed: int = 0) -
     if len(index) > count:
         index = np.sort(np.random.default_rng(seed).choice(index, size=count, replace=False))
     if len(index) < count:
-        print(f"privsplit export: calibrating on all {len(index)} reference images (asked for {count})", file=sys.stderr)
+        print(
+            f"privsplit export: calibrating on all {len(index)} reference images (asked for {count})", file=sys.stderr
+        )
     return CalibrationSet(images=data.images[index], indices=index)
 
 

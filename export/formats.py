@@ -45,7 +45,7 @@ class ExportFormat(str, Enum):
         return self.backend is Backend.ONNX
 
     @property
-    def float_reference(self) -> "ExportFormat":
+    def float_reference(self) -> ExportFormat:
         """The float32 artefact of the same backend (for size ratios)."""
         return ExportFormat.TFLITE_FP32 if self.backend is Backend.TFLITE else ExportFormat.ONNX_FP32
 
@@ -73,7 +73,9 @@ def parse_formats(text: str) -> tuple[ExportFormat, ...]:
         try:
             chosen.add(ExportFormat(name))
         except ValueError:
-            raise ConfigError(f"unknown format {name!r}; choose from {', '.join(f.value for f in ExportFormat)} or 'all'") from None
+            raise ConfigError(
+                f"unknown format {name!r}; choose from {', '.join(f.value for f in ExportFormat)} or 'all'"
+            ) from None
     if not chosen:
         raise ConfigError("--formats is empty; e.g. --formats tflite-int8,onnx-fp32")
     return tuple(f for f in ALL_FORMATS if f in chosen)

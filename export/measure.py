@@ -6,8 +6,8 @@ conversion and wire quantization only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -69,8 +69,12 @@ def feature_error(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, (a * b).sum(1) / np.maximum(denom, 1e-30), 1.0)
     diff = np.abs(a - b)
-    return {"max_abs_err": float(diff.max()), "mean_abs_err": float(diff.mean()),
-            "cosine": float(cos.mean()), "cosine_min": float(cos.min())}  # fmt: skip
+    return {
+        "max_abs_err": float(diff.max()),
+        "mean_abs_err": float(diff.mean()),
+        "cosine": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+    }
 
 
 def server_accuracy(server_session, wire_features: np.ndarray, labels: np.ndarray, *, batch_size: int = 256) -> float:

@@ -59,7 +59,9 @@ def export_encoder(encoder_nhwc, image_shape: tuple[int, int, int], out: Path) -
     import torch
 
     h, w, c = image_shape
-    return export_module(encoder_nhwc, torch.rand(2, h, w, c), out, input_name=ENCODER_INPUT, output_name=ENCODER_OUTPUT)
+    return export_module(
+        encoder_nhwc, torch.rand(2, h, w, c), out, input_name=ENCODER_INPUT, output_name=ENCODER_OUTPUT
+    )
 
 
 def quantize_int8(float_path: Path, out: Path, *, calib: CalibrationSet, progress: bool = True) -> Path:
@@ -93,7 +95,9 @@ def quantize_int8(float_path: Path, out: Path, *, calib: CalibrationSet, progres
 def export_server(server, feature_shape: tuple[int, int, int], out: Path) -> Path:
     import torch
 
-    return export_module(server, torch.randn(2, *feature_shape), out, input_name=SERVER_INPUT, output_name=SERVER_OUTPUT)
+    return export_module(
+        server, torch.randn(2, *feature_shape), out, input_name=SERVER_INPUT, output_name=SERVER_OUTPUT
+    )
 
 
 def export_purifier(purifier, num_classes: int, out: Path) -> Path:

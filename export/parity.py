@@ -9,9 +9,10 @@ whether it passed (accuracy drop within ``tolerance``) and so was shipped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from privsplit.errors import RunError
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
@@ -51,7 +52,7 @@ class FormatParity:
         return to_dict({**to_dict(self), "accuracy_drop": self.accuracy_drop})
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FormatParity":
+    def from_json(cls, data: Mapping[str, Any]) -> FormatParity:
         return from_dict(cls, data)
 
 
@@ -67,7 +68,7 @@ class TorchReference:
     reconstruction_baseline_ssim: float | None = None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "TorchReference":
+    def from_json(cls, data: Mapping[str, Any]) -> TorchReference:
         return from_dict(cls, data)
 
 
@@ -83,7 +84,9 @@ class ParityReport:
     reference: TorchReference
     formats: tuple[FormatParity, ...] = field(default_factory=tuple)
     probe: Mapping[str, Any] | None = None  # FeatureProbeSpec JSON, None when the probe was skipped
-    cloud: Mapping[str, Any] | None = None  # server.onnx / purifier.onnx vs torch: {"server": {...}, "purifier": {...}|None}
+    cloud: Mapping[str, Any] | None = (
+        None  # server.onnx / purifier.onnx vs torch: {"server": {...}, "purifier": {...}|None}
+    )
     noise_seed: int | None = None  # the run's holdout noise seed (the noise every accuracy here includes)
 
     def format(self, name: str) -> FormatParity:
@@ -101,7 +104,7 @@ class ParityReport:
         return {"schema_version": PARITY_SCHEMA_VERSION, "kind": KIND, **body}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], *, source: str = "parity report") -> "ParityReport":
+    def from_json(cls, data: Mapping[str, Any], *, source: str = "parity report") -> ParityReport:
         data = check_schema(data, version=PARITY_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
         formats = tuple(FormatParity.from_json({**v, "format": k}) for k, v in data["formats"].items())
         return from_dict(cls, {**data, "formats": formats})
@@ -110,7 +113,7 @@ class ParityReport:
         return save_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "ParityReport":
+    def load(cls, path: str | Path) -> ParityReport:
         path = Path(path)
         if not path.is_file():
             raise RunError(f"{path} not found: run `privsplit export RUN --out DIR` first")
@@ -143,11 +146,15 @@ class ParityReport:
                 f"{f(r.reconstruction_ssim, '.3f'):>7}  {status}"
             )
         if ref.attribute_chance is not None:
-            lines.append(f"attribute chance {pct(ref.attribute_chance).strip()}, task floor {pct(ref.attribute_task_floor).strip()}")
+            lines.append(
+                f"attribute chance {pct(ref.attribute_chance).strip()}, task floor {pct(ref.attribute_task_floor).strip()}"
+            )
         if self.cloud:
             server, purifier = self.cloud.get("server"), self.cloud.get("purifier")
-            lines.append(f"server.onnx vs torch: max abs err {server['max_abs_err']:.2e}"
-                         + ("; no purifier" if not purifier else f"; purifier.onnx: {purifier['max_abs_err']:.2e}"))  # fmt: skip
+            lines.append(
+                f"server.onnx vs torch: max abs err {server['max_abs_err']:.2e}"
+                + ("; no purifier" if not purifier else f"; purifier.onnx: {purifier['max_abs_err']:.2e}")
+            )
         if ref.reconstruction_baseline_ssim is not None:
             lines.append(f"reconstruction SSIM of the mean-image baseline {ref.reconstruction_baseline_ssim:.3f}")
         return "\n".join(lines)

@@ -73,11 +73,22 @@ def _format_row(fmt, factory, holdout, wire, server_session, shape, progress) ->
     error = measure.feature_error(holdout.features, feats)
     acc = measure.server_accuracy(server_session, measure.through_wire(feats, holdout.noise, wire), holdout.labels)
     row = FormatParity(
-        fmt.value, True, "", size_bytes=path.stat().st_size, task_accuracy=acc, task_accuracy_torch=holdout.torch_accuracy,
-        input=art.input.to_json(), output=art.output.to_json(), seconds=round(time.perf_counter() - started, 2), **error,
-    )  # fmt: skip
-    _log(f"{fmt.value}: {row.size_bytes / 1024:.1f} KB, cosine {row.cosine:.5f}, accuracy {100 * acc:.2f} % "
-         f"(torch {100 * holdout.torch_accuracy:.2f} %)", progress)  # fmt: skip
+        fmt.value,
+        True,
+        "",
+        size_bytes=path.stat().st_size,
+        task_accuracy=acc,
+        task_accuracy_torch=holdout.torch_accuracy,
+        input=art.input.to_json(),
+        output=art.output.to_json(),
+        seconds=round(time.perf_counter() - started, 2),
+        **error,
+    )
+    _log(
+        f"{fmt.value}: {row.size_bytes / 1024:.1f} KB, cosine {row.cosine:.5f}, accuracy {100 * acc:.2f} % "
+        f"(torch {100 * holdout.torch_accuracy:.2f} %)",
+        progress,
+    )
     return row, art
 
 
@@ -91,9 +102,14 @@ def judge(row: FormatParity, tolerance: float, sizes: dict[str, int]) -> FormatP
         return replace(row, passed=False, reason="non-finite features or accuracy")
     drop = row.accuracy_drop
     if drop > tolerance + 1e-12:
-        return replace(row, passed=False, reason=(
-            f"task accuracy {100 * row.task_accuracy:.2f} % is {100 * drop:.2f} points below PyTorch's "
-            f"{100 * row.task_accuracy_torch:.2f} % (tolerance {100 * tolerance:.2f})"))  # fmt: skip
+        return replace(
+            row,
+            passed=False,
+            reason=(
+                f"task accuracy {100 * row.task_accuracy:.2f} % is {100 * drop:.2f} points below PyTorch's "
+                f"{100 * row.task_accuracy_torch:.2f} % (tolerance {100 * tolerance:.2f})"
+            ),
+        )
     return row
 
 
@@ -117,8 +133,8 @@ def export_run(
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
     None skips it. ``tolerance``: the largest task-accuracy drop a shipped format may have (0.01 = 1 point).
     """
-    from privsplit.export.signing import load_private_key
     from privsplit.export.runtime import ort_session
+    from privsplit.export.signing import load_private_key
     from privsplit.models import feature_shape
 
     if not formats:
@@ -142,9 +158,12 @@ def export_run(
     scale, zero_point = wire_quantization(measure.torch_features(model, calib.images) + cfg.noise_sigma * gen_noise)
     wire = FeatureSpec(shape=shape, scale=scale, zero_point=zero_point, noise_sigma=float(cfg.noise_sigma))
     holdout = measure.holdout_reference(model, data, split, seed=seed + 2, noise_seed=noise_seed, limit=holdout_limit)
-    _log(f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "
-         f"zero point {zero_point}; torch holdout accuracy {holdout.torch_accuracy:.4f} "
-         f"{noise_note(cfg.noise_sigma, noise_seed)}", progress)  # fmt: skip
+    _log(
+        f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "
+        f"zero point {zero_point}; torch holdout accuracy {holdout.torch_accuracy:.4f} "
+        f"{noise_note(cfg.noise_sigma, noise_seed)}",
+        progress,
+    )
 
     with tempfile.TemporaryDirectory(prefix="export-", dir=out) as tmp:
         work = Path(tmp)
@@ -153,8 +172,11 @@ def export_run(
         server_path, purifier_path = make_cloud(model, run, cloud_dir)
         server_session = ort_session(server_path)
         cloud_parity = _cloud_parity(model, run, holdout, server_session, purifier_path)
-        _log(f"server.onnx max abs err {cloud_parity['server']['max_abs_err']:.2e}"
-             + ("" if purifier_path is None else f", purifier.onnx {cloud_parity['purifier']['max_abs_err']:.2e}"), progress)  # fmt: skip
+        _log(
+            f"server.onnx max abs err {cloud_parity['server']['max_abs_err']:.2e}"
+            + ("" if purifier_path is None else f", purifier.onnx {cloud_parity['purifier']['max_abs_err']:.2e}"),
+            progress,
+        )
 
         factory = EncoderFactory(model, work, calib=calib, progress=progress)
         rows, arts = [], {}
@@ -169,14 +191,25 @@ def export_run(
 
         reference = TorchReference(task_accuracy=holdout.torch_accuracy)
         if probe_spec is not None:
-            rows, reference = _probe(model, data, split, rows, arts, wire, probe_spec, probe_formats, seed, reference, progress)
+            rows, reference = _probe(
+                model, data, split, rows, arts, wire, probe_spec, probe_formats, seed, reference, progress
+            )
 
         passed = [ExportFormat(r.format) for r in rows if r.passed]
         report = ParityReport(
-            run=str(run.path.name), holdout_size=len(holdout.labels), tolerance=tolerance, noise_sigma=float(cfg.noise_sigma),
-            seed=seed, calibration_size=len(calib), wire=wire.to_json(), reference=reference, formats=tuple(rows),
-            probe=None if probe_spec is None else probe_spec.to_json(), cloud=cloud_parity, noise_seed=noise_seed,
-        )  # fmt: skip
+            run=str(run.path.name),
+            holdout_size=len(holdout.labels),
+            tolerance=tolerance,
+            noise_sigma=float(cfg.noise_sigma),
+            seed=seed,
+            calibration_size=len(calib),
+            wire=wire.to_json(),
+            reference=reference,
+            formats=tuple(rows),
+            probe=None if probe_spec is None else probe_spec.to_json(),
+            cloud=cloud_parity,
+            noise_seed=noise_seed,
+        )
         report.save(out / "parity.json")
         for r in rows:
             if not r.passed and (work / ExportFormat(r.format).filename).is_file():
@@ -194,33 +227,56 @@ def export_run(
         digest = hashlib.sha256("".join(sorted(hashes.values()) + [sha256_file(server_path)]).encode()).hexdigest()
         version = version or f"{run.path.name}-{digest[:12]}"
         default = next(f for f in DEFAULT_PREFERENCE if f in passed)
-        common = {"classes": list(data.classes[data.task]), "features": wire.to_json(), "task": data.task,
-                  "private": data.private, "model": cfg.to_json()}  # fmt: skip
+        common = {
+            "classes": list(data.classes[data.task]),
+            "features": wire.to_json(),
+            "task": data.task,
+            "private": data.private,
+            "model": cfg.to_json(),
+        }
         preprocess = PreprocessSpec(
-            size=cfg.image_size, channels=cfg.in_channels, mean=(0.0,) * cfg.in_channels, std=(1.0,) * cfg.in_channels,
+            size=cfg.image_size,
+            channels=cfg.in_channels,
+            mean=(0.0,) * cfg.in_channels,
+            std=(1.0,) * cfg.in_channels,
             channel_order="RGB" if cfg.in_channels == 3 else "L",
-        )  # fmt: skip
+        )
         edge_body = {
             **common,
-            "preprocess": {**preprocess.to_json(), "normalisation": "in-artefact", "model_mean": list(cfg.mean),
-                           "model_std": list(cfg.std), "resize": "centre-crop to square, bilinear"},
+            "preprocess": {
+                **preprocess.to_json(),
+                "normalisation": "in-artefact",
+                "model_mean": list(cfg.mean),
+                "model_std": list(cfg.std),
+                "resize": "centre-crop to square, bilinear",
+            },
             "encoders": {
-                fmt.value: {"file": fmt.filename, "sha256": hashes[fmt], "runtime": fmt.backend.value,
-                            "input": report.format(fmt.value).input, "output": report.format(fmt.value).output}
+                fmt.value: {
+                    "file": fmt.filename,
+                    "sha256": hashes[fmt],
+                    "runtime": fmt.backend.value,
+                    "input": report.format(fmt.value).input,
+                    "output": report.format(fmt.value).output,
+                }
                 for fmt in passed
             },
             "default_encoder": default.value,
-        }  # fmt: skip
+        }
         cloud_body = {
             **common,
             "server": {"file": "server.onnx", "input": "features", "output": "probs"},
-            "purifier": None if purifier_path is None else {"file": "purifier.onnx", "input": "probs", "output": "purified"},
+            "purifier": None
+            if purifier_path is None
+            else {"file": "purifier.onnx", "input": "probs", "output": "purified"},
             "accepted_encoder_hashes": sorted(hashes.values()),
         }
     edge = write_bundle(edge_dir, kind=BundleKind.EDGE, version=version, body=edge_body, sign_key=key)
     cloud = write_bundle(final_cloud, kind=BundleKind.CLOUD, version=version, body=cloud_body, sign_key=key)
-    _log(f"shipped {', '.join(f.value for f in passed)} (default {default.value}) -> {out}"
-         + (" (signed)" if key is not None else " (unsigned)"), progress)  # fmt: skip
+    _log(
+        f"shipped {', '.join(f.value for f in passed)} (default {default.value}) -> {out}"
+        + (" (signed)" if key is not None else " (unsigned)"),
+        progress,
+    )
     return ExportResult(out=out, parity=report, edge=edge, cloud=cloud, default_encoder=default.value)
 
 
@@ -246,19 +302,32 @@ def _probe(model, data, split, rows, arts, wire, spec, probe_formats, seed, refe
     _log("feature-leakage probe on PyTorch's features", progress)
     ref = measure.leakage(torch_encoder_fn(model, seed=seed + 3), data, split, spec=spec, progress=progress)
     reference = replace(
-        reference, attribute_balanced_accuracy=ref.attribute_balanced_accuracy, attribute_chance=ref.attribute_chance,
-        attribute_task_floor=ref.attribute_task_floor, reconstruction_ssim=ref.reconstruction_ssim,
+        reference,
+        attribute_balanced_accuracy=ref.attribute_balanced_accuracy,
+        attribute_chance=ref.attribute_chance,
+        attribute_task_floor=ref.attribute_task_floor,
+        reconstruction_ssim=ref.reconstruction_ssim,
         reconstruction_baseline_ssim=ref.reconstruction_baseline_ssim,
-    )  # fmt: skip
+    )
     out = []
     for row in rows:
         fmt = ExportFormat(row.format)
         if fmt in arts and (probe_formats is None or fmt in probe_formats):
             _log(f"feature-leakage probe on {fmt.value}'s wire features", progress)
             try:
-                got = measure.leakage(measure.artefact_encode_fn(arts[fmt], wire, seed=seed + 3), data, split, spec=spec, progress=progress)
+                got = measure.leakage(
+                    measure.artefact_encode_fn(arts[fmt], wire, seed=seed + 3),
+                    data,
+                    split,
+                    spec=spec,
+                    progress=progress,
+                )
             except PrivsplitError as exc:
                 raise ExportError(f"the feature probe failed on {fmt.value}: {exc}") from exc
-            row = replace(row, attribute_balanced_accuracy=got.attribute_balanced_accuracy, reconstruction_ssim=got.reconstruction_ssim)
+            row = replace(
+                row,
+                attribute_balanced_accuracy=got.attribute_balanced_accuracy,
+                reconstruction_ssim=got.reconstruction_ssim,
+            )
         out.append(row)
     return out, reference

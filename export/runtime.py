@@ -69,7 +69,9 @@ def open_encoder(path: Path, fmt: ExportFormat, *, threads: int = 1) -> EncoderA
     return EncoderArtefact(fmt, Path(path), runtime)
 
 
-def check_encoder_io(art: EncoderArtefact, *, image_shape: tuple[int, int, int], feature_shape: tuple[int, int, int]) -> None:
+def check_encoder_io(
+    art: EncoderArtefact, *, image_shape: tuple[int, int, int], feature_shape: tuple[int, int, int]
+) -> None:
     """Raise :class:`ExportError` unless the artefact's I/O dtypes and NHWC shapes are what the format promises."""
     fmt = art.fmt
     batch = -1 if fmt.dynamic_batch else 1
@@ -101,4 +103,6 @@ def check_onnx_io(path: Path, *, inputs: dict[str, tuple[int, ...]], outputs: di
             raise ExportError(f"{path.name}: {role} names {sorted(got)}, expected {sorted(want)}")
         for name, shape in want.items():
             if got[name].dtype != "float32" or tuple(got[name].shape) != tuple(shape):
-                raise ExportError(f"{path.name}: {role} {name} is {got[name].dtype} {list(got[name].shape)}, expected float32 {list(shape)}")
+                raise ExportError(
+                    f"{path.name}: {role} {name} is {got[name].dtype} {list(got[name].shape)}, expected float32 {list(shape)}"
+                )

@@ -60,20 +60,29 @@ def load_private_key(path: str | Path):
     try:
         key = ser.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise ConfigError(f"signing key {path} not found: make one with `privsplit keys generate --out PREFIX`") from None
+        raise ConfigError(
+            f"signing key {path} not found: make one with `privsplit keys generate --out PREFIX`"
+        ) from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not an unencrypted PEM private key ({exc}): pass PREFIX.key, not PREFIX.pub") from None
+        raise ConfigError(
+            f"{path} is not an unencrypted PEM private key ({exc}): pass PREFIX.key, not PREFIX.pub"
+        ) from None
     if not isinstance(key, ed.Ed25519PrivateKey):
         raise ConfigError(f"{path} is not an Ed25519 key: make one with `privsplit keys generate`")
     mode = path.stat().st_mode & 0o077
     if mode:
-        raise ConfigError(f"signing key {path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}): chmod 600 {path}")
+        raise ConfigError(
+            f"signing key {path} is readable by others (mode {oct(path.stat().st_mode & 0o777)}): chmod 600 {path}"
+        )
     return key
 
 
 def sign_bytes(private_key, payload: bytes) -> bytes:
     """The ``manifest.sig`` content: JSON with the algorithm, the signer's key id and the base64 signature."""
     signature = private_key.sign(payload)
-    body = {"algorithm": SIGNATURE_ALGORITHM, "key_id": key_id(private_key.public_key()),
-            "signature": base64.b64encode(signature).decode("ascii")}  # fmt: skip
+    body = {
+        "algorithm": SIGNATURE_ALGORITHM,
+        "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
     return (json.dumps(body, indent=2) + "\n").encode()

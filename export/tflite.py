@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from privsplit.errors import require
-from privsplit.quiet import drop_native_stderr
 from privsplit.export.calibration import CalibrationSet, tflite_samples
 from privsplit.export.formats import Backend, ExportFormat
+from privsplit.quiet import drop_native_stderr
 
 
 def _litert_torch():
@@ -87,7 +87,9 @@ def _calibrate(float_path: Path, recipe, calibration, progress: bool = True) -> 
     return calib.get_model_qsvs()
 
 
-def _quantize(float_path: Path, out: Path, recipe, calibration=None, pin_input: str | None = None, progress: bool = True) -> Path:
+def _quantize(
+    float_path: Path, out: Path, recipe, calibration=None, pin_input: str | None = None, progress: bool = True
+) -> Path:
     q = _quantizer().Quantizer(str(float_path), recipe)
     result = None
     if calibration is not None:
@@ -114,7 +116,9 @@ def compact_names(path: Path) -> Path:
     return path
 
 
-def quantize_format(float_path: Path, fmt: ExportFormat, out: Path, *, calib: CalibrationSet | None, progress: bool = True) -> Path:
+def quantize_format(
+    float_path: Path, fmt: ExportFormat, out: Path, *, calib: CalibrationSet | None, progress: bool = True
+) -> Path:
     """Make ``fmt`` from the float32 TFLite file (``tflite-fp32`` is a copy), internal tensor names compacted."""
     # the quantizer's interpreters log LiteRT's XNNPACK-delegate INFO line natively
     with warnings.catch_warnings(), drop_native_stderr():
@@ -133,9 +137,11 @@ def _make(float_path: Path, fmt: ExportFormat, out: Path, *, calib: CalibrationS
         # float16 weights, dequantized to float32 for compute (weight-only float casting)
         manager = recipe.recipe_manager.RecipeManager()
         manager.add_weight_only_config(
-            regex=".*", operation_name=recipe.TFLOperationName.ALL_SUPPORTED, num_bits=16,
+            regex=".*",
+            operation_name=recipe.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
             algorithm_key=recipe.AlgorithmName.FLOAT_CASTING,
-        )  # fmt: skip
+        )
         return _quantize(float_path, out, manager.get_quantization_recipe())
     if fmt is ExportFormat.TFLITE_DYNAMIC:
         return _quantize(float_path, out, recipe.dynamic_wi8_afp32())
@@ -144,5 +150,7 @@ def _make(float_path: Path, fmt: ExportFormat, out: Path, *, calib: CalibrationS
             raise ValueError("tflite-int8 needs calibration images")
         key, input_name, tensor_name = _signature(float_path)
         data = {key: list(tflite_samples(calib, input_name))}
-        return _quantize(float_path, out, recipe.static_wi8_ai8(), calibration=data, pin_input=tensor_name, progress=progress)
+        return _quantize(
+            float_path, out, recipe.static_wi8_ai8(), calibration=data, pin_input=tensor_name, progress=progress
+        )
     raise ValueError(f"unhandled TFLite format {fmt.value}")  # pragma: no cover

@@ -6,7 +6,7 @@ Keeps ``import privsplit.<side>`` cheap (and torch-free on the edge). Imports no
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 def lazy_exports(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], object], list[str]]:

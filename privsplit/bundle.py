@@ -99,16 +99,25 @@ class TensorSpec:
         return _dequantize(q, self.scale, int(self.zero_point or 0))
 
     def to_json(self) -> dict:
-        return {"dtype": self.dtype, "shape": list(self.shape), "scale": self.scale,
-                "zero_point": self.zero_point, "layout": self.layout}  # fmt: skip
+        return {
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "layout": self.layout,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         scale = data.get("scale")
         zp = data.get("zero_point")
-        return cls(dtype=str(data["dtype"]), shape=tuple(int(v) for v in data["shape"]),
-                   scale=None if scale is None else float(scale), zero_point=None if zp is None else int(zp),
-                   layout=str(data.get("layout", "NHWC")))  # fmt: skip
+        return cls(
+            dtype=str(data["dtype"]),
+            shape=tuple(int(v) for v in data["shape"]),
+            scale=None if scale is None else float(scale),
+            zero_point=None if zp is None else int(zp),
+            layout=str(data.get("layout", "NHWC")),
+        )
 
 
 @dataclass(frozen=True)
@@ -128,17 +137,26 @@ class FeatureSpec:
         return _dequantize(q, self.scale, self.zero_point)
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale,
-                "zero_point": self.zero_point, "noise_sigma": self.noise_sigma}  # fmt: skip
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "noise_sigma": self.noise_sigma,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeatureSpec:
         shape = tuple(int(v) for v in data["shape"])
         if len(shape) != 3:
             raise BundleError(f"feature shape {list(shape)} is not (C, h, w): re-export the bundle")
-        return cls(shape=(shape[0], shape[1], shape[2]), scale=float(data["scale"]),
-                   zero_point=int(data["zero_point"]), noise_sigma=float(data["noise_sigma"]),
-                   dtype=str(data.get("dtype", "int8")))  # fmt: skip
+        return cls(
+            shape=(shape[0], shape[1], shape[2]),
+            scale=float(data["scale"]),
+            zero_point=int(data["zero_point"]),
+            noise_sigma=float(data["noise_sigma"]),
+            dtype=str(data.get("dtype", "int8")),
+        )
 
 
 @dataclass(frozen=True)
@@ -158,14 +176,25 @@ class PreprocessSpec:
         return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
 
     def to_json(self) -> dict:
-        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
-                "channel_order": self.channel_order, "layout": self.layout}  # fmt: skip
+        return {
+            "size": self.size,
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channel_order": self.channel_order,
+            "layout": self.layout,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PreprocessSpec:
-        return cls(size=int(data["size"]), channels=int(data["channels"]),
-                   mean=tuple(float(v) for v in data["mean"]), std=tuple(float(v) for v in data["std"]),
-                   channel_order=str(data["channel_order"]), layout=str(data.get("layout", "NHWC")))  # fmt: skip
+        return cls(
+            size=int(data["size"]),
+            channels=int(data["channels"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            channel_order=str(data["channel_order"]),
+            layout=str(data.get("layout", "NHWC")),
+        )
 
 
 # ---- hashing and keys --------------------------------------------------------------------------
@@ -188,9 +217,13 @@ def load_public_key(path: str | Path):
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except FileNotFoundError:
-        raise BundleError(f"trusted key {path} not found: pass the PREFIX.pub written by `privsplit keys generate`") from None
+        raise BundleError(
+            f"trusted key {path} not found: pass the PREFIX.pub written by `privsplit keys generate`"
+        ) from None
     except ValueError as exc:
-        raise BundleError(f"trusted key {path} is not a PEM public key ({exc}): pass PREFIX.pub, not PREFIX.key") from None
+        raise BundleError(
+            f"trusted key {path} is not a PEM public key ({exc}): pass PREFIX.pub, not PREFIX.key"
+        ) from None
     if not isinstance(key, _ed25519().Ed25519PublicKey):
         raise BundleError(f"trusted key {path} is not an Ed25519 key: make one with `privsplit keys generate`")
     return key
@@ -250,7 +283,9 @@ class Bundle:
 def _read_manifest(root: Path) -> tuple[bytes, dict]:
     path = root / MANIFEST
     if not root.is_dir():
-        raise BundleError(f"bundle folder {root} does not exist: pass OUT/edge or OUT/cloud written by `privsplit export`")
+        raise BundleError(
+            f"bundle folder {root} does not exist: pass OUT/edge or OUT/cloud written by `privsplit export`"
+        )
     if not path.is_file():
         raise BundleError(f"{path} missing: {root} is not a bundle (re-export with `privsplit export`)")
     raw = path.read_bytes()
@@ -268,13 +303,17 @@ def _verify_signature(root: Path, raw: bytes, trust_key) -> str:
     wanted = key_id(public)
     sig_path = root / SIGNATURE
     if not sig_path.is_file():
-        raise BundleError(f"{sig_path} missing: the bundle is unsigned but a trusted key was given (export with --sign-key)")
+        raise BundleError(
+            f"{sig_path} missing: the bundle is unsigned but a trusted key was given (export with --sign-key)"
+        )
     try:
         sig = json.loads(sig_path.read_bytes())
         signature = base64.b64decode(sig["signature"], validate=True)
         algorithm, signer = sig.get("algorithm"), sig.get("key_id")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise BundleError(f"{sig_path} is malformed: expected JSON with algorithm, key_id and base64 signature") from None
+        raise BundleError(
+            f"{sig_path} is malformed: expected JSON with algorithm, key_id and base64 signature"
+        ) from None
     if algorithm != SIGNATURE_ALGORITHM:
         raise BundleError(f"{sig_path} uses algorithm {algorithm!r}; only {SIGNATURE_ALGORITHM} is accepted")
     exceptions = require("cryptography.exceptions", package="cryptography", extra="edge")
@@ -283,7 +322,9 @@ def _verify_signature(root: Path, raw: bytes, trust_key) -> str:
     except exceptions.InvalidSignature:
         if signer != wanted:
             raise BundleError(f"{sig_path}: signed by key {signer}, not by the trusted key {wanted}") from None
-        raise BundleError(f"{sig_path}: signature does not match {root / MANIFEST} (the manifest was altered after signing)") from None
+        raise BundleError(
+            f"{sig_path}: signature does not match {root / MANIFEST} (the manifest was altered after signing)"
+        ) from None
     return wanted
 
 
@@ -300,15 +341,21 @@ def _verify_files(root: Path, files: Mapping[str, Any]) -> None:
         try:
             size, digest = int(entry["size"]), str(entry["sha256"])
         except (KeyError, TypeError, ValueError):
-            raise BundleError(f"{root / MANIFEST}: the entry of {name} lacks sha256/size: re-export the bundle") from None
+            raise BundleError(
+                f"{root / MANIFEST}: the entry of {name} lacks sha256/size: re-export the bundle"
+            ) from None
         if not path.is_file():
             raise BundleError(f"{path} missing: the bundle lists it (restore it or re-export the bundle)")
         actual = path.stat().st_size
         if actual != size:
             what = "truncated" if actual < size else "has extra bytes"
-            raise BundleError(f"{path} {what}: {actual} bytes, the manifest says {size} (re-copy or re-export the bundle)")
+            raise BundleError(
+                f"{path} {what}: {actual} bytes, the manifest says {size} (re-copy or re-export the bundle)"
+            )
         if sha256_file(path) != digest:
-            raise BundleError(f"{path} is tampered: its sha256 does not match the manifest (re-copy or re-export the bundle)")
+            raise BundleError(
+                f"{path} is tampered: its sha256 does not match the manifest (re-copy or re-export the bundle)"
+            )
     listed = {str(PurePosixPath(n)) for n in files} | {MANIFEST, SIGNATURE}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
@@ -335,7 +382,11 @@ def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind |
     if not isinstance(manifest["files"], dict):
         raise BundleError(f"{where}: 'files' must be an object of relpath -> {{sha256, size}}")
     files = manifest["files"]
-    required = ("preprocess", "encoders", "default_encoder") if actual is BundleKind.EDGE else ("server", "purifier", "accepted_encoder_hashes")
+    required = (
+        ("preprocess", "encoders", "default_encoder")
+        if actual is BundleKind.EDGE
+        else ("server", "purifier", "accepted_encoder_hashes")
+    )
     for key in required:
         if key not in manifest:
             raise BundleError(f"{where} lacks {key!r} required in {actual.a}: re-export it")

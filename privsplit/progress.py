@@ -72,7 +72,11 @@ class LineBar(SilentBar):
 
     def _say(self, what: str) -> None:
         of = f"/{self.total}" if self.total is not None else ""
-        print(f"privsplit: {self.desc}: {self.n}{of} {what} {time.monotonic() - self.started:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"privsplit: {self.desc}: {self.n}{of} {what} {time.monotonic() - self.started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -96,7 +100,9 @@ class LineBar(SilentBar):
         self.close()
 
 
-def progress_bar(items: Iterable | None = None, *, desc: str, total: int | None = None, enabled: bool = True, unit: str = "it"):
+def progress_bar(
+    items: Iterable | None = None, *, desc: str, total: int | None = None, enabled: bool = True, unit: str = "it"
+):
     """A tqdm bar over ``items`` (or a manual one with ``total``) on stderr; off a terminal a
     :class:`LineBar`; a :class:`SilentBar` when progress is off."""
     if not enabled or _setting() == "off":

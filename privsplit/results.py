@@ -34,16 +34,25 @@ import secrets
 import sys
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, TypeVar
+from typing import IO, Any, TypeVar
 
 from privsplit.errors import ConfigError, ResultError
 
 T = TypeVar("T")
 
 __all__ = [
-    "to_dict", "from_dict", "dumps", "check_schema", "atomic_write", "save_json", "read_json", "load_json", "save_npz",
-]  # fmt: skip
+    "to_dict",
+    "from_dict",
+    "dumps",
+    "check_schema",
+    "atomic_write",
+    "save_json",
+    "read_json",
+    "load_json",
+    "save_npz",
+]
 
 
 # ---- values -> JSON ---------------------------------------------------------------------------------
@@ -84,7 +93,7 @@ def dumps(obj: Any, *, indent: int | None = 2) -> str:
 
 
 # ---- JSON -> dataclasses ----------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)

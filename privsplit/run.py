@@ -12,9 +12,10 @@ Layout (all JSON or safetensors; never pickle)::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from privsplit.errors import RunError
 from privsplit.results import check_schema, from_dict, save_json, to_dict
@@ -62,7 +63,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
-    model: "ModelConfig"
+    model: ModelConfig
     seed: int
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ class RunConfig:
         return {"schema_version": RUN_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "config.json") -> "RunConfig":
+    def from_json(cls, data: dict, *, source: str = "config.json") -> RunConfig:
         from privsplit.models import ModelConfig
 
         data = check_schema(data, version=RUN_SCHEMA_VERSION, source=source, hint="re-run `privsplit train`")
@@ -119,7 +120,7 @@ class RunFolder:
             raise RunError(f"{target} is damaged ({type(exc).__name__}: {exc}): {_fix_for(target)}") from None
 
     # ---- config, split, data -----------------------------------------------------------------
-    def check(self) -> "RunFolder":
+    def check(self) -> RunFolder:
         if not self.path.is_dir():
             raise RunError(f"run folder {self.path} does not exist: create it with `privsplit train --out {self.path}`")
         for name in ("config.json", "split.json", "encoder.safetensors", "head.safetensors"):
@@ -141,12 +142,12 @@ class RunFolder:
     def write_config(self, config: RunConfig) -> None:
         self.write_json("config.json", config.to_json())
 
-    def split(self) -> "Split":
+    def split(self) -> Split:
         from privsplit.data import Split
 
         return self.parse_json("split.json", lambda d: Split.from_json(d, source=str(self.file("split.json"))))
 
-    def dataset(self) -> "Dataset":
+    def dataset(self) -> Dataset:
         """Reload the run's dataset exactly as it was trained on (same spec, size, limit, task)."""
         from privsplit.data import load_dataset
 
@@ -190,11 +191,11 @@ class RunFolder:
             ) from exc
         return module
 
-    def save_split_model(self, model: "SplitModel") -> None:
+    def save_split_model(self, model: SplitModel) -> None:
         self.save_module("encoder", model.encoder)
         self.save_module("head", model.head)
 
-    def load_split_model(self) -> "SplitModel":
+    def load_split_model(self) -> SplitModel:
         """The trained encoder + server layers, in eval mode."""
         from privsplit.models import build_split_model
 

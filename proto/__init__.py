@@ -38,4 +38,4 @@ _LAZY = {
     "dial_aio": "privsplit.proto.channel",
 }
 
-__getattr__, __all__ = lazy_exports('privsplit.proto', _LAZY)
+__getattr__, __all__ = lazy_exports("privsplit.proto", _LAZY)

@@ -129,14 +129,20 @@ class ChannelTls:
             raise ConfigError("--tls-cert and --tls-key go together (mutual TLS needs both)")
 
     @classmethod
-    def from_files(cls, ca: Path, cert: Path | None = None, key: Path | None = None, *,
-                   server_name: str | None = None) -> "ChannelTls":  # fmt: skip
-        return cls(ca=read_pem(ca, "--tls-ca"), cert=read_pem(cert, "--tls-cert"), key=read_pem(key, "--tls-key"),
-                   server_name=server_name)  # fmt: skip
+    def from_files(
+        cls, ca: Path, cert: Path | None = None, key: Path | None = None, *, server_name: str | None = None
+    ) -> ChannelTls:
+        return cls(
+            ca=read_pem(ca, "--tls-ca"),
+            cert=read_pem(cert, "--tls-cert"),
+            key=read_pem(key, "--tls-key"),
+            server_name=server_name,
+        )
 
     def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
-                                            certificate_chain=self.cert)  # fmt: skip
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
 
 
 def read_pem(path: Path | None, flag: str) -> bytes | None:
@@ -174,9 +180,13 @@ class UnavailableRetry:
             raise ConfigError(f"gRPC retry attempts must be in 2..5, got {self.attempts}")
 
     def service_config(self) -> str:
-        policy = {"maxAttempts": self.attempts, "initialBackoff": f"{self.initial_backoff_s}s",
-                  "maxBackoff": f"{self.max_backoff_s}s", "backoffMultiplier": self.multiplier,
-                  "retryableStatusCodes": ["UNAVAILABLE"]}  # fmt: skip
+        policy = {
+            "maxAttempts": self.attempts,
+            "initialBackoff": f"{self.initial_backoff_s}s",
+            "maxBackoff": f"{self.max_backoff_s}s",
+            "backoffMultiplier": self.multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
         return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
 
 
@@ -219,8 +229,10 @@ class DialConfig:
         else:
             opts += [("grpc.enable_retries", 1), ("grpc.service_config", self.retry.service_config())]
         if self.reconnect_backoff_ms is not None:
-            opts += [("grpc.initial_reconnect_backoff_ms", self.reconnect_backoff_ms[0]),
-                     ("grpc.max_reconnect_backoff_ms", self.reconnect_backoff_ms[1])]  # fmt: skip
+            opts += [
+                ("grpc.initial_reconnect_backoff_ms", self.reconnect_backoff_ms[0]),
+                ("grpc.max_reconnect_backoff_ms", self.reconnect_backoff_ms[1]),
+            ]
         if self.tls is not None and self.tls.server_name:
             opts.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return opts
@@ -300,13 +312,17 @@ def is_handshake_failure(details: str) -> bool:
     return "handshake" in text or "ssl_error" in text or "certificate_verify" in text or "tsi_" in text
 
 
-def rpc_error(exc: grpc.RpcError, target: str, *, timeout_s: float | None = None,
-              what: str = "the request") -> ProtocolError:  # fmt: skip
+def rpc_error(
+    exc: grpc.RpcError, target: str, *, timeout_s: float | None = None, what: str = "the request"
+) -> ProtocolError:
     """A one-line :class:`ProtocolError` for a failed call: TLS handshake, deadline or refusal."""
     code, details = _status(exc)
     if code is Code.UNAVAILABLE and is_handshake_failure(details):
-        return ProtocolError(code, f"TLS handshake with {target} failed: {_short(details)}: check --tls-ca / the "
-                                   "server certificate (and --tls-cert/--tls-key for mutual TLS)")  # fmt: skip
+        return ProtocolError(
+            code,
+            f"TLS handshake with {target} failed: {_short(details)}: check --tls-ca / the "
+            "server certificate (and --tls-cert/--tls-key for mutual TLS)",
+        )
     if code is Code.DEADLINE_EXCEEDED:
         within = f" within the {timeout_s:g} s deadline" if timeout_s is not None else " before the deadline"
         return ProtocolError(code, f"no reply from {target}{within}")

@@ -78,7 +78,14 @@ def generate(out_dir: Path) -> dict[Path, bytes]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PACKAGE_ROOT / src, dest)
             staged.append((IMPORT_PREFIX / src).as_posix())
-        args = ["protoc", f"-I{include}", f"--python_out={gen}", f"--pyi_out={gen}", f"--grpc_python_out={gen}", *staged]
+        args = [
+            "protoc",
+            f"-I{include}",
+            f"--python_out={gen}",
+            f"--pyi_out={gen}",
+            f"--grpc_python_out={gen}",
+            *staged,
+        ]
         if protoc.main(args) != 0:
             raise ConfigError(f"protoc failed on {', '.join(staged)} (see its message above)")
         result = {}
@@ -116,7 +123,11 @@ def stale_reasons(*, regenerate: bool) -> list[str]:
     for key in ("sources", "outputs"):
         for name in sorted(set(recorded.get(key, {})) | set(current[key])):
             if recorded.get(key, {}).get(name) != current[key].get(name):
-                what = "source changed since the last codegen" if key == "sources" else "generated file differs from the one codegen wrote"
+                what = (
+                    "source changed since the last codegen"
+                    if key == "sources"
+                    else "generated file differs from the one codegen wrote"
+                )
                 reasons.append(f"{name}: {what}")
     if regenerate:
         with tempfile.TemporaryDirectory(prefix="privsplit-codegen-check-") as tmp:
@@ -140,7 +151,9 @@ def regenerate() -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m privsplit.proto.codegen", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="only check that the committed code is fresh (exit 1 if stale)")
+    parser.add_argument(
+        "--check", action="store_true", help="only check that the committed code is fresh (exit 1 if stale)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.check:

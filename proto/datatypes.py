@@ -36,7 +36,7 @@ class Datatype(str, Enum):
         return None if dt is None else dt.itemsize
 
     @classmethod
-    def parse(cls, text: str) -> "Datatype | None":
+    def parse(cls, text: str) -> Datatype | None:
         """The datatype named ``text``, or None (a fast, non-raising lookup for decoding)."""
         return _BY_VALUE.get(text)
 
@@ -46,7 +46,7 @@ class Datatype(str, Enum):
         return _CONTENTS.get(self)
 
     @classmethod
-    def of(cls, dtype) -> "Datatype":
+    def of(cls, dtype) -> Datatype:
         """The datatype of a numpy dtype (``ValueError`` when the protocol has none for it)."""
         dt = np.dtype(dtype)
         found = _BY_NUMPY.get(dt) or _BY_NUMPY.get(dt.newbyteorder("="))

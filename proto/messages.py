@@ -9,8 +9,9 @@ encoded as raw little-endian bytes (``raw_input_contents`` / ``raw_output_conten
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Union
 
 import numpy as np
 
@@ -75,13 +76,17 @@ def _from_typed(datatype: Datatype, contents, shape, count: int, where: str) -> 
         raise invalid(f"{where}.contents", f"{datatype.value} travels only as raw contents")
     values = getattr(contents, name)
     if len(values) != count:
-        raise invalid(f"{where}.contents.{name}", f"{len(values)} values, expected {count} for {datatype.value} {list(shape)}")
+        raise invalid(
+            f"{where}.contents.{name}", f"{len(values)} values, expected {count} for {datatype.value} {list(shape)}"
+        )
     dt = datatype.numpy
     if np.issubdtype(dt, np.integer) and dt.itemsize < 4:
         wide = np.asarray(values, dtype=np.int64)
         info = np.iinfo(dt)
         if wide.size and (wide.min() < info.min or wide.max() > info.max):
-            raise invalid(f"{where}.contents.{name}", f"values outside the {datatype.value} range [{info.min}, {info.max}]")
+            raise invalid(
+                f"{where}.contents.{name}", f"values outside the {datatype.value} range [{info.min}, {info.max}]"
+            )
         return wide.astype(dt).reshape(shape)
     return np.asarray(values, dtype=dt).reshape(shape)
 
@@ -133,10 +138,13 @@ class Tensor:
         return np.ascontiguousarray(self.data, dtype=datatype.numpy).tobytes()
 
     @classmethod
-    def _decode(cls, msg, raw: bytes | None, where: str, raw_field: str) -> "Tensor":
+    def _decode(cls, msg, raw: bytes | None, where: str, raw_field: str) -> Tensor:
         datatype = Datatype.parse(msg.datatype)
         if datatype is None:
-            raise invalid(f"{where}.datatype", f"unknown datatype {msg.datatype!r}; expected one of {', '.join(d.value for d in Datatype)}")
+            raise invalid(
+                f"{where}.datatype",
+                f"unknown datatype {msg.datatype!r}; expected one of {', '.join(d.value for d in Datatype)}",
+            )
         shape = tuple(msg.shape)
         count = _element_count(shape, where)
         if raw is not None:
@@ -146,7 +154,9 @@ class Tensor:
         elif count == 0 and datatype.numpy is not None:
             data = np.zeros(shape, dtype=datatype.numpy)
         else:
-            raise invalid(f"{where}.contents", f"no data: set {raw_field} or typed contents for {datatype.value} {list(shape)}")
+            raise invalid(
+                f"{where}.contents", f"no data: set {raw_field} or typed contents for {datatype.value} {list(shape)}"
+            )
         return cls(name=msg.name, data=data, parameters=params_from_proto(msg.parameters, f"{where}.parameters"))
 
 
@@ -191,7 +201,7 @@ class InferRequest:
         return msg
 
     @classmethod
-    def from_proto(cls, msg: pb.ModelInferRequest) -> "InferRequest":
+    def from_proto(cls, msg: pb.ModelInferRequest) -> InferRequest:
         return cls(
             model_name=msg.model_name,
             model_version=msg.model_version,
@@ -227,7 +237,7 @@ class InferResponse:
         return msg
 
     @classmethod
-    def from_proto(cls, msg: pb.ModelInferResponse) -> "InferResponse":
+    def from_proto(cls, msg: pb.ModelInferResponse) -> InferResponse:
         return cls(
             model_name=msg.model_name,
             model_version=msg.model_version,
@@ -251,7 +261,7 @@ class StreamInferResponse:
         return msg
 
     @classmethod
-    def from_proto(cls, msg: pb.ModelStreamInferResponse) -> "StreamInferResponse":
+    def from_proto(cls, msg: pb.ModelStreamInferResponse) -> StreamInferResponse:
         response = InferResponse.from_proto(msg.infer_response) if msg.HasField("infer_response") else None
         return cls(response=response, error_message=msg.error_message)
 
@@ -268,7 +278,7 @@ class ModelRef:
         return message_type(name=self.name, version=self.version)
 
     @classmethod
-    def from_proto(cls, msg) -> "ModelRef":
+    def from_proto(cls, msg) -> ModelRef:
         return cls(name=msg.name, version=msg.version)
 
 
@@ -279,10 +289,12 @@ class TensorMetadata:
     shape: tuple[int, ...]  # -1: variable
 
     def to_proto(self) -> pb.ModelMetadataResponse.TensorMetadata:
-        return pb.ModelMetadataResponse.TensorMetadata(name=self.name, datatype=self.datatype.value, shape=list(self.shape))
+        return pb.ModelMetadataResponse.TensorMetadata(
+            name=self.name, datatype=self.datatype.value, shape=list(self.shape)
+        )
 
     @classmethod
-    def from_proto(cls, msg, where: str = "tensor") -> "TensorMetadata":
+    def from_proto(cls, msg, where: str = "tensor") -> TensorMetadata:
         datatype = Datatype.parse(msg.datatype)
         if datatype is None:
             raise invalid(f"{where}.datatype", f"unknown datatype {msg.datatype!r}")
@@ -299,17 +311,22 @@ class ModelMetadata:
 
     def to_proto(self) -> pb.ModelMetadataResponse:
         return pb.ModelMetadataResponse(
-            name=self.name, versions=list(self.versions), platform=self.platform,
-            inputs=[t.to_proto() for t in self.inputs], outputs=[t.to_proto() for t in self.outputs],
-        )  # fmt: skip
+            name=self.name,
+            versions=list(self.versions),
+            platform=self.platform,
+            inputs=[t.to_proto() for t in self.inputs],
+            outputs=[t.to_proto() for t in self.outputs],
+        )
 
     @classmethod
-    def from_proto(cls, msg: pb.ModelMetadataResponse) -> "ModelMetadata":
+    def from_proto(cls, msg: pb.ModelMetadataResponse) -> ModelMetadata:
         return cls(
-            name=msg.name, versions=tuple(msg.versions), platform=msg.platform,
+            name=msg.name,
+            versions=tuple(msg.versions),
+            platform=msg.platform,
             inputs=tuple(TensorMetadata.from_proto(t, f"inputs[{i}]") for i, t in enumerate(msg.inputs)),
             outputs=tuple(TensorMetadata.from_proto(t, f"outputs[{i}]") for i, t in enumerate(msg.outputs)),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -322,5 +339,5 @@ class ServerMetadata:
         return pb.ServerMetadataResponse(name=self.name, version=self.version, extensions=list(self.extensions))
 
     @classmethod
-    def from_proto(cls, msg: pb.ServerMetadataResponse) -> "ServerMetadata":
+    def from_proto(cls, msg: pb.ServerMetadataResponse) -> ServerMetadata:
         return cls(name=msg.name, version=msg.version, extensions=tuple(msg.extensions))

@@ -67,10 +67,13 @@ def features_request(
     if label_only:
         request_params[LABEL_ONLY] = True
     return InferRequest(
-        model_name=model_name, model_version=model_version, id=request_id, parameters=request_params,
+        model_name=model_name,
+        model_version=model_version,
+        id=request_id,
+        parameters=request_params,
         inputs=(Tensor(FEATURES, features, params),),
         outputs=(RequestedOutput(LABEL),) if label_only else (),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,12 +92,17 @@ class Prediction:
     def from_response(cls, response: InferResponse) -> Prediction:
         names = {t.name: t for t in response.outputs}
         if LABEL not in names:
-            raise ProtocolError(Code.INTERNAL, f"the reply has no {LABEL!r} output (got {sorted(names)})", field="outputs")
+            raise ProtocolError(
+                Code.INTERNAL, f"the reply has no {LABEL!r} output (got {sorted(names)})", field="outputs"
+            )
         probs = names.get(PROBS)
         p = response.parameters
         return cls(
             label=np.asarray(names[LABEL].data, dtype=np.int64),
             probs=None if probs is None else np.asarray(probs.data, dtype=np.float32),
-            compute_us=int(p.get(COMPUTE_US, 0)), queue_us=int(p.get(QUEUE_US, 0)),
-            batch_size=int(p.get(BATCH_SIZE, 0)), model_version=response.model_version, request_id=response.id,
-        )  # fmt: skip
+            compute_us=int(p.get(COMPUTE_US, 0)),
+            queue_us=int(p.get(QUEUE_US, 0)),
+            batch_size=int(p.get(BATCH_SIZE, 0)),
+            model_version=response.model_version,
+            request_id=response.id,
+        )

@@ -63,13 +63,13 @@ def bundles(tmp_path_factory, digits_run) -> Bundles:
     copy without the purifier and an edge copy with channel noise, written with the export's own bundle
     writer. Torch is imported here only, so torch-free tests that do not ask for it never load it."""
     import torch
+    from test_edge_support import rewrite_bundle
 
     from privsplit.bundle import BundleKind, load_bundle
     from privsplit.export import ExportFormat, export_run, generate_keys
     from privsplit.export.bundle_writer import write_bundle
     from privsplit.models.purifier import Purifier, PurifierConfig, save_purifier
     from privsplit.run import RunFolder
-    from test_edge_support import rewrite_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     run = RunFolder(root / "run")
@@ -79,8 +79,15 @@ def bundles(tmp_path_factory, digits_run) -> Bundles:
     save_purifier(run, Purifier(PurifierConfig(num_classes=len(data.classes[data.task]))).eval())
     keys = generate_keys(root / "keys" / "signer")
     generate_keys(root / "keys" / "other")
-    export_run(run, root / "export", formats=(ExportFormat.TFLITE_INT8, ExportFormat.ONNX_FP32), calibration=64,
-               holdout_limit=128, sign_key=keys.private, progress=False)  # fmt: skip
+    export_run(
+        run,
+        root / "export",
+        formats=(ExportFormat.TFLITE_INT8, ExportFormat.ONNX_FP32),
+        calibration=64,
+        holdout_limit=128,
+        sign_key=keys.private,
+        progress=False,
+    )
     edge, cloud, plain = root / "export" / "edge", root / "export" / "cloud", root / "plain"
     shutil.copytree(cloud, plain)
     for name in ("manifest.json", "manifest.sig", "purifier.onnx"):
@@ -90,7 +97,16 @@ def bundles(tmp_path_factory, digits_run) -> Bundles:
     body = {k: v for k, v in signed.manifest.items() if k not in generated}
     write_bundle(plain, kind=BundleKind.CLOUD, version=signed.version + "-plain", body={**body, "purifier": None})
     features = load_bundle(edge, kind=BundleKind.EDGE).manifest["features"]
-    noisy = rewrite_bundle(edge, root / "noisy", version=signed.version + "-noisy",
-                           features={**features, "noise_sigma": 0.5})  # fmt: skip
-    return Bundles(edge=edge, cloud=cloud, cloud_plain=plain, noisy=noisy, trust_key=keys.public, key_id=keys.key_id,
-                   other_key=root / "keys" / "other.pub", run=run.path)  # fmt: skip
+    noisy = rewrite_bundle(
+        edge, root / "noisy", version=signed.version + "-noisy", features={**features, "noise_sigma": 0.5}
+    )
+    return Bundles(
+        edge=edge,
+        cloud=cloud,
+        cloud_plain=plain,
+        noisy=noisy,
+        trust_key=keys.public,
+        key_id=keys.key_id,
+        other_key=root / "keys" / "other.pub",
+        run=run.path,
+    )

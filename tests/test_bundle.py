@@ -33,7 +33,14 @@ FEATURES = {"shape": [4, 2, 2], "dtype": "int8", "scale": 0.05, "zero_point": -3
 EDGE_BODY_BASE = {
     "classes": ["no", "yes"],
     "features": FEATURES,
-    "preprocess": {"size": 8, "channels": 3, "mean": [0, 0, 0], "std": [1, 1, 1], "channel_order": "RGB", "layout": "NHWC"},
+    "preprocess": {
+        "size": 8,
+        "channels": 3,
+        "mean": [0, 0, 0],
+        "std": [1, 1, 1],
+        "channel_order": "RGB",
+        "layout": "NHWC",
+    },
     "default_encoder": "tflite-int8",
 }
 
@@ -49,9 +56,13 @@ def _make_edge(root: Path, *, key=None, seed: int = 0):
     spec = {"dtype": "int8", "shape": [1, 8, 8, 3], "scale": 1 / 255, "zero_point": -128, "layout": "NHWC"}
     body = dict(EDGE_BODY_BASE)
     body["encoders"] = {
-        "tflite-int8": {"file": "encoder-tflite-int8.tflite", "sha256": sha256_file(root / "encoder-tflite-int8.tflite"),
-                        "input": spec, "output": {**spec, "shape": [1, 2, 2, 4], "scale": 0.1, "zero_point": 3}},
-    }  # fmt: skip
+        "tflite-int8": {
+            "file": "encoder-tflite-int8.tflite",
+            "sha256": sha256_file(root / "encoder-tflite-int8.tflite"),
+            "input": spec,
+            "output": {**spec, "shape": [1, 2, 2, 4], "scale": 0.1, "zero_point": 3},
+        },
+    }
     return write_bundle(root, kind=BundleKind.EDGE, version="v1", body=body, sign_key=key)
 
 

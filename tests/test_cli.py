@@ -33,7 +33,9 @@ def test_every_subcommand_has_help(capsys):
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "privsplit.cli.main", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "privsplit.cli.main", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -46,7 +48,9 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
 
 
 def test_bad_spec_is_one_line_exit_2(tmp_path):
-    _assert_one_line_error(_run_cli("train", "--data", "nosuch:x", "--out", str(tmp_path / "r")), "unknown dataset spec", "digits")
+    _assert_one_line_error(
+        _run_cli("train", "--data", "nosuch:x", "--out", str(tmp_path / "r")), "unknown dataset spec", "digits"
+    )
 
 
 def test_missing_folder_is_named(tmp_path):
@@ -55,7 +59,9 @@ def test_missing_folder_is_named(tmp_path):
 
 
 def test_unknown_attribute_lists_the_available_ones(tmp_path):
-    _assert_one_line_error(_run_cli("train", "--data", "digits", "--task", "Smiling", "--out", str(tmp_path / "r")), "'Smiling'", "digit")
+    _assert_one_line_error(
+        _run_cli("train", "--data", "digits", "--task", "Smiling", "--out", str(tmp_path / "r")), "'Smiling'", "digit"
+    )
 
 
 def test_unreadable_image_is_named(tmp_path, capsys):

@@ -78,21 +78,61 @@ def token_file(tmp_path):
 
 
 def test_serve_drains_on_sigterm_without_losing_requests(bundles, wire, token_file, tmp_path):
-    served = Served(_cli("serve", bundles.cloud, "--port", 0, "--max-batch", 8, "--token-file", token_file,
-                         "--trust-key", bundles.trust_key, "--metrics-port", 0, "--grace", 30))  # fmt: skip
+    served = Served(
+        _cli(
+            "serve",
+            bundles.cloud,
+            "--port",
+            0,
+            "--max-batch",
+            8,
+            "--token-file",
+            token_file,
+            "--trust-key",
+            bundles.trust_key,
+            "--metrics-port",
+            0,
+            "--grace",
+            30,
+        )
+    )
     assert any("model 'privsplit'" in line and "purifier on" in line for line in served.lines)
     md = (("authorization", f"Bearer {TOKEN}"),)
     channel = grpc.insecure_channel(f"127.0.0.1:{served.port}")
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    small = features_request(wire.features[:2], encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point)
+    small = features_request(
+        wire.features[:2], encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point
+    )
     assert len(stub.ModelInfer(small.to_proto(), metadata=md, timeout=30).outputs) == 2
 
     # `privsplit bench cloud` against it (a short sweep, unary and streaming)
     out = tmp_path / "bench.json"
     for extra in ((), ("--stream",)):
-        bench = subprocess.run(_cli("bench", "cloud", "--target", f"127.0.0.1:{served.port}", "--bundle", bundles.cloud,
-                                    "--concurrency", "1,4", "--duration", 0.6, "--warmup", 0.2, "--token-file", token_file,
-                                    "--json", out, *extra), capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+        bench = subprocess.run(
+            _cli(
+                "bench",
+                "cloud",
+                "--target",
+                f"127.0.0.1:{served.port}",
+                "--bundle",
+                bundles.cloud,
+                "--concurrency",
+                "1,4",
+                "--duration",
+                0.6,
+                "--warmup",
+                0.2,
+                "--token-file",
+                token_file,
+                "--json",
+                out,
+                *extra,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert bench.returncode == 0, bench.stderr
         result = json.loads(out.read_text())
         assert [p["concurrency"] for p in result["points"]] == [1, 4] and result["spec"]["stream"] == bool(extra)
@@ -101,8 +141,12 @@ def test_serve_drains_on_sigterm_without_losing_requests(bundles, wire, token_fi
 
     # In flight at SIGTERM: 4 open streams (they keep sending after the signal) and a burst of large unary
     # requests queued behind each other (64 rows each, batches of at most 8 rows: each runs alone).
-    big = features_request(np.repeat(wire.features[:8], 8, axis=0), encoder_hash=wire.encoder_hash,
-                           scale=wire.scale, zero_point=wire.zero_point).to_proto()  # fmt: skip
+    big = features_request(
+        np.repeat(wire.features[:8], 8, axis=0),
+        encoder_hash=wire.encoder_hash,
+        scale=wire.scale,
+        zero_point=wire.zero_point,
+    ).to_proto()
     sent_after_signal = threading.Event()
     streams_out: list[list] = [[] for _ in range(4)]
 
@@ -113,8 +157,13 @@ def test_serve_drains_on_sigterm_without_losing_requests(bundles, wire, token_fi
             for i in range(40):
                 if i == 20:
                     q.get(timeout=30)  # wait for the signal before sending the second half
-                yield features_request(wire.features[i:i + 1], encoder_hash=wire.encoder_hash, scale=wire.scale,
-                                       zero_point=wire.zero_point, request_id=f"{k}-{i}").to_proto()  # fmt: skip
+                yield features_request(
+                    wire.features[i : i + 1],
+                    encoder_hash=wire.encoder_hash,
+                    scale=wire.scale,
+                    zero_point=wire.zero_point,
+                    request_id=f"{k}-{i}",
+                ).to_proto()
 
         def release():
             sent_after_signal.wait(30)
@@ -148,16 +197,31 @@ def test_serve_drains_on_sigterm_without_losing_requests(bundles, wire, token_fi
 
 
 def test_serve_refuses_an_untrusted_bundle_and_bad_options(bundles, tmp_path):
-    proc = subprocess.run(_cli("serve", bundles.cloud, "--port", 0, "--trust-key", bundles.other_key),
-                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    proc = subprocess.run(
+        _cli("serve", bundles.cloud, "--port", 0, "--trust-key", bundles.other_key),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert proc.returncode == 3 and "signed by key" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = subprocess.run(_cli("serve", bundles.cloud, "--tls-cert", tmp_path / "c.pem"), capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        _cli("serve", bundles.cloud, "--tls-cert", tmp_path / "c.pem"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 2 and "--tls-cert and --tls-key go together" in proc.stderr
     empty = tmp_path / "token"
     empty.write_text("\n")
-    proc = subprocess.run(_cli("serve", bundles.cloud, "--token-file", empty), capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        _cli("serve", bundles.cloud, "--token-file", empty), capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert proc.returncode == 2 and "must hold one token" in proc.stderr
-    proc = subprocess.run(_cli("bench", "cloud", "--target", "127.0.0.1:1"), capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        _cli("bench", "cloud", "--target", "127.0.0.1:1"), capture_output=True, text=True, timeout=60, cwd=REPO
+    )
     assert proc.returncode == 2 and "pass --bundle" in proc.stderr
 
 
@@ -177,5 +241,11 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
-    bad = subprocess.run(_cli("bench", "cloud", "--target", "h:1", "--concurrency", "0,8"), capture_output=True, text=True, timeout=60, cwd=REPO)
+    bad = subprocess.run(
+        _cli("bench", "cloud", "--target", "h:1", "--concurrency", "0,8"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert bad.returncode == 2 and "give integers >= 1" in bad.stderr

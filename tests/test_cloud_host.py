@@ -133,7 +133,7 @@ def test_batches_form_and_replies_keep_request_order(host, wire):
     sizes = [1, 3, 2, 1, 5, 1, 1, 4, 2, 1] * 3
     chunks, start = [], 0
     for n in sizes:
-        chunks.append(x[start:start + n])
+        chunks.append(x[start : start + n])
         start += n
     direct = host.infer(x[:start])
 

@@ -31,9 +31,14 @@ def wire(bundles, digits_run):
 
 @pytest.fixture(scope="module")
 def server(bundles):
-    config = ServeConfig(bundle=bundles.cloud, port=0, metrics_port=0, trust_key=bundles.trust_key,
-                         batch=BatchConfig(max_batch=16, max_delay_ms=1.0, max_request_batch=64),
-                         max_message_bytes=MAX_MESSAGE)  # fmt: skip
+    config = ServeConfig(
+        bundle=bundles.cloud,
+        port=0,
+        metrics_port=0,
+        trust_key=bundles.trust_key,
+        batch=BatchConfig(max_batch=16, max_delay_ms=1.0, max_request_batch=64),
+        max_message_bytes=MAX_MESSAGE,
+    )
     srv, port = create_server(config)
     assert port > 0 and not srv.ready
     with srv:
@@ -49,7 +54,9 @@ def stub(server):
 
 
 def _request(wire, rows=slice(0, 4), **kw):
-    return features_request(wire.features[rows], encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point, **kw)
+    return features_request(
+        wire.features[rows], encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point, **kw
+    )
 
 
 def _expected(server, wire, rows):
@@ -61,12 +68,18 @@ def test_health_reflection_and_metadata(server, stub):
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "inference.GRPCInferenceService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     db = ProtoReflectionDescriptorDatabase(channel)
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(db.get_services())
-    assert db.FindFileContainingSymbol("inference.ModelInferRequest").name == "privsplit/proto/inference/open_inference_grpc.proto"
+    assert (
+        db.FindFileContainingSymbol("inference.ModelInferRequest").name
+        == "privsplit/proto/inference/open_inference_grpc.proto"
+    )
     channel.close()
 
     assert stub.ServerLive(pb.ServerLiveRequest()).live
@@ -78,7 +91,10 @@ def test_health_reflection_and_metadata(server, stub):
     assert meta.name == "privsplit" and "parameters" in meta.extensions
     model = stub.ModelMetadata(pb.ModelMetadataRequest(name="privsplit"))
     assert list(model.versions) == [server.spec.version] and model.platform == "onnxruntime_onnx"
-    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [("probs", "FP32", [-1, 10]), ("label", "INT64", [-1])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [
+        ("probs", "FP32", [-1, 10]),
+        ("label", "INT64", [-1]),
+    ]
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "unknown model 'nope'" in err.value.details()
@@ -151,28 +167,130 @@ def _set_param(target, key, **value):
 
 
 BAD_CASES = [
-    ("datatype", lambda m: (setattr(m.inputs[0], "datatype", "INT32"), m.raw_input_contents.__setitem__(0, m.raw_input_contents[0] * 4)),
-     grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].datatype: INT32 is not accepted"),
-    ("shape", lambda m: m.inputs[0].shape.__setitem__(1, 7), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents[0]:"),
-    ("dims", lambda m: (m.inputs[0].ClearField("shape"), m.inputs[0].shape.extend([2, 32 * 64])), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].shape: expected [B, 32, 8, 8]"),
-    ("bytes", lambda m: m.raw_input_contents.__setitem__(0, m.raw_input_contents[0][:-1]), grpc.StatusCode.INVALID_ARGUMENT, "bytes, expected"),
-    ("rows", lambda m: (m.inputs[0].shape.__setitem__(0, 0), m.raw_input_contents.__setitem__(0, b"")), grpc.StatusCode.INVALID_ARGUMENT, "batch dimension must be in [1, 64]"),
-    ("model", lambda m: setattr(m, "model_name", "resnet"), grpc.StatusCode.NOT_FOUND, "model_name: unknown model 'resnet'"),
-    ("version", lambda m: setattr(m, "model_version", "999"), grpc.StatusCode.NOT_FOUND, "model_version: model 'privsplit' has no version '999'"),
-    ("hash missing", lambda m: m.parameters.pop("encoder_hash"), grpc.StatusCode.INVALID_ARGUMENT, "parameters['encoder_hash']: missing"),
-    ("hash type", lambda m: _set_param(m.parameters, "encoder_hash", int64_param=5), grpc.StatusCode.INVALID_ARGUMENT, "must be a string"),
-    ("hash wrong", lambda m: _set_param(m.parameters, "encoder_hash", string_param="ab" * 32), grpc.StatusCode.FAILED_PRECONDITION, "is not accepted"),
-    ("scale missing", lambda m: m.inputs[0].parameters.pop("scale"), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].parameters['scale']: missing"),
-    ("zero point missing", lambda m: m.inputs[0].parameters.pop("zero_point"), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].parameters['zero_point']: missing"),
-    ("scale negative", lambda m: _set_param(m.inputs[0].parameters, "scale", double_param=-1.0), grpc.StatusCode.INVALID_ARGUMENT, "'scale']: must be a finite number > 0"),
-    ("scale nan", lambda m: _set_param(m.inputs[0].parameters, "scale", double_param=float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "'scale']: must be a finite number > 0"),
-    ("zero point range", lambda m: _set_param(m.inputs[0].parameters, "zero_point", int64_param=300), grpc.StatusCode.INVALID_ARGUMENT, "must be an integer in [-128, 127]"),
-    ("input name", lambda m: setattr(m.inputs[0], "name", "image"), grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].name: unknown input 'image'"),
-    ("output name", lambda m: m.outputs.add(name="logits"), grpc.StatusCode.INVALID_ARGUMENT, "outputs[0].name: unknown output 'logits'"),
-    ("label only", lambda m: _set_param(m.parameters, "label_only", string_param="yes"), grpc.StatusCode.INVALID_ARGUMENT, "'label_only']: must be a bool"),
-    ("no inputs", lambda m: (m.ClearField("inputs"), m.ClearField("raw_input_contents")), grpc.StatusCode.INVALID_ARGUMENT, "inputs: expected exactly one input"),
-    ("raw count", lambda m: m.raw_input_contents.append(b"x"), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents: 2 entries for 1 inputs"),
-]  # fmt: skip
+    (
+        "datatype",
+        lambda m: (
+            setattr(m.inputs[0], "datatype", "INT32"),
+            m.raw_input_contents.__setitem__(0, m.raw_input_contents[0] * 4),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].datatype: INT32 is not accepted",
+    ),
+    (
+        "shape",
+        lambda m: m.inputs[0].shape.__setitem__(1, 7),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "raw_input_contents[0]:",
+    ),
+    (
+        "dims",
+        lambda m: (m.inputs[0].ClearField("shape"), m.inputs[0].shape.extend([2, 32 * 64])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].shape: expected [B, 32, 8, 8]",
+    ),
+    (
+        "bytes",
+        lambda m: m.raw_input_contents.__setitem__(0, m.raw_input_contents[0][:-1]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bytes, expected",
+    ),
+    (
+        "rows",
+        lambda m: (m.inputs[0].shape.__setitem__(0, 0), m.raw_input_contents.__setitem__(0, b"")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch dimension must be in [1, 64]",
+    ),
+    (
+        "model",
+        lambda m: setattr(m, "model_name", "resnet"),
+        grpc.StatusCode.NOT_FOUND,
+        "model_name: unknown model 'resnet'",
+    ),
+    (
+        "version",
+        lambda m: setattr(m, "model_version", "999"),
+        grpc.StatusCode.NOT_FOUND,
+        "model_version: model 'privsplit' has no version '999'",
+    ),
+    (
+        "hash missing",
+        lambda m: m.parameters.pop("encoder_hash"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "parameters['encoder_hash']: missing",
+    ),
+    (
+        "hash type",
+        lambda m: _set_param(m.parameters, "encoder_hash", int64_param=5),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be a string",
+    ),
+    (
+        "hash wrong",
+        lambda m: _set_param(m.parameters, "encoder_hash", string_param="ab" * 32),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "is not accepted",
+    ),
+    (
+        "scale missing",
+        lambda m: m.inputs[0].parameters.pop("scale"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].parameters['scale']: missing",
+    ),
+    (
+        "zero point missing",
+        lambda m: m.inputs[0].parameters.pop("zero_point"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].parameters['zero_point']: missing",
+    ),
+    (
+        "scale negative",
+        lambda m: _set_param(m.inputs[0].parameters, "scale", double_param=-1.0),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'scale']: must be a finite number > 0",
+    ),
+    (
+        "scale nan",
+        lambda m: _set_param(m.inputs[0].parameters, "scale", double_param=float("nan")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'scale']: must be a finite number > 0",
+    ),
+    (
+        "zero point range",
+        lambda m: _set_param(m.inputs[0].parameters, "zero_point", int64_param=300),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be an integer in [-128, 127]",
+    ),
+    (
+        "input name",
+        lambda m: setattr(m.inputs[0], "name", "image"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs[0].name: unknown input 'image'",
+    ),
+    (
+        "output name",
+        lambda m: m.outputs.add(name="logits"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outputs[0].name: unknown output 'logits'",
+    ),
+    (
+        "label only",
+        lambda m: _set_param(m.parameters, "label_only", string_param="yes"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'label_only']: must be a bool",
+    ),
+    (
+        "no inputs",
+        lambda m: (m.ClearField("inputs"), m.ClearField("raw_input_contents")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs: expected exactly one input",
+    ),
+    (
+        "raw count",
+        lambda m: m.raw_input_contents.append(b"x"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "raw_input_contents: 2 entries for 1 inputs",
+    ),
+]
 
 
 @pytest.mark.parametrize("case, mutate, code, words", BAD_CASES, ids=[c[0] for c in BAD_CASES])
@@ -181,7 +299,9 @@ def test_bad_requests_get_their_status_and_the_server_still_answers(server, stub
         stub.ModelInfer(_bad(wire, mutate))
     assert err.value.code() == code, err.value.details()
     assert words in err.value.details(), err.value.details()
-    assert Prediction.from_response(InferResponse.from_proto(stub.ModelInfer(_request(wire).to_proto()))).label.shape == (4,)
+    assert Prediction.from_response(
+        InferResponse.from_proto(stub.ModelInfer(_request(wire).to_proto()))
+    ).label.shape == (4,)
 
 
 def test_non_finite_float_features_are_refused(server, stub, wire):
@@ -239,10 +359,16 @@ def test_metrics_endpoint(server, stub, wire):
 def test_official_triton_client(server, wire):
     pytest.importorskip("tritonclient", reason="tritonclient not installed (pip install 'privsplit[dev]')")
     rows = slice(0, 3)
-    got = run_triton_client(f"127.0.0.1:{server.port}", {
-        "model": "privsplit", "features": wire.features[rows].tolist(), "scale": wire.scale,
-        "zero_point": wire.zero_point, "encoder_hash": wire.encoder_hash,
-    })  # fmt: skip
+    got = run_triton_client(
+        f"127.0.0.1:{server.port}",
+        {
+            "model": "privsplit",
+            "features": wire.features[rows].tolist(),
+            "scale": wire.scale,
+            "zero_point": wire.zero_point,
+            "encoder_hash": wire.encoder_hash,
+        },
+    )
     expected = _expected(server, wire, rows)
     assert got["live"] and got["ready"] and got["model_ready"] and not got["unknown_model_ready"]
     assert got["server_metadata"]["name"] == "privsplit"
@@ -251,7 +377,10 @@ def test_official_triton_client(server, wire):
     assert got["infer"]["label"] == expected.labels.tolist() and got["infer"]["id"] == "triton-1"
     assert int(got["infer"]["parameters"]["compute_us"]["int64_param"]) > 0
     assert got["label_only"] == {"label": expected.labels.tolist(), "probs_absent": True}
-    assert got["bad_hash"]["status"] == "StatusCode.FAILED_PRECONDITION" and "is not accepted" in got["bad_hash"]["message"]
+    assert (
+        got["bad_hash"]["status"] == "StatusCode.FAILED_PRECONDITION"
+        and "is not accepted" in got["bad_hash"]["message"]
+    )
 
 
 # ---- security ---------------------------------------------------------------------------------------
@@ -271,9 +400,11 @@ def test_bearer_token(bundles, wire):
         channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         request = _request(wire).to_proto()
-        for metadata, words in ((None, "missing 'authorization: Bearer <token>'"),
-                                ((("authorization", "Bearer wrong"),), "invalid bearer token"),
-                                ((("authorization", "s3cret-token"),), "invalid bearer token")):  # fmt: skip
+        for metadata, words in (
+            (None, "missing 'authorization: Bearer <token>'"),
+            ((("authorization", "Bearer wrong"),), "invalid bearer token"),
+            ((("authorization", "s3cret-token"),), "invalid bearer token"),
+        ):
             with pytest.raises(grpc.RpcError) as err:
                 stub.ModelInfer(request, metadata=metadata)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and words in err.value.details()
@@ -356,7 +487,9 @@ def _wait_for(condition, what: str, timeout: float = 30.0) -> None:
 
 def test_deadlines_are_honoured(bundles, wire):
     host = GatedHost(load_bundle(bundles.cloud_plain, kind=BundleKind.CLOUD), name="privsplit")
-    srv, port = create_server(ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4)), host=host)
+    srv, port = create_server(
+        ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4)), host=host
+    )
     with srv:
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         host.gate.clear()
@@ -372,7 +505,9 @@ def test_deadlines_are_honoured(bundles, wire):
 def test_drain_finishes_in_flight_and_refuses_new(bundles, wire):
     """In process: requests in flight when stop() begins all complete; afterwards the port refuses."""
     host = GatedHost(load_bundle(bundles.cloud_plain, kind=BundleKind.CLOUD), name="privsplit")
-    srv, port = create_server(ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4)), host=host)
+    srv, port = create_server(
+        ServeConfig(bundle=bundles.cloud_plain, port=0, batch=BatchConfig(max_batch=4)), host=host
+    )
     srv.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.GRPCInferenceServiceStub(channel)

@@ -49,8 +49,13 @@ def wire_features(bundles, digits_run: Path, count: int = 64) -> Wire:
     out = session.run(None, {session.get_inputs()[0].name: in_spec.quantize(x)})[0]
     z = np.transpose(out_spec.dequantize(out), (0, 3, 1, 2))  # NHWC -> (C, h, w)
     spec = edge.features
-    return Wire(features=spec.quantize(z), labels=data.task_labels[idx], scale=spec.scale, zero_point=spec.zero_point,
-                encoder_hash=edge.manifest["encoders"]["onnx-fp32"]["sha256"])  # fmt: skip
+    return Wire(
+        features=spec.quantize(z),
+        labels=data.task_labels[idx],
+        scale=spec.scale,
+        zero_point=spec.zero_point,
+        encoder_hash=edge.manifest["encoders"]["onnx-fp32"]["sha256"],
+    )
 
 
 # ---- certificates -----------------------------------------------------------------------------------
@@ -82,27 +87,50 @@ def make_certs(folder: Path) -> Certs:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     def write_key(key, path):
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
 
     def ca(cn):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn)).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))  # fmt: skip
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(name(cn))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         return key, cert
 
     def leaf(cn, ca_key, ca_cert, *, server: bool):
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))  # fmt: skip
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)  # fmt: skip
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return key, builder.sign(ca_key, hashes.SHA256())
 
     ca_key, ca_cert = ca("privsplit test CA")
@@ -117,9 +145,15 @@ def make_certs(folder: Path) -> Certs:
         write_key(key, folder / f"{label}.key")
         paths[label] = (folder / f"{label}.crt", folder / f"{label}.key")
     (folder / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    return Certs(ca=folder / "ca.crt", server_cert=paths["server"][0], server_key=paths["server"][1],
-                 client_cert=paths["client"][0], client_key=paths["client"][1],
-                 rogue_cert=paths["rogue"][0], rogue_key=paths["rogue"][1])  # fmt: skip
+    return Certs(
+        ca=folder / "ca.crt",
+        server_cert=paths["server"][0],
+        server_key=paths["server"][1],
+        client_cert=paths["client"][0],
+        client_key=paths["client"][1],
+        rogue_cert=paths["rogue"][0],
+        rogue_key=paths["rogue"][1],
+    )
 
 
 # ---- the official Triton client, in a child process -------------------------------------------------
@@ -130,7 +164,9 @@ def run_triton_client(target: str, request: dict, *, timeout: float = 120) -> di
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(request, fh)
-    proc = subprocess.run([sys.executable, __file__, "triton", target, fh.name], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "triton", target, fh.name], capture_output=True, text=True, timeout=timeout
+    )
     Path(fh.name).unlink(missing_ok=True)
     if proc.returncode != 0:
         raise AssertionError(f"triton client failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -158,10 +194,18 @@ def _triton_main(target: str, request_path: str) -> None:
     params = {"encoder_hash": req["encoder_hash"], "scale": float(req["scale"]), "zero_point": int(req["zero_point"])}
     result = client.infer(req["model"], [inp], parameters=params, request_id="triton-1")
     response = result.get_response(as_json=True)
-    out["infer"] = {"probs": result.as_numpy("probs").tolist(), "label": result.as_numpy("label").tolist(),
-                    "id": response.get("id"), "parameters": response.get("parameters", {})}  # fmt: skip
-    only = client.infer(req["model"], [inp], parameters={**params, "label_only": True},
-                        outputs=[grpcclient.InferRequestedOutput("label")])  # fmt: skip
+    out["infer"] = {
+        "probs": result.as_numpy("probs").tolist(),
+        "label": result.as_numpy("label").tolist(),
+        "id": response.get("id"),
+        "parameters": response.get("parameters", {}),
+    }
+    only = client.infer(
+        req["model"],
+        [inp],
+        parameters={**params, "label_only": True},
+        outputs=[grpcclient.InferRequestedOutput("label")],
+    )
     out["label_only"] = {"label": only.as_numpy("label").tolist(), "probs_absent": only.as_numpy("probs") is None}
     try:
         client.infer(req["model"], [inp], parameters={**params, "encoder_hash": "0" * 64})

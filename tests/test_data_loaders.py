@@ -416,7 +416,9 @@ def test_make_split_disjoint_sized_and_seeded(tmp_path):
     assert loaded.seed == 3 and all(np.array_equal(split[p], loaded[p]) for p in Part)
 
 
-@pytest.mark.parametrize("text", ["0.5,0.5,0.5,0.5", "a,b,c,d", "0.5,0.5", "-0.1,0.5,0.3,0.3", "0,0.5,0.5,0", "0.5,0.5,0,0"])
+@pytest.mark.parametrize(
+    "text", ["0.5,0.5,0.5,0.5", "a,b,c,d", "0.5,0.5", "-0.1,0.5,0.3,0.3", "0,0.5,0.5,0", "0.5,0.5,0,0"]
+)
 def test_bad_split_fractions_raise_config_error(text):
     with pytest.raises(ConfigError):
         SplitFractions.parse(text)

@@ -30,7 +30,9 @@ FAST = RetryPolicy(attempts=4, initial_backoff_s=0.05, max_backoff_s=0.2, jitter
 
 @pytest.fixture(scope="module")
 def server(bundles):
-    srv, _ = create_server(ServeConfig(bundle=bundles.cloud, port=0, trust_key=bundles.trust_key, batch=BatchConfig(max_batch=16)))
+    srv, _ = create_server(
+        ServeConfig(bundle=bundles.cloud, port=0, trust_key=bundles.trust_key, batch=BatchConfig(max_batch=16))
+    )
     with srv:
         yield srv
 
@@ -73,9 +75,12 @@ def test_files_are_decoded_per_request_and_a_bad_one_fails_alone(server, pipe, i
     expected = _expected(server, pipe, imgs[:5])
     with EdgeClient(ClientConfig(target=f"127.0.0.1:{server.port}")) as client:
         for stream in (False, True):
-            report = infer_inputs(pipe, client, [tmp_path / "imgs", tmp_path / "missing.png"], batch_size=3, stream=stream)
-            assert [r.source for r in report.results] == [str(p) for p in paths[:3]] + [str(tmp_path / "imgs" / "img002b.png")] + [
-                str(p) for p in paths[3:]] + [str(tmp_path / "missing.png")]  # fmt: skip
+            report = infer_inputs(
+                pipe, client, [tmp_path / "imgs", tmp_path / "missing.png"], batch_size=3, stream=stream
+            )
+            assert [r.source for r in report.results] == [str(p) for p in paths[:3]] + [
+                str(tmp_path / "imgs" / "img002b.png")
+            ] + [str(p) for p in paths[3:]] + [str(tmp_path / "missing.png")]
             assert [r.ok for r in report.results] == [True, True, True, False, True, True, False]
             np.testing.assert_array_equal([r.label for r in report.results if r.ok], expected)
             assert "cannot decode" in report.results[3].error and "not found" in report.results[6].error
@@ -109,7 +114,9 @@ def test_an_unreachable_server_is_a_clear_error_after_bounded_retries(pipe, imag
     config = ClientConfig(target=f"127.0.0.1:{port}", retry=FAST, timeout_s=2.0)
     with EdgeClient(config) as client:
         started = time.monotonic()
-        with pytest.raises(ServerUnavailable, match=f"cannot reach the server at 127.0.0.1:{port} after 4 attempt") as err:
+        with pytest.raises(
+            ServerUnavailable, match=f"cannot reach the server at 127.0.0.1:{port} after 4 attempt"
+        ) as err:
             client.server_ready()
         elapsed = time.monotonic() - started
         assert err.value.code is Code.UNAVAILABLE and client.retries == 3
@@ -164,14 +171,22 @@ def test_deadlines_and_refusals_are_explicit_and_not_retried(bundles, server, pi
         with pytest.raises(ProtocolError, match="not accepted") as err:
             client.infer(foreign)
         assert err.value.code is Code.FAILED_PRECONDITION and client.retries == 0
-        replies = list(client.stream([("a", request.to_proto().SerializeToString()), ("b", foreign.to_proto().SerializeToString())]))
+        replies = list(
+            client.stream(
+                [("a", request.to_proto().SerializeToString()), ("b", foreign.to_proto().SerializeToString())]
+            )
+        )
         assert replies[0].ok and not replies[1].ok and replies[1].code is Code.FAILED_PRECONDITION
 
 
 def test_tls_mutual_tls_and_token(bundles, pipe, images, tmp_path):
     certs = make_certs(tmp_path / "certs")
-    config = ServeConfig(bundle=bundles.cloud, port=0, token="s3cret-token",
-                         tls=TlsConfig(cert=certs.server_cert, key=certs.server_key, client_ca=certs.ca))  # fmt: skip
+    config = ServeConfig(
+        bundle=bundles.cloud,
+        port=0,
+        token="s3cret-token",
+        tls=TlsConfig(cert=certs.server_cert, key=certs.server_key, client_ca=certs.ca),
+    )
     srv, port = create_server(config)
     target = f"localhost:{port}"
     device = ClientTls(ca=certs.ca, cert=certs.client_cert, key=certs.client_key)
@@ -195,23 +210,70 @@ def test_tls_mutual_tls_and_token(bundles, pipe, images, tmp_path):
 def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, capsys):
     paths = write_pngs(images[0][:4], tmp_path / "imgs")
     expected = _expected(server, pipe, images[0][:4])
-    rc = main(["edge", "infer", str(bundles.edge), "--trust-key", str(bundles.trust_key), "--server", f"127.0.0.1:{server.port}",
-               str(tmp_path / "imgs"), "--json"])  # fmt: skip
+    rc = main(
+        [
+            "edge",
+            "infer",
+            str(bundles.edge),
+            "--trust-key",
+            str(bundles.trust_key),
+            "--server",
+            f"127.0.0.1:{server.port}",
+            str(tmp_path / "imgs"),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["failed"] == 0 and out["pipeline"]["encoder"] == "tflite-int8"
     assert [r["label"] for r in out["results"]] == list(expected)
-    rc = main(["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{server.port}", "--runtime", "onnxruntime", "--stream",
-               str(paths[0]), str(tmp_path / "nope.png")])  # fmt: skip
+    rc = main(
+        [
+            "edge",
+            "infer",
+            str(bundles.edge),
+            "--server",
+            f"127.0.0.1:{server.port}",
+            "--runtime",
+            "onnxruntime",
+            "--stream",
+            str(paths[0]),
+            str(tmp_path / "nope.png"),
+        ]
+    )
     captured = capsys.readouterr()
-    assert rc == 1 and "onnx-fp32 on onnxruntime" in captured.out and "nope.png" in captured.out and "not found" in captured.out
-    rc = main(["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{free_port()}", "--retries", "1", str(paths[0])])
+    assert (
+        rc == 1
+        and "onnx-fp32 on onnxruntime" in captured.out
+        and "nope.png" in captured.out
+        and "not found" in captured.out
+    )
+    rc = main(
+        ["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{free_port()}", "--retries", "1", str(paths[0])]
+    )
     assert rc == 1 and "cannot reach the server" in capsys.readouterr().err
 
     results = {}
     for runtime in ("litert", "onnxruntime"):
         path = tmp_path / f"bench-{runtime}.json"
-        rc = main(["edge", "bench", str(bundles.edge), "--runtime", runtime, "--threads", "1", "--warmup", "2", "--runs", "20",
-                   "--server", f"127.0.0.1:{server.port}", "--json", str(path)])  # fmt: skip
+        rc = main(
+            [
+                "edge",
+                "bench",
+                str(bundles.edge),
+                "--runtime",
+                runtime,
+                "--threads",
+                "1",
+                "--warmup",
+                "2",
+                "--runs",
+                "20",
+                "--server",
+                f"127.0.0.1:{server.port}",
+                "--json",
+                str(path),
+            ]
+        )
         assert rc == 0 and "p99" in capsys.readouterr().out
         results[runtime] = data = json.loads(path.read_text())
         assert data["runtime"] == runtime and data["runs"] == 20 and data["peak_rss_mb"] > 10
@@ -227,10 +289,13 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
         assert data["feature_bytes"] == int(np.prod(pipe.wire.shape))
         zeros = np.zeros((1, *pipe.wire.shape), np.int8)
         int8 = {"scale": pipe.wire.scale, "zero_point": pipe.wire.zero_point}
-        for key, features, rid, quant in (("bytes_per_request", zeros, "-1", int8),
-                                         ("bytes_float32_request", zeros.astype(np.float32), "0", {})):  # fmt: skip
-            request = features_request(features, encoder_hash=pipe.encoder_hash, model_name="privsplit", request_id=rid,
-                                       **quant)  # fmt: skip
+        for key, features, rid, quant in (
+            ("bytes_per_request", zeros, "-1", int8),
+            ("bytes_float32_request", zeros.astype(np.float32), "0", {}),
+        ):
+            request = features_request(
+                features, encoder_hash=pipe.encoder_hash, model_name="privsplit", request_id=rid, **quant
+            )
             assert data[key] == len(request.to_proto().SerializeToString()), key
         assert data["bytes_per_request"] < 0.3 * data["bytes_float32_request"]
     assert results["litert"]["encoder"] == "tflite-int8" and results["onnxruntime"]["encoder"] == "onnx-fp32"
@@ -269,8 +334,12 @@ def test_edge_infer_asks_an_unreachable_server_once_and_skips_the_rest(bundles, 
 
 
 def test_target_and_bundle_path_errors_say_what_to_pass(bundles, tmp_path, capsys):
-    for bad, words in (("127.0.0.1:99999", "the port '99999' is not in 1-65535"), ("::1:8001", "[::1]:8001"),
-                       ("cloud.example", "HOST:PORT"), ("http://cloud.example:80", "HOST:PORT")):  # fmt: skip
+    for bad, words in (
+        ("127.0.0.1:99999", "the port '99999' is not in 1-65535"),
+        ("::1:8001", "[::1]:8001"),
+        ("cloud.example", "HOST:PORT"),
+        ("http://cloud.example:80", "HOST:PORT"),
+    ):
         assert main(["edge", "infer", str(bundles.edge), "--server", bad, "x.png"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and "65535" not in err.replace("1-65535", ""), err
@@ -349,10 +418,22 @@ def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path
             with pytest.raises(ProtocolError, match="missing 'authorization") as err:
                 client.server_ready()
             assert err.value.code is Code.UNAUTHENTICATED
-        rc = main(["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{port}",
-                   "--tls-ca", str(work / "ca.crt"),
-                   "--tls-server-name", "cloud.example", "--token-file", str(work / "token.txt"),
-                   str(write_pngs(images[0][:1], tmp_path / "img")[0])])  # fmt: skip
+        rc = main(
+            [
+                "edge",
+                "infer",
+                str(bundles.edge),
+                "--server",
+                f"127.0.0.1:{port}",
+                "--tls-ca",
+                str(work / "ca.crt"),
+                "--tls-server-name",
+                "cloud.example",
+                "--token-file",
+                str(work / "token.txt"),
+                str(write_pngs(images[0][:1], tmp_path / "img")[0]),
+            ]
+        )
         assert rc == 0, capsys.readouterr()
         # a CA that did not sign the server certificate: reported as a handshake failure, not a bare UNAVAILABLE
         other = tmp_path / "other"
@@ -372,10 +453,21 @@ def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path
         command = command.replace("-newkey ec -pkeyopt ec_paramgen_curve:prime256v1", "-newkey ed25519")
         subprocess.run(["bash", "-c", command], cwd=ed, check=True, capture_output=True, timeout=60)
     with pytest.raises(Exception, match="gRPC cannot serve a Ed25519 certificate.*prime256v1"):
-        create_server(ServeConfig(bundle=bundles.cloud, port=0,
-                                  tls=TlsConfig(cert=ed / "server.crt", key=ed / "server.key")))
-    rc = main(["serve", str(bundles.cloud), "--port", "0", "--tls-cert", str(ed / "server.crt"),
-               "--tls-key", str(ed / "server.key")])  # fmt: skip
+        create_server(
+            ServeConfig(bundle=bundles.cloud, port=0, tls=TlsConfig(cert=ed / "server.crt", key=ed / "server.key"))
+        )
+    rc = main(
+        [
+            "serve",
+            str(bundles.cloud),
+            "--port",
+            "0",
+            "--tls-cert",
+            str(ed / "server.crt"),
+            "--tls-key",
+            str(ed / "server.key"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "cannot serve a Ed25519 certificate" in err, err
 
@@ -407,8 +499,16 @@ def test_a_stream_that_drops_after_some_replies_is_resumed_with_one_reply_per_re
                 yield reply
 
     flaky = grpc.server(ThreadPoolExecutor(8))
-    add_to_server(Dropping(spec=server.spec, batcher=server.batcher, limits=server.config.batch, metrics=server.metrics,
-                           state=server.state), flaky)  # fmt: skip
+    add_to_server(
+        Dropping(
+            spec=server.spec,
+            batcher=server.batcher,
+            limits=server.config.batch,
+            metrics=server.metrics,
+            state=server.state,
+        ),
+        flaky,
+    )
     port = flaky.add_insecure_port("127.0.0.1:0")
     flaky.start()
     imgs = images[0][:12]
@@ -426,6 +526,7 @@ def test_a_stream_that_drops_after_some_replies_is_resumed_with_one_reply_per_re
 
 def _one_request(pipe, pixels, rid: str) -> bytes:
     wire = pipe.encode(pixels)[1]
-    request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point,
-                               request_id=rid)  # fmt: skip
+    request = features_request(
+        wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point, request_id=rid
+    )
     return request.to_proto().SerializeToString()

@@ -63,7 +63,9 @@ def test_wire_features_match_pytorch_and_classify_like_it(bundles, reference, en
     pipe = EdgePipeline.open(bundles.edge, trust_key=bundles.trust_key, encoder=encoder, threads=1, seed=0)
     assert pipe.bundle.verified_key_id == bundles.key_id
     items, wire = pipe.encode(images)
-    assert all(it.ok for it in items) and wire.data.dtype == np.int8 and wire.data.shape == (len(images), *pipe.wire.shape)
+    assert (
+        all(it.ok for it in items) and wire.data.dtype == np.int8 and wire.data.shape == (len(images), *pipe.wire.shape)
+    )
     expected = pipe.wire.quantize(torch_feats)
     step_off = np.abs(wire.data.astype(np.int16) - expected.astype(np.int16))
     got, ref = wire.dequantize().reshape(len(images), -1), torch_feats.reshape(len(images), -1)
@@ -104,7 +106,9 @@ def test_preprocessing_is_the_training_loaders(bundles, reference, tmp_path):
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(2, axis=1).repeat(2, axis=2)
     assert int8._identity_int8
     np.testing.assert_array_equal(int8.to_input(pixels), int8.input.quantize(int8.normalise(pixels)))
-    generic = Preprocessor(spec=int8.spec, input=TensorSpec("int8", int8.input.shape, scale=int8.input.scale * 1.5, zero_point=-128))
+    generic = Preprocessor(
+        spec=int8.spec, input=TensorSpec("int8", int8.input.shape, scale=int8.input.scale * 1.5, zero_point=-128)
+    )
     assert not generic._identity_int8
     np.testing.assert_array_equal(generic.to_input(pixels), generic.input.quantize(pixels.astype(np.float32) / 255.0))
 

@@ -11,7 +11,14 @@ import pytest
 
 from privsplit.cli.main import main
 from privsplit.models import feature_shape
-from privsplit.probes.split_profile import SplitProfile, SplitProfileSpec, SplitRuntime, distance_correlation, profile_splits, suggest
+from privsplit.probes.split_profile import (
+    SplitProfile,
+    SplitProfileSpec,
+    SplitRuntime,
+    distance_correlation,
+    profile_splits,
+    suggest,
+)
 from privsplit.run import RunFolder
 
 pytestmark = pytest.mark.slow  # needs the session's trained digits run
@@ -21,9 +28,13 @@ def test_distance_correlation_known_cases():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 5))
     assert distance_correlation(x, x) == pytest.approx(1.0)
-    assert distance_correlation(x, 3 * x @ np.linalg.qr(rng.normal(size=(5, 5)))[0] + 1) == pytest.approx(1.0)  # rotation, scale, shift
+    assert distance_correlation(x, 3 * x @ np.linalg.qr(rng.normal(size=(5, 5)))[0] + 1) == pytest.approx(
+        1.0
+    )  # rotation, scale, shift
     assert abs(distance_correlation(x, rng.normal(size=(200, 3)))) < 0.03  # independent: ~0, unbiased
-    assert abs(distance_correlation(rng.normal(size=(64, 5000)), rng.normal(size=(64, 3000)))) < 0.03  # also in high dimension
+    assert (
+        abs(distance_correlation(rng.normal(size=(64, 5000)), rng.normal(size=(64, 3000)))) < 0.03
+    )  # also in high dimension
     assert 0.2 < distance_correlation(x[:, :1], x[:, :1] ** 2) < 0.8  # dependent, not linearly
 
 
@@ -36,7 +47,9 @@ def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
     assert [r.split for r in profile.rows if r.trained] == [cfg.split]
     for r in profile.rows:
         assert r.feature_shape == feature_shape(replace(cfg, split=r.split))
-        assert int(np.prod(r.feature_shape)) < r.request_bytes < int(np.prod(r.feature_shape)) + 300  # int8 + a small header
+        assert (
+            int(np.prod(r.feature_shape)) < r.request_bytes < int(np.prod(r.feature_shape)) + 300
+        )  # int8 + a small header
         assert r.device_ms > 0 and r.server_ms > 0 and 0 < r.dcor <= 1
         assert r.uplink_ms == pytest.approx(r.request_bytes * 8 / 2e6 * 1e3, rel=1e-3)
         assert r.total_ms == pytest.approx(r.device_ms + r.uplink_ms + r.server_ms, abs=1e-3)
@@ -50,17 +63,44 @@ def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
     budget = max(r.total_ms for r in rows) + 1
     floor = min(r.dcor for r in rows)
     least = min((r for r in rows if r.dcor <= floor + 0.01), key=lambda r: (r.total_ms, r.split))
-    assert suggest(rows, replace(spec, budget_ms=budget)) == (least.split, True, (
-        f"lowest leakage indicator (dCor² {least.dcor:.3f}, within 0.01 of the lowest, then fastest) "
-        f"of the {len(rows)} split(s) within {budget:g} ms ({least.total_ms:.2f} ms)"))  # fmt: skip
+    assert suggest(rows, replace(spec, budget_ms=budget)) == (
+        least.split,
+        True,
+        (
+            f"lowest leakage indicator (dCor² {least.dcor:.3f}, within 0.01 of the lowest, then fastest) "
+            f"of the {len(rows)} split(s) within {budget:g} ms ({least.total_ms:.2f} ms)"
+        ),
+    )
     assert suggest(rows, replace(spec, budget_ms=1e-6)) == (
-        fastest.split, False, f"no split fits 1e-06 ms; the fastest takes {fastest.total_ms:.2f} ms")  # fmt: skip
-    slow_link = profile_splits(digits_run, replace(spec, runtime=SplitRuntime.TORCH, bandwidth_mbps=0.01, runs=3, samples=32))
+        fastest.split,
+        False,
+        f"no split fits 1e-06 ms; the fastest takes {fastest.total_ms:.2f} ms",
+    )
+    slow_link = profile_splits(
+        digits_run, replace(spec, runtime=SplitRuntime.TORCH, bandwidth_mbps=0.01, runs=3, samples=32)
+    )
     assert slow_link.suggested == splits[-1]  # at 10 kbit/s the fewest bytes win
 
     out = tmp_path / "profile.json"
-    rc = main(["split-profile", str(digits_run), "--runtime", "torch", "--runs", "3", "--samples", "32", "--bandwidth-mbps", "1",
-               "--budget-ms", "1000", "--json", str(out), "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "split-profile",
+            str(digits_run),
+            "--runtime",
+            "torch",
+            "--runs",
+            "3",
+            "--samples",
+            "32",
+            "--bandwidth-mbps",
+            "1",
+            "--budget-ms",
+            "1000",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0 and "suggested split" in capsys.readouterr().out
     loaded = SplitProfile.from_json(json.loads(out.read_text()))
     assert loaded.to_json() == json.loads(out.read_text()) and loaded.within_budget

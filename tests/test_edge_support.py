@@ -27,7 +27,9 @@ def rewrite_bundle(src: Path, dest: Path, *, version: str, **changes) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest)
-    body = {k: v for k, v in bundle.manifest.items() if k not in ("schema_version", "kind", "version", "created", "files")}
+    body = {
+        k: v for k, v in bundle.manifest.items() if k not in ("schema_version", "kind", "version", "created", "files")
+    }
     body.update(changes)
     write_bundle(dest, kind=BundleKind.EDGE, version=version, body=body)
     return dest
@@ -103,7 +105,7 @@ def start_sshd(folder: Path) -> Sshd:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
             "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
             f"PidFile {folder / 'sshd.pid'}\nSubsystem sftp internal-sftp\n"
-        )  # fmt: skip
+        )
         log = open(folder / "sshd.log", "w")
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(folder / "sshd_config")], stdout=log, stderr=log)
         deadline = time.monotonic() + 10
@@ -112,7 +114,13 @@ def start_sshd(folder: Path) -> Sshd:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     host_key = " ".join((folder / "host.pub").read_text().split()[:2])
                     (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
-                    return Sshd(port=port, user=getpass.getuser(), identity=folder / "user", known_hosts=folder / "known_hosts", process=proc)
+                    return Sshd(
+                        port=port,
+                        user=getpass.getuser(),
+                        identity=folder / "user",
+                        known_hosts=folder / "known_hosts",
+                        process=proc,
+                    )
             time.sleep(0.05)
         proc.kill()
         proc.wait()

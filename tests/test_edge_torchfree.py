@@ -16,7 +16,15 @@ from privsplit.cloud import ServeConfig, create_server
 
 pytestmark = pytest.mark.slow  # the session's bundles (training + export, shared with the other edge tests)
 
-BLOCKED = ("torch", "torchvision", "privsplit.export", "privsplit.cloud", "privsplit.train", "privsplit.models", "privsplit.probes")
+BLOCKED = (
+    "torch",
+    "torchvision",
+    "privsplit.export",
+    "privsplit.cloud",
+    "privsplit.train",
+    "privsplit.models",
+    "privsplit.probes",
+)
 
 CHILD = textwrap.dedent(
     """
@@ -55,15 +63,28 @@ def test_edge_infer_bench_and_flash_run_without_torch(bundles, tmp_path):
     write_pngs(images, tmp_path / "imgs")
     srv, port = create_server(ServeConfig(bundle=bundles.cloud, port=0))
     commands = [
-        ["edge", "infer", str(bundles.edge), "--trust-key", str(bundles.trust_key), "--server", f"127.0.0.1:{port}",
-         str(tmp_path / "imgs"), "--json"],
+        [
+            "edge",
+            "infer",
+            str(bundles.edge),
+            "--trust-key",
+            str(bundles.trust_key),
+            "--server",
+            f"127.0.0.1:{port}",
+            str(tmp_path / "imgs"),
+            "--json",
+        ],
         ["edge", "bench", str(bundles.edge), "--runs", "5", "--warmup", "1", "--json", str(tmp_path / "bench.json")],
         ["edge", "bench", str(bundles.edge), "--runtime", "onnxruntime", "--runs", "5", "--warmup", "1", "--frames"],
         ["flash", str(bundles.edge), "--to", str(tmp_path / "device"), "--trust-key", str(bundles.trust_key)],
-    ]  # fmt: skip
+    ]
     with srv:
-        proc = subprocess.run([sys.executable, "-c", CHILD.format(blocked=BLOCKED), json.dumps(commands)],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD.format(blocked=BLOCKED), json.dumps(commands)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
     assert result == {"codes": [0, 0, 0, 0], "leaked": []}

@@ -21,8 +21,17 @@ from privsplit.export.parity import ParityReport
 
 pytestmark = pytest.mark.slow
 
-REQUIRED = ("max_abs_err", "cosine", "task_accuracy", "task_accuracy_torch", "attribute_balanced_accuracy",
-            "reconstruction_ssim", "size_bytes", "passed", "reason")  # fmt: skip
+REQUIRED = (
+    "max_abs_err",
+    "cosine",
+    "task_accuracy",
+    "task_accuracy_torch",
+    "attribute_balanced_accuracy",
+    "reconstruction_ssim",
+    "size_bytes",
+    "passed",
+    "reason",
+)
 
 
 def _add_purifier(run) -> None:
@@ -54,17 +63,32 @@ def exported(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("export")
-    config = TrainConfig(epochs=5, adv_weight=0.0, noise_sigma=0.5, feature_channels=8, width=16, head_finetune_epochs=0, batch_size=64)
+    config = TrainConfig(
+        epochs=5, adv_weight=0.0, noise_sigma=0.5, feature_channels=8, width=16, head_finetune_epochs=0, batch_size=64
+    )
     run = train_run("digits", root / "run", config=config, progress=False)
     _add_purifier(run)
     keys = generate_keys(root / "keys" / "signer")
     other = generate_keys(root / "keys" / "other")
-    probe = FeatureProbeSpec(attackers=(AttributeAttacker.LOGISTIC,), epochs=2, reconstruction_epochs=2, patience=2,
-                             max_attacker=150, max_holdout=60)  # fmt: skip
+    probe = FeatureProbeSpec(
+        attackers=(AttributeAttacker.LOGISTIC,),
+        epochs=2,
+        reconstruction_epochs=2,
+        patience=2,
+        max_attacker=150,
+        max_holdout=60,
+    )
     result = export_run(
-        run, root / "out", formats=ALL_FORMATS, calibration=128, sign_key=keys.private, tolerance=0.01,
-        probe_spec=probe, probe_formats=(ExportFormat.TFLITE_INT8,), progress=False,
-    )  # fmt: skip
+        run,
+        root / "out",
+        formats=ALL_FORMATS,
+        calibration=128,
+        sign_key=keys.private,
+        tolerance=0.01,
+        probe_spec=probe,
+        probe_formats=(ExportFormat.TFLITE_INT8,),
+        progress=False,
+    )
     return {"run": run, "result": result, "keys": keys, "other": other, "root": root, "probe": probe}
 
 
@@ -127,8 +151,14 @@ def test_onnx_int8_is_per_channel_qdq(exported):
     assert int8_weights and uint8_zero_points
     # reduce_range: 7-bit weights, so the u8s8 QLinearConv of x86 without VNNI cannot saturate (onnx_export)
     assert all(np.abs(w.astype(np.int32)).max() <= 64 for w in int8_weights)
-    per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                   and inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].size > 1]  # fmt: skip
+    per_channel = [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].dtype == np.int8
+        and inits[n.input[1]].size > 1
+    ]
     assert per_channel
     for fmt in ("encoder-onnx-fp32.onnx", "encoder-onnx-int8.onnx"):
         assert not list(edge.root.glob(f"{fmt}.data"))  # weights inside the file
@@ -141,7 +171,9 @@ def test_bundles_follow_the_contract(exported):
     assert edge.version == cloud.version and edge.verified_key_id == exported["keys"].key_id
     m = edge.manifest
     assert m["schema_version"] == 1 and m["classes"] == [str(d) for d in range(10)]
-    assert m["features"]["shape"] == [8, 8, 8] and m["features"]["dtype"] == "int8" and m["features"]["noise_sigma"] == 0.5
+    assert (
+        m["features"]["shape"] == [8, 8, 8] and m["features"]["dtype"] == "int8" and m["features"]["noise_sigma"] == 0.5
+    )
     assert set(m["preprocess"]) >= {"size", "channels", "mean", "std", "channel_order", "layout"}
     assert m["preprocess"]["channel_order"] == "L" and m["default_encoder"] == "tflite-int8"
     assert set(m["encoders"]) == {f.value for f in ALL_FORMATS}
@@ -198,7 +230,9 @@ def test_manifest_alone_reproduces_the_accuracy(exported):
     noisy = z + wire.noise_sigma * np.random.default_rng(5).standard_normal(z.shape).astype(np.float32)
     q = wire.quantize(noisy)
     assert q.dtype == np.int8 and np.mean((q == -128) | (q == 127)) < 0.002  # the wire range covers the noise
-    session = ort.InferenceSession(str(cloud.file(cloud.manifest["server"]["file"])), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(cloud.file(cloud.manifest["server"]["file"])), providers=["CPUExecutionProvider"]
+    )
     probs = session.run(None, {"features": cloud.features.dequantize(q)})[0]
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)  # softmax inside
     accuracy = float((probs.argmax(1) == labels).mean())
@@ -245,13 +279,30 @@ def test_judge_fails_a_format_beyond_tolerance(exported):
 
 def test_cli_export_prints_the_table(exported, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["export", str(exported["run"].path), "--out", str(out), "--formats", "tflite-int8,onnx-fp32",
-               "--calibration", "64", "--no-probe", "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "export",
+            str(exported["run"].path),
+            "--out",
+            str(out),
+            "--formats",
+            "tflite-int8,onnx-fp32",
+            "--calibration",
+            "64",
+            "--no-probe",
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0 and "tflite-int8" in printed and "shipped" in printed and "pytorch" in printed
     assert set(load_bundle(out / "edge").manifest["encoders"]) == {"tflite-int8", "onnx-fp32"}
     assert not (out / "edge" / "manifest.sig").exists()  # unsigned without --sign-key
-    assert main(["export", str(exported["run"].path), "--out", str(out), "--formats", "onnx-fp32", "--no-probe", "--quiet"]) == 2
+    assert (
+        main(
+            ["export", str(exported["run"].path), "--out", str(out), "--formats", "onnx-fp32", "--no-probe", "--quiet"]
+        )
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
 
 

@@ -77,14 +77,20 @@ def test_one_flash_at_a_time_per_device(versions, tmp_path):
     owner = f"{time.time():.0f} 1 other-laptop cafe\n"  # a live flash from another machine
     (device / ".privsplit-lock" / "owner").write_text(owner)
     for attempt in (lambda: flash(versions["v2"], target), lambda: rollback(target)):
-        with pytest.raises(FlashError, match=r"another flash or rollback is running .*other-laptop.*remove .*\.privsplit-lock"):
+        with pytest.raises(
+            FlashError, match=r"another flash or rollback is running .*other-laptop.*remove .*\.privsplit-lock"
+        ):
             attempt()
     assert os.readlink(device / "current") == "releases/v1" and _releases(device) == ["v1"]
     assert (device / ".privsplit-lock" / "owner").read_text() == owner  # someone else's lock is left alone
     # a lock whose owner died on this host, or one over an hour old, is taken over
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
-    stale_locks = ((f"{time.time():.0f} {dead} {socket.gethostname()} dead\n", "v2", FlashAction.INSTALLED),
-                   (f"{time.time() - 7200:.0f} 1 other-laptop old\n", "v1", FlashAction.SWITCHED))  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    stale_locks = (
+        (f"{time.time():.0f} {dead} {socket.gethostname()} dead\n", "v2", FlashAction.INSTALLED),
+        (f"{time.time() - 7200:.0f} 1 other-laptop old\n", "v1", FlashAction.SWITCHED),
+    )
     for stale, version, action in stale_locks:
         (device / ".privsplit-lock" / "owner").write_text(stale)
         assert flash(versions[version], target).action is action
@@ -139,8 +145,12 @@ def test_a_flash_killed_at_any_moment_leaves_a_working_current(versions, tmp_pat
     for i, fraction in enumerate(np.linspace(0.0, 1.3, 10)):
         want = "v1" if i % 2 == 0 else "v2"
         before = os.readlink(device / "current")
-        proc = subprocess.Popen([sys.executable, "-c", child, str(versions[want]), str(device)], stdout=subprocess.PIPE,
-                                text=True, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, str(versions[want]), str(device)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         assert proc.stdout.readline().strip() == "go"
         time.sleep(fraction * duration)
         try:

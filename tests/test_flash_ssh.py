@@ -15,7 +15,7 @@ from test_edge_support import rewrite_bundle, sshd_unavailable, start_sshd, stop
 
 from privsplit.bundle import BundleKind, load_bundle
 from privsplit.cli.main import main
-from privsplit.edge.flash import FlashAction, FlashError, parse_target, flash, rollback
+from privsplit.edge.flash import FlashAction, FlashError, flash, parse_target, rollback
 
 pytestmark = [
     pytest.mark.slow,  # the session's bundles (training + export, shared with the other edge tests)
@@ -40,12 +40,27 @@ def test_flash_and_rollback_over_ssh(bundles, sshd, tmp_path):
     first = flash(bundles.edge, _target(sshd, device), trust_key=bundles.trust_key)
     version = first.version
     assert first.action is FlashAction.INSTALLED and os.readlink(device / "current") == f"releases/{version}"
-    rc = main(["flash", str(v2), "--to", sshd.url(device), "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts)])
+    rc = main(
+        [
+            "flash",
+            str(v2),
+            "--to",
+            sshd.url(device),
+            "--identity",
+            str(sshd.identity),
+            "--known-hosts",
+            str(sshd.known_hosts),
+        ]
+    )
     assert rc == 0 and os.readlink(device / "current") == "releases/v2"
-    assert load_bundle(device / "current", kind=BundleKind.EDGE).version == "v2"  # what arrived is the bundle, bit for bit
+    assert (
+        load_bundle(device / "current", kind=BundleKind.EDGE).version == "v2"
+    )  # what arrived is the bundle, bit for bit
     back = rollback(_target(sshd, device))
     assert back.version == version and os.readlink(device / "current") == f"releases/{version}"
-    assert sorted(p.name for p in (device / "releases").iterdir()) == sorted([version, f"{version}.sha256", "v2", "v2.sha256"])
+    assert sorted(p.name for p in (device / "releases").iterdir()) == sorted(
+        [version, f"{version}.sha256", "v2", "v2.sha256"]
+    )
 
 
 def test_an_interrupted_transfer_leaves_the_previous_release_active(bundles, sshd, tmp_path):
@@ -53,10 +68,24 @@ def test_an_interrupted_transfer_leaves_the_previous_release_active(bundles, ssh
     v1 = rewrite_bundle(bundles.edge, tmp_path / "v1", version="v1")
     v2 = rewrite_bundle(bundles.edge, tmp_path / "v2", version="v2")
     flash(v1, _target(sshd, device))
-    args = ["flash", str(v2), "--to", sshd.url(device), "--identity", str(sshd.identity), "--known-hosts", str(sshd.known_hosts),
-            "--limit-kbps", "64"]  # ~300 KB at 64 Kbit/s: about 40 s, killed after the copy has begun  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "privsplit.cli.main", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    args = [
+        "flash",
+        str(v2),
+        "--to",
+        sshd.url(device),
+        "--identity",
+        str(sshd.identity),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "--limit-kbps",
+        "64",
+    ]  # ~300 KB at 64 Kbit/s: about 40 s, killed after the copy has begun
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "privsplit.cli.main", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     incoming = []
     while time.monotonic() < deadline and not incoming and proc.poll() is None:

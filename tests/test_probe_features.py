@@ -25,7 +25,8 @@ from privsplit.probes.feature_probe import (
 ROOT = Path(__file__).resolve().parent.parent
 CELEBA = ROOT.parent / "shared" / "data" / "celeba-10k"
 needs_celeba = pytest.mark.skipif(
-    not (CELEBA / "list_attr_celeba.txt").is_file(), reason=f"CelebA 10k not found at ../shared/data/celeba-10k ({CELEBA})"
+    not (CELEBA / "list_attr_celeba.txt").is_file(),
+    reason=f"CelebA 10k not found at ../shared/data/celeba-10k ({CELEBA})",
 )
 # Few epochs keep the file fast; the attackers still select their epoch on attacker data.
 FAST = FeatureProbeSpec(epochs=12, patience=5, reconstruction_epochs=6, seed=0)
@@ -139,11 +140,22 @@ def test_json_round_trip(leaky_result, tmp_path):
     data = json.loads(json.dumps(r.to_json()))
     assert data["schema_version"] == 1
     for dotted in (
-        "task.accuracy", "attribute.balanced_accuracy", "attribute.auc", "attribute.chance", "attribute.task_floor",
-        "attribute.attackers.logistic.balanced_accuracy", "attribute.attackers.cnn.auc", "reconstruction.ssim",
-        "reconstruction.psnr", "reconstruction.mse", "reconstruction.baseline_ssim", "reconstruction.baseline_psnr",
-        "reconstruction.baseline_mse", "sizes.attacker", "sizes.holdout",
-    ):  # fmt: skip
+        "task.accuracy",
+        "attribute.balanced_accuracy",
+        "attribute.auc",
+        "attribute.chance",
+        "attribute.task_floor",
+        "attribute.attackers.logistic.balanced_accuracy",
+        "attribute.attackers.cnn.auc",
+        "reconstruction.ssim",
+        "reconstruction.psnr",
+        "reconstruction.mse",
+        "reconstruction.baseline_ssim",
+        "reconstruction.baseline_psnr",
+        "reconstruction.baseline_mse",
+        "sizes.attacker",
+        "sizes.holdout",
+    ):
         node = data
         for key in dotted.split("."):
             node = node[key]
@@ -199,8 +211,18 @@ def _tiny_digits_run(path: Path):
 
     data = load_dataset("digits", image_size=16, limit=500)
     split = make_split(len(data), seed=0)
-    config = ModelConfig(arch=Arch.SMALL_CNN, in_channels=1, image_size=16, num_classes=10, split=1,
-                         feature_channels=4, width=16, noise_sigma=0.5, mean=(0.3,), std=(0.3,))  # fmt: skip
+    config = ModelConfig(
+        arch=Arch.SMALL_CNN,
+        in_channels=1,
+        image_size=16,
+        num_classes=10,
+        split=1,
+        feature_channels=4,
+        width=16,
+        noise_sigma=0.5,
+        mean=(0.3,),
+        std=(0.3,),
+    )
     torch.manual_seed(0)
     model = build_split_model(config)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

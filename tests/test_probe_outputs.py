@@ -21,7 +21,9 @@ def _constant(n: int, k: int, seed: int) -> ScoredRecords:
 
 def test_constant_scores_give_chance():
     """A target that returns the same vector for everyone leaks nothing: every attack sits near 0.5."""
-    outcomes = run_attacks(_constant(300, 10, 0), _constant(300, 10, 1), ShadowData(_constant(100, 10, 2), _constant(100, 10, 3)), seed=0)
+    outcomes = run_attacks(
+        _constant(300, 10, 0), _constant(300, 10, 1), ShadowData(_constant(100, 10, 2), _constant(100, 10, 3)), seed=0
+    )
     assert set(outcomes) == set(Attack)
     for attack, outcome in outcomes.items():
         assert abs(outcome.metrics.auc - 0.5) < 0.06, (attack, outcome.metrics.auc)
@@ -39,7 +41,9 @@ def test_too_few_members_for_a_balanced_test(tmp_path):
     from privsplit.probes.output_probe import probe_outputs
     from privsplit.train import TrainConfig, train_run
 
-    run = train_run("digits", tmp_path / "tiny", limit=100, image_size=8, config=TrainConfig.unprotected(epochs=1), progress=False)
+    run = train_run(
+        "digits", tmp_path / "tiny", limit=100, image_size=8, config=TrainConfig.unprotected(epochs=1), progress=False
+    )
     with pytest.raises(RunError, match="balanced membership test needs at least 50"):
         probe_outputs(run, purifier=Purifier(PurifierConfig(10)))
 
@@ -50,7 +54,9 @@ def overfit_run(tmp_path_factory) -> RunFolder:
     from privsplit.train import TrainConfig, train_run
 
     out = tmp_path_factory.mktemp("outputs") / "overfit"
-    return train_run("digits", out, limit=450, image_size=8, seed=0, config=TrainConfig.unprotected(epochs=40), progress=False)
+    return train_run(
+        "digits", out, limit=450, image_size=8, seed=0, config=TrainConfig.unprotected(epochs=40), progress=False
+    )
 
 
 @pytest.mark.slow

@@ -15,21 +15,35 @@ from privsplit.proto import channel as ch
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 
 
-@pytest.mark.parametrize("text, host, port", [
-    ("127.0.0.1:8001", "127.0.0.1", 8001), ("[::1]:1", "::1", 1), ("dns:///cloud.example:65535", "cloud.example", 65535),
-    ("cloud.example:443", "cloud.example", 443), ("dns:cloud.example:80", "cloud.example", 80),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, host, port",
+    [
+        ("127.0.0.1:8001", "127.0.0.1", 8001),
+        ("[::1]:1", "::1", 1),
+        ("dns:///cloud.example:65535", "cloud.example", 65535),
+        ("cloud.example:443", "cloud.example", 443),
+        ("dns:cloud.example:80", "cloud.example", 80),
+    ],
+)
 def test_valid_targets(text, host, port):
     target = ch.parse_target(text)
     assert (target.host, target.port, target.dial) == (host, port, text)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("127.0.0.1:99999", "'127.0.0.1:99999': the port '99999' is not in 1-65535"), ("host:0", "port '0' is not"),
-    ("::1:8001", "put an IPv6 address in brackets"), ("[fe80::zz]:1", "not an IPv6 address"), ("host", "HOST:PORT"),
-    ("http://host:80", "HOST:PORT"), ("dns://8.8.8.8/host:53", "dns:///HOST:PORT"), ("", "HOST:PORT"),
-    ("user@host:22", "not a host name"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("127.0.0.1:99999", "'127.0.0.1:99999': the port '99999' is not in 1-65535"),
+        ("host:0", "port '0' is not"),
+        ("::1:8001", "put an IPv6 address in brackets"),
+        ("[fe80::zz]:1", "not an IPv6 address"),
+        ("host", "HOST:PORT"),
+        ("http://host:80", "HOST:PORT"),
+        ("dns://8.8.8.8/host:53", "dns:///HOST:PORT"),
+        ("", "HOST:PORT"),
+        ("user@host:22", "not a host name"),
+    ],
+)
 def test_invalid_targets_get_one_line(text, words):
     with pytest.raises(ConfigError) as err:
         ch.parse_target(text, flag="--target")
@@ -124,7 +138,9 @@ def test_the_generated_stub_sends_pre_serialised_bytes():
     try:
         raw = pb.ServerReadyRequest().SerializeToString()
         assert ch.stub(channel, raw=True).ServerReady(raw, timeout=5).ready is True
-        assert pb.ServerReadyResponse.FromString(ch.stub(channel, raw=True, raw_replies=True).ServerReady(raw, timeout=5)).ready
+        assert pb.ServerReadyResponse.FromString(
+            ch.stub(channel, raw=True, raw_replies=True).ServerReady(raw, timeout=5)
+        ).ready
         assert ch.stub(channel).ServerReady(pb.ServerReadyRequest(), timeout=5).ready
         with pytest.raises(grpc.RpcError) as err:
             ch.stub(channel).ModelInfer(pb.ModelInferRequest(), timeout=5)

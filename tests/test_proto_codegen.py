@@ -30,7 +30,9 @@ def test_lock_detects_an_edited_source(tmp_path, monkeypatch):
     reasons = codegen.stale_reasons(regenerate=False)
     assert reasons == ["inference/open_inference_grpc.proto: source changed since the last codegen"]
     (copy / "inference" / "open_inference_grpc_pb2.pyi").write_text("# edited by hand\n")
-    assert any("open_inference_grpc_pb2.pyi: generated file differs" in r for r in codegen.stale_reasons(regenerate=False))
+    assert any(
+        "open_inference_grpc_pb2.pyi: generated file differs" in r for r in codegen.stale_reasons(regenerate=False)
+    )
 
 
 def _pinned_generator_installed() -> bool:
@@ -41,8 +43,10 @@ def _pinned_generator_installed() -> bool:
     return version("grpcio-tools") == codegen.GRPCIO_TOOLS
 
 
-@pytest.mark.skipif(not _pinned_generator_installed(),
-                    reason=f"byte-exact regeneration needs grpcio-tools=={codegen.GRPCIO_TOOLS} (pip install --no-deps)")  # fmt: skip
+@pytest.mark.skipif(
+    not _pinned_generator_installed(),
+    reason=f"byte-exact regeneration needs grpcio-tools=={codegen.GRPCIO_TOOLS} (pip install --no-deps)",
+)
 def test_regenerating_changes_no_byte():
     assert codegen.stale_reasons(regenerate=True) == []
 
@@ -94,7 +98,9 @@ def _descriptor_dump(module: str) -> dict:
     return json.loads(proc.stdout)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason="tritonclient not installed (pip install 'privsplit[dev]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tritonclient") is None, reason="tritonclient not installed (pip install 'privsplit[dev]')"
+)
 def test_wire_compatible_with_the_triton_client_stubs():
     ours = _descriptor_dump("privsplit.proto.inference.open_inference_grpc_pb2")
     triton = _descriptor_dump("tritonclient.grpc.service_pb2")

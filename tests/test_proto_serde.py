@@ -9,12 +9,37 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from privsplit.proto import (
-    Code, Datatype, InferRequest, InferResponse, ModelMetadata, ModelRef, Prediction, ProtocolError, RequestedOutput,
-    ServerMetadata, StreamInferResponse, Tensor, TensorMetadata, features_request,
-)  # fmt: skip
+    Code,
+    Datatype,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ModelRef,
+    Prediction,
+    ProtocolError,
+    RequestedOutput,
+    ServerMetadata,
+    StreamInferResponse,
+    Tensor,
+    TensorMetadata,
+    features_request,
+)
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 
-DTYPES = [np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64]
+DTYPES = [
+    np.bool_,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.float16,
+    np.float32,
+    np.float64,
+]
 
 params_st = st.dictionaries(
     st.text(min_size=1, max_size=12),
@@ -37,12 +62,23 @@ def _through_wire(message):
 
 
 @settings(max_examples=60, deadline=None)
-@given(inputs=st.lists(tensors(), min_size=0, max_size=3, unique_by=lambda t: t.name), params=params_st,
-       outputs=st.lists(st.text(max_size=8), max_size=3), model=st.text(max_size=10), version=st.text(max_size=5),
-       rid=st.text(max_size=8))  # fmt: skip
+@given(
+    inputs=st.lists(tensors(), min_size=0, max_size=3, unique_by=lambda t: t.name),
+    params=params_st,
+    outputs=st.lists(st.text(max_size=8), max_size=3),
+    model=st.text(max_size=10),
+    version=st.text(max_size=5),
+    rid=st.text(max_size=8),
+)
 def test_infer_request_round_trip(inputs, params, outputs, model, version, rid):
-    req = InferRequest(model_name=model, model_version=version, id=rid, parameters=params, inputs=tuple(inputs),
-                       outputs=tuple(RequestedOutput(o, {"k": 1}) for o in outputs))  # fmt: skip
+    req = InferRequest(
+        model_name=model,
+        model_version=version,
+        id=rid,
+        parameters=params,
+        inputs=tuple(inputs),
+        outputs=tuple(RequestedOutput(o, {"k": 1}) for o in outputs),
+    )
     back = InferRequest.from_proto(_through_wire(req.to_proto()))
     assert back == req
     for a, b in zip(back.inputs, req.inputs):
@@ -59,9 +95,13 @@ def test_infer_response_and_stream_round_trip(outputs, params):
 
 
 def test_metadata_round_trips():
-    meta = ModelMetadata(name="privsplit", versions=("v1",), platform="onnxruntime_onnx",
-                         inputs=(TensorMetadata("features", Datatype.INT8, (-1, 32, 8, 8)),),
-                         outputs=(TensorMetadata("probs", Datatype.FP32, (-1, 10)), TensorMetadata("label", Datatype.INT64, (-1,))))  # fmt: skip
+    meta = ModelMetadata(
+        name="privsplit",
+        versions=("v1",),
+        platform="onnxruntime_onnx",
+        inputs=(TensorMetadata("features", Datatype.INT8, (-1, 32, 8, 8)),),
+        outputs=(TensorMetadata("probs", Datatype.FP32, (-1, 10)), TensorMetadata("label", Datatype.INT64, (-1,))),
+    )
     assert ModelMetadata.from_proto(_through_wire(meta.to_proto())) == meta
     server = ServerMetadata(name="privsplit", version="0.1.0", extensions=("parameters",))
     assert ServerMetadata.from_proto(_through_wire(server.to_proto())) == server
@@ -90,15 +130,18 @@ def _msg(datatype="INT8", shape=(1, 4), raw=b"\x00" * 4, **extra):
     return msg
 
 
-@pytest.mark.parametrize("msg, field, words", [
-    (_msg(datatype="INT7"), "inputs[0].datatype", "unknown datatype 'INT7'"),
-    (_msg(shape=(1, -4)), "inputs[0].shape", "dimension 1 is -4"),
-    (_msg(raw=b"\x00" * 3), "raw_input_contents[0]", "3 bytes, expected 4 for INT8 [1, 4]"),
-    (_msg(datatype="FP32", raw=b"\x00" * 4), "raw_input_contents[0]", "4 bytes, expected 16 for FP32 [1, 4]"),
-    (_msg(raw=None), "inputs[0].contents", "no data"),
-    (_msg(shape=(2**30, 2**30, 2**30)), "inputs[0].shape", "more elements than any message can carry"),
-    (_msg(datatype="BYTES"), "inputs[0].datatype", "BYTES tensors are not supported"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "msg, field, words",
+    [
+        (_msg(datatype="INT7"), "inputs[0].datatype", "unknown datatype 'INT7'"),
+        (_msg(shape=(1, -4)), "inputs[0].shape", "dimension 1 is -4"),
+        (_msg(raw=b"\x00" * 3), "raw_input_contents[0]", "3 bytes, expected 4 for INT8 [1, 4]"),
+        (_msg(datatype="FP32", raw=b"\x00" * 4), "raw_input_contents[0]", "4 bytes, expected 16 for FP32 [1, 4]"),
+        (_msg(raw=None), "inputs[0].contents", "no data"),
+        (_msg(shape=(2**30, 2**30, 2**30)), "inputs[0].shape", "more elements than any message can carry"),
+        (_msg(datatype="BYTES"), "inputs[0].datatype", "BYTES tensors are not supported"),
+    ],
+)
 def test_decoding_errors_name_the_field(msg, field, words):
     with pytest.raises(ProtocolError) as err:
         InferRequest.from_proto(msg)
@@ -149,9 +192,13 @@ def test_features_request_and_prediction():
     with pytest.raises(ValueError, match=r"\[B, C, h, w\]"):
         features_request(q[0], encoder_hash="x", scale=1.0, zero_point=0)
 
-    resp = InferResponse(model_name="privsplit", model_version="v", id="r1",
-                         parameters={"compute_us": 120, "queue_us": 7, "batch_size": 3},
-                         outputs=(Tensor("probs", np.full((1, 3), 1 / 3, np.float32)), Tensor("label", np.array([2], np.int64))))  # fmt: skip
+    resp = InferResponse(
+        model_name="privsplit",
+        model_version="v",
+        id="r1",
+        parameters={"compute_us": 120, "queue_us": 7, "batch_size": 3},
+        outputs=(Tensor("probs", np.full((1, 3), 1 / 3, np.float32)), Tensor("label", np.array([2], np.int64))),
+    )
     pred = Prediction.from_response(InferResponse.from_proto(_through_wire(resp.to_proto())))
     assert pred.label.tolist() == [2] and pred.probs.shape == (1, 3)
     assert (pred.compute_us, pred.queue_us, pred.batch_size, pred.request_id) == (120, 7, 3, "r1")

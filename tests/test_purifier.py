@@ -111,7 +111,11 @@ def test_training_options_are_validated():
     with pytest.raises(ValueError):
         PurifierTrainConfig(mode="bogus")
     with pytest.raises(ConfigError, match="adversarial"):
-        fit_purifier(_dirichlet(50, 10, 0), PurifierTrainConfig(mode=PurifierMode.ADVERSARIAL, epochs=1), ref_labels=np.zeros(50, int))
+        fit_purifier(
+            _dirichlet(50, 10, 0),
+            PurifierTrainConfig(mode=PurifierMode.ADVERSARIAL, epochs=1),
+            ref_labels=np.zeros(50, int),
+        )
 
 
 def _copy_run(src, tmp_path) -> RunFolder:

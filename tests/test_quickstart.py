@@ -19,8 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, timeout=900, env=None):
-    return subprocess.run([sys.executable, "-m", "privsplit.cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "privsplit.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +46,18 @@ def test_every_stage_ran_and_reported_progress(quickstart, summary):
     out, proc = quickstart
     names = [s["name"] for s in summary["stages"]]
     assert names[:2] == ["train unprotected model", "train protected model"]
-    for needle in ("feature-leakage probe", "train purifier", "output-leakage probe", "export", "flash", "start the cloud service",
-                   "edge inference", "device latency", "cloud latency", "stop the cloud service"):  # fmt: skip
+    for needle in (
+        "feature-leakage probe",
+        "train purifier",
+        "output-leakage probe",
+        "export",
+        "flash",
+        "start the cloud service",
+        "edge inference",
+        "device latency",
+        "cloud latency",
+        "stop the cloud service",
+    ):
         assert any(needle in n for n in names), (needle, names)
     assert all(s["seconds"] > 0 for s in summary["stages"])
     assert summary["complete"] is True
@@ -71,7 +87,9 @@ def test_protection_lowers_feature_leakage(summary):
     models = {m["name"]: m for m in summary["models"]}
     raw, prot = models["unprotected"], models["protected"]
     assert raw["attribute"] == "slant" and raw["attribute_chance"] == 0.5
-    assert raw["attribute_balanced_accuracy"] > raw["attribute_task_floor"] + 0.15  # slant is readable from raw features
+    assert (
+        raw["attribute_balanced_accuracy"] > raw["attribute_task_floor"] + 0.15
+    )  # slant is readable from raw features
     assert prot["attribute_balanced_accuracy"] < raw["attribute_balanced_accuracy"] - 0.1
     assert prot["reconstruction_ssim"] < raw["reconstruction_ssim"] - 0.1
     assert prot["reconstruction_ssim"] > prot["reconstruction_baseline_ssim"] - 0.1  # the decoder is a real one
@@ -83,7 +101,9 @@ def test_protection_lowers_feature_leakage(summary):
 def test_purifier_lowers_membership_inference(summary):
     o = summary["outputs"]
     assert o["purified"]["auc"] < o["raw"]["auc"]
-    assert o["purified"]["auc"] >= o["label_floor"] - 1e-9  # the label-only attack survives any label-preserving purifier
+    assert (
+        o["purified"]["auc"] >= o["label_floor"] - 1e-9
+    )  # the label-only attack survives any label-preserving purifier
     assert o["label_agreement"] == 1.0 and o["accuracy_drop_points"] == 0.0
     assert 0 < o["distortion_pct"] < 200
     for side in ("raw", "purified"):

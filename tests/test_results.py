@@ -226,9 +226,13 @@ def test_result_loaders_name_the_file_and_versions(tmp_path):
     from privsplit.probes.feature_results import FeatureLeakageResult
     from privsplit.probes.output_results import OutputProbeResult
 
-    for name, cls in [("parity.json", ParityReport), ("probe_features.json", FeatureLeakageResult),
-                      ("probe_outputs.json", OutputProbeResult), ("edge_bench.json", BenchResult),
-                      ("cloud_load.json", LoadResult)]:  # fmt: skip
+    for name, cls in [
+        ("parity.json", ParityReport),
+        ("probe_features.json", FeatureLeakageResult),
+        ("probe_outputs.json", OutputProbeResult),
+        ("edge_bench.json", BenchResult),
+        ("cloud_load.json", LoadResult),
+    ]:
         data = json.loads((V1 / name).read_text())
         path = tmp_path / name
         path.write_text(json.dumps({**data, "schema_version": 99}))

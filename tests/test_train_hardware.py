@@ -30,8 +30,14 @@ def _weights(run: RunFolder) -> dict[str, np.ndarray]:
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "privsplit.cli.main", *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "privsplit.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_device_choice_here_is_the_cpu(capsys, tmp_path):
@@ -67,8 +73,23 @@ def test_epochs_mean_what_they_say_and_logs_name_each_loss(tmp_path):
     """--epochs 2 trains 2 epochs (the head fine-tune has its own --head-epochs); the printed task CE is the
     cross-entropy alone, not the total with the adversary terms."""
     out = tmp_path / "r"
-    proc = _cli("train", "--data", "digits", "--private", "slant", "--limit", "500", "--epochs", "2",
-                "--head-epochs", "0", "--out", str(out), "--device", "cpu")  # fmt: skip
+    proc = _cli(
+        "train",
+        "--data",
+        "digits",
+        "--private",
+        "slant",
+        "--limit",
+        "500",
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "0",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     history = RunFolder(out).read_json("metrics.json")["history"]
     assert [(h["epoch"], h["phase"]) for h in history] == [(1, "joint"), (2, "joint")]
@@ -122,8 +143,27 @@ def test_resume_errors_are_one_line(uninterrupted, tmp_path, monkeypatch, capsys
     with pytest.raises(TrainingStopped):
         train_run("digits", out, **SMALL)
     monkeypatch.delenv(STOP_ENV)
-    code = main(["train", "--data", "digits", "--private", "slant", "--limit", "600", "--seed", "6", "--epochs", "2",
-                 "--head-epochs", "1", "--out", str(out), "--resume", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            "digits",
+            "--private",
+            "slant",
+            "--limit",
+            "600",
+            "--seed",
+            "6",
+            "--epochs",
+            "2",
+            "--head-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--resume",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "other options" in err[0] and "seed was 5, now 6" in err[0]
     code = main(["train", "--data", "digits", "--out", str(tmp_path / "none"), "--resume", "--quiet"])
@@ -134,9 +174,24 @@ def test_resume_errors_are_one_line(uninterrupted, tmp_path, monkeypatch, capsys
 def test_two_processes_train_one_model_with_ddp(tmp_path):
     """torchrun, 2 gloo processes, digits, 2 epochs: both ranks end with identical weights; only rank 0 writes."""
     out, digests = tmp_path / "run", tmp_path / "digests"
-    proc = _cli("train", "--data", "digits", "--private", "slant", "--epochs", "2", "--head-epochs", "0",
-                "--nproc", "2", "--device", "cpu", "--out", str(out),
-                env={"PRIVSPLIT_WEIGHT_DIGESTS": str(digests)})  # fmt: skip
+    proc = _cli(
+        "train",
+        "--data",
+        "digits",
+        "--private",
+        "slant",
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "0",
+        "--nproc",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        env={"PRIVSPLIT_WEIGHT_DIGESTS": str(digests)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 processes" in proc.stderr and "Traceback" not in proc.stderr
     ranks = {p.name: p.read_text() for p in digests.iterdir()}

@@ -25,8 +25,14 @@ NOISE = ("Failed to load", "torchao", "is an Enum subclass", "oneDNN", "absl::In
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "privsplit.cli.main", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PRIVSPLIT_PROGRESS": "0"})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "privsplit.cli.main", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PRIVSPLIT_PROGRESS": "0"},
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -61,14 +67,28 @@ def noisy_run(digits_folder, tmp_path_factory) -> dict:
     """A protected run (channel noise σ=1) trained, probed and exported through the CLI, with its outputs."""
     root = tmp_path_factory.mktemp("ux")
     run, out = root / "run", root / "export"
-    train = cli("train", "--data", f"folder:{digits_folder}", "--task", "digit", "--private", "parity", "--image-size",
-                "16", "--epochs", "2", "--out", run)  # fmt: skip
+    train = cli(
+        "train",
+        "--data",
+        f"folder:{digits_folder}",
+        "--task",
+        "digit",
+        "--private",
+        "parity",
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--out",
+        run,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     probe = cli("probe", "features", run, "--epochs", "1")
     assert probe.returncode == 0, probe.stderr[-3000:]
     # 80 holdout images: one flipped answer is 1.25 points, so the tolerance is wide (parity is test_export's business)
-    export = cli("export", run, "--out", out, "--formats", "onnx-fp32,tflite-int8", "--no-probe", "--quiet",
-                 "--tolerance", "0.2")  # fmt: skip
+    export = cli(
+        "export", run, "--out", out, "--formats", "onnx-fp32,tflite-int8", "--no-probe", "--quiet", "--tolerance", "0.2"
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     return {"run": run, "out": out, "train": train, "probe": probe, "export": export}
 
@@ -90,7 +110,10 @@ DAMAGE = {
     "head.safetensors corrupt header": ("head.safetensors", _corrupt_header),
     "config.json truncated": ("config.json", lambda p: p.write_text(p.read_text()[:60])),
     "config.json lacks data": ("config.json", lambda p: p.write_text(json.dumps({"schema_version": 1, "seed": 0}))),
-    "config.json wrong types": ("config.json", lambda p: p.write_text(json.dumps({"schema_version": 1, "data": 3, "model": [], "seed": 0}))),
+    "config.json wrong types": (
+        "config.json",
+        lambda p: p.write_text(json.dumps({"schema_version": 1, "data": 3, "model": [], "seed": 0})),
+    ),
     "split.json not JSON": ("split.json", lambda p: p.write_text("[1, 2")),
     "split.json lacks fields": ("split.json", lambda p: p.write_text(json.dumps({"schema_version": 1}))),
     "metrics.json not UTF-8": ("metrics.json", lambda p: p.write_bytes(b"\xff\xfe\x00garbage")),
@@ -181,7 +204,8 @@ def test_log_filters_drop_only_the_known_notices(caplog):
         logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.so: Could not load this library: /x")
         logging.getLogger("torchao").warning("a real torchao warning")
         logging.getLogger("torch.utils._pytree").warning(
-            "<enum 'K'> is an Enum subclass and is now natively supported by torch.compile as an opaque value type.")
+            "<enum 'K'> is an Enum subclass and is now natively supported by torch.compile as an opaque value type."
+        )
     assert [r.getMessage() for r in caplog.records] == ["a real torchao warning"]
 
 
@@ -208,8 +232,8 @@ def test_folder_error_names_the_column_taken_as_file_names(digits_folder, tmp_pa
 def test_tflite_runtime_not_installed_is_not_blamed_on_numpy():
     import importlib.util
 
-    from privsplit.errors import MissingDependencyError
     from privsplit.edge.runtimes import RuntimeName, import_backend
+    from privsplit.errors import MissingDependencyError
 
     if importlib.util.find_spec("tflite_runtime") is not None:
         pytest.skip("tflite-runtime is installed here")

@@ -21,8 +21,11 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="load probes (bench cloud: concurrency sweep against a server)",
-                       description="Load probes. `privsplit bench cloud` measures a running server.")  # fmt: skip
+    p = sub.add_parser(
+        "bench",
+        help="load probes (bench cloud: concurrency sweep against a server)",
+        description="Load probes. `privsplit bench cloud` measures a running server.",
+    )
     bench_sub = p.add_subparsers(dest="bench_command", metavar="TARGET")
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
     c = bench_sub.add_parser(
@@ -35,23 +38,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hash: from --bundle, or --encoder-hash (the shape is then read from ModelMetadata).",
     )
     c.add_argument("--target", required=True, metavar="HOST:PORT", help="server address")
-    c.add_argument("--concurrency", type=_int_list, default=(1, 8, 32), metavar="N,N,...", help="concurrency levels (default 1,8,32)")
-    c.add_argument("--duration", type=non_negative_float, default=10.0, metavar="S", help="seconds measured per level (default %(default)s)")
-    c.add_argument("--warmup", type=non_negative_float, default=1.0, metavar="S", help="seconds of unmeasured warm-up per level (default %(default)s)")
-    c.add_argument("--stream", action="store_true", help="use ModelStreamInfer (one stream per client) instead of unary ModelInfer")
-    c.add_argument("--bundle", type=Path, metavar="DIR", help="the cloud (or edge) bundle the server runs: feature shape, quantization, encoder hash")
+    c.add_argument(
+        "--concurrency",
+        type=_int_list,
+        default=(1, 8, 32),
+        metavar="N,N,...",
+        help="concurrency levels (default 1,8,32)",
+    )
+    c.add_argument(
+        "--duration",
+        type=non_negative_float,
+        default=10.0,
+        metavar="S",
+        help="seconds measured per level (default %(default)s)",
+    )
+    c.add_argument(
+        "--warmup",
+        type=non_negative_float,
+        default=1.0,
+        metavar="S",
+        help="seconds of unmeasured warm-up per level (default %(default)s)",
+    )
+    c.add_argument(
+        "--stream", action="store_true", help="use ModelStreamInfer (one stream per client) instead of unary ModelInfer"
+    )
+    c.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="the cloud (or edge) bundle the server runs: feature shape, quantization, encoder hash",
+    )
     c.add_argument("--encoder-hash", metavar="HEX", help="an encoder hash the server accepts (instead of --bundle)")
     c.add_argument("--model-name", default="privsplit", metavar="NAME", help="model name (default %(default)s)")
-    c.add_argument("--rows", type=positive_int, default=1, metavar="N", help="rows (images) per request (default %(default)s)")
+    c.add_argument(
+        "--rows", type=positive_int, default=1, metavar="N", help="rows (images) per request (default %(default)s)"
+    )
     c.add_argument("--label-only", action="store_true", help="ask for the label only")
     c.add_argument("--token-file", type=Path, metavar="F", help="bearer token file")
     c.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) to verify the server: turns TLS on")
     c.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (PEM) for mutual TLS")
     c.add_argument("--tls-key", type=Path, metavar="F", help="client key (PEM) for mutual TLS")
-    c.add_argument("--tls-server-name", metavar="NAME",
-                   help="name to check the server certificate against (default: the host)")
-    c.add_argument("--insecure", action="store_true",
-                   help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)")
+    c.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)"
+    )
+    c.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)",
+    )
     c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
     add_json_out(c)
     c.set_defaults(handler=run_cloud)
@@ -95,7 +129,8 @@ def _metadata_shape(args, dial) -> tuple[int, int, int]:
     import grpc
 
     from privsplit.errors import ConfigError
-    from privsplit.proto.channel import UnavailableRetry, dial as open_channel, rpc_error, stub
+    from privsplit.proto.channel import UnavailableRetry, rpc_error, stub
+    from privsplit.proto.channel import dial as open_channel
     from privsplit.proto.inference import open_inference_grpc_pb2 as pb
     from privsplit.proto.messages import ModelMetadata
 
@@ -109,7 +144,9 @@ def _metadata_shape(args, dial) -> tuple[int, int, int]:
         channel.close()
     shape = ModelMetadata.from_proto(reply).inputs[0].shape
     if len(shape) != 4:
-        raise ConfigError(f"{args.target}: model {args.model_name!r} input has shape {list(shape)}, expected [-1, C, h, w]")
+        raise ConfigError(
+            f"{args.target}: model {args.model_name!r} input has shape {list(shape)}, expected [-1, C, h, w]"
+        )
     return tuple(int(d) for d in shape[1:])
 
 
@@ -125,20 +162,39 @@ def run_cloud(args: argparse.Namespace) -> int:
     parse_target(args.target, flag="--target")
     if args.tls_ca is None and (args.tls_cert is not None or args.tls_key is not None):
         raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
-    tls = None if args.tls_ca is None else ChannelTls.from_files(args.tls_ca, args.tls_cert, args.tls_key,
-                                                                 server_name=args.tls_server_name)  # fmt: skip
+    tls = (
+        None
+        if args.tls_ca is None
+        else ChannelTls.from_files(args.tls_ca, args.tls_cert, args.tls_key, server_name=args.tls_server_name)
+    )
     token = None if args.token_file is None else read_token(args.token_file)
     dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure)
     shape, scale, zero_point, encoder_hash = _request_spec(args, dial)
     rng = np.random.default_rng(args.seed)
     features = rng.integers(-128, 128, size=(args.rows, *shape), dtype=np.int16).astype(np.int8)
-    request = features_request(features, encoder_hash=encoder_hash, scale=scale, zero_point=zero_point,
-                               model_name=args.model_name, label_only=args.label_only)  # fmt: skip
-    spec = LoadSpec(target=args.target, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup, stream=args.stream)
+    request = features_request(
+        features,
+        encoder_hash=encoder_hash,
+        scale=scale,
+        zero_point=zero_point,
+        model_name=args.model_name,
+        label_only=args.label_only,
+    )
+    spec = LoadSpec(
+        target=args.target,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        stream=args.stream,
+    )
 
     def show(point):
-        print(f"concurrency {point.concurrency}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
-              f"p99 {point.p99_ms:.3f} ms, errors {point.errors}", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"concurrency {point.concurrency}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
+            f"p99 {point.p99_ms:.3f} ms, errors {point.errors}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     result = run_load(spec, request, dial=dial, label="bench cloud", progress=show)
     print(result.summary())

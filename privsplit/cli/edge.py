@@ -13,62 +13,127 @@ _RUNTIMES = ("litert", "tflite-runtime", "onnxruntime")
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="edge bundle folder (OUT/edge from `privsplit export`, or DEVICE/current)")
-    p.add_argument("--trust-key", type=Path, metavar="PUB", help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)")
-    p.add_argument("--runtime", choices=_RUNTIMES, help="interpreter (default: the best installed one for the chosen encoder)")
-    p.add_argument("--encoder", metavar="FORMAT", help="encoder format in the bundle, e.g. tflite-int8 (default: the bundle's default)")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="interpreter threads (default %(default)s)")
-    p.add_argument("--seed", type=int, metavar="N", help="seed of the channel noise (default: OS entropy; set only to reproduce results)")
+    p.add_argument(
+        "bundle",
+        type=Path,
+        metavar="BUNDLE",
+        help="edge bundle folder (OUT/edge from `privsplit export`, or DEVICE/current)",
+    )
+    p.add_argument(
+        "--trust-key",
+        type=Path,
+        metavar="PUB",
+        help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)",
+    )
+    p.add_argument(
+        "--runtime", choices=_RUNTIMES, help="interpreter (default: the best installed one for the chosen encoder)"
+    )
+    p.add_argument(
+        "--encoder",
+        metavar="FORMAT",
+        help="encoder format in the bundle, e.g. tflite-int8 (default: the bundle's default)",
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=1, metavar="N", help="interpreter threads (default %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="seed of the channel noise (default: OS entropy; set only to reproduce results)",
+    )
 
 
 def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--server", required=required, metavar="HOST:PORT", help="the cloud server (`privsplit serve`)")
-    p.add_argument("--model-name", default="privsplit", metavar="NAME", help="model name on the server (default %(default)s)")
-    p.add_argument("--timeout", type=non_negative_float, default=10.0, metavar="S", help="deadline of each call in seconds (default %(default)s)")
-    p.add_argument("--retries", type=int, default=4, metavar="N", help="retries on UNAVAILABLE, with exponential backoff and jitter (default %(default)s)")
-    p.add_argument("--token-file", type=Path, metavar="F", help="file holding the bearer token (sent as 'authorization: Bearer <token>')")
+    p.add_argument(
+        "--model-name", default="privsplit", metavar="NAME", help="model name on the server (default %(default)s)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=non_negative_float,
+        default=10.0,
+        metavar="S",
+        help="deadline of each call in seconds (default %(default)s)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        metavar="N",
+        help="retries on UNAVAILABLE, with exponential backoff and jitter (default %(default)s)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="F",
+        help="file holding the bearer token (sent as 'authorization: Bearer <token>')",
+    )
     p.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) that verifies the server: turns TLS on")
     p.add_argument("--tls-cert", type=Path, metavar="F", help="device certificate (PEM) for mutual TLS")
     p.add_argument("--tls-key", type=Path, metavar="F", help="device private key (PEM) for mutual TLS")
-    p.add_argument("--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)")
+    p.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("edge", help="device side: run the encoder and ask the cloud (infer), measure latency (bench)",
-                       description="The device side of privsplit. Needs only `pip install privsplit[edge]` (no torch).")  # fmt: skip
+    p = sub.add_parser(
+        "edge",
+        help="device side: run the encoder and ask the cloud (infer), measure latency (bench)",
+        description="The device side of privsplit. Needs only `pip install privsplit[edge]` (no torch).",
+    )
     edge_sub = p.add_subparsers(dest="edge_command", metavar="ACTION")
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
     i = edge_sub.add_parser(
-        "infer", help="classify images: encode on the device, send int8 features to the server",
+        "infer",
+        help="classify images: encode on the device, send int8 features to the server",
         description="Verify the edge bundle, decode and preprocess each image as its manifest says, run the encoder, "
         "add the channel noise, quantize the features to int8 and send them to the server. Every input yields a "
         "prediction or an explicit error; exits 1 when any input failed.",
-    )  # fmt: skip
+    )
     _pipeline_args(i)
     i.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders of images")
     _client_args(i, required=True)
-    i.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="images per request (default %(default)s)")
+    i.add_argument(
+        "--batch-size", type=positive_int, default=1, metavar="N", help="images per request (default %(default)s)"
+    )
     i.add_argument("--stream", action="store_true", help="send over one ModelStreamInfer stream instead of unary calls")
     i.add_argument("--label-only", action="store_true", help="ask for labels only (no probabilities)")
     i.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     i.set_defaults(handler=run_infer)
 
     b = edge_sub.add_parser(
-        "bench", help="latency probe (like TFLite's benchmark_model): init, first, p50/p90/p99, stages, RSS, bytes",
+        "bench",
+        help="latency probe (like TFLite's benchmark_model): init, first, p50/p90/p99, stages, RSS, bytes",
         description="Measure the device path for one image per request: decode, preprocess, encode, quantize, serialize "
         "and (with --server) the round trip. Reports init and first-inference time, mean/p50/p90/p99, a per-stage "
         "breakdown, peak RSS and bytes per request. Run each backend with the same settings to compare them.",
-    )  # fmt: skip
+    )
     _pipeline_args(b)
     _client_args(b, required=False)
-    b.add_argument("--warmup", type=int, default=10, metavar="N", help="unmeasured runs after the first (default %(default)s)")
+    b.add_argument(
+        "--warmup", type=int, default=10, metavar="N", help="unmeasured runs after the first (default %(default)s)"
+    )
     b.add_argument("--runs", type=positive_int, default=100, metavar="N", help="measured runs (default %(default)s)")
-    b.add_argument("--max-seconds", type=non_negative_float, metavar="S", help="stop measuring after S seconds even if fewer runs were made")
-    b.add_argument("--image", type=Path, metavar="FILE", help="input image (default: a synthetic JPEG at the model size)")
-    b.add_argument("--frames", action="store_true", help="feed a decoded uint8 frame (camera) instead of decoding a file each run")
+    b.add_argument(
+        "--max-seconds",
+        type=non_negative_float,
+        metavar="S",
+        help="stop measuring after S seconds even if fewer runs were made",
+    )
+    b.add_argument(
+        "--image", type=Path, metavar="FILE", help="input image (default: a synthetic JPEG at the model size)"
+    )
+    b.add_argument(
+        "--frames", action="store_true", help="feed a decoded uint8 frame (camera) instead of decoding a file each run"
+    )
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON to FILE")
     b.set_defaults(handler=run_bench)
 
@@ -90,9 +155,15 @@ def client_config(args: argparse.Namespace):
             token = args.token_file.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
-    return ClientConfig(target=args.server, tls=tls, token=token, timeout_s=args.timeout or 10.0,
-                        retry=RetryPolicy(attempts=args.retries + 1), model_name=args.model_name,
-                        insecure=args.insecure)  # fmt: skip
+    return ClientConfig(
+        target=args.server,
+        tls=tls,
+        token=token,
+        timeout_s=args.timeout or 10.0,
+        retry=RetryPolicy(attempts=args.retries + 1),
+        model_name=args.model_name,
+        insecure=args.insecure,
+    )
 
 
 def check_edge_bundle_path(path: Path) -> None:
@@ -117,10 +188,18 @@ def run_infer(args: argparse.Namespace) -> int:
 
     config = client_config(args)
     check_edge_bundle_path(args.bundle)
-    pipeline = EdgePipeline.open(args.bundle, trust_key=args.trust_key, encoder=args.encoder, runtime=args.runtime,
-                                 threads=args.threads, seed=args.seed)  # fmt: skip
+    pipeline = EdgePipeline.open(
+        args.bundle,
+        trust_key=args.trust_key,
+        encoder=args.encoder,
+        runtime=args.runtime,
+        threads=args.threads,
+        seed=args.seed,
+    )
     with EdgeClient(config) as client:
-        report = infer_inputs(pipeline, client, args.images, batch_size=args.batch_size, stream=args.stream, label_only=args.label_only)
+        report = infer_inputs(
+            pipeline, client, args.images, batch_size=args.batch_size, stream=args.stream, label_only=args.label_only
+        )
     print(dumps(report.to_json()) if args.json else report.summary(), end="" if args.json else "\n")
     if report.stopped_by:
         print(f"privsplit edge infer: error: {report.stopped_by} ({report.skipped} input(s) skipped)", file=sys.stderr)
@@ -137,11 +216,20 @@ def run_bench(args: argparse.Namespace) -> int:
 
     check_edge_bundle_path(args.bundle)
     spec = BenchSpec(
-        runtime=args.runtime, encoder=args.encoder, threads=args.threads, warmup=args.warmup, runs=args.runs,
-        max_seconds=args.max_seconds or None, server=args.server, input=InputKind.FRAME if args.frames else InputKind.FILE,
-        image=None if args.image is None else str(args.image), seed=0 if args.seed is None else args.seed,
-    )  # fmt: skip
-    result = bench(args.bundle, spec, trust_key=args.trust_key, client_config=None if args.server is None else client_config(args))
+        runtime=args.runtime,
+        encoder=args.encoder,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        max_seconds=args.max_seconds or None,
+        server=args.server,
+        input=InputKind.FRAME if args.frames else InputKind.FILE,
+        image=None if args.image is None else str(args.image),
+        seed=0 if args.seed is None else args.seed,
+    )
+    result = bench(
+        args.bundle, spec, trust_key=args.trust_key, client_config=None if args.server is None else client_config(args)
+    )
     print(result.summary())
     if args.json is not None:
         result.save(args.json)

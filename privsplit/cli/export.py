@@ -23,19 +23,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    p.add_argument("--formats", default=_FORMATS, metavar="F,F", help="comma-separated formats or 'all' (default: all six)")
-    p.add_argument("--calibration", type=positive_int, default=256, metavar="N", help="reference images to calibrate int8 on (default %(default)s)")
-    p.add_argument("--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PREFIX.key from `privsplit keys generate`)")
-    p.add_argument("--tolerance", type=non_negative_float, default=0.01, metavar="F",
-                   help="largest holdout task-accuracy drop vs PyTorch a shipped format may have, as a fraction (default %(default)s = 1 point)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of calibration sampling, the holdout subset and probe attackers "
-                   "(default %(default)s); the holdout's channel noise is the run's own, as in train and probe")
-    p.add_argument("--holdout-limit", type=positive_int, metavar="N", help="measure parity on at most N holdout images (default all)")
-    p.add_argument("--no-probe", action="store_true", help="skip the feature-leakage probe (attribute / reconstruction columns stay empty)")
-    p.add_argument("--probe-formats", metavar="F,F", help="run the leakage probe only on these formats (default: all exported)")
-    p.add_argument("--probe-epochs", type=positive_int, metavar="N", help="training budget of the probe's attackers (default: the probe's own)")
-    p.add_argument("--version", dest="bundle_version", metavar="STR", help="bundle version string (default RUNNAME-<content hash>)")
+    p.add_argument(
+        "--formats", default=_FORMATS, metavar="F,F", help="comma-separated formats or 'all' (default: all six)"
+    )
+    p.add_argument(
+        "--calibration",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="reference images to calibrate int8 on (default %(default)s)",
+    )
+    p.add_argument(
+        "--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PREFIX.key from `privsplit keys generate`)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=non_negative_float,
+        default=0.01,
+        metavar="F",
+        help="largest holdout task-accuracy drop vs PyTorch a shipped format may have, as a fraction (default %(default)s = 1 point)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of calibration sampling, the holdout subset and probe attackers "
+        "(default %(default)s); the holdout's channel noise is the run's own, as in train and probe",
+    )
+    p.add_argument(
+        "--holdout-limit",
+        type=positive_int,
+        metavar="N",
+        help="measure parity on at most N holdout images (default all)",
+    )
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the feature-leakage probe (attribute / reconstruction columns stay empty)",
+    )
+    p.add_argument(
+        "--probe-formats", metavar="F,F", help="run the leakage probe only on these formats (default: all exported)"
+    )
+    p.add_argument(
+        "--probe-epochs",
+        type=positive_int,
+        metavar="N",
+        help="training budget of the probe's attackers (default: the probe's own)",
+    )
+    p.add_argument(
+        "--version", dest="bundle_version", metavar="STR", help="bundle version string (default RUNNAME-<content hash>)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
     p.add_argument("--quiet", action="store_true", help="no progress output")

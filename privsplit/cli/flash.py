@@ -17,15 +17,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "then atomically switch the TARGET/current link. An interrupted or failed transfer leaves the previous "
         "release active. Keeps the last --keep releases; --rollback switches back to the previous one.",
     )
-    p.add_argument("bundle", nargs="?", type=Path, metavar="BUNDLE", help="edge bundle folder (OUT/edge); not with --rollback")
-    p.add_argument("--to", required=True, metavar="TARGET", help="device folder, or ssh://user@host[:port]/absolute/path")
-    p.add_argument("--keep", type=positive_int, default=3, metavar="N", help="releases to keep on the device (default %(default)s)")
-    p.add_argument("--trust-key", type=Path, metavar="PUB", help="refuse the bundle unless signed by this Ed25519 public key")
+    p.add_argument(
+        "bundle", nargs="?", type=Path, metavar="BUNDLE", help="edge bundle folder (OUT/edge); not with --rollback"
+    )
+    p.add_argument(
+        "--to", required=True, metavar="TARGET", help="device folder, or ssh://user@host[:port]/absolute/path"
+    )
+    p.add_argument(
+        "--keep", type=positive_int, default=3, metavar="N", help="releases to keep on the device (default %(default)s)"
+    )
+    p.add_argument(
+        "--trust-key", type=Path, metavar="PUB", help="refuse the bundle unless signed by this Ed25519 public key"
+    )
     p.add_argument("--rollback", action="store_true", help="switch current back to the previously active release")
     p.add_argument("--identity", type=Path, metavar="KEY", help="ssh private key (ssh -i)")
-    p.add_argument("--known-hosts", type=Path, metavar="FILE", help="pinned host keys for ssh (strict host key checking with this file)")
-    p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option (repeatable)")
-    p.add_argument("--limit-kbps", type=positive_int, metavar="N", help="cap the scp bandwidth at N Kbit/s (slow links)")
+    p.add_argument(
+        "--known-hosts",
+        type=Path,
+        metavar="FILE",
+        help="pinned host keys for ssh (strict host key checking with this file)",
+    )
+    p.add_argument(
+        "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh -o option (repeatable)"
+    )
+    p.add_argument(
+        "--limit-kbps", type=positive_int, metavar="N", help="cap the scp bandwidth at N Kbit/s (slow links)"
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON to FILE")
     p.set_defaults(handler=run)
 
@@ -34,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.edge.flash import flash, parse_target, rollback
     from privsplit.errors import ConfigError
 
-    ssh = {"identity": args.identity, "known_hosts": args.known_hosts, "options": tuple(args.ssh_option), "limit_kbps": args.limit_kbps}
+    ssh = {
+        "identity": args.identity,
+        "known_hosts": args.known_hosts,
+        "options": tuple(args.ssh_option),
+        "limit_kbps": args.limit_kbps,
+    }
     if not args.to.startswith("ssh://") and any(v for v in ssh.values()):
         raise ConfigError("--identity/--known-hosts/--ssh-option/--limit-kbps apply to ssh:// targets only")
     target = parse_target(args.to, **ssh) if args.to.startswith("ssh://") else parse_target(args.to)

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "intact, else non-zero with one line naming the offending file.",
     )
     verify.add_argument("bundle", type=Path, metavar="BUNDLE", help="OUT/edge or OUT/cloud")
-    verify.add_argument("--trust-key", type=Path, metavar="PUB", help="public key (PREFIX.pub) the manifest must be signed with")
+    verify.add_argument(
+        "--trust-key", type=Path, metavar="PUB", help="public key (PREFIX.pub) the manifest must be signed with"
+    )
     verify.add_argument("--kind", choices=["edge", "cloud"], help="also require this bundle kind")
     verify.set_defaults(handler=_verify)
 

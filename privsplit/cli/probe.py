@@ -24,9 +24,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     feats.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     add_json_out(feats)
     feats.add_argument("--plots", type=Path, metavar="DIR", help="write a reconstruction grid PNG here")
-    feats.add_argument("--epochs", type=positive_int, default=None, help="attacker training epochs (default: the probe's own)")
-    feats.add_argument("--seed", type=int, default=0, help="seed of the attackers and of their features' noise "
-                       "(the task accuracy uses the run's own noise seed, as train and export do)")
+    feats.add_argument(
+        "--epochs", type=positive_int, default=None, help="attacker training epochs (default: the probe's own)"
+    )
+    feats.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the attackers and of their features' noise "
+        "(the task accuracy uses the run's own noise seed, as train and export do)",
+    )
     feats.set_defaults(handler=_lazy("privsplit.cli.probe_features"))
 
     outs = kinds.add_parser(
@@ -40,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     outs.add_argument("run", type=Path, metavar="RUN", help="run folder with a purifier (`privsplit train-purifier`)")
     add_json_out(outs)
-    outs.add_argument("--plots", type=Path, metavar="DIR", help="write ROC curves, histograms and an inversion grid here")
+    outs.add_argument(
+        "--plots", type=Path, metavar="DIR", help="write ROC curves, histograms and an inversion grid here"
+    )
     outs.add_argument("--seed", type=int, default=0, help="seed of the attackers")
     outs.set_defaults(handler=_lazy("privsplit.cli.probe_outputs"))
 

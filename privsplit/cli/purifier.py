@@ -23,15 +23,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "trained on half of `reference`) and an inversion decoder. Check it with `privsplit probe outputs RUN`.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
-    p.add_argument("--mode", choices=["ae", "adversarial"], default="ae", help="training objective (default %(default)s)")
+    p.add_argument(
+        "--mode", choices=["ae", "adversarial"], default="ae", help="training objective (default %(default)s)"
+    )
     p.add_argument("--epochs", type=positive_int, default=300, help="purifier training epochs (default %(default)s)")
-    p.add_argument("--max-excess", type=non_negative_float, default=None, metavar="F",
-                   help="bound on the membership AUC above the label floor, estimated on reference outputs (default 0.02)")
-    p.add_argument("--max-distortion", type=non_negative_float, default=None, metavar="PCT",
-                   help="calibrate to an L1 distortion budget in percent on reference outputs instead")
-    p.add_argument("--log-clamp", type=non_negative_float, default=None, metavar="C",
-                   help="fix the clamp instead of calibrating it (vectors whose runner-up is below exp(-C) x top collapse)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the purifier, its adversaries and the noise (default %(default)s)")
+    p.add_argument(
+        "--max-excess",
+        type=non_negative_float,
+        default=None,
+        metavar="F",
+        help="bound on the membership AUC above the label floor, estimated on reference outputs (default 0.02)",
+    )
+    p.add_argument(
+        "--max-distortion",
+        type=non_negative_float,
+        default=None,
+        metavar="PCT",
+        help="calibrate to an L1 distortion budget in percent on reference outputs instead",
+    )
+    p.add_argument(
+        "--log-clamp",
+        type=non_negative_float,
+        default=None,
+        metavar="C",
+        help="fix the clamp instead of calibrating it (vectors whose runner-up is below exp(-C) x top collapse)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the purifier, its adversaries and the noise (default %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
 
@@ -44,11 +63,18 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.run import RunFolder
     from privsplit.train.purifier import PurifierMode, PurifierTrainConfig, train_purifier
 
-    changes = {"max_distortion_pct": args.max_distortion, "log_clamp": args.log_clamp, "max_excess_auc": args.max_excess}
+    changes = {
+        "max_distortion_pct": args.max_distortion,
+        "log_clamp": args.log_clamp,
+        "max_excess_auc": args.max_excess,
+    }
     if args.log_clamp is not None and args.log_clamp <= 0:
         raise ConfigError("--log-clamp must be > 0")
     config = PurifierTrainConfig(
-        mode=PurifierMode(args.mode), epochs=args.epochs, seed=args.seed, **{k: v for k, v in changes.items() if v is not None}
+        mode=PurifierMode(args.mode),
+        epochs=args.epochs,
+        seed=args.seed,
+        **{k: v for k, v in changes.items() if v is not None},
     )
     folder = RunFolder(args.run).check()
     train_purifier(folder, config, progress=not args.quiet)

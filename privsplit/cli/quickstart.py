@@ -36,26 +36,69 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and OUT/summary.json. The default data, scikit-learn's digits (task digit, private attribute slant), ships "
         "with the install.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), metavar="DIR", help="folder to write (default %(default)s)")
-    p.add_argument("--data", default="digits", metavar="SPEC", help="dataset spec as for `privsplit train` (default %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/quickstart"), metavar="DIR", help="folder to write (default %(default)s)"
+    )
+    p.add_argument(
+        "--data", default="digits", metavar="SPEC", help="dataset spec as for `privsplit train` (default %(default)s)"
+    )
     p.add_argument("--task", metavar="NAME", help="main task (default: the dataset's, e.g. digit / Smiling)")
     p.add_argument("--private", metavar="NAME", help="private attribute (default: the dataset's, e.g. slant / Male)")
     p.add_argument("--image-size", type=positive_int, metavar="N", help="resize images to N x N (default per dataset)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of split, training, noise and attackers (default %(default)s)")
-    p.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs of every model (default: the recipes' own)")
-    p.add_argument("--curve", type=_weights, default=(0.0,), metavar="W,W",
-                   help="adversary weights of extra protected models: points on the privacy-utility curve (default 0 = bottleneck and noise only; '' for none)")  # fmt: skip
-    p.add_argument("--purifier-epochs", type=positive_int, default=300, metavar="N", help="purifier training epochs (default %(default)s)")
-    p.add_argument("--probe-epochs", type=positive_int, metavar="N", help="training budget of the feature probe's attackers (default: the probe's own)")
-    p.add_argument("--edge-runs", type=positive_int, default=200, metavar="N", help="measured requests per device backend (default %(default)s)")
-    p.add_argument("--load-seconds", type=non_negative_float, default=3.0, metavar="S", help="seconds of cloud load per concurrency level (default %(default)s)")
-    p.add_argument("--smallest", action="store_true", help="the cheapest settings that still tell the story (few epochs, short measurements)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of split, training, noise and attackers (default %(default)s)"
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, metavar="N", help="training epochs of every model (default: the recipes' own)"
+    )
+    p.add_argument(
+        "--curve",
+        type=_weights,
+        default=(0.0,),
+        metavar="W,W",
+        help="adversary weights of extra protected models: points on the privacy-utility curve (default 0 = bottleneck and noise only; '' for none)",
+    )
+    p.add_argument(
+        "--purifier-epochs",
+        type=positive_int,
+        default=300,
+        metavar="N",
+        help="purifier training epochs (default %(default)s)",
+    )
+    p.add_argument(
+        "--probe-epochs",
+        type=positive_int,
+        metavar="N",
+        help="training budget of the feature probe's attackers (default: the probe's own)",
+    )
+    p.add_argument(
+        "--edge-runs",
+        type=positive_int,
+        default=200,
+        metavar="N",
+        help="measured requests per device backend (default %(default)s)",
+    )
+    p.add_argument(
+        "--load-seconds",
+        type=non_negative_float,
+        default=3.0,
+        metavar="S",
+        help="seconds of cloud load per concurrency level (default %(default)s)",
+    )
+    p.add_argument(
+        "--smallest",
+        action="store_true",
+        help="the cheapest settings that still tell the story (few epochs, short measurements)",
+    )
     p.add_argument("--force", action="store_true", help="replace a previous quickstart in DIR")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted quickstart in DIR (same options): trained models and probes are "
-                   "kept, an interrupted training continues from its last epoch checkpoint, the export and later "
-                   "stages run again")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted quickstart in DIR (same options): trained models and probes are "
+        "kept, an interrupted training continues from its last epoch checkpoint, the export and later "
+        "stages run again",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
 
@@ -67,13 +110,26 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quiet:
         os.environ["PRIVSPLIT_PROGRESS"] = "0"
-    options = dict(data=args.data, task=args.task, private=args.private, image_size=args.image_size, limit=args.limit,
-                   seed=args.seed, progress=not args.quiet)  # fmt: skip
+    options = dict(
+        data=args.data,
+        task=args.task,
+        private=args.private,
+        image_size=args.image_size,
+        limit=args.limit,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     if args.smallest:
         config = QuickstartConfig.smallest(args.out, **options)
     else:
-        config = QuickstartConfig(out=args.out, curve_weights=args.curve, purifier_epochs=args.purifier_epochs,
-                                  edge_runs=args.edge_runs, load_seconds=args.load_seconds or 3.0, **options)  # fmt: skip
+        config = QuickstartConfig(
+            out=args.out,
+            curve_weights=args.curve,
+            purifier_epochs=args.purifier_epochs,
+            edge_runs=args.edge_runs,
+            load_seconds=args.load_seconds or 3.0,
+            **options,
+        )
     changes = {"epochs": args.epochs, "probe_epochs": args.probe_epochs}
     config = config.with_(**{k: v for k, v in changes.items() if v is not None})
     if args.force and args.resume:

@@ -13,7 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read the results a quickstart (or `privsplit train` + the probes) saved and write DIR/summary.json, "
         "DIR/report.md, DIR/report.html (self-contained, figures embedded) and DIR/plots/. Nothing is retrained or remeasured.",
     )
-    p.add_argument("folder", type=Path, metavar="RUN_OR_DIR", help="quickstart folder (quickstart.json) or run folder (config.json)")
+    p.add_argument(
+        "folder",
+        type=Path,
+        metavar="RUN_OR_DIR",
+        help="quickstart folder (quickstart.json) or run folder (config.json)",
+    )
     p.set_defaults(handler=run)
 
 

@@ -29,31 +29,119 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ones in flight and exits 0.",
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="cloud bundle folder (OUT/cloud)")
-    p.add_argument("--model-name", default="privsplit", metavar="NAME", help="model name clients ask for (default %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", metavar="H", help="address to listen on (default %(default)s; 0.0.0.0 or :: for all)")
-    p.add_argument("--port", type=_port, default=8001, metavar="P", help="gRPC port (default %(default)s; 0 picks a free one)")
-    p.add_argument("--max-batch", type=positive_int, default=64, metavar="N", help="max rows per model run; 1 turns batching off (default %(default)s)")
-    p.add_argument("--max-delay-ms", type=non_negative_float, default=1.0, metavar="F",
-                   help="wait up to F ms for a fuller batch while more requests are arriving; a lone request never waits (default %(default)s; 0 = never)")
-    p.add_argument("--max-queue", type=positive_int, default=1024, metavar="N", help="requests that may wait; more are refused with RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--queue-timeout-ms", type=non_negative_float, default=5000.0, metavar="F", help="refuse (UNAVAILABLE) requests queued longer than this (default %(default)s)")
-    p.add_argument("--max-request-batch", type=positive_int, default=256, metavar="N", help="max rows in one request (default %(default)s)")
-    p.add_argument("--max-message-mb", type=non_negative_float, default=16.0, metavar="MB", help="max gRPC message size (default %(default)s MiB)")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="onnxruntime intra-op threads (default %(default)s)")
-    p.add_argument("--workers", type=positive_int, default=128, metavar="N", help="gRPC worker threads = RPCs handled at once; each open stream holds one (default %(default)s)")
-    p.add_argument("--max-concurrent-rpcs", type=positive_int, metavar="N",
-                   help="RPCs in flight at once (open streams count); more are refused with RESOURCE_EXHAUSTED "
-                   "(default: --workers)")
-    p.add_argument("--tls-cert", type=Path, metavar="F", help="server certificate chain (PEM); with --tls-key turns TLS on")
+    p.add_argument(
+        "--model-name", default="privsplit", metavar="NAME", help="model name clients ask for (default %(default)s)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="H",
+        help="address to listen on (default %(default)s; 0.0.0.0 or :: for all)",
+    )
+    p.add_argument(
+        "--port", type=_port, default=8001, metavar="P", help="gRPC port (default %(default)s; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="max rows per model run; 1 turns batching off (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=non_negative_float,
+        default=1.0,
+        metavar="F",
+        help="wait up to F ms for a fuller batch while more requests are arriving; a lone request never waits (default %(default)s; 0 = never)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="requests that may wait; more are refused with RESOURCE_EXHAUSTED (default %(default)s)",
+    )
+    p.add_argument(
+        "--queue-timeout-ms",
+        type=non_negative_float,
+        default=5000.0,
+        metavar="F",
+        help="refuse (UNAVAILABLE) requests queued longer than this (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-request-batch",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="max rows in one request (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-message-mb",
+        type=non_negative_float,
+        default=16.0,
+        metavar="MB",
+        help="max gRPC message size (default %(default)s MiB)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="onnxruntime intra-op threads (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=128,
+        metavar="N",
+        help="gRPC worker threads = RPCs handled at once; each open stream holds one (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=positive_int,
+        metavar="N",
+        help="RPCs in flight at once (open streams count); more are refused with RESOURCE_EXHAUSTED "
+        "(default: --workers)",
+    )
+    p.add_argument(
+        "--tls-cert", type=Path, metavar="F", help="server certificate chain (PEM); with --tls-key turns TLS on"
+    )
     p.add_argument("--tls-key", type=Path, metavar="F", help="server private key (PEM)")
-    p.add_argument("--client-ca", type=Path, metavar="F", help="CA (PEM) client certificates must be signed by: mutual TLS")
-    p.add_argument("--token-file", type=Path, metavar="F", help="file holding the bearer token clients must send as 'authorization: Bearer <token>'")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow --token-file without TLS on a non-loopback --host (refused by default: tokens "
-                   "would travel in plaintext)")
-    p.add_argument("--metrics-port", type=_port, metavar="P", help="serve Prometheus metrics on http://HOST:P/metrics (0 picks a free port)")
-    p.add_argument("--trust-key", type=Path, metavar="PUB", help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)")
-    p.add_argument("--grace", type=non_negative_float, default=30.0, metavar="S", help="on SIGTERM, let in-flight requests finish for up to S s (default %(default)s)")
+    p.add_argument(
+        "--client-ca", type=Path, metavar="F", help="CA (PEM) client certificates must be signed by: mutual TLS"
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="F",
+        help="file holding the bearer token clients must send as 'authorization: Bearer <token>'",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --token-file without TLS on a non-loopback --host (refused by default: tokens "
+        "would travel in plaintext)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="P",
+        help="serve Prometheus metrics on http://HOST:P/metrics (0 picks a free port)",
+    )
+    p.add_argument(
+        "--trust-key",
+        type=Path,
+        metavar="PUB",
+        help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)",
+    )
+    p.add_argument(
+        "--grace",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, let in-flight requests finish for up to S s (default %(default)s)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -66,14 +154,30 @@ def build_config(args: argparse.Namespace):
     if args.client_ca is not None and args.tls_cert is None:
         raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
     tls = None if args.tls_cert is None else TlsConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
-    batch = BatchConfig(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                        queue_timeout_ms=args.queue_timeout_ms, max_request_batch=args.max_request_batch)  # fmt: skip
+    batch = BatchConfig(
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue,
+        queue_timeout_ms=args.queue_timeout_ms,
+        max_request_batch=args.max_request_batch,
+    )
     return ServeConfig(
-        bundle=args.bundle, model_name=args.model_name, host=args.host, port=args.port, batch=batch, tls=tls,
-        token=None if args.token_file is None else read_token(args.token_file), trust_key=args.trust_key,
-        metrics_port=args.metrics_port, max_message_bytes=int(args.max_message_mb * 1024 * 1024), threads=args.threads, workers=args.workers,
-        grace_s=args.grace, max_concurrent_rpcs=args.max_concurrent_rpcs, insecure=args.insecure,
-    )  # fmt: skip
+        bundle=args.bundle,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        batch=batch,
+        tls=tls,
+        token=None if args.token_file is None else read_token(args.token_file),
+        trust_key=args.trust_key,
+        metrics_port=args.metrics_port,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        threads=args.threads,
+        workers=args.workers,
+        grace_s=args.grace,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        insecure=args.insecure,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

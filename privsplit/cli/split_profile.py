@@ -22,16 +22,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each module warmed up (--warmup), then --runs timed runs interleaved across all modules, median reported.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
-    p.add_argument("--bandwidth-mbps", type=non_negative_float, default=10.0, metavar="F", help="uplink bandwidth in Mbit/s (default %(default)s)")
+    p.add_argument(
+        "--bandwidth-mbps",
+        type=non_negative_float,
+        default=10.0,
+        metavar="F",
+        help="uplink bandwidth in Mbit/s (default %(default)s)",
+    )
     p.add_argument("--budget-ms", type=non_negative_float, metavar="F", help="end-to-end latency budget in ms")
-    p.add_argument("--rtt-ms", type=non_negative_float, default=0.0, metavar="F", help="network round trip added to every split (default %(default)s)")
-    p.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime", help="what times the prefixes (default %(default)s)")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N", help="threads for the timed runs (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, metavar="N",
-                   help="unmeasured runs per module before timing (default %(default)s)")
-    p.add_argument("--runs", type=positive_int, default=100, metavar="N",
-                   help="timed runs per module, interleaved across modules; the median is reported (default %(default)s)")
-    p.add_argument("--samples", type=positive_int, default=256, metavar="N", help="holdout images for the leakage indicator (default %(default)s)")
+    p.add_argument(
+        "--rtt-ms",
+        type=non_negative_float,
+        default=0.0,
+        metavar="F",
+        help="network round trip added to every split (default %(default)s)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "torch"),
+        default="onnxruntime",
+        help="what times the prefixes (default %(default)s)",
+    )
+    p.add_argument(
+        "--threads", type=positive_int, default=1, metavar="N", help="threads for the timed runs (default %(default)s)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        metavar="N",
+        help="unmeasured runs per module before timing (default %(default)s)",
+    )
+    p.add_argument(
+        "--runs",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="timed runs per module, interleaved across modules; the median is reported (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="holdout images for the leakage indicator (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and projections (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_json_out(p)
@@ -41,9 +76,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from privsplit.probes.split_profile import SplitProfileSpec, SplitRuntime, profile_splits
 
-    spec = SplitProfileSpec(bandwidth_mbps=args.bandwidth_mbps, budget_ms=args.budget_ms, rtt_ms=args.rtt_ms,
-                            runtime=SplitRuntime(args.runtime), threads=args.threads, warmup=args.warmup, runs=args.runs,
-                            samples=args.samples, seed=args.seed)  # fmt: skip
+    spec = SplitProfileSpec(
+        bandwidth_mbps=args.bandwidth_mbps,
+        budget_ms=args.budget_ms,
+        rtt_ms=args.rtt_ms,
+        runtime=SplitRuntime(args.runtime),
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        samples=args.samples,
+        seed=args.seed,
+    )
     result = profile_splits(args.run, spec, progress=not args.quiet)
     print(result.summary())
     if args.json is not None:

@@ -35,37 +35,100 @@ def register(sub: argparse._SubParsersAction) -> None:
         "baseline (no adversaries, no noise, 32 feature channels). Writes RUN/config.json, weights "
         "(safetensors), RUN/split.json and RUN/metrics.json.",
     )
-    p.add_argument("--data", required=True, metavar="SPEC", help="digits | celeba:<dir> | utkface:<dir> | fashion-mnist[:<dir>] | folder:<dir>")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SPEC",
+        help="digits | celeba:<dir> | utkface:<dir> | fashion-mnist[:<dir>] | folder:<dir>",
+    )
     p.add_argument("--task", metavar="NAME", help="main task label (optional where the dataset has one label)")
     p.add_argument("--private", metavar="NAME", help="private attribute to protect (optional)")
     p.add_argument("--out", required=True, type=Path, metavar="RUN", help="run folder to write")
     p.add_argument("--image-size", type=positive_int, metavar="N", help="resize images to N x N (default per dataset)")
-    p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N images; all splits are drawn from them")
-    p.add_argument("--split", default="0.4,0.2,0.2,0.2", metavar="F,F,F,F", help="fractions members,reference,holdout,attacker (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation, batches and noise (default %(default)s)")
-    p.add_argument("--unprotected", action="store_true", help="train the unprotected baseline (adversaries and noise off, 32 feature channels)")
-    p.add_argument("--epochs", type=positive_int,
-                   help="joint epochs of encoder, server layers and adversaries (default 20)")  # fmt: skip
-    p.add_argument("--head-epochs", type=non_negative_int, metavar="N",
-                   help="then N epochs that retrain the server layers alone on the frozen encoder, the best on "
-                   "reference kept (default 5 protected, 0 with --unprotected)")  # fmt: skip
-    p.add_argument("--adv-weight", type=non_negative_float, metavar="F", help="weight of the attribute adversaries' term (default 3; 0 = off)")
-    p.add_argument("--rec-weight", type=non_negative_float, metavar="F", help="weight of the reconstruction adversary's term (default 0 = off)")
-    p.add_argument("--noise", type=non_negative_float, metavar="SIGMA", help="channel noise sigma, in units of the features' std (default 1.0)")
-    p.add_argument("--feature-channels", type=positive_int, metavar="N", help="bottleneck channels (default 4; 32 with --unprotected)")
-    p.add_argument("--adversary-loss", choices=["entropy", "neg-ce"], help="what the encoder does to the adversaries (default entropy)")
-    p.add_argument("--arch", choices=["small-cnn", "mobilenet-v2"], help="architecture (default small-cnn; mobilenet-v2 for 96-224 px)")
-    p.add_argument("--split-point", type=positive_int, metavar="K", help="number of blocks on the device (default: architecture's)")
+    p.add_argument(
+        "--limit", type=positive_int, metavar="N", help="use only the first N images; all splits are drawn from them"
+    )
+    p.add_argument(
+        "--split",
+        default="0.4,0.2,0.2,0.2",
+        metavar="F,F,F,F",
+        help="fractions members,reference,holdout,attacker (default %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, initialisation, batches and noise (default %(default)s)"
+    )
+    p.add_argument(
+        "--unprotected",
+        action="store_true",
+        help="train the unprotected baseline (adversaries and noise off, 32 feature channels)",
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, help="joint epochs of encoder, server layers and adversaries (default 20)"
+    )
+    p.add_argument(
+        "--head-epochs",
+        type=non_negative_int,
+        metavar="N",
+        help="then N epochs that retrain the server layers alone on the frozen encoder, the best on "
+        "reference kept (default 5 protected, 0 with --unprotected)",
+    )
+    p.add_argument(
+        "--adv-weight",
+        type=non_negative_float,
+        metavar="F",
+        help="weight of the attribute adversaries' term (default 3; 0 = off)",
+    )
+    p.add_argument(
+        "--rec-weight",
+        type=non_negative_float,
+        metavar="F",
+        help="weight of the reconstruction adversary's term (default 0 = off)",
+    )
+    p.add_argument(
+        "--noise",
+        type=non_negative_float,
+        metavar="SIGMA",
+        help="channel noise sigma, in units of the features' std (default 1.0)",
+    )
+    p.add_argument(
+        "--feature-channels",
+        type=positive_int,
+        metavar="N",
+        help="bottleneck channels (default 4; 32 with --unprotected)",
+    )
+    p.add_argument(
+        "--adversary-loss",
+        choices=["entropy", "neg-ce"],
+        help="what the encoder does to the adversaries (default entropy)",
+    )
+    p.add_argument(
+        "--arch",
+        choices=["small-cnn", "mobilenet-v2"],
+        help="architecture (default small-cnn; mobilenet-v2 for 96-224 px)",
+    )
+    p.add_argument(
+        "--split-point", type=positive_int, metavar="K", help="number of blocks on the device (default: architecture's)"
+    )
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 128)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default 2e-3)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="where to train: auto picks a CUDA or Apple MPS accelerator when present, else the CPU "
-                   "(default %(default)s)")
-    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
-                   help="train one model in N processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on "
-                   "GPUs; default 1)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out from its last epoch checkpoint")  # fmt: skip
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where to train: auto picks a CUDA or Apple MPS accelerator when present, else the CPU "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train one model in N processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on "
+        "GPUs; default 1)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in --out from its last epoch checkpoint"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
     _PARSER_ACTIONS[:] = p._actions
@@ -119,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports
     metrics = run_folder.read_json("metrics.json")
-    print(json.dumps({"run": str(run_folder.path), "task": metrics["task"], "selected_epoch": metrics["selected_epoch"]}))
+    print(
+        json.dumps({"run": str(run_folder.path), "task": metrics["task"], "selected_epoch": metrics["selected_epoch"]})
+    )
     return 0
 
 

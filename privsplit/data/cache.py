@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -51,9 +51,7 @@ def cache_path(kind: str, key: Mapping) -> Path | None:
     return root / f"{kind}-{digest}.npz"
 
 
-def cached_arrays(
-    kind: str, key: Mapping, build: Callable[[], Mapping[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
+def cached_arrays(kind: str, key: Mapping, build: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Return the arrays stored under ``(kind, key)``, or ``build()`` them and store them.
 
     Arrays must be numeric or fixed-width strings (they are read back with ``allow_pickle=False``).

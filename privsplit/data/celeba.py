@@ -61,7 +61,9 @@ def read_attributes(path: Path, *, limit: int | None = None) -> CelebAAttributes
     split = [row.split() for row in rows]
     for i, parts in enumerate(split):
         if len(parts) != len(names) + 1:
-            raise DataError(f"{path}, line {i + 3}: expected a file name and {len(names)} values, got {len(parts)} fields")
+            raise DataError(
+                f"{path}, line {i + 3}: expected a file name and {len(names)} values, got {len(parts)} fields"
+            )
     files = [parts[0] for parts in split]
     try:
         flags = np.array([parts[1:] for parts in split], dtype=np.int64).reshape(len(split), len(names))

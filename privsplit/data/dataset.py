@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class LabeledImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def select(self, *, task: str | None, private: str | None) -> "Dataset":
+    def select(self, *, task: str | None, private: str | None) -> Dataset:
         """Pick the task and private attribute by name; unknown names raise :class:`DataError`."""
         task = task or self.default_task
         available = ", ".join(sorted(self.labels))
@@ -98,7 +98,7 @@ class Dataset:
     def num_classes(self, name: str) -> int:
         return len(self.classes[name])
 
-    def subset(self, index: np.ndarray) -> "Dataset":
+    def subset(self, index: np.ndarray) -> Dataset:
         index = np.asarray(index, dtype=np.int64)
         return Dataset(
             images=self.images[index],

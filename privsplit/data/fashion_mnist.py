@@ -45,7 +45,9 @@ def read_idx(path: Path) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(dims, dtype=np.int64))
     if len(raw) - header != expected:
-        raise DataError(f"{path}: idx dimensions {dims} need {expected} bytes of data, the file has {len(raw) - header}")
+        raise DataError(
+            f"{path}: idx dimensions {dims} need {expected} bytes of data, the file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 

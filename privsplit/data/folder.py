@@ -37,8 +37,10 @@ def file_column_rule(header: list[str], file_col: int) -> str:
     """Why ``header[file_col]`` was taken as the column of image paths (for error messages)."""
     if header[file_col].lower() in FILE_COLUMNS:
         return f"the file column {header[file_col]!r}"
-    return (f"column {header[file_col]!r}, taken as the file column because no column is named "
-            f"{' / '.join(FILE_COLUMNS)} (it is the first column)")  # fmt: skip
+    return (
+        f"column {header[file_col]!r}, taken as the file column because no column is named "
+        f"{' / '.join(FILE_COLUMNS)} (it is the first column)"
+    )
 
 
 def read_labels_csv(path: Path, *, limit: int | None = None) -> tuple[list[str], dict[str, list[str]], str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from privsplit.data.dataset import Dataset, LabeledImages
 from privsplit.errors import DataError
@@ -59,7 +60,7 @@ class DataSpec:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
 
     @classmethod
-    def parse(cls, text: str) -> "DataSpec":
+    def parse(cls, text: str) -> DataSpec:
         registry = loaders()
         kind, _, rest = text.partition(":")
         kinds = ", ".join(f"{k}:<dir>" if v.needs_path else k for k, v in sorted(registry.items()))

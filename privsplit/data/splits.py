@@ -45,7 +45,7 @@ class SplitFractions:
         return {p.value: getattr(self, p.value) for p in Part}
 
     @classmethod
-    def parse(cls, text: str) -> "SplitFractions":
+    def parse(cls, text: str) -> SplitFractions:
         """Parse ``"0.4,0.2,0.2,0.2"`` (members, reference, holdout, attacker)."""
         try:
             values = [float(v) for v in text.split(",")]
@@ -78,7 +78,7 @@ class Split:
         return {"schema_version": SPLIT_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "split.json") -> "Split":
+    def from_json(cls, data: dict, *, source: str = "split.json") -> Split:
         data = check_schema(data, version=SPLIT_SCHEMA_VERSION, source=source, hint=_HINT)
         indices = {p: np.asarray(data["indices"][p.value], dtype=np.int64) for p in Part}
         return from_dict(cls, {**data, "indices": indices})
@@ -87,7 +87,7 @@ class Split:
         save_json(path, self.to_json(), indent=None)
 
     @classmethod
-    def load(cls, path: Path) -> "Split":
+    def load(cls, path: Path) -> Split:
         return cls.from_json(read_json(path, what="the split", hint=_HINT), source=str(path))
 
 

@@ -81,7 +81,9 @@ ATTRIBUTE_ATTACKERS: dict[str, type[nn.Module]] = {
 class ReconstructionDecoder(nn.Module):
     """Features ``(C, h, w)`` -> image ``(in_channels, H, W)`` in [0, 1] pixel space."""
 
-    def __init__(self, feature_shape: tuple[int, int, int], out_channels: int, image_size: int, width: int = 64) -> None:
+    def __init__(
+        self, feature_shape: tuple[int, int, int], out_channels: int, image_size: int, width: int = 64
+    ) -> None:
         super().__init__()
         c, h, _ = feature_shape
         layers: list[nn.Module] = [nn.Conv2d(c, width, 3, 1, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]

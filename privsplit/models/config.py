@@ -66,5 +66,5 @@ class ModelConfig:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "ModelConfig":
+    def from_json(cls, data: dict) -> ModelConfig:
         return from_dict(cls, data, strict=True)

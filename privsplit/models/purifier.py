@@ -85,7 +85,7 @@ class PurifierConfig:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PurifierConfig":
+    def from_json(cls, data: dict[str, Any]) -> PurifierConfig:
         return from_dict(cls, data, strict=True)
 
 
@@ -193,7 +193,9 @@ def load_purifier(run: RunStore) -> Purifier | None:
         )
     purifier = Purifier(run.parse_json(PURIFIER_JSON, lambda d: PurifierConfig.from_json(d["config"])))
     if not run.has(f"{PURIFIER_WEIGHTS}.safetensors"):
-        raise RunError(f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: re-run `privsplit train-purifier {run.path}`")
+        raise RunError(
+            f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: re-run `privsplit train-purifier {run.path}`"
+        )
     run.load_module(PURIFIER_WEIGHTS, purifier)
     return purifier.eval()
 
@@ -201,5 +203,3 @@ def load_purifier(run: RunStore) -> Purifier | None:
 def purifier_training_facts(run: RunStore) -> dict[str, Any]:
     """The ``training`` block of ``purifier.json`` (mode, epochs, reference figures)."""
     return dict(run.parse_json(PURIFIER_JSON, lambda d: dict(d.get("training", {}))))
-
-

@@ -15,7 +15,6 @@ from torch import nn
 from privsplit.models.config import Arch, ModelConfig
 from privsplit.models.mobilenet import block_strides, conv_bn, mobilenet_v2_blocks
 
-
 SCORE_BATCH = 512  # images per noise draw in SplitModel.scores; channel_noise draws the same stream
 
 
@@ -39,7 +38,11 @@ def _small_cnn_channels(width: int, count: int) -> list[int]:
 
 
 def _small_block(cin: int, cout: int, stride: int, *, double: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
     if double:
         layers += [nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
@@ -137,7 +140,9 @@ class SplitModel(nn.Module):
             noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         return z + self.config.noise_sigma * noise
 
-    def features(self, x: torch.Tensor, *, noise: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    def features(
+        self, x: torch.Tensor, *, noise: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """What leaves the device: encoder output plus (by default) the channel noise."""
         z = self.encoder(x)
         return self.add_noise(z, generator) if noise else z
@@ -155,7 +160,9 @@ class SplitModel(nn.Module):
         self.eval()
         gen = torch.Generator().manual_seed(noise_seed)
         out = [
-            torch.softmax(self.head(self.features(self.preprocess(images[i : i + batch_size]), generator=gen)), dim=1).numpy()
+            torch.softmax(
+                self.head(self.features(self.preprocess(images[i : i + batch_size]), generator=gen)), dim=1
+            ).numpy()
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.config.num_classes), np.float32)

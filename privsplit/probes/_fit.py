@@ -17,7 +17,7 @@ class Standardizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray, *, per_channel: bool) -> "Standardizer":
+    def fit(cls, x: np.ndarray, *, per_channel: bool) -> Standardizer:
         axes = (0, 2, 3) if per_channel else (0,)
         mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
         std = x.std(axis=axes, keepdims=True, dtype=np.float64)
@@ -28,7 +28,9 @@ class Standardizer:
         return ((x - self.mean) / self.std).astype(np.float32)
 
 
-def validation_split(n: int, fraction: float, *, seed: int, stratify: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    n: int, fraction: float, *, seed: int, stratify: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation) of a seeded slice; stratified when every class has >= 2 items."""
     from sklearn.model_selection import train_test_split
 

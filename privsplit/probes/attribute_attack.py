@@ -8,12 +8,20 @@ balanced accuracy and ROC AUC (one-vs-rest macro for more than two classes).
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from privsplit.errors import DataError
-from privsplit.probes._fit import Standardizer, balanced_class_weights, batches, epoch_bar, predict, seeded, validation_split
+from privsplit.probes._fit import (
+    Standardizer,
+    balanced_class_weights,
+    batches,
+    epoch_bar,
+    predict,
+    seeded,
+    validation_split,
+)
 from privsplit.probes.feature_results import AttackerScore, AttributeLeakage
 from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
 
@@ -95,7 +103,11 @@ def _logistic(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeS
                 refit=True,
             )
             search.fit(flat_train, y_train)
-            model, c, cv_score = search.best_estimator_, search.best_params_["logisticregression__C"], search.best_score_
+            model, c, cv_score = (
+                search.best_estimator_,
+                search.best_params_["logisticregression__C"],
+                search.best_score_,
+            )
         else:
             c, cv_score = spec.logistic_cs[-1], None
             model = pipe.set_params(logisticregression__C=c).fit(flat_train, y_train)
@@ -103,7 +115,9 @@ def _logistic(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeS
     return proba, cv_score, f"C={c:g} by {folds}-fold CV" if cv_score is not None else f"C={c:g}"
 
 
-def _network(kind: AttributeAttacker, x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec, progress: bool):
+def _network(
+    kind: AttributeAttacker, x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec, progress: bool
+):
     """Train an MLP/CNN attacker with Adam and class-balanced CE; keep the best validation epoch."""
     import torch
     from torch.nn import functional as F
@@ -183,5 +197,10 @@ def attack_attribute(
             selection=selection,
         )
     return AttributeLeakage(
-        name=name, classes=tuple(classes), attackers=scores, chance=1.0 / num_classes, task_floor=floor, task_floor_auc=floor_auc
+        name=name,
+        classes=tuple(classes),
+        attackers=scores,
+        chance=1.0 / num_classes,
+        task_floor=floor,
+        task_floor_auc=floor_auc,
     )

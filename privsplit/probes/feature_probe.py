@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-def torch_encoder_fn(model: "SplitModel", *, seed: int = 0, batch_size: int = 256, noise: bool = True) -> Encoder:
+def torch_encoder_fn(model: SplitModel, *, seed: int = 0, batch_size: int = 256, noise: bool = True) -> Encoder:
     """``images -> model.features(model.preprocess(images), noise=True)`` as numpy, under ``no_grad``.
 
     The model is put in eval mode. The channel noise comes from one generator seeded with ``seed``
@@ -75,7 +76,7 @@ def torch_encoder_fn(model: "SplitModel", *, seed: int = 0, batch_size: int = 25
     return encode
 
 
-def torch_task_accuracy(model: "SplitModel", data: Dataset, *, seed: int = 0) -> float:
+def torch_task_accuracy(model: SplitModel, data: Dataset, *, seed: int = 0) -> float:
     """Task accuracy of the full model on ``data`` with the channel noise on (what the deployment delivers).
 
     Scored by :meth:`SplitModel.scores`; with the run's ``eval_noise_seed`` on its holdout this is the holdout
@@ -86,7 +87,9 @@ def torch_task_accuracy(model: "SplitModel", data: Dataset, *, seed: int = 0) ->
     return float(accuracy_score(data.task_labels, predictions))
 
 
-def encode_images(encode: Encoder, images: np.ndarray, *, batch_size: int = 256, desc: str = "encode", progress: bool = True) -> np.ndarray:
+def encode_images(
+    encode: Encoder, images: np.ndarray, *, batch_size: int = 256, desc: str = "encode", progress: bool = True
+) -> np.ndarray:
     """Run ``encode`` over ``images`` in batches; check and return ``float32 (N, C, h, w)`` features.
 
     2-D outputs ``(N, D)`` are read as ``(N, D, 1, 1)``.
@@ -94,7 +97,9 @@ def encode_images(encode: Encoder, images: np.ndarray, *, batch_size: int = 256,
     return _encode(encode, images, batch_size=batch_size, desc=desc, progress=progress)[0]
 
 
-def _encode(encode: Encoder, images: np.ndarray, *, batch_size: int, desc: str, progress: bool) -> tuple[np.ndarray, str]:
+def _encode(
+    encode: Encoder, images: np.ndarray, *, batch_size: int, desc: str, progress: bool
+) -> tuple[np.ndarray, str]:
     """Features as float32 and the dtype the encoder returned them in."""
     from privsplit.progress import progress_bar
 
@@ -154,22 +159,35 @@ def probe_features(
                 "(train with a larger --split share for it, e.g. --split 0.4,0.2,0.2,0.2)"
             )
     attacker, holdout = data.subset(attacker_idx), data.subset(holdout_idx)
-    f_att, dtype = _encode(encode, attacker.images, batch_size=spec.encode_batch_size, desc="encode attacker", progress=progress)
-    f_hold, _ = _encode(encode, holdout.images, batch_size=spec.encode_batch_size, desc="encode holdout", progress=progress)
+    f_att, dtype = _encode(
+        encode, attacker.images, batch_size=spec.encode_batch_size, desc="encode attacker", progress=progress
+    )
+    f_hold, _ = _encode(
+        encode, holdout.images, batch_size=spec.encode_batch_size, desc="encode holdout", progress=progress
+    )
     if f_att.shape[1:] != f_hold.shape[1:]:
         raise DataError(f"the encoder returned shapes {f_att.shape[1:]} and {f_hold.shape[1:]} for two batches")
 
     attribute = None
     if data.private is not None:
         attribute = attack_attribute(
-            f_att, attacker.private_labels, attacker.task_labels,
-            f_hold, holdout.private_labels, holdout.task_labels,
-            name=data.private, classes=tuple(data.classes[data.private]),
-            num_task_classes=data.num_classes(data.task), spec=spec, progress=progress,
-        )  # fmt: skip
+            f_att,
+            attacker.private_labels,
+            attacker.task_labels,
+            f_hold,
+            holdout.private_labels,
+            holdout.task_labels,
+            name=data.private,
+            classes=tuple(data.classes[data.private]),
+            num_task_classes=data.num_classes(data.task),
+            spec=spec,
+            progress=progress,
+        )
     reconstruction = None
     if spec.reconstruction:
-        reconstruction = attack_reconstruction(f_att, attacker.images, f_hold, holdout.images, spec=spec, progress=progress)
+        reconstruction = attack_reconstruction(
+            f_att, attacker.images, f_hold, holdout.images, spec=spec, progress=progress
+        )
     return FeatureLeakageResult(
         source=data.source,
         task=data.task,
@@ -185,9 +203,9 @@ def probe_features(
     )
 
 
-
-
-def probe_run_features(run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, progress: bool = True) -> FeatureLeakageResult:
+def probe_run_features(
+    run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, progress: bool = True
+) -> FeatureLeakageResult:
     """The probe on a run folder's torch model, as deployed (channel noise on), with its task accuracy.
 
     Saves ``RUN/probe_features.json`` (+ samples npz) and returns the result. The accuracy and the

@@ -5,9 +5,10 @@ No torch here: results can be loaded, summarised and plotted anywhere numpy runs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class AttackerScore:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AttackerScore":
+    def from_json(cls, data: Mapping[str, Any]) -> AttackerScore:
         return from_dict(cls, data)
 
 
@@ -72,14 +73,23 @@ class AttributeLeakage:
         return self.attackers[self.best].auc
 
     def to_json(self) -> dict:
-        return to_dict({
-            "name": self.name, "classes": self.classes, "best": self.best, "balanced_accuracy": self.balanced_accuracy,
-            "auc": self.auc, "chance": self.chance, "chance_auc": 0.5, "task_floor": self.task_floor,
-            "task_floor_auc": self.task_floor_auc, "attackers": self.attackers,
-        })  # fmt: skip
+        return to_dict(
+            {
+                "name": self.name,
+                "classes": self.classes,
+                "best": self.best,
+                "balanced_accuracy": self.balanced_accuracy,
+                "auc": self.auc,
+                "chance": self.chance,
+                "chance_auc": 0.5,
+                "task_floor": self.task_floor,
+                "task_floor_auc": self.task_floor_auc,
+                "attackers": self.attackers,
+            }
+        )
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "AttributeLeakage":
+    def from_json(cls, data: Mapping[str, Any]) -> AttributeLeakage:
         return from_dict(cls, data)
 
 
@@ -95,7 +105,7 @@ class ReconstructionSamples:
         save_npz(path, {k: getattr(self, k) for k in ("originals", "reconstructions", "mean_image")})
 
     @classmethod
-    def load(cls, path: Path) -> "ReconstructionSamples":
+    def load(cls, path: Path) -> ReconstructionSamples:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["originals"], z["reconstructions"], z["mean_image"])
 
@@ -126,7 +136,9 @@ class ReconstructionLeakage:
         return {**to_dict(replace(self, samples=None)), "samples": samples_file}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], samples: ReconstructionSamples | None = None) -> "ReconstructionLeakage":
+    def from_json(
+        cls, data: Mapping[str, Any], samples: ReconstructionSamples | None = None
+    ) -> ReconstructionLeakage:
         return from_dict(cls, {**data, "samples": samples})
 
 
@@ -151,28 +163,34 @@ class FeatureLeakageResult:
 
     def with_task_accuracy(
         self, accuracy: float | None, *, noise_sigma: float | None = None, noise_seed: int | None = None
-    ) -> "FeatureLeakageResult":
+    ) -> FeatureLeakageResult:
         return replace(self, task_accuracy=accuracy, task_noise_sigma=noise_sigma, task_noise_seed=noise_seed)
 
     # ---- JSON ---------------------------------------------------------------------------------
     def to_json(self, *, samples_file: str | None = None) -> dict:
-        return to_dict({
-            "schema_version": FEATURE_LEAKAGE_SCHEMA_VERSION,
-            "kind": KIND,
-            "data": {
-                "source": self.source,
-                "image_shape": list(self.image_shape),
-                "feature_shape": list(self.feature_shape),
-                "feature_dtype": self.feature_dtype,
-            },
-            "sizes": {"attacker": self.attacker_size, "holdout": self.holdout_size},
-            "task": {"name": self.task, "accuracy": self.task_accuracy, "noise_sigma": self.task_noise_sigma,
-                     "noise_seed": self.task_noise_seed},
-            "attribute": None if self.attribute is None else self.attribute.to_json(),
-            "reconstruction": None if self.reconstruction is None else self.reconstruction.to_json(samples_file),
-            "spec": self.spec.to_json(),
-            "runtime_s": float(self.runtime_s),
-        })
+        return to_dict(
+            {
+                "schema_version": FEATURE_LEAKAGE_SCHEMA_VERSION,
+                "kind": KIND,
+                "data": {
+                    "source": self.source,
+                    "image_shape": list(self.image_shape),
+                    "feature_shape": list(self.feature_shape),
+                    "feature_dtype": self.feature_dtype,
+                },
+                "sizes": {"attacker": self.attacker_size, "holdout": self.holdout_size},
+                "task": {
+                    "name": self.task,
+                    "accuracy": self.task_accuracy,
+                    "noise_sigma": self.task_noise_sigma,
+                    "noise_seed": self.task_noise_seed,
+                },
+                "attribute": None if self.attribute is None else self.attribute.to_json(),
+                "reconstruction": None if self.reconstruction is None else self.reconstruction.to_json(samples_file),
+                "spec": self.spec.to_json(),
+                "runtime_s": float(self.runtime_s),
+            }
+        )
 
     @classmethod
     def from_json(
@@ -181,7 +199,7 @@ class FeatureLeakageResult:
         *,
         samples: ReconstructionSamples | None = None,
         source: str = "feature-leakage result",
-    ) -> "FeatureLeakageResult":
+    ) -> FeatureLeakageResult:
         data = check_schema(data, version=FEATURE_LEAKAGE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
         d = data["data"]
         return cls(
@@ -224,7 +242,7 @@ class FeatureLeakageResult:
         return save_json(json_path, self.to_json(samples_file=samples_file))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureLeakageResult":
+    def load(cls, path: str | Path) -> FeatureLeakageResult:
         """Read a result written by :meth:`save` (a ``.json`` file or the folder holding ``probe_features.json``)."""
         path = Path(path)
         if path.is_dir():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from privsplit.errors import ConfigError
 from privsplit.results import from_dict, to_dict
@@ -28,7 +29,11 @@ class FeatureProbeSpec:
     training stops early after ``patience`` epochs without improvement on validation.
     """
 
-    attackers: tuple[AttributeAttacker, ...] = (AttributeAttacker.LOGISTIC, AttributeAttacker.MLP, AttributeAttacker.CNN)
+    attackers: tuple[AttributeAttacker, ...] = (
+        AttributeAttacker.LOGISTIC,
+        AttributeAttacker.MLP,
+        AttributeAttacker.CNN,
+    )
     epochs: int = 60
     batch_size: int = 128
     lr: float = 1e-3
@@ -50,8 +55,15 @@ class FeatureProbeSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "attackers", tuple(AttributeAttacker(a) for a in self.attackers))
         object.__setattr__(self, "logistic_cs", tuple(float(c) for c in self.logistic_cs))
-        for name in ("epochs", "batch_size", "patience", "cv_folds", "reconstruction_epochs",
-                     "reconstruction_batch_size", "encode_batch_size"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "patience",
+            "cv_folds",
+            "reconstruction_epochs",
+            "reconstruction_batch_size",
+            "encode_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"FeatureProbeSpec.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.validation_fraction < 0.9:
@@ -67,7 +79,7 @@ class FeatureProbeSpec:
         if self.num_samples < 0:
             raise ConfigError(f"num_samples must be >= 0, got {self.num_samples}")
 
-    def with_epochs(self, epochs: int) -> "FeatureProbeSpec":
+    def with_epochs(self, epochs: int) -> FeatureProbeSpec:
         """Same spec with one training budget for every attacker (the CLI's ``--epochs``)."""
         return replace(self, epochs=epochs, reconstruction_epochs=epochs, patience=min(self.patience, epochs))
 
@@ -75,5 +87,5 @@ class FeatureProbeSpec:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "FeatureProbeSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> FeatureProbeSpec:
         return from_dict(cls, data, strict=True)

@@ -18,7 +18,7 @@ def _f(value: float | None, fmt: str = ".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def summary_text(result: "FeatureLeakageResult") -> str:
+def summary_text(result: FeatureLeakageResult) -> str:
     c, h, w = result.feature_shape
     lines = [
         f"Feature leakage: {result.source}, task {result.task}; features {c}x{h}x{w} ({result.feature_dtype}); "
@@ -37,7 +37,9 @@ def summary_text(result: "FeatureLeakageResult") -> str:
         ]
         for name, score in att.attackers.items():
             mark = "*" if name == att.best else " "
-            lines.append(f"  {mark} {name:<{width - 4}}{_f(score.balanced_accuracy):>9}{_f(score.auc):>8}   {score.selection}")
+            lines.append(
+                f"  {mark} {name:<{width - 4}}{_f(score.balanced_accuracy):>9}{_f(score.auc):>8}   {score.selection}"
+            )
         lines += [
             f"  {'best attacker (' + att.best + ')':<{width - 2}}{_f(att.balanced_accuracy):>9}{_f(att.auc):>8}",
             f"  {'task floor (from the true task label alone)':<{width - 2}}{_f(att.task_floor):>9}{_f(att.task_floor_auc):>8}",

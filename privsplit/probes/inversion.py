@@ -56,7 +56,7 @@ class InversionMetrics:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "InversionMetrics":
+    def from_json(cls, data: dict) -> InversionMetrics:
         return from_dict(cls, data)
 
 
@@ -122,13 +122,22 @@ class InversionOutcome:
 def class_mean_images(pixels: torch.Tensor, predicted: np.ndarray, num_classes: int) -> torch.Tensor:
     """``(K, C, H, W)``: mean image per predicted class (the overall mean for classes never predicted)."""
     overall = pixels.mean(0)
-    return torch.stack([pixels[torch.as_tensor(predicted == c)].mean(0) if (predicted == c).any() else overall for c in range(num_classes)])
+    return torch.stack(
+        [
+            pixels[torch.as_tensor(predicted == c)].mean(0) if (predicted == c).any() else overall
+            for c in range(num_classes)
+        ]
+    )
 
 
-def fit_decoder(probs: np.ndarray, images: np.ndarray, *, config: InversionConfig, seed: int, progress: bool = False) -> ScoreDecoder:
+def fit_decoder(
+    probs: np.ndarray, images: np.ndarray, *, config: InversionConfig, seed: int, progress: bool = False
+) -> ScoreDecoder:
     """Train the score -> image decoder on the attacker's (scores, image) pairs (early-stopped)."""
     if len(probs) != len(images) or len(probs) < 5:
-        raise ConfigError(f"inversion needs at least 5 (scores, image) pairs, got {len(probs)} scores and {len(images)} images")
+        raise ConfigError(
+            f"inversion needs at least 5 (scores, image) pairs, got {len(probs)} scores and {len(images)} images"
+        )
     import copy
 
     from privsplit.progress import progress_bar

@@ -57,7 +57,9 @@ class ScoredRecords:
 
     def __post_init__(self) -> None:
         if self.probs.ndim != 2 or len(self.probs) != len(self.labels):
-            raise ConfigError(f"scores must be (N, K) with one label each, got {self.probs.shape} and {len(self.labels)} labels")
+            raise ConfigError(
+                f"scores must be (N, K) with one label each, got {self.probs.shape} and {len(self.labels)} labels"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -156,7 +158,9 @@ class NSHNet(nn.Module):
 
     def __init__(self, num_classes: int, hidden: int) -> None:
         super().__init__()
-        self.scores = nn.Sequential(nn.Linear(num_classes, hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU())
+        self.scores = nn.Sequential(
+            nn.Linear(num_classes, hidden), nn.ReLU(), nn.Linear(hidden, hidden // 2), nn.ReLU()
+        )
         self.label = nn.Sequential(nn.Linear(num_classes, hidden // 2), nn.ReLU())
         self.joint = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, 1))
 
@@ -165,7 +169,9 @@ class NSHNet(nn.Module):
 
 
 def _mlp(n_in: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Flatten(0))
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Flatten(0)
+    )
 
 
 def _fit(net: nn.Module, inputs: tuple[torch.Tensor, ...], y: np.ndarray, config: AttackConfig) -> nn.Module:
@@ -184,7 +190,9 @@ def _onehot(labels: np.ndarray, k: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.as_tensor(labels), k).float()
 
 
-def learned_scores(attack: Attack, train: ShadowData, evaluate: ScoredRecords, *, config: AttackConfig, seed: int) -> np.ndarray:
+def learned_scores(
+    attack: Attack, train: ShadowData, evaluate: ScoredRecords, *, config: AttackConfig, seed: int
+) -> np.ndarray:
     """Fit ``attack`` on the shadow data, return its membership scores on ``evaluate``."""
     records, y = train.joined()
     torch.manual_seed(seed)

@@ -45,7 +45,7 @@ class MIAMetrics:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "MIAMetrics":
+    def from_json(cls, data: dict) -> MIAMetrics:
         data = dict(data)
         data["tpr_at_01pct_fpr"] = data.pop("tpr_at_0.1pct_fpr")
         return from_dict(cls, data)

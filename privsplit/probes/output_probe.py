@@ -157,7 +157,9 @@ def _l1_pct(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.abs(p.astype(np.float64) - q.astype(np.float64)).sum(1).mean() * 100.0)
 
 
-def probe_outputs(run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=None, view: ServiceView | None = None) -> OutputProbeResult:
+def probe_outputs(
+    run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=None, view: ServiceView | None = None
+) -> OutputProbeResult:
     """Membership inference and inversion on ``run``'s returned scores, without and with its purifier.
 
     ``purifier`` defaults to the run's own (``privsplit train-purifier``); a run without one raises
@@ -190,7 +192,10 @@ def probe_outputs(run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=No
     is_member = np.r_[np.ones(len(view.members)), np.zeros(len(view.nonmembers))]
     arrays = OutputArrays(
         is_member=is_member,
-        scores={**{f"raw/{k}": v for k, v in mia_scores.items()}, **{f"purified/{k}": v for k, v in mia_scores_p.items()}},
+        scores={
+            **{f"raw/{k}": v for k, v in mia_scores.items()},
+            **{f"purified/{k}": v for k, v in mia_scores_p.items()},
+        },
         top_prob={
             "raw": np.r_[view.members.probs.max(1), view.nonmembers.probs.max(1)],
             "purified": np.r_[pure.members.probs.max(1), pure.nonmembers.probs.max(1)],
@@ -223,4 +228,3 @@ def probe_outputs(run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=No
         purifier={"config": purifier.config.to_json(), "training": facts},
         arrays=arrays,
     )
-

@@ -40,7 +40,7 @@ class OutputProbeSpec:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "OutputProbeSpec":
+    def from_json(cls, data: dict[str, Any]) -> OutputProbeSpec:
         return from_dict(cls, data)
 
 
@@ -61,20 +61,22 @@ class MIAReport:
         return self.best.auc - self.label_floor
 
     @classmethod
-    def from_metrics(cls, floor: float, attacks: dict[str, MIAMetrics]) -> "MIAReport":
+    def from_metrics(cls, floor: float, attacks: dict[str, MIAMetrics]) -> MIAReport:
         best = max(attacks, key=lambda name: (attacks[name].auc, attacks[name].advantage))
         return cls(label_floor=floor, attacks=dict(attacks), best_attack=best)
 
     def to_json(self) -> dict[str, Any]:
-        return to_dict({
-            "label_floor": self.label_floor,
-            "excess_auc": self.excess_auc,
-            "best": {"attack": self.best_attack, **self.best.to_json()},
-            "attacks": {k: v.to_json() for k, v in self.attacks.items()},
-        })  # fmt: skip
+        return to_dict(
+            {
+                "label_floor": self.label_floor,
+                "excess_auc": self.excess_auc,
+                "best": {"attack": self.best_attack, **self.best.to_json()},
+                "attacks": {k: v.to_json() for k, v in self.attacks.items()},
+            }
+        )
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "MIAReport":
+    def from_json(cls, data: dict[str, Any]) -> MIAReport:
         return cls(
             label_floor=float(data["label_floor"]),
             attacks={k: MIAMetrics.from_json(v) for k, v in data["attacks"].items()},
@@ -100,7 +102,7 @@ class OutputArrays:
         save_npz(path, flat)
 
     @classmethod
-    def load(cls, path: Path) -> "OutputArrays":
+    def load(cls, path: Path) -> OutputArrays:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
 
@@ -142,38 +144,40 @@ class OutputProbeResult:
         return self.inversion_purified.mse / max(self.inversion.mse, 1e-12)
 
     def to_json(self) -> dict[str, Any]:
-        return to_dict({
-            "schema_version": OUTPUT_PROBE_SCHEMA_VERSION,
-            "kind": KIND,
-            "run": self.run,
-            "spec": self.spec.to_json(),
-            "n_members": self.n_members,
-            "n_nonmembers": self.n_nonmembers,
-            "n_shadow_train": self.n_shadow_train,
-            "noise_seed": self.noise_seed,
-            "accuracy": self.accuracy,
-            "accuracy_members": self.accuracy_members,
-            "accuracy_purified": self.accuracy_purified,
-            "accuracy_members_purified": self.accuracy_members_purified,
-            "accuracy_drop_points": self.accuracy_drop_points,
-            "label_agreement": self.label_agreement,
-            "label_agreement_members": self.label_agreement_members,
-            "distortion_pct": self.distortion_pct,
-            "distortion_pct_members": self.distortion_pct_members,
-            "distortion_definition": "100 x mean over holdout records of sum_k |p_k - q_k| (L1; range 0-200; "
-            "total variation = half); distortion_pct_members: the same over members",
-            "mia": self.mia.to_json(),
-            "mia_purified": self.mia_purified.to_json(),
-            "inversion": self.inversion.to_json(),
-            "inversion_purified": self.inversion_purified.to_json(),
-            "inversion_mse_ratio": self.inversion_mse_ratio,
-            "purifier": self.purifier,
-        })  # fmt: skip
+        return to_dict(
+            {
+                "schema_version": OUTPUT_PROBE_SCHEMA_VERSION,
+                "kind": KIND,
+                "run": self.run,
+                "spec": self.spec.to_json(),
+                "n_members": self.n_members,
+                "n_nonmembers": self.n_nonmembers,
+                "n_shadow_train": self.n_shadow_train,
+                "noise_seed": self.noise_seed,
+                "accuracy": self.accuracy,
+                "accuracy_members": self.accuracy_members,
+                "accuracy_purified": self.accuracy_purified,
+                "accuracy_members_purified": self.accuracy_members_purified,
+                "accuracy_drop_points": self.accuracy_drop_points,
+                "label_agreement": self.label_agreement,
+                "label_agreement_members": self.label_agreement_members,
+                "distortion_pct": self.distortion_pct,
+                "distortion_pct_members": self.distortion_pct_members,
+                "distortion_definition": "100 x mean over holdout records of sum_k |p_k - q_k| (L1; range 0-200; "
+                "total variation = half); distortion_pct_members: the same over members",
+                "mia": self.mia.to_json(),
+                "mia_purified": self.mia_purified.to_json(),
+                "inversion": self.inversion.to_json(),
+                "inversion_purified": self.inversion_purified.to_json(),
+                "inversion_mse_ratio": self.inversion_mse_ratio,
+                "purifier": self.purifier,
+            }
+        )
 
     @classmethod
     def from_json(
         cls, data: dict[str, Any], arrays: OutputArrays | None = None, *, source: str = "output-probe result"
-    ) -> "OutputProbeResult":
+    ) -> OutputProbeResult:
         data = check_schema(data, version=OUTPUT_PROBE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
         mia = {k: MIAReport.from_json(data[k]) for k in ("mia", "mia_purified")}  # MIAMetrics renames a key
         return from_dict(cls, {**data, **mia, "arrays": arrays})
@@ -186,7 +190,7 @@ class OutputProbeResult:
         return save_json(json_path, self.to_json())
 
     @classmethod
-    def load(cls, json_path: str | Path) -> "OutputProbeResult":
+    def load(cls, json_path: str | Path) -> OutputProbeResult:
         json_path = Path(json_path)
         if not json_path.is_file():
             raise RunError(f"{json_path} not found: write it with `privsplit probe outputs RUN --json {json_path}`")
@@ -205,15 +209,23 @@ class OutputProbeResult:
         add("holdout accuracy (with channel noise)", self.accuracy, self.accuracy_purified, "{:.4f}")
         add("members accuracy", self.accuracy_members, self.accuracy_members_purified, "{:.4f}")
         rows.append(("label agreement (holdout)", "-", f"{self.label_agreement:.4f}"))
-        rows.append(("distortion % L1 (holdout / members)", "-", f"{self.distortion_pct:.2f} / {self.distortion_pct_members:.2f}"))
+        rows.append(
+            (
+                "distortion % L1 (holdout / members)",
+                "-",
+                f"{self.distortion_pct:.2f} / {self.distortion_pct_members:.2f}",
+            )
+        )
         rows.append(("MIA label floor (AUC)", f"{self.mia.label_floor:.3f}", f"{self.mia_purified.label_floor:.3f}"))
         for name in self.mia.attacks:
             a, b = self.mia.attacks[name], self.mia_purified.attacks.get(name)
-            rows.append((
-                f"  {name}: AUC / adv / TPR@1% / TPR@0.1%",
-                _fmt_mia(a),
-                _fmt_mia(b) if b is not None else "-",
-            ))
+            rows.append(
+                (
+                    f"  {name}: AUC / adv / TPR@1% / TPR@0.1%",
+                    _fmt_mia(a),
+                    _fmt_mia(b) if b is not None else "-",
+                )
+            )
         rows.append(("best attack", self.mia.best_attack, self.mia_purified.best_attack))
         add("best AUC", self.mia.best.auc, self.mia_purified.best.auc)
         add("best AUC - label floor", self.mia.excess_auc, self.mia_purified.excess_auc, "{:+.3f}")
@@ -225,11 +237,13 @@ class OutputProbeResult:
             f"{self.inversion_purified.mse:.4f} ({self.inversion_purified.mse_members:.4f}/{self.inversion_purified.mse_nonmembers:.4f})",
         )
         add("inversion SSIM", self.inversion.ssim, self.inversion_purified.ssim)
-        rows.append((
-            "inversion baselines: mean image / class-mean MSE",
-            f"{self.inversion.mean_image_mse:.4f} / {self.inversion.class_mean_mse:.4f}",
-            f"{self.inversion_purified.mean_image_mse:.4f} / {self.inversion_purified.class_mean_mse:.4f}",
-        ))
+        rows.append(
+            (
+                "inversion baselines: mean image / class-mean MSE",
+                f"{self.inversion.mean_image_mse:.4f} / {self.inversion.class_mean_mse:.4f}",
+                f"{self.inversion_purified.mean_image_mse:.4f} / {self.inversion_purified.class_mean_mse:.4f}",
+            )
+        )
         w0 = max(len(r[0]) for r in rows)
         w1 = max(len(r[1]) for r in rows + [("", "without purifier", "")])
         head = f"{'':{w0}}  {'without purifier':>{w1}}  with purifier (adaptive attacker)"

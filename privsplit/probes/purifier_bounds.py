@@ -72,11 +72,16 @@ def _loss_score(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-30, None))
 
 
-def collapse_frontier(member_probs, member_labels, nonmember_probs, nonmember_labels, *, thresholds=THRESHOLDS) -> tuple[float, tuple[FrontierPoint, ...]]:
+def collapse_frontier(
+    member_probs, member_labels, nonmember_probs, nonmember_labels, *, thresholds=THRESHOLDS
+) -> tuple[float, tuple[FrontierPoint, ...]]:
     """(label floor, frontier points) of the oracle collapse policy on balanced member / non-member sets."""
     member_probs, nonmember_probs = np.asarray(member_probs), np.asarray(nonmember_probs)
     is_member = np.r_[np.ones(len(member_probs), bool), np.zeros(len(nonmember_probs), bool)]
-    floor = label_floor(float((member_probs.argmax(1) == member_labels).mean()), float((nonmember_probs.argmax(1) == nonmember_labels).mean()))
+    floor = label_floor(
+        float((member_probs.argmax(1) == member_labels).mean()),
+        float((nonmember_probs.argmax(1) == nonmember_labels).mean()),
+    )
     points = []
     for a in thresholds:
         qm, qn = _collapse(member_probs, a), _collapse(nonmember_probs, a)
@@ -86,9 +91,13 @@ def collapse_frontier(member_probs, member_labels, nonmember_probs, nonmember_la
     return floor, tuple(points)
 
 
-def purifier_bounds(view, *, raw_inversion_mse: float | None = None, class_mean_mse: float | None = None) -> PurifierBounds:
+def purifier_bounds(
+    view, *, raw_inversion_mse: float | None = None, class_mean_mse: float | None = None
+) -> PurifierBounds:
     """Both limits for a :class:`~privsplit.probes.output_probe.ServiceView` (raw, unpurified scores)."""
-    floor, frontier = collapse_frontier(view.members.probs, view.members.labels, view.nonmembers.probs, view.nonmembers.labels)
+    floor, frontier = collapse_frontier(
+        view.members.probs, view.members.labels, view.nonmembers.probs, view.nonmembers.labels
+    )
     ceiling = None
     if raw_inversion_mse and class_mean_mse:
         ceiling = float(class_mean_mse / raw_inversion_mse)

@@ -100,7 +100,9 @@ def attack_reconstruction(
     epochs = spec.reconstruction_epochs
     with seeded(spec.seed + 3):
         # channels-last: the same arithmetic, about a third less CPU time for these convolutions
-        decoder = BaselineOffsetDecoder(tuple(features_train.shape[1:]), mean_image).to(memory_format=torch.channels_last)
+        decoder = BaselineOffsetDecoder(tuple(features_train.shape[1:]), mean_image).to(
+            memory_format=torch.channels_last
+        )
         opt = torch.optim.Adam(decoder.parameters(), lr=spec.reconstruction_lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         # epoch 0 (the untrained decoder = the mean image) is a candidate too: features that add

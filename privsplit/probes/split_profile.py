@@ -70,7 +70,7 @@ class SplitProfileSpec:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "SplitProfileSpec":
+    def from_json(cls, data: dict) -> SplitProfileSpec:
         return from_dict(cls, data)
 
 
@@ -91,7 +91,7 @@ class SplitRow:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "SplitRow":
+    def from_json(cls, data: dict) -> SplitRow:
         return from_dict(cls, data)
 
 
@@ -114,29 +114,38 @@ class SplitProfile:
         return {"schema_version": PROFILE_SCHEMA_VERSION, **to_dict(self)}
 
     @classmethod
-    def from_json(cls, data: dict, *, source: str = "split profile") -> "SplitProfile":
+    def from_json(cls, data: dict, *, source: str = "split profile") -> SplitProfile:
         return from_dict(cls, check_schema(data, version=PROFILE_SCHEMA_VERSION, source=source, hint=_HINT))
 
     def save(self, path: str | Path) -> None:
         save_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "SplitProfile":
+    def load(cls, path: str | Path) -> SplitProfile:
         return cls.from_json(read_json(path, what="a split profile", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
         s = self.spec
         priv = self.private_chance is not None
-        head = f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} {'dCor²':>6}" + (" private" if priv else "")
-        lines = [f"split profile of {self.run} ({self.arch}, {self.image_size} px) on {s.runtime.value}, {s.threads} thread(s); "
-                 f"uplink {s.bandwidth_mbps:g} Mbit/s, rtt {s.rtt_ms:g} ms" + (f", budget {s.budget_ms:g} ms" if s.budget_ms else ""), head]  # fmt: skip
+        head = (
+            f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} {'dCor²':>6}"
+            + (" private" if priv else "")
+        )
+        lines = [
+            f"split profile of {self.run} ({self.arch}, {self.image_size} px) on {s.runtime.value}, {s.threads} thread(s); "
+            f"uplink {s.bandwidth_mbps:g} Mbit/s, rtt {s.rtt_ms:g} ms"
+            + (f", budget {s.budget_ms:g} ms" if s.budget_ms else ""),
+            head,
+        ]
         for r in self.rows:
             mark = ("*" if r.split == self.suggested else " ") + ("t" if r.trained else " ")
             shape = "x".join(map(str, r.feature_shape))
             line = f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} {r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f}"
             lines.append(line + (f" {r.private_balanced_accuracy:>7.3f}" if priv else ""))
-        lines.append(f"(ms: median of {s.runs} runs per module after {s.warmup} warm-up runs, interleaved; * suggested, "
-                     "t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")"))
+        lines.append(
+            f"(ms: median of {s.runs} runs per module after {s.warmup} warm-up runs, interleaved; * suggested, "
+            "t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")")
+        )
         lines.append(f"suggested split {self.suggested}: {self.reason}")
         return "\n".join(lines)
 
@@ -175,6 +184,7 @@ def _timer(module, shape: tuple[int, ...], spec: SplitProfileSpec, path: Path):
     module = module.eval()
     x = torch.zeros((1, *shape))
     if spec.runtime is SplitRuntime.TORCH:
+
         def call():
             previous = torch.get_num_threads()
             torch.set_num_threads(spec.threads)
@@ -190,7 +200,9 @@ def _timer(module, shape: tuple[int, ...], spec: SplitProfileSpec, path: Path):
     ort = require("onnxruntime", package="onnxruntime", extra="export")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+        torch.onnx.export(
+            module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"]
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = spec.threads, 1, 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -201,7 +213,9 @@ def _timer(module, shape: tuple[int, ...], spec: SplitProfileSpec, path: Path):
 def _request_bytes(shape: tuple[int, int, int]) -> int:
     from privsplit.proto.wire import features_request
 
-    request = features_request(np.zeros((1, *shape), np.int8), encoder_hash="0" * 64, scale=0.05, zero_point=0, request_id="0")
+    request = features_request(
+        np.zeros((1, *shape), np.int8), encoder_hash="0" * 64, scale=0.05, zero_point=0, request_id="0"
+    )
     return len(request.to_proto().SerializeToString())
 
 
@@ -303,8 +317,14 @@ def suggest(rows: list[SplitRow], spec: SplitProfileSpec) -> tuple[int, bool, st
         return fastest.split, False, f"no split fits {spec.budget_ms:g} ms; the fastest takes {fastest.total_ms:.2f} ms"
     floor = min(r.dcor for r in fits)
     best = min((r for r in fits if r.dcor <= floor + LEAKAGE_TIE), key=lambda r: (r.total_ms, r.split))
-    return best.split, True, (f"lowest leakage indicator (dCor² {best.dcor:.3f}, within {LEAKAGE_TIE} of the lowest, then "
-                              f"fastest) of the {len(fits)} split(s) within {spec.budget_ms:g} ms ({best.total_ms:.2f} ms)")  # fmt: skip
+    return (
+        best.split,
+        True,
+        (
+            f"lowest leakage indicator (dCor² {best.dcor:.3f}, within {LEAKAGE_TIE} of the lowest, then "
+            f"fastest) of the {len(fits)} split(s) within {spec.budget_ms:g} ms ({best.total_ms:.2f} ms)"
+        ),
+    )
 
 
 def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress: bool = False) -> SplitProfile:
@@ -358,16 +378,37 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
                         a = cut(model.preprocess(images[s : s + _CHUNK]))
                         pooled.append(torch.cat([a.mean((2, 3)), a.std((2, 3))], 1).numpy())
                 priv = _private_probe(np.concatenate(pooled), private, spec.seed)
-            rows.append(SplitRow(
-                split=k, trained=k == cfg.split, feature_shape=tuple(shape), request_bytes=nbytes, device_ms=round(device_ms, 4),
-                server_ms=round(server_ms, 4), uplink_ms=round(uplink_ms, 4), total_ms=round(device_ms + uplink_ms + server_ms + spec.rtt_ms, 4),
-                dcor=round(dcor, 4), private_balanced_accuracy=None if priv is None else round(priv, 4),
-            ))  # fmt: skip
+            rows.append(
+                SplitRow(
+                    split=k,
+                    trained=k == cfg.split,
+                    feature_shape=tuple(shape),
+                    request_bytes=nbytes,
+                    device_ms=round(device_ms, 4),
+                    server_ms=round(server_ms, 4),
+                    uplink_ms=round(uplink_ms, 4),
+                    total_ms=round(device_ms + uplink_ms + server_ms + spec.rtt_ms, 4),
+                    dcor=round(dcor, 4),
+                    private_balanced_accuracy=None if priv is None else round(priv, 4),
+                )
+            )
             if progress:
                 import sys
 
-                print(f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     chosen, ok, reason = suggest(rows, spec)
-    return SplitProfile(run=run.path.name, arch=cfg.arch.value, image_size=cfg.image_size, spec=spec, rows=tuple(rows),
-                        suggested=chosen, within_budget=ok, reason=reason, private_chance=chance)  # fmt: skip
+    return SplitProfile(
+        run=run.path.name,
+        arch=cfg.arch.value,
+        image_size=cfg.image_size,
+        spec=spec,
+        rows=tuple(rows),
+        suggested=chosen,
+        within_budget=ok,
+        reason=reason,
+        private_chance=chance,
+    )

@@ -75,18 +75,24 @@ class QuickstartConfig:
         return self.data.split(":", 1)[0]
 
     @classmethod
-    def smallest(cls, out: str | Path, **overrides) -> "QuickstartConfig":
+    def smallest(cls, out: str | Path, **overrides) -> QuickstartConfig:
         """No curve point, small attacker budgets and short measurements: the whole path in about 80 s
         on ``digits``. The models keep their recipes' epochs: a protected target trained shorter
         barely overfits, which leaves the membership probe nothing to measure."""
         settings: dict[str, Any] = dict(
-            curve_weights=(), purifier_epochs=100, probe_epochs=15, calibration=64, edge_runs=30,
-            load_seconds=1.0, load_concurrency=(1, 4), infer_images=16,
+            curve_weights=(),
+            purifier_epochs=100,
+            probe_epochs=15,
+            calibration=64,
+            edge_runs=30,
+            load_seconds=1.0,
+            load_concurrency=(1, 4),
+            infer_images=16,
         )
         settings.update(overrides)
         return cls(out=Path(out), **settings)
 
-    def with_(self, **changes) -> "QuickstartConfig":
+    def with_(self, **changes) -> QuickstartConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:

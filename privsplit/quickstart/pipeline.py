@@ -31,9 +31,13 @@ def _prepare(root: Path, force: bool, resume: QuickstartConfig | None = None) ->
         return
     if root.exists() and any(root.iterdir()):
         if not force:
-            raise ConfigError(f"{root} exists and is not empty: choose a new --out, or pass --force to replace a previous quickstart there")
+            raise ConfigError(
+                f"{root} exists and is not empty: choose a new --out, or pass --force to replace a previous quickstart there"
+            )
         if not (root / "quickstart.json").is_file():
-            raise ConfigError(f"{root} is not a quickstart folder (no quickstart.json): refusing to delete it even with --force")
+            raise ConfigError(
+                f"{root} is not a quickstart folder (no quickstart.json): refusing to delete it even with --force"
+            )
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
 
@@ -73,7 +77,9 @@ def _models(config: QuickstartConfig):
     epochs = {} if config.epochs is None else {"epochs": config.epochs}
     models = [(UNPROTECTED, TrainConfig.unprotected(**epochs))]
     protected = TrainConfig(**epochs)
-    models += [(curve_run_name(w), protected.with_(adv_weight=w)) for w in config.curve_weights if w != protected.adv_weight]
+    models += [
+        (curve_run_name(w), protected.with_(adv_weight=w)) for w in config.curve_weights if w != protected.adv_weight
+    ]
     models.append((PROTECTED, protected))
     return models
 
@@ -84,21 +90,26 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False, resume: boo
     ``resume``: continue an interrupted quickstart in ``config.out`` (same options): trained models and
     their probes are kept, an interrupted training resumes from its epoch checkpoint, and the stages
     from the export on run again."""
-    from privsplit.report.build import build_report
-
     from privsplit.data import load_dataset
+    from privsplit.report.build import build_report
 
     layout = QuickstartLayout(config.out)
     # every data option (spec, folder, task, private, --image-size, --limit) is checked before --out is touched,
     # so a bad option leaves nothing behind that a corrected rerun would refuse
-    load_dataset(config.data, task=config.task, private=config.private, image_size=config.image_size,
-                 limit=config.limit)  # fmt: skip
+    load_dataset(
+        config.data, task=config.task, private=config.private, image_size=config.image_size, limit=config.limit
+    )
     _prepare(layout.root, force, config if resume else None)
     models = _models(config)
     state: dict = {
-        "schema_version": QUICKSTART_SCHEMA_VERSION, "kind": "quickstart", "privsplit": __version__,
-        "config": config.to_json(), "models": [], "stages": [], "complete": False,
-    }  # fmt: skip
+        "schema_version": QUICKSTART_SCHEMA_VERSION,
+        "kind": "quickstart",
+        "privsplit": __version__,
+        "config": config.to_json(),
+        "models": [],
+        "stages": [],
+        "complete": False,
+    }
 
     def save() -> None:
         state["stages"] = [t.to_json() for t in log.times]
@@ -123,9 +134,8 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False, resume: boo
 
 
 def _train(config, layout, models, log, state) -> None:
-    from privsplit.train import train_run
-
     from privsplit.run import RunFolder
+    from privsplit.train import train_run
     from privsplit.train.checkpoint import has_checkpoint
 
     for name, train_config in models:
@@ -136,17 +146,31 @@ def _train(config, layout, models, log, state) -> None:
                 folder = RunFolder(path)
             else:
                 folder = train_run(
-                    config.data, path, task=config.task, private=config.private, image_size=config.image_size,
-                    limit=config.limit, seed=config.seed, config=train_config, progress=config.progress,
+                    config.data,
+                    path,
+                    task=config.task,
+                    private=config.private,
+                    image_size=config.image_size,
+                    limit=config.limit,
+                    seed=config.seed,
+                    config=train_config,
+                    progress=config.progress,
                     resume=has_checkpoint(path),
-                )  # fmt: skip
+                )
             task = folder.read_json("metrics.json")["task"]
             noise = noise_note(task.get("noise_sigma"), task.get("noise_seed"))
             st.detail = f"holdout task accuracy {task['accuracy']:.4f} {noise}" + (
                 " (kept from the interrupted quickstart)" if kept else ""
             )
-        state["models"].append({"name": name, "run": str(layout.run(name).relative_to(layout.root)), "adv_weight": train_config.adv_weight,
-                                "noise_sigma": train_config.noise_sigma, "feature_channels": train_config.feature_channels})  # fmt: skip
+        state["models"].append(
+            {
+                "name": name,
+                "run": str(layout.run(name).relative_to(layout.root)),
+                "adv_weight": train_config.adv_weight,
+                "noise_sigma": train_config.noise_sigma,
+                "feature_channels": train_config.feature_channels,
+            }
+        )
 
 
 def _feature_spec(config):
@@ -205,10 +229,17 @@ def _export_and_flash(config, layout, log) -> None:
     with log.stage("export INT8 TFLite + ONNX, signed") as st:
         keys = generate_keys(layout.key_prefix)
         result = export_run(
-            layout.run(PROTECTED), layout.export, formats=(ExportFormat.TFLITE_INT8, ExportFormat.ONNX_INT8),
-            calibration=config.calibration, sign_key=keys.private, seed=config.seed, probe_spec=_feature_spec(config),
-            probe_formats=(ExportFormat.TFLITE_INT8,), overwrite=True, progress=config.progress,
-        )  # fmt: skip
+            layout.run(PROTECTED),
+            layout.export,
+            formats=(ExportFormat.TFLITE_INT8, ExportFormat.ONNX_INT8),
+            calibration=config.calibration,
+            sign_key=keys.private,
+            seed=config.seed,
+            probe_spec=_feature_spec(config),
+            probe_formats=(ExportFormat.TFLITE_INT8,),
+            overwrite=True,
+            progress=config.progress,
+        )
         if not result.shipped:
             raise RunError(f"no exported format passed parity; see {result.parity_path}")
         st.detail = f"shipped {', '.join(result.shipped)}"
@@ -267,14 +298,21 @@ def _edge_infer(config, layout, log, state, target, public_key):
         accuracy = float((predicted == labels).mean())
         latency = [r.latency_ms for r in report.results if r.ok]
         state["serving"] = {
-            "images": len(images), "ok": int(ok.sum()), "failed": int((~ok).sum()), "accuracy": accuracy,
-            "encoder": pipeline.encoder, "runtime": pipeline.runtime.name.value,
-            "latency_ms_p50": float(np.median(latency)) if latency else None, "server": target,
-        }  # fmt: skip
+            "images": len(images),
+            "ok": int(ok.sum()),
+            "failed": int((~ok).sum()),
+            "accuracy": accuracy,
+            "encoder": pipeline.encoder,
+            "runtime": pipeline.runtime.name.value,
+            "latency_ms_p50": float(np.median(latency)) if latency else None,
+            "server": target,
+        }
         wire = pipeline.encode_pixels(images[:1])
         pipeline.close()
         if not ok.all():
-            raise RunError(f"{int((~ok).sum())} of {len(images)} edge requests failed: {next(r.error for r in report.results if not r.ok)}")
+            raise RunError(
+                f"{int((~ok).sum())} of {len(images)} edge requests failed: {next(r.error for r in report.results if not r.ok)}"
+            )
         st.detail = f"accuracy {accuracy:.3f} through {pipeline.encoder} on {pipeline.runtime.name.value} + server"
     return wire
 
@@ -293,9 +331,28 @@ def _device_latency(config, layout, log, target, public_key) -> None:
         found = []
         for runtime in runtimes:
             out = layout.edge_bench(runtime)
-            cmd = [sys.executable, "-m", "privsplit.cli.main", "edge", "bench", str(layout.device / "current"), "--runtime", runtime,
-                   "--encoder", _RUNTIME_ENCODER[runtime], "--runs", str(config.edge_runs), "--server", target,
-                   "--trust-key", str(public_key), "--seed", str(config.seed), "--json", str(out)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "privsplit.cli.main",
+                "edge",
+                "bench",
+                str(layout.device / "current"),
+                "--runtime",
+                runtime,
+                "--encoder",
+                _RUNTIME_ENCODER[runtime],
+                "--runs",
+                str(config.edge_runs),
+                "--server",
+                target,
+                "--trust-key",
+                str(public_key),
+                "--seed",
+                str(config.seed),
+                "--json",
+                str(out),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
             if proc.returncode != 0:
                 tail = " | ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit status {proc.returncode}"
@@ -311,11 +368,17 @@ def _cloud_latency(config, layout, log, target, wire) -> None:
 
     levels = ", ".join(map(str, config.load_concurrency))
     with log.stage(f"cloud latency and throughput (concurrency {levels}, {config.load_seconds:g} s each)") as st:
-        request = features_request(wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point)
-        spec = LoadSpec(target=target, concurrency=config.load_concurrency, duration_s=config.load_seconds, warmup_s=0.5)
+        request = features_request(
+            wire.data, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point
+        )
+        spec = LoadSpec(
+            target=target, concurrency=config.load_concurrency, duration_s=config.load_seconds, warmup_s=0.5
+        )
         result = run_load(spec, request, label="quickstart cloud")
         result.save(layout.cloud_load)
         errors = sum(p.errors for p in result.points)
         if errors:
             raise RunError(f"{errors} requests to the cloud service failed under load: {result.points[-1].error_codes}")
-        st.detail = ", ".join(f"c={p.concurrency}: {p.throughput:.0f} req/s, p50 {p.p50_ms:.2f} ms" for p in result.points)
+        st.detail = ", ".join(
+            f"c={p.concurrency}: {p.throughput:.0f} req/s, p50 {p.p50_ms:.2f} ms" for p in result.points
+        )

@@ -25,7 +25,18 @@ class ServiceProcess:
     """A running ``privsplit serve BUNDLE --host 127.0.0.1 --port 0``; a context manager."""
 
     def __init__(self, bundle: str | Path, *, extra_args: tuple[str, ...] = (), start_timeout_s: float = 120.0) -> None:
-        self.args = [sys.executable, "-m", "privsplit.cli.main", "serve", str(bundle), "--host", "127.0.0.1", "--port", "0", *extra_args]
+        self.args = [
+            sys.executable,
+            "-m",
+            "privsplit.cli.main",
+            "serve",
+            str(bundle),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *extra_args,
+        ]
         self.start_timeout_s = start_timeout_s
         self.lines: list[str] = []
         self.port: int | None = None
@@ -46,8 +57,10 @@ class ServiceProcess:
             self._lines.put(line)
         self._lines.put(None)
 
-    def start(self) -> "ServiceProcess":
-        self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def start(self) -> ServiceProcess:
+        self._proc = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         threading.Thread(target=self._read, name="privsplit-serve-log", daemon=True).start()
         deadline = time.monotonic() + self.start_timeout_s
         while self.port is None:
@@ -85,7 +98,7 @@ class ServiceProcess:
         if self._proc is not None:
             self.exit_code = self._proc.returncode
 
-    def __enter__(self) -> "ServiceProcess":
+    def __enter__(self) -> ServiceProcess:
         return self.start() if self.port is None else self
 
     def __exit__(self, *exc) -> None:

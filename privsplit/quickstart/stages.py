@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from privsplit.results import from_dict, to_dict
 
@@ -21,7 +21,7 @@ class StageTime:
         return {**to_dict(self), "seconds": round(self.seconds, 3)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "StageTime":
+    def from_json(cls, data: dict) -> StageTime:
         return from_dict(cls, data)
 
 
@@ -56,7 +56,10 @@ class StageLog:
         yield current
         seconds = time.perf_counter() - t0
         self.times.append(StageTime(name=name, seconds=seconds, detail=current.detail))
-        self.say(f"[{number}/{self.total}] {name}: done in {seconds:.1f} s" + (f" ({current.detail})" if current.detail else ""))
+        self.say(
+            f"[{number}/{self.total}] {name}: done in {seconds:.1f} s"
+            + (f" ({current.detail})" if current.detail else "")
+        )
         if self.on_record is not None:
             self.on_record()
 

@@ -40,21 +40,65 @@ def _features(doc: Document, s: dict) -> None:
         f"Chance is {_f(m0['attribute_chance'])}; the **task floor** ({_f(m0['attribute_task_floor'])}) is what the true task label alone "
         f"gives away (the server learns the task anyway); the mean-image baseline SSIM is {_f(m0['reconstruction_baseline_ssim'])}."
     )
-    rows = [[m["name"], f"{m['feature_channels']} ch, σ {m['noise_sigma']:g}, λ {m['adv_weight']:g}", _f(m["task_accuracy"]),
-             f"{_f(m['attribute_balanced_accuracy'])} ({m['attribute_attacker']})", _f(m["reconstruction_ssim"])] for m in models]  # fmt: skip
-    sec.add(Table(["model", "encoder (channels, noise, adversary weight)", "task accuracy (with channel noise)", "attribute attacker bal. acc.", "reconstruction SSIM"], rows))
+    rows = [
+        [
+            m["name"],
+            f"{m['feature_channels']} ch, σ {m['noise_sigma']:g}, λ {m['adv_weight']:g}",
+            _f(m["task_accuracy"]),
+            f"{_f(m['attribute_balanced_accuracy'])} ({m['attribute_attacker']})",
+            _f(m["reconstruction_ssim"]),
+        ]
+        for m in models
+    ]
+    sec.add(
+        Table(
+            [
+                "model",
+                "encoder (channels, noise, adversary weight)",
+                "task accuracy (with channel noise)",
+                "attribute attacker bal. acc.",
+                "reconstruction SSIM",
+            ],
+            rows,
+        )
+    )
     if s["artefacts"]:
-        rows = [[a["format"], _f(a["size_kb"], 1), _f(a["task_accuracy"]), _f(a["attribute_balanced_accuracy"]), _f(a["reconstruction_ssim"]),
-                 _f(a["cosine"], 5), "yes" if a["shipped"] else "no"] for a in s["artefacts"]]  # fmt: skip
-        sec.add(Table(["protected encoder as", "size KB", "task accuracy", "attribute attacker bal. acc.", "reconstruction SSIM", "cosine vs PyTorch", "shipped"], rows,
-                      caption="PyTorch against the exported artefacts, on the same holdout images with the same int8 wire (export parity)."))  # fmt: skip
+        rows = [
+            [
+                a["format"],
+                _f(a["size_kb"], 1),
+                _f(a["task_accuracy"]),
+                _f(a["attribute_balanced_accuracy"]),
+                _f(a["reconstruction_ssim"]),
+                _f(a["cosine"], 5),
+                "yes" if a["shipped"] else "no",
+            ]
+            for a in s["artefacts"]
+        ]
+        sec.add(
+            Table(
+                [
+                    "protected encoder as",
+                    "size KB",
+                    "task accuracy",
+                    "attribute attacker bal. acc.",
+                    "reconstruction SSIM",
+                    "cosine vs PyTorch",
+                    "shipped",
+                ],
+                rows,
+                caption="PyTorch against the exported artefacts, on the same holdout images with the same int8 wire (export parity).",
+            )
+        )
 
 
 def _outputs(doc: Document, s: dict) -> None:
     o = s["outputs"]
     sec = doc.section("What the cloud returns: membership inference and inversion")
     if o is None:
-        sec.add("No output-leakage probe was found (`privsplit train-purifier RUN` then `privsplit probe outputs RUN`).")
+        sec.add(
+            "No output-leakage probe was found (`privsplit train-purifier RUN` then `privsplit probe outputs RUN`)."
+        )
         return
     sec.add(
         f"{o['members']} training members against {o['nonmembers']} non-members. Eight attacks (thresholds, ML-Leaks, NSH, label-only, a "
@@ -70,7 +114,11 @@ def _outputs(doc: Document, s: dict) -> None:
         ["attacker advantage", _f(r["advantage"]), _f(p["advantage"])],
         ["TPR at 1 % FPR", _f(r["tpr_at_1pct_fpr"]), _f(p["tpr_at_1pct_fpr"])],
         ["TPR at 0.1 % FPR", _f(r["tpr_at_0.1pct_fpr"]), _f(p["tpr_at_0.1pct_fpr"])],
-        ["inversion MSE (class-mean floor " + _f(o["inversion_class_mean_mse"], 4) + ")", _f(o["inversion_mse"], 4), _f(o["inversion_mse_purified"], 4)],
+        [
+            "inversion MSE (class-mean floor " + _f(o["inversion_class_mean_mse"], 4) + ")",
+            _f(o["inversion_mse"], 4),
+            _f(o["inversion_mse_purified"], 4),
+        ],
         ["label agreement with the unpurified argmax", "–", _f(o["label_agreement"], 4)],
         ["distortion (mean L1, %)", "–", _f(o["distortion_pct"], 2)],
     ]
@@ -81,20 +129,63 @@ def _latency(doc: Document, s: dict) -> None:
     sec = doc.section("Latency and bytes")
     if s["serving"]:
         v = s["serving"]
-        sec.add(f"Edge inference from the flashed device folder over real gRPC: {v['ok']}/{v['images']} holdout images answered, accuracy "
-                f"{_f(v['accuracy'])} through {v['encoder']} on {v['runtime']}.")  # fmt: skip
+        sec.add(
+            f"Edge inference from the flashed device folder over real gRPC: {v['ok']}/{v['images']} holdout images answered, accuracy "
+            f"{_f(v['accuracy'])} through {v['encoder']} on {v['runtime']}."
+        )
     if s["device_latency"]:
-        rows = [[d["runtime"], d["encoder"], _f(d["p50_ms"]), _f(d["p99_ms"]), _f(d["encode_p50_ms"]), _f(d["rpc_p50_ms"]), _f(d["init_ms"], 1),
-                 _f(d["peak_rss_mb"], 0), f"{d['bytes_per_request']} (float32 {d['bytes_float32_request']}, JPEG {d['bytes_input_jpeg']})"]
-                for d in s["device_latency"]]  # fmt: skip
-        sec.add(Table(["device runtime", "encoder", "p50 ms", "p99 ms", "encode p50 ms", "round trip p50 ms", "init ms", "peak RSS MB", "bytes per request"], rows,
-                      caption="One image per request, 1 thread, measured on this machine (not a Pi): compare backends as ratios."))  # fmt: skip
+        rows = [
+            [
+                d["runtime"],
+                d["encoder"],
+                _f(d["p50_ms"]),
+                _f(d["p99_ms"]),
+                _f(d["encode_p50_ms"]),
+                _f(d["rpc_p50_ms"]),
+                _f(d["init_ms"], 1),
+                _f(d["peak_rss_mb"], 0),
+                f"{d['bytes_per_request']} (float32 {d['bytes_float32_request']}, JPEG {d['bytes_input_jpeg']})",
+            ]
+            for d in s["device_latency"]
+        ]
+        sec.add(
+            Table(
+                [
+                    "device runtime",
+                    "encoder",
+                    "p50 ms",
+                    "p99 ms",
+                    "encode p50 ms",
+                    "round trip p50 ms",
+                    "init ms",
+                    "peak RSS MB",
+                    "bytes per request",
+                ],
+                rows,
+                caption="One image per request, 1 thread, measured on this machine (not a Pi): compare backends as ratios.",
+            )
+        )
     if s["cloud"]:
         c = s["cloud"]
-        rows = [[p["concurrency"], _f(p["throughput"], 0), _f(p["p50_ms"]), _f(p["p99_ms"]), _f(p["server_compute_us_p50"], 0), _f(p["batch_size_mean"], 1), p["errors"]]
-                for p in c["points"]]  # fmt: skip
-        sec.add(Table(["cloud concurrency", "requests/s", "p50 ms", "p99 ms", "server compute µs", "mean batch", "errors"], rows,
-                      caption=f"{c['request_bytes']} B requests (int8 features of one image), {c['duration_s']:g} s per level."))  # fmt: skip
+        rows = [
+            [
+                p["concurrency"],
+                _f(p["throughput"], 0),
+                _f(p["p50_ms"]),
+                _f(p["p99_ms"]),
+                _f(p["server_compute_us_p50"], 0),
+                _f(p["batch_size_mean"], 1),
+                p["errors"],
+            ]
+            for p in c["points"]
+        ]
+        sec.add(
+            Table(
+                ["cloud concurrency", "requests/s", "p50 ms", "p99 ms", "server compute µs", "mean batch", "errors"],
+                rows,
+                caption=f"{c['request_bytes']} B requests (int8 features of one image), {c['duration_s']:g} s per level.",
+            )
+        )
 
 
 def _stages(doc: Document, s: dict) -> None:
@@ -120,18 +211,27 @@ def build_document(s: dict, figures: dict[str, Path]) -> Document:
         + ("" if s["complete"] else " — INCOMPLETE: some stages did not run"),
     )
     _features(doc, s)
-    for key, caption in (("privacy_utility", "Privacy-utility: task accuracy against the best attacker (left) and the decoder (right)."),
-                         ("reconstructions", "Holdout images and what a decoder rebuilds from each model's features.")):  # fmt: skip
+    for key, caption in (
+        ("privacy_utility", "Privacy-utility: task accuracy against the best attacker (left) and the decoder (right)."),
+        ("reconstructions", "Holdout images and what a decoder rebuilds from each model's features."),
+    ):
         if key in figures:
             doc.sections[-1].add(Figure(figures[key], caption))
     _outputs(doc, s)
-    for key, caption in (("roc", "ROC curves of the membership attacks (log FPR), without and with the purifier."),
-                         ("inversion", "Model inversion from the returned top-k scores, without and with the purifier.")):  # fmt: skip
+    for key, caption in (
+        ("roc", "ROC curves of the membership attacks (log FPR), without and with the purifier."),
+        ("inversion", "Model inversion from the returned top-k scores, without and with the purifier."),
+    ):
         if key in figures:
             doc.sections[-1].add(Figure(figures[key], caption))
     _latency(doc, s)
     if "latency" in figures:
-        doc.sections[-1].add(Figure(figures["latency"], "Latency histograms: the device path per backend and the cloud round trip per concurrency."))
+        doc.sections[-1].add(
+            Figure(
+                figures["latency"],
+                "Latency histograms: the device path per backend and the cloud round trip per concurrency.",
+            )
+        )
     _stages(doc, s)
     doc.section("Threat model and limits").add(_THREAT)
     return doc
@@ -167,4 +267,6 @@ def build_report(root: str | Path) -> ReportPaths:
     doc = build_document(summary, figures)
     layout.report_md.write_text(to_markdown(doc, relative_to=layout.root))
     layout.report_html.write_text(to_html(doc))
-    return ReportPaths(summary=layout.summary, markdown=layout.report_md, html=layout.report_html, figures=tuple(figures.values()))
+    return ReportPaths(
+        summary=layout.summary, markdown=layout.report_md, html=layout.report_html, figures=tuple(figures.values())
+    )

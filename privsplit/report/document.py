@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Section:
     title: str
     blocks: list[Block] = field(default_factory=list)
 
-    def add(self, *blocks: Block) -> "Section":
+    def add(self, *blocks: Block) -> Section:
         self.blocks.extend(b for b in blocks if b)
         return self
 
@@ -98,16 +99,22 @@ def to_html(doc: Document) -> str:
             if isinstance(block, Table):
                 cap = f"<caption>{_inline(block.caption)}</caption>" if block.caption else ""
                 head = "".join(f"<th>{_inline(str(h))}</th>" for h in block.headers)
-                rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in block.rows)
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in block.rows
+                )
                 body.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif isinstance(block, Figure):
                 data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-                body.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{_inline(block.caption)}</figcaption></figure>")  # fmt: skip
+                body.append(
+                    f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{_inline(block.caption)}</figcaption></figure>"
+                )
             elif block.startswith("- "):
                 items = "".join(f"<li>{_inline(line[2:])}</li>" for line in block.splitlines())
                 body.append(f"<ul>{items}</ul>")
             else:
                 body.append(f"<p>{_inline(block)}</p>")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(doc.title)}</title>'
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(doc.title)}</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )

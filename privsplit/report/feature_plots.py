@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from privsplit.errors import RunError
 from privsplit.report._figures import pyplot as _pyplot
-from privsplit.report._figures import save, show_image as _show
+from privsplit.report._figures import save
+from privsplit.report._figures import show_image as _show
 
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.feature_results import FeatureLeakageResult
 
 
-def plot_reconstruction_grid(result: "FeatureLeakageResult", path: str | Path, *, per_row: int = 8) -> Path:
+def plot_reconstruction_grid(result: FeatureLeakageResult, path: str | Path, *, per_row: int = 8) -> Path:
     """Holdout originals (upper row of each pair) over the decoder's reconstructions (lower row).
 
     The last column of the first pair shows the mean attacker image, the baseline's prediction.
@@ -52,7 +52,7 @@ def plot_reconstruction_grid(result: "FeatureLeakageResult", path: str | Path, *
     return save(fig, path, dpi=120)
 
 
-def plot_attribute_leakage(result: "FeatureLeakageResult", path: str | Path) -> Path:
+def plot_attribute_leakage(result: FeatureLeakageResult, path: str | Path) -> Path:
     """Each attacker's holdout balanced accuracy as a bar, with chance and the task floor as lines."""
     att = result.attribute
     if att is None:
@@ -74,7 +74,7 @@ def plot_attribute_leakage(result: "FeatureLeakageResult", path: str | Path) -> 
     return save(fig, path, dpi=120)
 
 
-def write_feature_plots(result: "FeatureLeakageResult", out_dir: str | Path) -> list[Path]:
+def write_feature_plots(result: FeatureLeakageResult, out_dir: str | Path) -> list[Path]:
     """Every figure the result supports, into ``out_dir``; returns the files written."""
     out_dir = Path(out_dir)
     written = []

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from privsplit.errors import RunError
-from privsplit.report._figures import pyplot as _pyplot
-from privsplit.report._figures import save, show_image as _show
 from privsplit.probes.mia_metrics import roc
+from privsplit.report._figures import pyplot as _pyplot
+from privsplit.report._figures import save
+from privsplit.report._figures import show_image as _show
 
 if TYPE_CHECKING:  # pragma: no cover
     from privsplit.probes.output_results import OutputProbeResult
@@ -22,13 +23,15 @@ if TYPE_CHECKING:  # pragma: no cover
 SETTINGS = (("raw", "without purifier"), ("purified", "with purifier (adaptive attacker)"))
 
 
-def _arrays(result: "OutputProbeResult"):
+def _arrays(result: OutputProbeResult):
     if result.arrays is None:
-        raise RunError("the result holds no arrays (probe_outputs.npz missing beside the JSON): re-run `privsplit probe outputs`")
+        raise RunError(
+            "the result holds no arrays (probe_outputs.npz missing beside the JSON): re-run `privsplit probe outputs`"
+        )
     return result.arrays
 
 
-def plot_roc(result: "OutputProbeResult", path: str | Path) -> Path:
+def plot_roc(result: OutputProbeResult, path: str | Path) -> Path:
     """ROC curves of every attack, log-scale FPR, without and with the purifier."""
     arrays = _arrays(result)
     plt = _pyplot()
@@ -53,7 +56,7 @@ def plot_roc(result: "OutputProbeResult", path: str | Path) -> Path:
     return save(fig, path)
 
 
-def plot_score_histograms(result: "OutputProbeResult", path: str | Path) -> Path:
+def plot_score_histograms(result: OutputProbeResult, path: str | Path) -> Path:
     """Members vs non-members: histograms of ``-log10(1 - top probability)`` without and with the purifier."""
     arrays = _arrays(result)
     plt = _pyplot()
@@ -72,11 +75,15 @@ def plot_score_histograms(result: "OutputProbeResult", path: str | Path) -> Path
     return save(fig, path)
 
 
-def plot_inversion_grid(result: "OutputProbeResult", path: str | Path) -> Path:
+def plot_inversion_grid(result: OutputProbeResult, path: str | Path) -> Path:
     """Originals over the decoder's reconstructions from raw and from purified scores (members | non-members)."""
     arrays = _arrays(result)
     plt = _pyplot()
-    rows = [("original", arrays.images), ("from raw scores", arrays.reconstructions["raw"]), ("from purified", arrays.reconstructions["purified"])]
+    rows = [
+        ("original", arrays.images),
+        ("from raw scores", arrays.reconstructions["raw"]),
+        ("from purified", arrays.reconstructions["purified"]),
+    ]
     n = len(arrays.images)
     half = n // 2
     fig, axes = plt.subplots(len(rows), n, figsize=(0.95 * n, 1.1 * len(rows)), squeeze=False)
@@ -95,7 +102,7 @@ def plot_inversion_grid(result: "OutputProbeResult", path: str | Path) -> Path:
     return save(fig, path, tight=False)
 
 
-def write_output_plots(result: "OutputProbeResult", out_dir: str | Path) -> list[Path]:
+def write_output_plots(result: OutputProbeResult, out_dir: str | Path) -> list[Path]:
     """``roc.png``, ``score_histograms.png`` and ``inversion_grid.png`` in ``out_dir``."""
     out = Path(out_dir)
     return [

@@ -22,8 +22,10 @@ def plot_privacy_utility(summary: dict, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    panels = (("attribute_balanced_accuracy", f"best attribute attacker, balanced accuracy ({models[0]['attribute']})"),
-              ("reconstruction_ssim", "reconstruction SSIM of the decoder"))  # fmt: skip
+    panels = (
+        ("attribute_balanced_accuracy", f"best attribute attacker, balanced accuracy ({models[0]['attribute']})"),
+        ("reconstruction_ssim", "reconstruction SSIM of the decoder"),
+    )
     for ax, (key, label) in zip(axes, panels):
         xs = [m[key] for m in models]
         ys = [m["task_accuracy"] for m in models]
@@ -36,7 +38,14 @@ def plot_privacy_utility(summary: dict, path: Path) -> Path | None:
         for row in summary["artefacts"]:
             if row["format"] != "pytorch" and row.get(key) is not None:
                 ax.scatter([row[key]], [row["task_accuracy"]], marker="s", s=45, color="tab:orange", zorder=4)
-                ax.annotate(row["format"], (row[key], row["task_accuracy"]), textcoords="offset points", xytext=(5, -11), fontsize=8, color="tab:orange")
+                ax.annotate(
+                    row["format"],
+                    (row[key], row["task_accuracy"]),
+                    textcoords="offset points",
+                    xytext=(5, -11),
+                    fontsize=8,
+                    color="tab:orange",
+                )
         if key == "attribute_balanced_accuracy":
             ax.axvline(models[0]["attribute_chance"], color="grey", ls=":", label="chance")
             ax.axvline(models[0]["attribute_task_floor"], color="tab:red", ls="--", label="task floor")
@@ -91,15 +100,19 @@ def plot_latency(layout: QuickstartLayout, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, series, title in ((axes[0], device, "device: decode + encode + quantize + round trip, per request"),
-                              (axes[1], cloud, "cloud: client round trip under load")):  # fmt: skip
+    for ax, series, title in (
+        (axes[0], device, "device: decode + encode + quantize + round trip, per request"),
+        (axes[1], cloud, "cloud: client round trip under load"),
+    ):
         if not series:
             ax.set_visible(False)
             continue
         top = max(np.percentile(v, 99.5) for _, v in series)
         bins = np.linspace(0, top * 1.05, 50)
         for label, values in series:
-            ax.hist(np.clip(values, 0, bins[-1]), bins=bins, alpha=0.55, label=f"{label}: p50 {np.median(values):.2f} ms")
+            ax.hist(
+                np.clip(values, 0, bins[-1]), bins=bins, alpha=0.55, label=f"{label}: p50 {np.median(values):.2f} ms"
+            )
         ax.set_xlabel("milliseconds")
         ax.set_ylabel("requests")
         ax.set_title(title, fontsize=9)

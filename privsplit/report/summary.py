@@ -50,34 +50,65 @@ def _feature_row(name: str, probe: dict, metrics: dict, train: dict) -> dict:
 
 def _artefacts(parity: dict) -> list[dict]:
     ref = parity["reference"]
-    rows = [{"format": "pytorch", "size_kb": None, "task_accuracy": ref["task_accuracy"], "attribute_balanced_accuracy": ref.get("attribute_balanced_accuracy"),
-             "reconstruction_ssim": ref.get("reconstruction_ssim"), "cosine": 1.0, "shipped": True}]  # fmt: skip
+    rows = [
+        {
+            "format": "pytorch",
+            "size_kb": None,
+            "task_accuracy": ref["task_accuracy"],
+            "attribute_balanced_accuracy": ref.get("attribute_balanced_accuracy"),
+            "reconstruction_ssim": ref.get("reconstruction_ssim"),
+            "cosine": 1.0,
+            "shipped": True,
+        }
+    ]
     for name, row in parity["formats"].items():
-        rows.append({
-            "format": name, "size_kb": row["size_bytes"] / 1024 if row.get("size_bytes") else None, "task_accuracy": row.get("task_accuracy"),
-            "attribute_balanced_accuracy": row.get("attribute_balanced_accuracy"), "reconstruction_ssim": row.get("reconstruction_ssim"),
-            "cosine": row.get("cosine"), "shipped": bool(row.get("passed")),
-        })  # fmt: skip
+        rows.append(
+            {
+                "format": name,
+                "size_kb": row["size_bytes"] / 1024 if row.get("size_bytes") else None,
+                "task_accuracy": row.get("task_accuracy"),
+                "attribute_balanced_accuracy": row.get("attribute_balanced_accuracy"),
+                "reconstruction_ssim": row.get("reconstruction_ssim"),
+                "cosine": row.get("cosine"),
+                "shipped": bool(row.get("passed")),
+            }
+        )
     return rows
 
 
 def _mia(report: dict) -> dict:
     best = report["best"]
-    return {"attack": best["attack"], "auc": best["auc"], "advantage": best["advantage"], "tpr_at_1pct_fpr": best["tpr_at_1pct_fpr"],
-            "tpr_at_0.1pct_fpr": best["tpr_at_0.1pct_fpr"], "excess_auc": report["excess_auc"]}  # fmt: skip
+    return {
+        "attack": best["attack"],
+        "auc": best["auc"],
+        "advantage": best["advantage"],
+        "tpr_at_1pct_fpr": best["tpr_at_1pct_fpr"],
+        "tpr_at_0.1pct_fpr": best["tpr_at_0.1pct_fpr"],
+        "excess_auc": report["excess_auc"],
+    }
 
 
 def _outputs(probe: dict) -> dict:
     inv, inv_p = probe["inversion"], probe["inversion_purified"]
     return {
-        "members": probe["n_members"], "nonmembers": probe["n_nonmembers"],
-        "accuracy": probe["accuracy"], "accuracy_purified": probe["accuracy_purified"], "accuracy_drop_points": probe["accuracy_drop_points"],
-        "label_agreement": probe["label_agreement"], "distortion_pct": probe["distortion_pct"], "label_floor": probe["mia"]["label_floor"],
-        "raw": _mia(probe["mia"]), "purified": _mia(probe["mia_purified"]),
-        "inversion_mse": inv["mse"], "inversion_mse_purified": inv_p["mse"], "inversion_mse_ratio": probe["inversion_mse_ratio"],
-        "inversion_ssim": inv["ssim"], "inversion_ssim_purified": inv_p["ssim"],
-        "inversion_class_mean_mse": inv["class_mean_mse"], "inversion_mean_image_mse": inv["mean_image_mse"],
-    }  # fmt: skip
+        "members": probe["n_members"],
+        "nonmembers": probe["n_nonmembers"],
+        "accuracy": probe["accuracy"],
+        "accuracy_purified": probe["accuracy_purified"],
+        "accuracy_drop_points": probe["accuracy_drop_points"],
+        "label_agreement": probe["label_agreement"],
+        "distortion_pct": probe["distortion_pct"],
+        "label_floor": probe["mia"]["label_floor"],
+        "raw": _mia(probe["mia"]),
+        "purified": _mia(probe["mia_purified"]),
+        "inversion_mse": inv["mse"],
+        "inversion_mse_purified": inv_p["mse"],
+        "inversion_mse_ratio": probe["inversion_mse_ratio"],
+        "inversion_ssim": inv["ssim"],
+        "inversion_ssim_purified": inv_p["ssim"],
+        "inversion_class_mean_mse": inv["class_mean_mse"],
+        "inversion_mean_image_mse": inv["mean_image_mse"],
+    }
 
 
 def _device(layout: QuickstartLayout) -> list[dict]:
@@ -85,13 +116,24 @@ def _device(layout: QuickstartLayout) -> list[dict]:
     for path in sorted(layout.measure.glob("edge_bench_*.json")):
         b = _read(path, "a device latency result")
         stages = b["stages"]
-        rows.append({
-            "runtime": b["runtime"], "encoder": b["encoder"], "runs": b["runs"], "init_ms": b["init_ms"], "first_ms": b["first_ms"],
-            "p50_ms": b["p50_ms"], "p99_ms": b["p99_ms"], "encode_p50_ms": stages["encode"]["p50_ms"],
-            "rpc_p50_ms": stages["rpc"]["p50_ms"] if "rpc" in stages else None, "peak_rss_mb": b["peak_rss_mb"],
-            "bytes_per_request": b["bytes_per_request"], "bytes_float32_request": b["bytes_float32_request"],
-            "bytes_input_jpeg": b["bytes_input_jpeg"], "file": str(path.relative_to(layout.root)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "runtime": b["runtime"],
+                "encoder": b["encoder"],
+                "runs": b["runs"],
+                "init_ms": b["init_ms"],
+                "first_ms": b["first_ms"],
+                "p50_ms": b["p50_ms"],
+                "p99_ms": b["p99_ms"],
+                "encode_p50_ms": stages["encode"]["p50_ms"],
+                "rpc_p50_ms": stages["rpc"]["p50_ms"] if "rpc" in stages else None,
+                "peak_rss_mb": b["peak_rss_mb"],
+                "bytes_per_request": b["bytes_per_request"],
+                "bytes_float32_request": b["bytes_float32_request"],
+                "bytes_input_jpeg": b["bytes_input_jpeg"],
+                "file": str(path.relative_to(layout.root)),
+            }
+        )
     return rows
 
 
@@ -99,8 +141,23 @@ def _cloud(layout: QuickstartLayout) -> dict | None:
     load = _maybe(layout.cloud_load, "the cloud latency result")
     if load is None:
         return None
-    points = [{k: p[k] for k in ("concurrency", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms", "server_compute_us_p50", "batch_size_mean")}
-              for p in load["points"]]  # fmt: skip
+    points = [
+        {
+            k: p[k]
+            for k in (
+                "concurrency",
+                "requests",
+                "errors",
+                "throughput",
+                "p50_ms",
+                "p90_ms",
+                "p99_ms",
+                "server_compute_us_p50",
+                "batch_size_mean",
+            )
+        }
+        for p in load["points"]
+    ]
     return {"request_bytes": load["request_bytes"], "duration_s": load["spec"]["duration_s"], "points": points}
 
 
@@ -110,12 +167,19 @@ def _run_state(root: Path) -> dict:
     train = run_config["train"]
     return {
         "config": {**run_config["data"], "data": run_config["data"]["spec"], "seed": run_config["seed"]},
-        "models": [{"name": root.resolve().name, "run": ".", "adv_weight": train["adv_weight"], "noise_sigma": train["noise_sigma"],
-                    "feature_channels": train["feature_channels"]}],
+        "models": [
+            {
+                "name": root.resolve().name,
+                "run": ".",
+                "adv_weight": train["adv_weight"],
+                "noise_sigma": train["noise_sigma"],
+                "feature_channels": train["feature_channels"],
+            }
+        ],
         "stages": [],
         "complete": True,
         "outputs": "probe_outputs.json",
-    }  # fmt: skip
+    }
 
 
 def source_kind(root: str | Path) -> str:
@@ -125,7 +189,9 @@ def source_kind(root: str | Path) -> str:
         return "quickstart"
     if (root / "config.json").is_file() and (root / "metrics.json").is_file():
         return "run"
-    raise RunError(f"{root} is neither a quickstart folder (quickstart.json) nor a run folder (config.json + metrics.json)")
+    raise RunError(
+        f"{root} is neither a quickstart folder (quickstart.json) nor a run folder (config.json + metrics.json)"
+    )
 
 
 def build_summary(root: str | Path) -> dict[str, Any]:
@@ -141,7 +207,9 @@ def build_summary(root: str | Path) -> dict[str, Any]:
         probe = _maybe(run / "probe_features.json", "a feature-leakage probe")
         if probe is not None:
             models.append(_feature_row(entry["name"], probe, _read(run / "metrics.json", "run metrics"), entry))
-    outputs_path = layout.root / state["outputs"] if "outputs" in state else layout.run(PROTECTED) / "probe_outputs.json"
+    outputs_path = (
+        layout.root / state["outputs"] if "outputs" in state else layout.run(PROTECTED) / "probe_outputs.json"
+    )
     outputs = _maybe(outputs_path, "the output-leakage probe")
     parity = _maybe(layout.parity, "the export parity report")
     flash = _maybe(layout.flash, "the flash record")
@@ -157,7 +225,9 @@ def build_summary(root: str | Path) -> dict[str, Any]:
         "wire": parity["wire"] if parity else None,
         "outputs": _outputs(outputs) if outputs else None,
         "outputs_file": str(outputs_path.relative_to(layout.root)) if outputs else None,
-        "flash": {"version": flash["version"], "uploaded_bytes": flash["uploaded_bytes"], "seconds": flash["seconds"]} if flash else None,
+        "flash": {"version": flash["version"], "uploaded_bytes": flash["uploaded_bytes"], "seconds": flash["seconds"]}
+        if flash
+        else None,
         "serving": state.get("serving"),
         "device_latency": _device(layout) if layout.measure.is_dir() else [],
         "cloud": _cloud(layout),

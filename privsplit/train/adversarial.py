@@ -75,8 +75,9 @@ def accuracy(model: SplitModel, x: torch.Tensor, y: torch.Tensor, *, noise_seed:
 class _Adversaries:
     """Attribute adversaries (+ optional reconstruction decoder), re-initialised every epoch."""
 
-    def __init__(self, model: SplitModel, config: TrainConfig, num_private: int | None, *,
-                 dist: DistContext = DistContext()) -> None:
+    def __init__(
+        self, model: SplitModel, config: TrainConfig, num_private: int | None, *, dist: DistContext = DistContext()
+    ) -> None:
         self.dist = dist
         self._model_config = model.config
         self.device = next(model.parameters()).device
@@ -95,7 +96,9 @@ class _Adversaries:
         mc = None
         self.attackers: list[nn.Module] = []
         if self.use_attr:
-            self.attackers = [ATTRIBUTE_ATTACKERS[name](self.shape, self.num_private) for name in self.config.adversaries]
+            self.attackers = [
+                ATTRIBUTE_ATTACKERS[name](self.shape, self.num_private) for name in self.config.adversaries
+            ]
         self.decoder = None
         if self.use_rec:
             mc = self._model_config
@@ -112,11 +115,13 @@ class _Adversaries:
     def parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules for p in m.parameters()]
 
-    def bind(self, model: SplitModel) -> "_Adversaries":
+    def bind(self, model: SplitModel) -> _Adversaries:
         self._model_config = model.config
         return self
 
-    def step(self, z: torch.Tensor, private: torch.Tensor | None, pixels: torch.Tensor) -> tuple[float, float | None, float | None]:
+    def step(
+        self, z: torch.Tensor, private: torch.Tensor | None, pixels: torch.Tensor
+    ) -> tuple[float, float | None, float | None]:
         """One optimiser step of every adversary on detached features; returns (attr loss, attr acc, rec mse)."""
         assert self.opt is not None
         self.opt.zero_grad(set_to_none=True)
@@ -159,8 +164,15 @@ class _Adversaries:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: SplitModel, x, *, rng: np.random.Generator, part: nn.Module | None = None,
-                          max_samples: int = 1024, batch_size: int = 256) -> None:
+def recalibrate_batchnorm(
+    model: SplitModel,
+    x,
+    *,
+    rng: np.random.Generator,
+    part: nn.Module | None = None,
+    max_samples: int = 1024,
+    batch_size: int = 256,
+) -> None:
     """Re-estimate BatchNorm running statistics on a sample of ``x`` ("precise BN").
 
     ``x``: a float tensor of inputs, or a callable mapping an index array to an input batch (the
@@ -181,7 +193,7 @@ def recalibrate_batchnorm(model: SplitModel, x, *, rng: np.random.Generator, par
         m.momentum = None  # cumulative average over the pass
     model.eval()
     target.train()
-    gather, n = (x if isinstance(x, tuple) else ((lambda idx: x[torch.as_tensor(idx)]), len(x)))
+    gather, n = x if isinstance(x, tuple) else ((lambda idx: x[torch.as_tensor(idx)]), len(x))
     sample = rng.permutation(n)[:max_samples]
     for i in range(0, len(sample), batch_size):
         model.head(model.features(gather(sample[i : i + batch_size])))

@@ -70,18 +70,18 @@ class TrainConfig:
         return self.adv_weight > 0 or self.rec_weight > 0 or self.noise_sigma > 0
 
     @classmethod
-    def unprotected(cls, **overrides) -> "TrainConfig":
+    def unprotected(cls, **overrides) -> TrainConfig:
         """The baseline: no adversaries, no channel noise, a wide (32-channel) feature map."""
         base = dict(adv_weight=0.0, rec_weight=0.0, noise_sigma=0.0, feature_channels=32, head_finetune_epochs=0)
         base.update(overrides)
         return cls(**base)
 
-    def with_(self, **changes) -> "TrainConfig":
+    def with_(self, **changes) -> TrainConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict:
         return to_dict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
+    def from_json(cls, data: dict) -> TrainConfig:
         return from_dict(cls, data)

@@ -11,9 +11,9 @@ ahead of the compute (a prefetch of one), so no epoch ever decodes or converts a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class DevicePolicy:
     precision: Precision = Precision.FLOAT32
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "DevicePolicy":
+    def for_device(cls, device: torch.device) -> DevicePolicy:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return cls(device, Precision.BFLOAT16)
         return cls(device, Precision.FLOAT32)

@@ -19,8 +19,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -147,8 +147,19 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
     """
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-           "--nproc-per-node", str(nproc), "-m", "privsplit.cli.main", *module_args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "privsplit.cli.main",
+        *module_args,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     errors: list[str] = []
@@ -176,4 +187,3 @@ _BANNER = re.compile(r"^\*{5,}\s*$|^Setting OMP_NUM_THREADS")
 
 class TrainingLaunchError(PrivsplitError):
     exit_code = 1
-

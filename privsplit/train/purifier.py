@@ -200,7 +200,11 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
     clamp = config.log_clamp
     if clamp is None:
         clamp = calibrate_log_clamp(
-            ref_probs, ref_labels, max_excess_auc=config.max_excess_auc, max_distortion_pct=config.max_distortion_pct, min_prob=config.min_prob
+            ref_probs,
+            ref_labels,
+            max_excess_auc=config.max_excess_auc,
+            max_distortion_pct=config.max_distortion_pct,
+            min_prob=config.min_prob,
         )
     clamp_dist = _clamp_distortion(ref_probs, clamp, config.min_prob)
     torch.manual_seed(config.seed)
@@ -212,9 +216,13 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
     if adv:
         if adversarial is None or ref_images is None:
             raise ConfigError("adversarial purifier training needs shadow outputs, reference labels and images")
-        probs = torch.as_tensor(np.concatenate([adversarial.member_probs, adversarial.nonmember_probs, ref_probs]), dtype=torch.float32)
+        probs = torch.as_tensor(
+            np.concatenate([adversarial.member_probs, adversarial.nonmember_probs, ref_probs]), dtype=torch.float32
+        )
         labels = torch.as_tensor(np.concatenate([adversarial.member_labels, adversarial.nonmember_labels, ref_labels]))
-        member = torch.cat([torch.ones(len(adversarial.member_probs)), torch.zeros(len(adversarial.nonmember_probs) + len(ref_probs))])
+        member = torch.cat(
+            [torch.ones(len(adversarial.member_probs)), torch.zeros(len(adversarial.nonmember_probs) + len(ref_probs))]
+        )
         pixels = torch.as_tensor(ref_images).permute(0, 3, 1, 2).float().div(255.0).flatten(1)
         disc = _disc()
         decoder = nn.Sequential(nn.Linear(k, 128), nn.ReLU(), nn.Linear(128, pixels.shape[1]), nn.Sigmoid())
@@ -257,7 +265,9 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
                 l1 = (q - p).abs().sum(1).mean()
                 loss = loss + config.adv_weight * fool + 10.0 * F.relu(l1 - budget)
                 if len(ref_rows):
-                    loss = loss - config.inv_weight * F.mse_loss(decoder(purifier.soft(p_ref[ref_rows])), pixels[ref_rows])
+                    loss = loss - config.inv_weight * F.mse_loss(
+                        decoder(purifier.soft(p_ref[ref_rows])), pixels[ref_rows]
+                    )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -280,7 +290,9 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
     return purifier, facts
 
 
-def train_purifier(run, config: PurifierTrainConfig = PurifierTrainConfig(), *, noise_seed: int | None = None, progress: bool = True) -> Purifier:
+def train_purifier(
+    run, config: PurifierTrainConfig = PurifierTrainConfig(), *, noise_seed: int | None = None, progress: bool = True
+) -> Purifier:
     """Score ``reference`` with the run's model, fit the purifier and save it into the run folder."""
     from privsplit.data import Part
     from privsplit.train.shadow import train_shadow
@@ -310,7 +322,12 @@ def train_purifier(run, config: PurifierTrainConfig = PurifierTrainConfig(), *, 
             nonmember_labels=labels[order[half:]],
         )
     purifier, facts = fit_purifier(
-        ref_probs, config, ref_labels=labels[reference], ref_images=data.images[reference], adversarial=adversarial, progress=progress
+        ref_probs,
+        config,
+        ref_labels=labels[reference],
+        ref_images=data.images[reference],
+        adversarial=adversarial,
+        progress=progress,
     )
     facts["noise_seed"] = seed
     save_purifier(run, purifier, training=facts)

@@ -63,16 +63,44 @@ def train_run(
     created = not distributed.dist.is_initialized()
     dist = distributed.init_from_env(target.type)
     try:
-        return _train_run(data_spec, run, task=task, private=private, image_size=image_size, limit=limit, seed=seed,
-                          fractions=fractions, config=config, progress=progress and dist.is_main, resume=resume,
-                          policy=DevicePolicy.for_device(target), dist=dist, started=started)  # fmt: skip
+        return _train_run(
+            data_spec,
+            run,
+            task=task,
+            private=private,
+            image_size=image_size,
+            limit=limit,
+            seed=seed,
+            fractions=fractions,
+            config=config,
+            progress=progress and dist.is_main,
+            resume=resume,
+            policy=DevicePolicy.for_device(target),
+            dist=dist,
+            started=started,
+        )
     finally:
         if created:
             distributed.shutdown()
 
 
-def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fractions, config, progress, resume, policy,
-               dist, started) -> RunFolder:  # fmt: skip
+def _train_run(
+    data_spec,
+    run,
+    *,
+    task,
+    private,
+    image_size,
+    limit,
+    seed,
+    fractions,
+    config,
+    progress,
+    resume,
+    policy,
+    dist,
+    started,
+) -> RunFolder:
     data = load_dataset(data_spec, task=task, private=private, image_size=image_size, limit=limit)
     split = make_split(len(data), fractions, seed=seed)
     members = split[Part.MEMBERS]
@@ -99,8 +127,12 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
     if progress:
         sizes = ", ".join(f"{k} {v}" for k, v in split.sizes().items())
         procs = f", {dist.world} processes" if dist.active else ""
-        print(f"privsplit train: {data.source} task={data.task} private={data.private} {data.image_size}px, "
-              f"{len(data)} images ({sizes}) on {policy.describe()}{procs}", file=sys.stderr, flush=True)
+        print(
+            f"privsplit train: {data.source} task={data.task} private={data.private} {data.image_size}px, "
+            f"{len(data)} images ({sizes}) on {policy.describe()}{procs}",
+            file=sys.stderr,
+            flush=True,
+        )
     run_config = RunConfig(
         data=DataConfig(spec=data_spec, task=data.task, private=data.private, image_size=data.image_size, limit=limit),
         model=model_config,
@@ -110,8 +142,17 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
     identity = json.loads(json.dumps({"run": run_config.to_json(), "split": fractions.as_dict()}))
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
-    result = train_split_model(model, data, split, config, seed=seed, progress=progress, policy=policy, dist=dist,
-                               checkpointing=Checkpointing(run.path, identity, resume=resume))  # fmt: skip
+    result = train_split_model(
+        model,
+        data,
+        split,
+        config,
+        seed=seed,
+        progress=progress,
+        policy=policy,
+        dist=dist,
+        checkpointing=Checkpointing(run.path, identity, resume=resume),
+    )
     _write_digest(result.model, dist)
     if not dist.is_main:
         dist.barrier()  # rank 0 writes the run folder
@@ -129,8 +170,12 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
             "name": data.task,
             "accuracy": accuracy(result.model, x[split[Part.HOLDOUT]], y[split[Part.HOLDOUT]], noise_seed=noise_seed),
             "accuracy_members": accuracy(result.model, x[members], y[members], noise_seed=noise_seed),
-            "accuracy_reference": accuracy(result.model, x[split[Part.REFERENCE]], y[split[Part.REFERENCE]], noise_seed=noise_seed),
-            "majority_baseline": float(np.bincount(data.task_labels[split[Part.HOLDOUT]]).max() / len(split[Part.HOLDOUT])),
+            "accuracy_reference": accuracy(
+                result.model, x[split[Part.REFERENCE]], y[split[Part.REFERENCE]], noise_seed=noise_seed
+            ),
+            "majority_baseline": float(
+                np.bincount(data.task_labels[split[Part.HOLDOUT]]).max() / len(split[Part.HOLDOUT])
+            ),
             "noise_sigma": float(model_config.noise_sigma),
             "noise_seed": noise_seed,
         },
@@ -145,9 +190,12 @@ def _train_run(data_spec, run, *, task, private, image_size, limit, seed, fracti
     dist.barrier()
     if progress:
         t = metrics["task"]
-        print(f"privsplit train: holdout accuracy {t['accuracy']:.4f} {noise_note(model_config.noise_sigma, noise_seed)} "
-              f"(members {t['accuracy_members']:.4f}, majority {t['majority_baseline']:.4f}) -> {run.path}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"privsplit train: holdout accuracy {t['accuracy']:.4f} {noise_note(model_config.noise_sigma, noise_seed)} "
+            f"(members {t['accuracy_members']:.4f}, majority {t['majority_baseline']:.4f}) -> {run.path}",
+            file=sys.stderr,
+            flush=True,
+        )
     return run
 
 

@@ -8,8 +8,8 @@ import torch
 from privsplit.data import Dataset, Part, Split, SplitFractions
 from privsplit.models import SplitModel, build_split_model
 from privsplit.run import RunConfig
-from privsplit.train.loop import train_split_model
 from privsplit.train.config import TrainConfig
+from privsplit.train.loop import train_split_model
 
 __all__ = ["train_shadow"]
 
