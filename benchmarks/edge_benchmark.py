@@ -248,21 +248,26 @@ def table(models: list[dict]) -> str:
             lines.append(
                 f"{r['format']:<15}{r['runtime']:<15}{f['init_ms']:>8.1f}{f['first_ms']:>8.2f}{enc['p50_ms']:>9.3f}{enc['p99_ms']:>9.3f}"
                 f"{enc['p50_ms'] / t['p50_ms']:>8.2f}{f['p50_ms']:>10.3f}{100 * f['overhead_share']:>7.1f}"
-                f"{g.get('p50_ms', float('nan')):>9.3f}{g.get('stages', {}).get('decode', {}).get('p50_ms', float('nan')):>8.3f}{f['peak_rss_mb']:>8.0f}"
+                f"{g.get('p50_ms', float('nan')):>9.3f}"
+                f"{g.get('stages', {}).get('decode', {}).get('p50_ms', float('nan')):>8.3f}{f['peak_rss_mb']:>8.0f}"
             )
         f = m["rows"][0]["frame"] if m["rows"] else None
         if f:
             lines.append(
                 f"bytes/request {f['bytes_per_request']} (int8 features {f['feature_bytes']}); float32 request "
-                f"{f['bytes_float32_request']} ({f['bytes_per_request'] / f['bytes_float32_request']:.3f}x); JPEG q90 of the "
-                f"{m['frame_shape'][0]} px input {f['bytes_input_jpeg']} ({f['bytes_per_request'] / f['bytes_input_jpeg']:.2f}x); "
+                f"{f['bytes_float32_request']} ({f['bytes_per_request'] / f['bytes_float32_request']:.3f}x); "
+                "JPEG q90 of the "
+                f"{m['frame_shape'][0]} px input {f['bytes_input_jpeg']} "
+                f"({f['bytes_per_request'] / f['bytes_input_jpeg']:.2f}x); "
                 f"source JPEG {m['image_bytes']}"
             )
         if m["rpc"]:
             r = m["rpc"]
             lines.append(
-                f"with RPC ({r['encoder']} on {r['runtime']}): p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms; rpc p50 "
-                f"{r['stages']['rpc']['p50_ms']:.3f} ms of which server compute+queue {r['stages']['server']['p50_ms']:.3f} ms"
+                f"with RPC ({r['encoder']} on {r['runtime']}): p50 {r['p50_ms']:.3f} ms, "
+                f"p99 {r['p99_ms']:.3f} ms; rpc p50 "
+                f"{r['stages']['rpc']['p50_ms']:.3f} ms "
+                f"of which server compute+queue {r['stages']['server']['p50_ms']:.3f} ms"
             )
         lines.append("")
     return "\n".join(lines)

@@ -133,7 +133,8 @@ def bench_target(name: str, args) -> dict:
         rows.append(row(result, label=label, seconds=time.perf_counter() - t))
         r = rows[-1]
         print(
-            f"[{name}] {label}: best AUC {r['best_auc']:.3f} -> {r['best_auc_purified']:.3f} (floor {r['label_floor']:.3f}), "
+            f"[{name}] {label}: best AUC {r['best_auc']:.3f} -> {r['best_auc_purified']:.3f} "
+            f"(floor {r['label_floor']:.3f}), "
             f"distortion {r['distortion_pct']:.2f}%, {r['seconds']:.0f} s",
             file=sys.stderr,
             flush=True,
@@ -211,8 +212,10 @@ def table(report: dict) -> str:
         for r in t["rows"]:
             goals = "".join("Y" if ok else "n" for ok in r["goals"].values())
             lines.append(
-                f"{t['target']:14} {r['purifier']:16} {r['log_clamp']:6.3f} {r['label_floor']:6.3f} {r['best_auc']:8.3f} "
-                f"{r['best_auc_purified']:8.3f} {r['excess_auc_purified']:+7.3f} {r['tpr_at_0.1pct_fpr_purified']:7.3f} "
+                f"{t['target']:14} {r['purifier']:16} "
+                f"{r['log_clamp']:6.3f} {r['label_floor']:6.3f} {r['best_auc']:8.3f} "
+                f"{r['best_auc_purified']:8.3f} "
+                f"{r['excess_auc_purified']:+7.3f} {r['tpr_at_0.1pct_fpr_purified']:7.3f} "
                 f"{r['accuracy_drop_points']:8.2f} {r['label_agreement']:7.4f} {r['distortion_pct']:6.2f} "
                 f"{r['distortion_pct_members']:6.2f} {r['inversion_mse_ratio']:6.2f}  {goals}"
             )
@@ -225,7 +228,8 @@ def table(report: dict) -> str:
         b = t["bounds"]
         need, left = b["min_distortion_for_goal_excess"], b["excess_at_goal_distortion"]
         lines.append(
-            f"{t['target']}: limits of any label-preserving purifier: inversion MSE ratio <= {b['inversion_ceiling']:.2f} "
+            f"{t['target']}: limits of any label-preserving purifier: "
+            f"inversion MSE ratio <= {b['inversion_ceiling']:.2f} "
             f"(class-mean / raw); oracle frontier: excess <= {GOALS['excess_auc']} needs >= "
             + (f"{need:.1f}" if need is not None else "n/a")
             + f" % distortion; at {GOALS['distortion_pct']} % the least excess is "

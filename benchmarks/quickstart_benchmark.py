@@ -64,18 +64,23 @@ def table(summaries: dict[str, dict]) -> str:
         o = s["outputs"]
         if o:
             lines.append(
-                f"  MIA best AUC {o['raw']['auc']:.3f} ({o['raw']['attack']}) -> {o['purified']['auc']:.3f} purified, label floor "
-                f"{o['label_floor']:.3f}; TPR@0.1%FPR {o['raw']['tpr_at_0.1pct_fpr']:.3f} -> {o['purified']['tpr_at_0.1pct_fpr']:.3f}; "
-                f"inversion MSE {o['inversion_mse']:.4f} -> {o['inversion_mse_purified']:.4f}; distortion {o['distortion_pct']:.1f} %"
+                f"  MIA best AUC {o['raw']['auc']:.3f} ({o['raw']['attack']}) "
+                f"-> {o['purified']['auc']:.3f} purified, label floor "
+                f"{o['label_floor']:.3f}; "
+                f"TPR@0.1%FPR {o['raw']['tpr_at_0.1pct_fpr']:.3f} -> {o['purified']['tpr_at_0.1pct_fpr']:.3f}; "
+                f"inversion MSE {o['inversion_mse']:.4f} -> {o['inversion_mse_purified']:.4f}; "
+                f"distortion {o['distortion_pct']:.1f} %"
             )
         for d in s["device_latency"]:
             lines.append(
-                f"  device {d['runtime']:<12} p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms (encode {d['encode_p50_ms']:.3f} ms), "
+                f"  device {d['runtime']:<12} p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms "
+                f"(encode {d['encode_p50_ms']:.3f} ms), "
                 f"{d['bytes_per_request']} B/request"
             )
         for p in (s["cloud"] or {}).get("points", []):
             lines.append(
-                f"  cloud c={p['concurrency']:<3} {p['throughput']:.0f} req/s, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms"
+                f"  cloud c={p['concurrency']:<3} {p['throughput']:.0f} req/s, "
+                f"p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms"
             )
         lines.append("")
     return "\n".join(lines)

@@ -179,7 +179,8 @@ class DynamicBatcher:
             return ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed while the request was queued")
         return ProtocolError(
             Code.UNAVAILABLE,
-            f"the request waited more than {self.config.queue_timeout_ms:g} ms in the queue (server overloaded); retry with backoff",
+            f"the request waited more than {self.config.queue_timeout_ms:g} ms in the queue "
+            "(server overloaded); retry with backoff",
         )
 
     def _fill(self, items: list[Ticket], rows: int) -> int:

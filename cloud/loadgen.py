@@ -108,7 +108,8 @@ class LoadResult:
         for p in self.points:
             rows.append(
                 f"{p.concurrency:>5} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
-                f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} {p.batch_size_mean:>6.1f} {p.errors:>7}"
+                f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} "
+                f"{p.batch_size_mean:>6.1f} {p.errors:>7}"
             )
         return "\n".join([head, *rows])
 

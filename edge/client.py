@@ -195,7 +195,10 @@ class EdgeClient:
         return Prediction.from_response(InferResponse.from_proto(self._call(self._infer, payload)))
 
     def infer(self, request) -> Prediction:
-        """Send an :class:`~privsplit.proto.messages.InferRequest` (see :func:`privsplit.proto.wire.features_request`)."""
+        """Send an :class:`~privsplit.proto.messages.InferRequest`.
+
+        See :func:`privsplit.proto.wire.features_request`.
+        """
         return self.infer_payload(request.to_proto().SerializeToString())
 
     def check(self) -> None:

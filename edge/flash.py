@@ -131,7 +131,8 @@ _SUMCHECK = """sumcheck() {
 }
 switch() {  # atomically point `current` at releases/$1: rename a fresh symlink over the old one
   ln -s "releases/$1" ".current-$2"
-  mv -T ".current-$2" current 2>/dev/null || mv -h ".current-$2" current 2>/dev/null || { rm -f ".current-$2"; echo "privsplit flash: cannot rename the current link (mv -T / mv -h)" >&2; return 1; }
+  mv -T ".current-$2" current 2>/dev/null || mv -h ".current-$2" current 2>/dev/null \
+|| { rm -f ".current-$2"; echo "privsplit flash: cannot rename the current link (mv -T / mv -h)" >&2; return 1; }
 }
 """
 
@@ -214,7 +215,8 @@ for d in releases/* releases/.incoming-* releases/.trash-* releases/.copy-* .cur
 done
 if [ -n "$version" ] && [ -d "releases/$version" ]; then
   printf '%s' "$sums" > "releases/.incoming-check.sha256"
-  if (cd "releases/$version" && sumcheck ../.incoming-check.sha256) 2>/dev/null; then echo "existing=ok"; else echo "existing=bad"; fi
+  if (cd "releases/$version" && sumcheck ../.incoming-check.sha256) 2>/dev/null; \
+then echo "existing=ok"; else echo "existing=bad"; fi
   rm -f "releases/.incoming-check.sha256"
 fi
 """
@@ -381,7 +383,10 @@ class FlashResult:
         }[self.action]
         prev = f" (was {self.previous})" if self.previous and self.previous != self.version else ""
         gone = f"; removed {', '.join(self.removed)}" if self.removed else ""
-        return f"{self.target}: current -> releases/{self.version}{prev}: {how} in {self.seconds:.1f} s; kept {', '.join(self.kept)}{gone}"
+        return (
+            f"{self.target}: current -> releases/{self.version}{prev}: {how} in {self.seconds:.1f} s; "
+            f"kept {', '.join(self.kept)}{gone}"
+        )
 
 
 def _q(name: str) -> str:
@@ -421,7 +426,8 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
     version = verified.version
     if not _SAFE_NAME.match(version):
         raise FlashError(
-            f"bundle version {version!r} cannot name a release folder (letters, digits, ._+- only): re-export with --version"
+            f"bundle version {version!r} cannot name a release folder "
+            "(letters, digits, ._+- only): re-export with --version"
         )
     root = verified.root
     files = sorted(verified.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (root / SIGNATURE).is_file() else [])
@@ -474,9 +480,11 @@ def _install(
             f"cat > releases/{_q(staging + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
             f"if ! (cd releases/{_q(staging)} && sumcheck ../{_q(staging + '.sha256')}); then\n"
             f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
-            "  echo 'the copy on the device does not match the bundle hashes (interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
+            "  echo 'the copy on the device does not match the bundle hashes "
+            "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
             + replace
-            + f"if [ -e releases/{_q(version)} ]; then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
+            + f"if [ -e releases/{_q(version)} ]; "
+            f"then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
             f"mv -- releases/{_q(source)} releases/{_q(version)}\n"
             f"cp -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
             f"rm -rf -- releases/{_q('.trash-' + token)}\n"
@@ -519,7 +527,8 @@ def _roll_back(target: Target, started: float) -> FlashResult:
     script = (
         f"set -eu\ncd -- {_q(str(target.path))}\n"
         f"(cd releases/{_q(previous)} && sumcheck ../{_q(previous + '.sha256')}) || "
-        f"{{ echo 'release {previous} does not match its checksums on the device: not rolling back (flash a bundle instead)' >&2; exit 3; }}\n"
+        f"{{ echo 'release {previous} does not match its checksums on the device: "
+        f"not rolling back (flash a bundle instead)' >&2; exit 3; }}\n"
     )
     recent = [r for r in (state.recent or state.history) if r != previous and r in state.releases] + [previous]
     _sh(target, script + _activation(previous, token, before, recent, []))

@@ -111,7 +111,8 @@ class InferReport:
         for r in self.results:
             if r.ok:
                 lines.append(
-                    f"{r.source:<{width}}  {str(r.class_name):<12} {r.confidence if r.confidence is not None else float('nan'):>6.3f}  {r.latency_ms:>7.2f}"
+                    f"{r.source:<{width}}  {str(r.class_name):<12} "
+                    f"{r.confidence if r.confidence is not None else float('nan'):>6.3f}  {r.latency_ms:>7.2f}"
                 )
             elif r.skipped:
                 lines.append(f"{r.source:<{width}}  {'-':<12} {'-':>6}  {'-':>7}  skipped")

@@ -137,7 +137,8 @@ class BenchResult:
 
     def summary(self) -> str:
         lines = [
-            f"edge bench: {self.encoder} on {self.runtime}, {self.spec.threads} thread(s), bundle {self.bundle_version}, "
+            f"edge bench: {self.encoder} on {self.runtime}, {self.spec.threads} thread(s), "
+            f"bundle {self.bundle_version}, "
             f"input {self.input_desc}",
             f"init {self.init_ms:.1f} ms"
             + (f", connect {self.connect_ms:.1f} ms" if self.connect_ms is not None else "")
@@ -149,7 +150,8 @@ class BenchResult:
         lines.append(f"{'total':<11}{self.mean_ms:>9.3f}{self.p50_ms:>9.3f}{self.p90_ms:>9.3f}{self.p99_ms:>9.3f}")
         lines.append(
             f"device overhead (all but encode, p50) {100 * self.overhead_share:.1f} % of encode; bytes/request "
-            f"{self.bytes_per_request} (float32 features {self.bytes_float32_request}, input JPEG {self.bytes_input_jpeg})"
+            f"{self.bytes_per_request} "
+            f"(float32 features {self.bytes_float32_request}, input JPEG {self.bytes_input_jpeg})"
         )
         return "\n".join(lines)
 

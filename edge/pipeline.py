@@ -96,7 +96,8 @@ def select_encoder(
             if _entry_family(name, encoders[name]) == runtime.artefact:
                 return name, choose_runtime(runtime.artefact, runtime)
         raise ConfigError(
-            f"{bundle.root} ships no {runtime.artefact} encoder for --runtime {runtime.value}; it has {', '.join(sorted(encoders))}"
+            f"{bundle.root} ships no {runtime.artefact} encoder for --runtime {runtime.value}; "
+            f"it has {', '.join(sorted(encoders))}"
         )
     errors = []
     for name in ranked:

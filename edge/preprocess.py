@@ -41,7 +41,8 @@ class Preprocessor:
         rule = raw.get("resize", RESIZE_RULE)
         if rule != RESIZE_RULE:
             raise BundleError(
-                f"preprocess.resize {rule!r} is unknown to this privsplit (it applies {RESIZE_RULE!r}): upgrade privsplit"
+                f"preprocess.resize {rule!r} is unknown to this privsplit "
+                f"(it applies {RESIZE_RULE!r}): upgrade privsplit"
             )
         spec = PreprocessSpec.from_json(raw)
         if spec.layout != "NHWC" or spec.channel_order not in ("RGB", "L"):
@@ -52,7 +53,8 @@ class Preprocessor:
             or len(spec.std) != spec.channels
         ):
             raise BundleError(
-                f"preprocess: {spec.channels} channels, order {spec.channel_order}, mean/std {spec.mean}/{spec.std} disagree"
+                f"preprocess: {spec.channels} channels, order {spec.channel_order}, "
+                f"mean/std {spec.mean}/{spec.std} disagree"
             )
         want = (spec.size, spec.size, spec.channels)
         if tuple(input_spec.shape[1:]) != want:

@@ -77,13 +77,15 @@ def import_backend(name: RuntimeName):
     if installed and name is RuntimeName.TFLITE_RUNTIME and _numpy_major() >= 2:
         raise MissingDependencyError(
             f"tflite-runtime needs numpy<2 but numpy {np.__version__} is installed (its interpreter fails to "
-            "construct): use --runtime litert (pip install 'ai-edge-litert==2.3.*'), or pip install 'numpy<2' 'tflite-runtime==2.14.*'"
+            "construct): use --runtime litert (pip install 'ai-edge-litert==2.3.*'), "
+            "or pip install 'numpy<2' 'tflite-runtime==2.14.*'"
         )
     try:
         return importlib.import_module(name.module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"runtime {name.value} is not installed ({exc}): pip install {name.package} (or pip install 'privsplit[edge]')"
+            f"runtime {name.value} is not installed ({exc}): pip install {name.package} "
+            "(or pip install 'privsplit[edge]')"
         ) from None
 
 
@@ -255,7 +257,8 @@ def check_io(runtime: Runtime, *, manifest_input: TensorSpec, manifest_output: T
         if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
             raise BundleError(
                 f"{runtime.path.name}: {runtime.name.value} reports {role} {got.dtype} {list(got.shape)}, the manifest "
-                f"says {want.dtype} {list(want.shape)}: the manifest does not describe this artefact (re-export the bundle)"
+                f"says {want.dtype} {list(want.shape)}: "
+                "the manifest does not describe this artefact (re-export the bundle)"
             )
         if got.quantized != want.quantized or (
             got.scale is not None
@@ -263,7 +266,8 @@ def check_io(runtime: Runtime, *, manifest_input: TensorSpec, manifest_output: T
             and (abs(got.scale - want.scale) > 1e-6 * abs(want.scale) or got.zero_point != want.zero_point)
         ):
             raise BundleError(
-                f"{runtime.path.name}: {role} quantization is scale {got.scale} zero point {got.zero_point}, the manifest "
+                f"{runtime.path.name}: {role} quantization is scale {got.scale} "
+                f"zero point {got.zero_point}, the manifest "
                 f"says {want.scale} / {want.zero_point} (re-export the bundle)"
             )
 

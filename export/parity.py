@@ -131,7 +131,10 @@ class ParityReport:
             f"parity on {self.holdout_size} holdout images of {self.run}; accuracies are holdout task accuracies "
             f"{noise_note(self.noise_sigma, self.noise_seed)}; tolerance {100 * self.tolerance:.2f} points"
         )
-        cols = f"{'format':<15}{'size KB':>9}{'ratio':>7}{'max|err|':>10}{'cosine':>9}{'acc':>8}{'torch':>8}{'attr BA':>10}{'SSIM':>7}  status"
+        cols = (
+            f"{'format':<15}{'size KB':>9}{'ratio':>7}{'max|err|':>10}{'cosine':>9}"
+            f"{'acc':>8}{'torch':>8}{'attr BA':>10}{'SSIM':>7}  status"
+        )
         lines = [head, cols, "-" * len(cols)]
         lines.append(
             f"{'pytorch':<15}{'':>9}{'':>7}{'':>10}{'':>9}{pct(ref.task_accuracy):>8}{'':>8}"
@@ -141,13 +144,15 @@ class ParityReport:
             size = "-" if r.size_bytes is None else f"{r.size_bytes / 1024:.1f}"
             status = "shipped" if r.passed else f"FAILED: {r.reason}"
             lines.append(
-                f"{r.format:<15}{size:>9}{f(r.size_ratio, '.2f'):>7}{f(r.max_abs_err, '.2e'):>10}{f(r.cosine, '.5f'):>9}"
+                f"{r.format:<15}{size:>9}{f(r.size_ratio, '.2f'):>7}"
+                f"{f(r.max_abs_err, '.2e'):>10}{f(r.cosine, '.5f'):>9}"
                 f"{pct(r.task_accuracy):>8}{pct(r.task_accuracy_torch):>8}{pct(r.attribute_balanced_accuracy):>10}"
                 f"{f(r.reconstruction_ssim, '.3f'):>7}  {status}"
             )
         if ref.attribute_chance is not None:
             lines.append(
-                f"attribute chance {pct(ref.attribute_chance).strip()}, task floor {pct(ref.attribute_task_floor).strip()}"
+                f"attribute chance {pct(ref.attribute_chance).strip()}, "
+                f"task floor {pct(ref.attribute_task_floor).strip()}"
             )
         if self.cloud:
             server, purifier = self.cloud.get("server"), self.cloud.get("purifier")

@@ -104,5 +104,6 @@ def check_onnx_io(path: Path, *, inputs: dict[str, tuple[int, ...]], outputs: di
         for name, shape in want.items():
             if got[name].dtype != "float32" or tuple(got[name].shape) != tuple(shape):
                 raise ExportError(
-                    f"{path.name}: {role} {name} is {got[name].dtype} {list(got[name].shape)}, expected float32 {list(shape)}"
+                    f"{path.name}: {role} {name} is {got[name].dtype} {list(got[name].shape)}, "
+                    f"expected float32 {list(shape)}"
                 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -19,7 +18,7 @@ from privsplit.proto.datatypes import Datatype
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 from privsplit.proto.status import invalid
 
-ParamValue = Union[bool, int, float, str]
+ParamValue = bool | int | float | str
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT64_MAX = 2**64 - 1
 _MAX_ELEMENTS = 2**40  # beyond any message gRPC carries; keeps shape arithmetic sane

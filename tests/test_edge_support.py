@@ -98,7 +98,7 @@ def start_sshd(folder: Path) -> Sshd:
     auth.chmod(0o600)
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    for attempt in range(5):
+    for _attempt in range(5):
         port = free_port()
         (folder / "sshd_config").write_text(
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host'}\nAuthorizedKeysFile {auth}\n"

@@ -141,7 +141,10 @@ def test_a_flash_killed_at_any_moment_leaves_a_working_current(versions, tmp_pat
     started = time.perf_counter()
     flash(versions["v2"], LocalTarget(device), keep=1)
     duration = time.perf_counter() - started
-    child = "import sys; from privsplit.edge.flash import flash; print('go', flush=True); flash(sys.argv[1], sys.argv[2], keep=1)"
+    child = (
+        "import sys; from privsplit.edge.flash import flash; "
+        "print('go', flush=True); flash(sys.argv[1], sys.argv[2], keep=1)"
+    )
     for i, fraction in enumerate(np.linspace(0.0, 1.3, 10)):
         want = "v1" if i % 2 == 0 else "v2"
         before = os.readlink(device / "current")

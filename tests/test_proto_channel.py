@@ -72,8 +72,7 @@ def test_keepalive_defaults_fit_a_default_grpc_server():
 
 def _echo_server(options):
     def echo(request_iterator, context):
-        for item in request_iterator:
-            yield item
+        yield from request_iterator
 
     handler = grpc.method_handlers_generic_handler("test.Echo", {"Chat": grpc.stream_stream_rpc_method_handler(echo)})
     server = grpc.server(ThreadPoolExecutor(4), handlers=(handler,), options=options)

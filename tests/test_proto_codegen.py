@@ -81,7 +81,8 @@ names = ["ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "Serve
          "ModelMetadataResponse", "ModelInferRequest", "ModelInferResponse", "ModelStreamInferResponse",
          "InferParameter", "InferTensorContents"]
 svc = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-methods = ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer", "ModelStreamInfer"]
+methods = ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+           "ModelStreamInfer"]
 print(json.dumps({
     "service": svc.full_name,
     "messages": {n: dump(pb.DESCRIPTOR.message_types_by_name[n]) for n in names},

@@ -112,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = edge_sub.add_parser(
         "bench",
         help="latency probe (like TFLite's benchmark_model): init, first, p50/p90/p99, stages, RSS, bytes",
-        description="Measure the device path for one image per request: decode, preprocess, encode, quantize, serialize "
+        description="Measure the device path for one image per request: "
+        "decode, preprocess, encode, quantize, serialize "
         "and (with --server) the round trip. Reports init and first-inference time, mean/p50/p90/p99, a per-stage "
         "breakdown, peak RSS and bytes per request. Run each backend with the same settings to compare them.",
     )

@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=non_negative_float,
         default=0.01,
         metavar="F",
-        help="largest holdout task-accuracy drop vs PyTorch a shipped format may have, as a fraction (default %(default)s = 1 point)",
+        help="largest holdout task-accuracy drop vs PyTorch "
+        "a shipped format may have, as a fraction (default %(default)s = 1 point)",
     )
     p.add_argument(
         "--seed",

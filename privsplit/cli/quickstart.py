@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the whole path on one dataset: train, purify, export, flash, serve, infer, measure, report",
         description="Train an unprotected and a protected split model (plus --curve points), probe what their features "
         "leak, train the purifier and probe what the returned scores leak, export the protected encoder to signed INT8 "
-        "TFLite + ONNX bundles, flash the edge bundle to a device folder, start `privsplit serve` on a free loopback port, "
+        "TFLite + ONNX bundles, flash the edge bundle to a device folder, "
+        "start `privsplit serve` on a free loopback port, "
         "classify holdout images from the device over gRPC, measure device latency per installed backend and cloud "
         "latency/throughput, stop the service with SIGTERM, and write OUT/report.html (self-contained), OUT/report.md "
         "and OUT/summary.json. The default data, scikit-learn's digits (task digit, private attribute slant), ships "
@@ -57,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_weights,
         default=(0.0,),
         metavar="W,W",
-        help="adversary weights of extra protected models: points on the privacy-utility curve (default 0 = bottleneck and noise only; '' for none)",
+        help="adversary weights of extra protected models: points on the privacy-utility curve "
+        "(default 0 = bottleneck and noise only; '' for none)",
     )
     p.add_argument(
         "--purifier-epochs",

@@ -10,8 +10,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="rebuild report.html, report.md and summary.json from a quickstart folder or a run folder",
-        description="Read the results a quickstart (or `privsplit train` + the probes) saved and write DIR/summary.json, "
-        "DIR/report.md, DIR/report.html (self-contained, figures embedded) and DIR/plots/. Nothing is retrained or remeasured.",
+        description="Read the results a quickstart (or `privsplit train` + the probes) saved "
+        "and write DIR/summary.json, "
+        "DIR/report.md, DIR/report.html (self-contained, figures embedded) and DIR/plots/. "
+        "Nothing is retrained or remeasured.",
     )
     p.add_argument(
         "folder",

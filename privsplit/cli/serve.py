@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=non_negative_float,
         default=1.0,
         metavar="F",
-        help="wait up to F ms for a fuller batch while more requests are arriving; a lone request never waits (default %(default)s; 0 = never)",
+        help="wait up to F ms for a fuller batch while more requests are arriving; "
+        "a lone request never waits (default %(default)s; 0 = never)",
     )
     p.add_argument(
         "--max-queue",

@@ -194,7 +194,8 @@ def load_purifier(run: RunStore) -> Purifier | None:
     purifier = Purifier(run.parse_json(PURIFIER_JSON, lambda d: PurifierConfig.from_json(d["config"])))
     if not run.has(f"{PURIFIER_WEIGHTS}.safetensors"):
         raise RunError(
-            f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: re-run `privsplit train-purifier {run.path}`"
+            f"{run.path} has {PURIFIER_JSON} but no {PURIFIER_WEIGHTS}.safetensors: "
+            f"re-run `privsplit train-purifier {run.path}`"
         )
     run.load_module(PURIFIER_WEIGHTS, purifier)
     return purifier.eval()

@@ -63,7 +63,10 @@ def seeded(seed: int):
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
-    """Index batches over ``range(n)``, shuffled when ``rng`` is given; drops a trailing batch of 1 when shuffling (BatchNorm)."""
+    """Index batches over ``range(n)``, shuffled when ``rng`` is given.
+
+    Drops a trailing batch of 1 when shuffling (BatchNorm).
+    """
     order = rng.permutation(n) if rng is not None else np.arange(n)
     for start in range(0, n, batch_size):
         chunk = order[start : start + batch_size]

@@ -222,7 +222,8 @@ def probe_run_features(
     if progress:
         print(
             f"privsplit probe features: {folder.path} ({data.source}, task {data.task}, private {data.private}, "
-            f"noise sigma {model.config.noise_sigma:g}); attacker {len(split[Part.ATTACKER])}, holdout {len(split[Part.HOLDOUT])}",
+            f"noise sigma {model.config.noise_sigma:g}); attacker {len(split[Part.ATTACKER])}, "
+            f"holdout {len(split[Part.HOLDOUT])}",
             file=sys.stderr,
             flush=True,
         )

@@ -136,9 +136,7 @@ class ReconstructionLeakage:
         return {**to_dict(replace(self, samples=None)), "samples": samples_file}
 
     @classmethod
-    def from_json(
-        cls, data: Mapping[str, Any], samples: ReconstructionSamples | None = None
-    ) -> ReconstructionLeakage:
+    def from_json(cls, data: Mapping[str, Any], samples: ReconstructionSamples | None = None) -> ReconstructionLeakage:
         return from_dict(cls, {**data, "samples": samples})
 
 

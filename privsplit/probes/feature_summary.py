@@ -33,7 +33,8 @@ def summary_text(result: FeatureLeakageResult) -> str:
         width = 48
         lines += [
             "",
-            f"{'attribute inference: ' + att.name + f' ({len(att.classes)} classes)':<{width}}{'bal. acc':>9}{'AUC':>8}   selected on attacker data",
+            f"{'attribute inference: ' + att.name + f' ({len(att.classes)} classes)':<{width}}"
+            f"{'bal. acc':>9}{'AUC':>8}   selected on attacker data",
         ]
         for name, score in att.attackers.items():
             mark = "*" if name == att.best else " "
@@ -42,9 +43,11 @@ def summary_text(result: FeatureLeakageResult) -> str:
             )
         lines += [
             f"  {'best attacker (' + att.best + ')':<{width - 2}}{_f(att.balanced_accuracy):>9}{_f(att.auc):>8}",
-            f"  {'task floor (from the true task label alone)':<{width - 2}}{_f(att.task_floor):>9}{_f(att.task_floor_auc):>8}",
+            f"  {'task floor (from the true task label alone)':<{width - 2}}"
+            f"{_f(att.task_floor):>9}{_f(att.task_floor_auc):>8}",
             f"  {'chance':<{width - 2}}{_f(att.chance):>9}{_f(0.5):>8}",
-            f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} balanced accuracy over the floor",
+            f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} "
+            "balanced accuracy over the floor",
         ]
         if att.task_floor >= DETERMINED_FLOOR:
             lines.append(
@@ -58,9 +61,11 @@ def summary_text(result: FeatureLeakageResult) -> str:
     else:
         lines += [
             "",
-            f"{f'reconstruction (decoder, best epoch {rec.best_epoch} of {rec.epochs})':<48}{'SSIM':>9}{'PSNR dB':>9}{'MSE':>9}",
+            f"{f'reconstruction (decoder, best epoch {rec.best_epoch} of {rec.epochs})':<48}"
+            f"{'SSIM':>9}{'PSNR dB':>9}{'MSE':>9}",
             f"  {'decoder':<46}{_f(rec.ssim):>9}{_f(rec.psnr, '.2f'):>9}{_f(rec.mse, '.4f'):>9}",
-            f"  {'mean-image baseline':<46}{_f(rec.baseline_ssim):>9}{_f(rec.baseline_psnr, '.2f'):>9}{_f(rec.baseline_mse, '.4f'):>9}",
+            f"  {'mean-image baseline':<46}"
+            f"{_f(rec.baseline_ssim):>9}{_f(rec.baseline_psnr, '.2f'):>9}{_f(rec.baseline_mse, '.4f'):>9}",
         ]
     lines.append(f"\n(probe ran {result.runtime_s:.1f} s; seed {result.spec.seed})")
     return "\n".join(lines)

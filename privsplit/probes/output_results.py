@@ -234,7 +234,8 @@ class OutputProbeResult:
         rows[-1] = (
             rows[-1][0],
             f"{self.inversion.mse:.4f} ({self.inversion.mse_members:.4f}/{self.inversion.mse_nonmembers:.4f})",
-            f"{self.inversion_purified.mse:.4f} ({self.inversion_purified.mse_members:.4f}/{self.inversion_purified.mse_nonmembers:.4f})",
+            f"{self.inversion_purified.mse:.4f} ({self.inversion_purified.mse_members:.4f}/"
+            f"{self.inversion_purified.mse_nonmembers:.4f})",
         )
         add("inversion SSIM", self.inversion.ssim, self.inversion_purified.ssim)
         rows.append(

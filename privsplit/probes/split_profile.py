@@ -17,7 +17,8 @@ It indicates how much of the input a cut carries; it is not the full attribute /
 
 Suggestion: minimise ``device + uplink + server`` (Neurosurgeon) when no budget is given; with
 ``budget_ms``, the split with the lowest leakage indicator among those within the budget (indicators
-within 0.01 of the lowest count as ties: the fastest of them); when none fits, the fastest, flagged ``within_budget: false``.
+within 0.01 of the lowest count as ties: the fastest of them); when none fits, the fastest, flagged
+``within_budget: false``.
 """
 
 from __future__ import annotations
@@ -128,11 +129,12 @@ class SplitProfile:
         s = self.spec
         priv = self.private_chance is not None
         head = (
-            f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} {'dCor²':>6}"
-            + (" private" if priv else "")
+            f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} "
+            f"{'uplink':>8} {'server':>8} {'total':>8} {'dCor²':>6}" + (" private" if priv else "")
         )
         lines = [
-            f"split profile of {self.run} ({self.arch}, {self.image_size} px) on {s.runtime.value}, {s.threads} thread(s); "
+            f"split profile of {self.run} ({self.arch}, {self.image_size} px) "
+            f"on {s.runtime.value}, {s.threads} thread(s); "
             f"uplink {s.bandwidth_mbps:g} Mbit/s, rtt {s.rtt_ms:g} ms"
             + (f", budget {s.budget_ms:g} ms" if s.budget_ms else ""),
             head,
@@ -140,7 +142,10 @@ class SplitProfile:
         for r in self.rows:
             mark = ("*" if r.split == self.suggested else " ") + ("t" if r.trained else " ")
             shape = "x".join(map(str, r.feature_shape))
-            line = f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} {r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f}"
+            line = (
+                f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} "
+                f"{r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f}"
+            )
             lines.append(line + (f" {r.private_balanced_accuracy:>7.3f}" if priv else ""))
         lines.append(
             f"(ms: median of {s.runs} runs per module after {s.warmup} warm-up runs, interleaved; * suggested, "

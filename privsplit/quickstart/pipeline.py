@@ -32,7 +32,8 @@ def _prepare(root: Path, force: bool, resume: QuickstartConfig | None = None) ->
     if root.exists() and any(root.iterdir()):
         if not force:
             raise ConfigError(
-                f"{root} exists and is not empty: choose a new --out, or pass --force to replace a previous quickstart there"
+                f"{root} exists and is not empty: "
+                "choose a new --out, or pass --force to replace a previous quickstart there"
             )
         if not (root / "quickstart.json").is_file():
             raise ConfigError(
@@ -311,7 +312,8 @@ def _edge_infer(config, layout, log, state, target, public_key):
         pipeline.close()
         if not ok.all():
             raise RunError(
-                f"{int((~ok).sum())} of {len(images)} edge requests failed: {next(r.error for r in report.results if not r.ok)}"
+                f"{int((~ok).sum())} of {len(images)} "
+                f"edge requests failed: {next(r.error for r in report.results if not r.ok)}"
             )
         st.detail = f"accuracy {accuracy:.3f} through {pipeline.encoder} on {pipeline.runtime.name.value} + server"
     return wire

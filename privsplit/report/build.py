@@ -35,10 +35,14 @@ def _features(doc: Document, s: dict) -> None:
         return
     m0 = models[0]
     sec.add(
-        f"An attacker who holds the features trains, after the fact, on the `attacker` part and is scored on `holdout`: the best of "
-        f"logistic regression, an MLP and a CNN for the private attribute **{m0['attribute']}**, and a decoder for the image. "
-        f"Chance is {_f(m0['attribute_chance'])}; the **task floor** ({_f(m0['attribute_task_floor'])}) is what the true task label alone "
-        f"gives away (the server learns the task anyway); the mean-image baseline SSIM is {_f(m0['reconstruction_baseline_ssim'])}."
+        f"An attacker who holds the features trains, after the fact, on the `attacker` part "
+        "and is scored on `holdout`: the best of "
+        f"logistic regression, an MLP and a CNN for the private attribute **{m0['attribute']}**, "
+        "and a decoder for the image. "
+        f"Chance is {_f(m0['attribute_chance'])}; the **task floor** ({_f(m0['attribute_task_floor'])}) "
+        "is what the true task label alone "
+        f"gives away (the server learns the task anyway); "
+        f"the mean-image baseline SSIM is {_f(m0['reconstruction_baseline_ssim'])}."
     )
     rows = [
         [
@@ -87,7 +91,8 @@ def _features(doc: Document, s: dict) -> None:
                     "shipped",
                 ],
                 rows,
-                caption="PyTorch against the exported artefacts, on the same holdout images with the same int8 wire (export parity).",
+                caption="PyTorch against the exported artefacts, "
+                "on the same holdout images with the same int8 wire (export parity).",
             )
         )
 
@@ -101,9 +106,12 @@ def _outputs(doc: Document, s: dict) -> None:
         )
         return
     sec.add(
-        f"{o['members']} training members against {o['nonmembers']} non-members. Eight attacks (thresholds, ML-Leaks, NSH, label-only, a "
-        "shadow model) are trained on the attacker's own data; with the purifier the attacker is **adaptive**: it sees only purified scores, "
-        f"for its own data too. A label-preserving purifier cannot go below the **label floor** (AUC {_f(o['label_floor'])}): what the "
+        f"{o['members']} training members against {o['nonmembers']} non-members. "
+        "Eight attacks (thresholds, ML-Leaks, NSH, label-only, a "
+        "shadow model) are trained on the attacker's own data; "
+        "with the purifier the attacker is **adaptive**: it sees only purified scores, "
+        f"for its own data too. A label-preserving purifier cannot go below the **label floor** "
+        f"(AUC {_f(o['label_floor'])}): what the "
         "predicted label says about membership."
     )
     r, p = o["raw"], o["purified"]
@@ -130,7 +138,8 @@ def _latency(doc: Document, s: dict) -> None:
     if s["serving"]:
         v = s["serving"]
         sec.add(
-            f"Edge inference from the flashed device folder over real gRPC: {v['ok']}/{v['images']} holdout images answered, accuracy "
+            f"Edge inference from the flashed device folder over real gRPC: {v['ok']}/{v['images']} "
+            "holdout images answered, accuracy "
             f"{_f(v['accuracy'])} through {v['encoder']} on {v['runtime']}."
         )
     if s["device_latency"]:
@@ -162,7 +171,8 @@ def _latency(doc: Document, s: dict) -> None:
                     "bytes per request",
                 ],
                 rows,
-                caption="One image per request, 1 thread, measured on this machine (not a Pi): compare backends as ratios.",
+                caption="One image per request, 1 thread, measured on this machine (not a Pi): "
+                "compare backends as ratios.",
             )
         )
     if s["cloud"]:
@@ -183,7 +193,8 @@ def _latency(doc: Document, s: dict) -> None:
             Table(
                 ["cloud concurrency", "requests/s", "p50 ms", "p99 ms", "server compute µs", "mean batch", "errors"],
                 rows,
-                caption=f"{c['request_bytes']} B requests (int8 features of one image), {c['duration_s']:g} s per level.",
+                caption=f"{c['request_bytes']} B requests (int8 features of one image), "
+                f"{c['duration_s']:g} s per level.",
             )
         )
 
@@ -198,17 +209,26 @@ def _stages(doc: Document, s: dict) -> None:
         sec.add(f"The cloud service stopped on SIGTERM with exit code {s['service']['exit_code']}.")
 
 
-_THREAT = """- Feature probe: the attacker holds the features the device sends (an eavesdropper or the cloud itself), knows the encoder's outputs for its own labelled images (`attacker` part, disjoint from training) and trains any of three classifiers and a decoder on them.
-- Output probe: the attacker is a client of the deployed service; it knows which of its own records were training members of a shadow model it trains on its own data, and queries the service for the scores of the records it tests.
-- Limits: one seed per figure; small test sets give ±1–3 points of sampling noise (every holdout accuracy includes the channel noise: one seeded draw per run, shared by train, probe and export); latency is measured on this machine, not on a device; a label-preserving purifier cannot remove what the label itself reveals (the label floor)."""
+_THREAT = (
+    "- Feature probe: the attacker holds the features the device sends (an eavesdropper or the cloud itself), knows "
+    "the encoder's outputs for its own labelled images (`attacker` part, disjoint from training) and trains any of "
+    "three classifiers and a decoder on them.\n"
+    "- Output probe: the attacker is a client of the deployed service; it knows which of its own records were "
+    "training members of a shadow model it trains on its own data, and queries the service for the scores of the "
+    "records it tests.\n"
+    "- Limits: one seed per figure; small test sets give ±1–3 points of sampling noise (every holdout accuracy "
+    "includes the channel noise: one seeded draw per run, shared by train, probe and export); latency is measured "
+    "on this machine, not on a device; a label-preserving purifier cannot remove what the label itself reveals (the "
+    "label floor)."
+)
 
 
 def build_document(s: dict, figures: dict[str, Path]) -> Document:
     d = s["data"]
     doc = Document(
         title="privsplit report",
-        subtitle=f"{d['spec']}: task {d['task']}, private attribute {d['private']}, seed {d['seed']}; privsplit {s['privsplit']}"
-        + ("" if s["complete"] else " — INCOMPLETE: some stages did not run"),
+        subtitle=f"{d['spec']}: task {d['task']}, private attribute {d['private']}, seed {d['seed']}; "
+        f"privsplit {s['privsplit']}" + ("" if s["complete"] else " — INCOMPLETE: some stages did not run"),
     )
     _features(doc, s)
     for key, caption in (
@@ -258,7 +278,10 @@ def _figures(layout: QuickstartLayout, s: dict) -> dict[str, Path]:
 
 
 def build_report(root: str | Path) -> ReportPaths:
-    """Write ``summary.json``, ``report.md``, ``report.html`` and ``plots/`` into ``root`` (a quickstart or run folder)."""
+    """Write ``summary.json``, ``report.md``, ``report.html`` and ``plots/`` into ``root``.
+
+    ``root`` is a quickstart or run folder.
+    """
     layout = QuickstartLayout(Path(root))
     summary = build_summary(layout.root)
     figures = _figures(layout, summary)
