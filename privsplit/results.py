@@ -117,10 +117,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, strict: bool = False) ->
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{cls.__name__} needs a JSON object, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    dataclass_type: Any = cls  # a dataclass; type[T] cannot say so to mypy
+    known = {f.name: f for f in dataclasses.fields(dataclass_type) if f.init}
     if strict and set(data) - set(known):
         raise ConfigError(f"unknown {cls.__name__} keys: {sorted(set(data) - set(known))}")
-    hints = _hints(cls)
+    hints = _hints(dataclass_type)
     return cls(**{name: _convert(hints.get(name, Any), data[name]) for name in known if name in data})
 
 
@@ -214,7 +215,7 @@ def save_json(
     if version is not None or kind is not None:
         if not isinstance(body, dict):
             raise TypeError(f"a versioned result must be a JSON object, got {type(body).__name__}")
-        head = {"schema_version": version} if version is not None else {}
+        head: dict[str, Any] = {"schema_version": version} if version is not None else {}
         if kind is not None:
             head["kind"] = kind
         body = {**head, **{k: v for k, v in body.items() if k not in head}}

@@ -26,6 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import grpc
 
@@ -143,6 +144,12 @@ class ChannelTls:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
+
+
+@overload
+def read_pem(path: Path, flag: str) -> bytes: ...
+@overload
+def read_pem(path: Path | None, flag: str) -> bytes | None: ...
 
 
 def read_pem(path: Path | None, flag: str) -> bytes | None:
