@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from privsplit.errors import RunError
+from privsplit.errors import ConfigError, RunError
 from privsplit.results import check_schema, from_dict, save_json, to_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,6 +118,8 @@ class RunFolder:
             raise RunError(f"{target} is damaged, it lacks {exc}: {_fix_for(target)}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise RunError(f"{target} is damaged ({type(exc).__name__}: {exc}): {_fix_for(target)}") from None
+        except ConfigError as exc:  # a field of the wrong shape (privsplit.results.from_dict)
+            raise RunError(f"{target} is damaged ({exc}): {_fix_for(target)}") from None
 
     # ---- config, split, data -----------------------------------------------------------------
     def check(self) -> RunFolder:

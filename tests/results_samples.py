@@ -229,7 +229,7 @@ def samples() -> dict:
         run="runs/protected",
         arch="small-cnn",
         image_size=32,
-        spec=SplitProfileSpec(bandwidth_mbps=5.0, budget_ms=20.0, runtime=SplitRuntime.TORCH, samples=16),
+        spec=SplitProfileSpec(bandwidth_mbps=5.0, budget_ms=20.0, runtime=SplitRuntime.TORCH, samples=16, runs=30),
         rows=(
             SplitRow(
                 split=1,

@@ -102,11 +102,7 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
         return ScoredRecords(model.scores(data.images[idx], noise_seed=noise_seed + salt), labels[idx])
 
     members_all = scored(members, 0)
-    if spec.noise_seed is None:  # the run's holdout noise: the holdout accuracy train, probe features and export print
-        holdout_scores = model.scores(data.images[holdout], noise_seed=run.eval_noise_seed())
-        holdout_all = ScoredRecords(holdout_scores, labels[holdout])
-    else:
-        holdout_all = scored(holdout, 1)
+    holdout_all = scored(holdout, 1)
     pos_m = np.searchsorted(members, eval_m)
     pos_n = np.searchsorted(holdout, eval_n)
     shadow_in, shadow_out = [], []
