@@ -87,9 +87,8 @@ def test_protection_lowers_feature_leakage(summary):
     models = {m["name"]: m for m in summary["models"]}
     raw, prot = models["unprotected"], models["protected"]
     assert raw["attribute"] == "slant" and raw["attribute_chance"] == 0.5
-    assert (
-        raw["attribute_balanced_accuracy"] > raw["attribute_task_floor"] + 0.15
-    )  # slant is readable from raw features
+    # slant is readable from raw features
+    assert raw["attribute_balanced_accuracy"] > raw["attribute_task_floor"] + 0.15
     assert prot["attribute_balanced_accuracy"] < raw["attribute_balanced_accuracy"] - 0.1
     assert prot["reconstruction_ssim"] < raw["reconstruction_ssim"] - 0.1
     assert prot["reconstruction_ssim"] > prot["reconstruction_baseline_ssim"] - 0.1  # the decoder is a real one
@@ -100,10 +99,15 @@ def test_protection_lowers_feature_leakage(summary):
 
 def test_purifier_lowers_membership_inference(summary):
     o = summary["outputs"]
-    assert o["purified"]["auc"] < o["raw"]["auc"]
-    assert (
-        o["purified"]["auc"] >= o["label_floor"] - 1e-9
-    )  # the label-only attack survives any label-preserving purifier
+    # 95% sampling half-width of an AUC near 0.5 (Hanley & McNeil) with these member / non-member counts
+    n, m = o["members"], o["nonmembers"]
+    half_width = 1.96 * ((n + m + 1) / (12 * n * m)) ** 0.5
+    if o["raw"]["excess_auc"] > half_width:  # the raw scores leak beyond the label floor: the purifier removes it
+        assert o["purified"]["auc"] < o["raw"]["auc"]
+    # whatever the raw scores leak, the purified ones stay within sampling noise of the label floor ...
+    assert o["purified"]["excess_auc"] <= half_width
+    # ... and no label-preserving purifier goes below it (the label-only attack survives)
+    assert o["purified"]["auc"] >= o["label_floor"] - 1e-9
     assert o["label_agreement"] == 1.0 and o["accuracy_drop_points"] == 0.0
     assert 0 < o["distortion_pct"] < 200
     for side in ("raw", "purified"):
