@@ -18,7 +18,7 @@ _LAZY = {
     "ServeConfig": "privsplit.cloud.config",
     "BatchConfig": "privsplit.cloud.config",
     "TlsConfig": "privsplit.cloud.config",
-    "read_token": "privsplit.cloud.config",
+    "read_token": "privsplit.proto.channel",
     "ModelHost": "privsplit.cloud.model_host",
     "ModelSpec": "privsplit.cloud.model_host",
     "DynamicBatcher": "privsplit.cloud.batcher",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from privsplit.errors import ConfigError
-from privsplit.proto.channel import is_loopback
+from privsplit.proto.channel import is_loopback, read_pem
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
 
 DEFAULT_PORT = 8001  # Triton's gRPC port
@@ -52,14 +52,11 @@ class TlsConfig:
     client_ca: Path | None = None
 
     def read(self) -> tuple[bytes, bytes, bytes | None]:
-        def pem(what: str, path: Path) -> bytes:
-            try:
-                return Path(path).read_bytes()
-            except OSError as exc:
-                raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
-
-        cert, key = pem("--tls-cert", self.cert), pem("--tls-key", self.key)
-        return cert, key, None if self.client_ca is None else pem("--client-ca", self.client_ca)
+        return (
+            read_pem(self.cert, "--tls-cert"),
+            read_pem(self.key, "--tls-key"),
+            read_pem(self.client_ca, "--client-ca"),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,16 +115,3 @@ class ServeConfig:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
-
-
-def read_token(path: Path) -> str:
-    """The bearer token in ``path`` (surrounding whitespace stripped)."""
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--token-file {path}: not text; put the token on one line") from None
-    if not token or any(c.isspace() for c in token):
-        raise ConfigError(f"--token-file {path}: must hold one token without spaces")
-    return token

@@ -161,6 +161,19 @@ def read_pem(path: Path | None, flag: str) -> bytes | None:
         raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
 
 
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (surrounding whitespace stripped)."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--token-file {path}: not text; put the token on one line") from None
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"--token-file {path}: must hold one token without spaces")
+    return token
+
+
 @dataclass(frozen=True)
 class Keepalive:
     """HTTP/2 keepalive pings of the client (see the module doc for the defaults)."""

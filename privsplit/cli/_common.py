@@ -28,3 +28,34 @@ def non_negative_float(text: str) -> float:
 
 def add_json_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON to FILE")
+
+
+def add_dial_args(parser: argparse.ArgumentParser) -> None:
+    """The client's token and TLS flags (``privsplit edge ...`` and ``privsplit bench cloud``)."""
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="F",
+        help="file holding the bearer token (sent as 'authorization: Bearer <token>')",
+    )
+    parser.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) that verifies the server: turns TLS on")
+    parser.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, metavar="F", help="client private key (PEM) for mutual TLS")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)",
+    )
+
+
+def dial_token(args: argparse.Namespace) -> str | None:
+    """Check the flags of :func:`add_dial_args` go together; the token read from ``--token-file``, if any."""
+    from privsplit.errors import ConfigError
+    from privsplit.proto.channel import read_token
+
+    if args.tls_ca is None and (args.tls_cert is not None or args.tls_key is not None):
+        raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
+    return None if args.token_file is None else read_token(args.token_file)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import add_json_out, non_negative_float, positive_int
+from privsplit.cli._common import add_dial_args, add_json_out, dial_token, non_negative_float, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -74,18 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rows", type=positive_int, default=1, metavar="N", help="rows (images) per request (default %(default)s)"
     )
     c.add_argument("--label-only", action="store_true", help="ask for the label only")
-    c.add_argument("--token-file", type=Path, metavar="F", help="bearer token file")
-    c.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) to verify the server: turns TLS on")
-    c.add_argument("--tls-cert", type=Path, metavar="F", help="client certificate (PEM) for mutual TLS")
-    c.add_argument("--tls-key", type=Path, metavar="F", help="client key (PEM) for mutual TLS")
-    c.add_argument(
-        "--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)"
-    )
-    c.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)",
-    )
+    add_dial_args(c)
     c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
     add_json_out(c)
     c.set_defaults(handler=run_cloud)
@@ -153,21 +142,18 @@ def _metadata_shape(args, dial) -> tuple[int, int, int]:
 def run_cloud(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from privsplit.cloud.config import read_token
     from privsplit.cloud.loadgen import LoadSpec, run_load
     from privsplit.errors import ConfigError
     from privsplit.proto.channel import ChannelTls, DialConfig, parse_target
     from privsplit.proto.wire import features_request
 
     parse_target(args.target, flag="--target")
-    if args.tls_ca is None and (args.tls_cert is not None or args.tls_key is not None):
-        raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
+    token = dial_token(args)
     tls = (
         None
         if args.tls_ca is None
         else ChannelTls.from_files(args.tls_ca, args.tls_cert, args.tls_key, server_name=args.tls_server_name)
     )
-    token = None if args.token_file is None else read_token(args.token_file)
     dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure)
     shape, scale, zero_point, encoder_hash = _request_spec(args, dial)
     rng = np.random.default_rng(args.seed)

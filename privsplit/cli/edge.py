@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import non_negative_float, positive_int
+from privsplit.cli._common import add_dial_args, dial_token, non_negative_float, positive_int
 from privsplit.results import dumps
 
 _RUNTIMES = ("litert", "tflite-runtime", "onnxruntime")
@@ -63,23 +63,7 @@ def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
         metavar="N",
         help="retries on UNAVAILABLE, with exponential backoff and jitter (default %(default)s)",
     )
-    p.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="F",
-        help="file holding the bearer token (sent as 'authorization: Bearer <token>')",
-    )
-    p.add_argument("--tls-ca", type=Path, metavar="F", help="CA (PEM) that verifies the server: turns TLS on")
-    p.add_argument("--tls-cert", type=Path, metavar="F", help="device certificate (PEM) for mutual TLS")
-    p.add_argument("--tls-key", type=Path, metavar="F", help="device private key (PEM) for mutual TLS")
-    p.add_argument(
-        "--tls-server-name", metavar="NAME", help="name to check the server certificate against (default: the host)"
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow --token-file over plaintext to a non-loopback server (refused by default: use --tls-ca)",
-    )
+    add_dial_args(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -143,19 +127,12 @@ def client_config(args: argparse.Namespace):
     from privsplit.edge.client import ClientConfig, ClientTls, RetryPolicy
     from privsplit.errors import ConfigError
 
+    token = dial_token(args)
     tls = None
     if args.tls_ca is not None:
         tls = ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
-    elif args.tls_cert is not None or args.tls_key is not None:
-        raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
     if args.retries < 0:
         raise ConfigError(f"--retries must be >= 0, got {args.retries}")
-    token = None
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
     return ClientConfig(
         target=args.server,
         tls=tls,

@@ -147,8 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from privsplit.cloud.config import BatchConfig, ServeConfig, TlsConfig, read_token
+    from privsplit.cloud.config import BatchConfig, ServeConfig, TlsConfig
     from privsplit.errors import ConfigError
+    from privsplit.proto.channel import read_token
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
