@@ -17,6 +17,8 @@ _LAZY = {
     "ParityReport": "privsplit.export.parity",
     "FormatParity": "privsplit.export.parity",
     "generate_keys": "privsplit.export.signing",
+    "write_triton_repository": "privsplit.export.triton",
+    "TritonRepository": "privsplit.export.triton",
 }
 
 __getattr__, __all__ = lazy_exports("privsplit.export", _LAZY)

@@ -4,6 +4,7 @@ OUT/edge/      encoder artefacts that passed parity + manifest.json (+ manifest.
 OUT/cloud/     server.onnx, purifier.onnx (when the run has one) + manifest.json (+ manifest.sig)
 OUT/parity.json   the parity report (every requested format, shipped or not)
 OUT/rejected/  artefacts that failed parity, kept for inspection (never in a bundle)
+OUT/triton/    with ``triton=True``: a Triton model repository of the cloud bundle (:mod:`privsplit.export.triton`)
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from privsplit.export.bundle_writer import write_bundle
 from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
+from privsplit.export.triton import TritonRepository, check_model_name, write_triton_repository
+from privsplit.export.triton_config import model_config_pb2
+from privsplit.proto.wire import DEFAULT_MODEL_NAME
 from privsplit.run import RunFolder, noise_note
 
 
@@ -36,6 +40,7 @@ class ExportResult:
     edge: Bundle
     cloud: Bundle
     default_encoder: str
+    triton: TritonRepository | None = None
 
     @property
     def shipped(self) -> tuple[str, ...]:
@@ -52,7 +57,7 @@ def _log(msg: str, enabled: bool) -> None:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    taken = [out / n for n in ("edge", "cloud", "parity.json", "rejected") if (out / n).exists()]
+    taken = [out / n for n in ("edge", "cloud", "parity.json", "rejected", "triton") if (out / n).exists()]
     if taken and not overwrite:
         raise ConfigError(f"{taken[0]} already exists: choose another --out or pass --force to replace the export")
     for path in taken:
@@ -128,10 +133,13 @@ def export_run(
     version: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    triton: bool = False,
+    triton_model_name: str = DEFAULT_MODEL_NAME,
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
     None skips it. ``tolerance``: the largest task-accuracy drop a shipped format may have (0.01 = 1 point).
+    ``triton``: also write OUT/triton, a Triton model repository whose ensemble is ``triton_model_name``.
     """
     from privsplit.export.runtime import ort_session
     from privsplit.export.signing import load_private_key
@@ -139,6 +147,9 @@ def export_run(
 
     if not formats:
         raise ConfigError("no formats to export")
+    if triton:
+        check_model_name(triton_model_name)
+        model_config_pb2()  # tritonclient installed? (before minutes of conversion, not after)
     if calibration < 1:
         raise ConfigError(f"--calibration must be >= 1, got {calibration}")
     if not 0 <= tolerance < 1:
@@ -272,12 +283,18 @@ def export_run(
         }
     edge = write_bundle(edge_dir, kind=BundleKind.EDGE, version=version, body=edge_body, sign_key=key)
     cloud = write_bundle(final_cloud, kind=BundleKind.CLOUD, version=version, body=cloud_body, sign_key=key)
+    repository = None
+    if triton:
+        repository = write_triton_repository(cloud, out / "triton", model_name=triton_model_name)
     _log(
         f"shipped {', '.join(f.value for f in passed)} (default {default.value}) -> {out}"
-        + (" (signed)" if key is not None else " (unsigned)"),
+        + (" (signed)" if key is not None else " (unsigned)")
+        + ("" if repository is None else f"; Triton repository {repository.root}"),
         progress,
     )
-    return ExportResult(out=out, parity=report, edge=edge, cloud=cloud, default_encoder=default.value)
+    return ExportResult(
+        out=out, parity=report, edge=edge, cloud=cloud, default_encoder=default.value, triton=repository
+    )
 
 
 def _cloud_parity(model, run, holdout, server_session, purifier_path) -> dict:

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "PyTorch on holdout images (feature error, end-to-end task accuracy through the int8 wire and "
         "server.onnx, feature-leakage probe on its wire features). Formats whose accuracy drops more "
         "than --tolerance are reported and not shipped. Writes DIR/edge, DIR/cloud (manifest.json with "
-        "sha256 of every file, manifest.sig with --sign-key) and DIR/parity.json.",
+        "sha256 of every file, manifest.sig with --sign-key), DIR/parity.json and, with --triton, DIR/triton.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
@@ -74,6 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--version", dest="bundle_version", metavar="STR", help="bundle version string (default RUNNAME-<content hash>)"
     )
+    p.add_argument(
+        "--triton",
+        action="store_true",
+        help="also write DIR/triton, a Triton model repository of the cloud bundle (int8 server model with "
+        "dynamic batching, purifier, and an ensemble with the I/O of `privsplit serve`; needs tritonclient)",
+    )
+    p.add_argument(
+        "--triton-model-name",
+        default="privsplit",
+        metavar="NAME",
+        help="the Triton ensemble's name, the model devices ask for (default %(default)s, as `privsplit serve`)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -105,10 +117,14 @@ def run(args: argparse.Namespace) -> int:
         version=args.bundle_version,
         overwrite=args.force,
         progress=not args.quiet,
+        triton=args.triton,
+        triton_model_name=args.triton_model_name,
     )
     print(result.parity.summary())
     print(f"edge bundle  {result.edge.root} ({', '.join(result.shipped)}; default {result.default_encoder})")
     print(f"cloud bundle {result.cloud.root}" + ("" if result.cloud.manifest["purifier"] else " (no purifier)"))
+    if result.triton is not None:
+        print(f"triton       {result.triton.root} (ensemble {result.triton.ensemble!r})")
     print(f"parity       {result.parity_path}")
     failed = [r.format for r in result.parity.formats if not r.passed]
     return 1 if (args.strict and failed) else 0
