@@ -175,6 +175,10 @@ def test_the_ensemble_answers_what_privsplit_serve_answers(served, wire):
         q = wire.features[start : start + rows]
         start += rows
         request = features_request(q, encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point)
+        # Triton refuses request-level parameters other than int64, bool and string (a double scale would be
+        # INVALID_ARGUMENT); the device puts scale and zero point on the tensor, which Triton does not read
+        assert all(isinstance(v, (bool, int, str)) for v in request.parameters.values())
+        assert set(request.inputs[0].parameters) == {"scale", "zero_point"}
         reply = Prediction.from_response(InferResponse.from_proto(stub.ModelInfer(request.to_proto(), timeout=30)))
         triton = run_ensemble(repo, repo.ensemble, {"features": q})
         assert set(triton) == {"probs", "label"}
