@@ -225,3 +225,15 @@ def test_cli_export_writes_the_repository(bundles, tmp_path, capsys):
     for name in ("edge", "cloud", "parity.json"):  # a repository left alone still blocks a new export
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     assert main(args) == 2 and "triton already exists" in capsys.readouterr().err
+
+
+def test_without_tritonclient_export_triton_names_the_extra_before_converting(bundles, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "tritonclient.grpc.model_config_pb2", raising=False)
+    monkeypatch.setitem(sys.modules, "tritonclient", None)  # what `import tritonclient` finds when not installed
+    out = tmp_path / "export"
+    assert main(["export", str(bundles.run), "--out", str(out), "--formats", "onnx-fp32", "--triton", "--quiet"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "privsplit[triton]" in err and "tritonclient" in err
+    assert not out.exists()  # refused before any conversion
