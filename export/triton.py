@@ -19,7 +19,10 @@ ignores the ``scale`` / ``zero_point`` parameters a device sends: the graph uses
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from privsplit.bundle import Bundle, BundleKind
@@ -160,8 +163,6 @@ def write_triton_repository(
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
 ) -> TritonRepository:
     """Write the Triton repository of a (verified) cloud bundle to ``out``; ``out`` must not exist."""
-    import onnx
-
     if cloud.kind is not BundleKind.CLOUD:
         raise ExportError(f"{cloud.root} is {cloud.kind.a}; a Triton repository is made from the cloud bundle")
     check_model_name(model_name)
@@ -180,6 +181,22 @@ def write_triton_repository(
         head=f"{model_name}_purifier" if purifier else f"{model_name}_label",
         purifier=purifier,
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # complete or absent, never half
+    try:
+        os.chmod(work, 0o755)  # mkdtemp's 0700 would hide the repository from a Triton container's user
+        _write(replace(repo, root=work), cloud, max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return repo
+
+
+def _write(repo: TritonRepository, cloud: Bundle, *, max_batch_size: int, max_queue_delay_us: int) -> None:
+    import onnx
+
+    out = repo.root
     server = server_graph(cloud)
     opset = next(o.version for o in server.opset_import if o.domain in ("", "ai.onnx"))
     head, head_in, head_probs = head_graph(cloud, opset=opset, ir_version=server.ir_version)
@@ -217,4 +234,3 @@ def write_triton_repository(
     }
     for name, config in configs.items():
         write_config(repo.config_path(name), config)
-    return repo

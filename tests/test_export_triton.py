@@ -211,9 +211,10 @@ def test_cli_export_writes_the_repository(bundles, tmp_path, capsys):
     out = tmp_path / "export"
     args = ["export", str(bundles.run), "--out", str(out), "--formats", "onnx-fp32", "--no-probe", "--quiet"]
     args += ["--calibration", "16", "--holdout-limit", "32"]
-    assert main([*args, "--triton", "--triton-model-name", "a/b"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--triton-model-name" in err and not out.exists()
+    for bad in (["--triton", "--triton-model-name", "a/b"], ["--triton-model-name", "digits"]):
+        assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--triton-model-name" in err and not out.exists()
     assert main([*args, "--triton", "--triton-model-name", "digits"]) == 0
     assert f"triton       {out / 'triton'} (ensemble 'digits')" in capsys.readouterr().out
     cloud = load_bundle(out / "cloud", kind=BundleKind.CLOUD)

@@ -82,9 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--triton-model-name",
-        default="privsplit",
         metavar="NAME",
-        help="the Triton ensemble's name, the model devices ask for (default %(default)s, as `privsplit serve`)",
+        help="with --triton: the ensemble's name, the model devices ask for (default privsplit, as `privsplit serve`)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
@@ -93,8 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from privsplit.errors import ConfigError
     from privsplit.export.formats import parse_formats
     from privsplit.export.pipeline import export_run
+    from privsplit.proto.wire import DEFAULT_MODEL_NAME
+
+    if args.triton_model_name is not None and not args.triton:
+        raise ConfigError("--triton-model-name names the Triton ensemble: pass --triton too")
 
     probe_spec = None
     if not args.no_probe:
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.force,
         progress=not args.quiet,
         triton=args.triton,
-        triton_model_name=args.triton_model_name,
+        triton_model_name=args.triton_model_name or DEFAULT_MODEL_NAME,
     )
     print(result.parity.summary())
     print(f"edge bundle  {result.edge.root} ({', '.join(result.shipped)}; default {result.default_encoder})")
