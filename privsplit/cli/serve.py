@@ -149,6 +149,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve Prometheus metrics on http://HOST:P/metrics (0 picks a free port)",
     )
     p.add_argument(
+        "--health-port",
+        type=_port,
+        metavar="P",
+        help="also serve grpc.health.v1 alone, in plaintext, on HOST:P (for Kubernetes' grpc probe, which "
+        "cannot speak TLS; no inference there; 0 picks a free port)",
+    )
+    p.add_argument(
         "--trust-key",
         type=Path,
         metavar="PUB",
@@ -207,6 +214,7 @@ def build_config(args: argparse.Namespace):
         token=None if args.token_file is None else read_token(args.token_file),
         trust_key=args.trust_key,
         metrics_port=args.metrics_port,
+        health_port=args.health_port,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         threads=args.threads,
         workers=args.workers,
@@ -223,6 +231,7 @@ _NOT_WITH_KSERVE = {
     "client_ca": "--client-ca",
     "token_file": "--token-file",
     "metrics_port": "--metrics-port",
+    "health_port": "--health-port",
     "max_concurrent_rpcs": "--max-concurrent-rpcs",
 }
 
