@@ -82,11 +82,11 @@ def _isolate_protocol() -> None:
     module = importlib.util.module_from_spec(spec)
     default = descriptor_pool.Default
     private = descriptor_pool.DescriptorPool()
-    descriptor_pool.Default = lambda: private  # type: ignore[assignment]
+    descriptor_pool.Default = lambda: private
     try:
         spec.loader.exec_module(module)
     finally:
-        descriptor_pool.Default = default  # type: ignore[assignment]
+        descriptor_pool.Default = default
     sys.modules[_PB_MODULE] = module
 
 
@@ -148,7 +148,9 @@ def build_model(config: KServeConfig) -> Any:
     host = ModelHost.open(config.bundle, name=config.model_name, trust_key=config.trust_key, threads=config.threads)
     limits = BatchConfig(max_batch=1, max_request_batch=config.max_request_batch)
 
-    class PrivsplitModel(kserve.Model):
+    base: Any = kserve.Model
+
+    class PrivsplitModel(base):
         """The server layers and purifier of a verified cloud bundle, answering like ``privsplit serve``."""
 
         def __init__(self) -> None:
