@@ -202,3 +202,27 @@ def test_kserve_engine_without_kserve_fails_with_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "KServe is not installed" in lines[0] and ".venv-kserve" in lines[0]
     assert "pip install -e '.[kserve]'" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--token-file", "token.txt"], "--token-file does not apply to --engine kserve"),
+        (["--tls-cert", "c.pem", "--tls-key", "k.pem"], "--tls-cert does not apply to --engine kserve"),
+        (["--max-batch", "8"], "--max-batch does not apply to --engine kserve"),
+        (["--workers", "8"], "--workers does not apply to --engine kserve"),
+        (["--port", "0"], "--port must be in [1, 65535] with --engine kserve"),
+        (["--port", "8500", "--http-port", "8500"], "--http-port must be in [0, 65535] and differ from --port"),
+    ],
+)
+def test_kserve_engine_refuses_options_it_cannot_honour(tmp_path, extra, words):
+    """Options of the own server are refused with one line, never silently ignored (before any import of kserve)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "privsplit.cli.main", "serve", str(tmp_path / "cloud"), "--engine", "kserve", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr

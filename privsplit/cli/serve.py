@@ -236,6 +236,19 @@ _NOT_WITH_KSERVE = {
 }
 
 
+# Options of the own server's batching and threading that KServe's ModelServer has no equivalent for: refused
+# with --engine kserve when set to anything but their default.
+_OWN_SERVER_ONLY = {
+    "max_batch": "--max-batch",
+    "max_delay_ms": "--max-delay-ms",
+    "max_queue": "--max-queue",
+    "queue_timeout_ms": "--queue-timeout-ms",
+    "max_message_mb": "--max-message-mb",
+    "workers": "--workers",
+    "insecure": "--insecure",
+}
+
+
 def build_kserve_config(args: argparse.Namespace):
     from privsplit.cloud.kserve_model import KServeConfig
     from privsplit.errors import ConfigError
@@ -245,6 +258,15 @@ def build_kserve_config(args: argparse.Namespace):
             raise ConfigError(
                 f"{flag} does not apply to --engine kserve: KServe's ModelServer has no TLS, token or metrics "
                 "options of ours (the platform in front provides them); drop it or use the default engine"
+            )
+    subparsers = argparse.ArgumentParser(add_help=False).add_subparsers()
+    register(subparsers)
+    defaults = subparsers.choices["serve"]
+    for attr, flag in _OWN_SERVER_ONLY.items():
+        if getattr(args, attr) != defaults.get_default(attr):
+            raise ConfigError(
+                f"{flag} does not apply to --engine kserve: KServe's ModelServer runs each request on its own "
+                "(no batching, queue or worker options of ours); drop it or use the default engine"
             )
     return KServeConfig(
         bundle=args.bundle,
