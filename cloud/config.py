@@ -72,6 +72,7 @@ class ServeConfig:
     token: str | None = None
     trust_key: Path | None = None
     metrics_port: int | None = None
+    health_port: int | None = None  # a plaintext grpc.health.v1-only listener for probes (cloud/health_port.py)
     max_message_bytes: int = 16 * 1024 * 1024
     threads: int = 1  # onnxruntime intra-op threads
     workers: int = 128  # gRPC worker threads: concurrent RPCs being handled (each open stream holds one)
@@ -86,6 +87,8 @@ class ServeConfig:
             raise ConfigError(f"--port must be in [0, 65535], got {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port must be in [0, 65535], got {self.metrics_port}")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            raise ConfigError(f"--health-port must be in [0, 65535], got {self.health_port}")
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max message size must be >= 1024 bytes, got {self.max_message_bytes}")
         if self.threads < 1:

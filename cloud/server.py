@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from privsplit.cloud.auth import BearerTokenInterceptor, server_credentials
 from privsplit.cloud.batcher import DynamicBatcher
 from privsplit.cloud.config import ServeConfig
+from privsplit.cloud.health_port import HealthListener
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelHost
 from privsplit.cloud.servicer import SERVICE_NAME, InferenceServicer, ServingState, add_to_server
@@ -93,6 +94,12 @@ class CloudServer:
         if not port:
             raise ConfigError(f"cannot listen on {config.address}: port in use, or a bad --host / TLS file")
         self.port = port
+        self._health_listener = (
+            None
+            if config.health_port is None
+            else HealthListener(self._health, host=config.host, port=config.health_port)
+        )
+        self.health_port = None if self._health_listener is None else self._health_listener.port
         self.metrics_port: int | None = None
         self._http = None
         self._started = False
@@ -112,6 +119,8 @@ class CloudServer:
             self._http, self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
         self.batcher.start()
         self._server.start()
+        if self._health_listener is not None:
+            self._health_listener.start()
         self._started = True
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -127,6 +136,8 @@ class CloudServer:
             self.state.set_ready(False)
             self._health.enter_graceful_shutdown()
             self._server.stop(grace).wait()
+            if self._health_listener is not None:
+                self._health_listener.stop(0)
             self.batcher.close(timeout=max(grace, 1.0))
             self._pool.shutdown(wait=False)
             if self._http is not None:
@@ -177,6 +188,8 @@ def serve(config: ServeConfig, *, log=None) -> int:
             f"{spec.num_classes} classes, purifier {'on' if spec.purifier else 'off'}; batching "
             + (f"max {batch.max_batch} rows / {batch.max_delay_ms:g} ms" if batch.enabled else "off")
         )
+        if server.health_port is not None:
+            log(f"health checks (grpc.health.v1, plaintext) on {config.host}:{server.health_port}")
         if server.metrics_port is not None:
             log(f"metrics on http://{config.host}:{server.metrics_port}/metrics")
         while not stop.wait(0.5):

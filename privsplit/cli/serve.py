@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import enum
+import importlib.util
 from pathlib import Path
 
 from privsplit.cli._common import non_negative_float, positive_int
+
+
+class Engine(enum.Enum):
+    """The server around the bundle: privsplit's own (default) or KServe's ModelServer (the kserve extra)."""
+
+    PRIVSPLIT = "privsplit"
+    KSERVE = "kserve"
+
+
+def _engine(text: str) -> Engine:
+    try:
+        return Engine(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an engine; choose {', '.join(e.value for e in Engine)}"
+        ) from None
 
 
 def _port(text: str) -> int:
@@ -131,6 +149,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve Prometheus metrics on http://HOST:P/metrics (0 picks a free port)",
     )
     p.add_argument(
+        "--health-port",
+        type=_port,
+        metavar="P",
+        help="also serve grpc.health.v1 alone, in plaintext, on HOST:P (for Kubernetes' grpc probe, which "
+        "cannot speak TLS; no inference there; 0 picks a free port)",
+    )
+    p.add_argument(
         "--trust-key",
         type=Path,
         metavar="PUB",
@@ -142,6 +167,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         metavar="S",
         help="on SIGTERM, let in-flight requests finish for up to S s (default %(default)s)",
+    )
+    p.add_argument(
+        "--engine",
+        type=_engine,
+        default=Engine.PRIVSPLIT,
+        metavar="E",
+        help="privsplit (default): the own server; kserve: the bundle in KServe's ModelServer (gRPC on --port, "
+        "REST on --http-port; needs the kserve extra in its own environment, see README 'Deploying at scale'; "
+        "no batching, TLS, token or metrics flags)",
+    )
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        default=8080,
+        metavar="P",
+        help="with --engine kserve: KServe's REST port (default %(default)s; 0 picks a free one)",
     )
     p.set_defaults(handler=run)
 
@@ -173,6 +214,7 @@ def build_config(args: argparse.Namespace):
         token=None if args.token_file is None else read_token(args.token_file),
         trust_key=args.trust_key,
         metrics_port=args.metrics_port,
+        health_port=args.health_port,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         threads=args.threads,
         workers=args.workers,
@@ -182,7 +224,72 @@ def build_config(args: argparse.Namespace):
     )
 
 
+# Flags of the own server that KServe's ModelServer cannot honour: refused with --engine kserve, never ignored.
+_NOT_WITH_KSERVE = {
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "client_ca": "--client-ca",
+    "token_file": "--token-file",
+    "metrics_port": "--metrics-port",
+    "health_port": "--health-port",
+    "max_concurrent_rpcs": "--max-concurrent-rpcs",
+}
+
+
+# Options of the own server's batching and threading that KServe's ModelServer has no equivalent for: refused
+# with --engine kserve when set to anything but their default.
+_OWN_SERVER_ONLY = {
+    "max_batch": "--max-batch",
+    "max_delay_ms": "--max-delay-ms",
+    "max_queue": "--max-queue",
+    "queue_timeout_ms": "--queue-timeout-ms",
+    "max_message_mb": "--max-message-mb",
+    "workers": "--workers",
+    "insecure": "--insecure",
+}
+
+
+def build_kserve_config(args: argparse.Namespace):
+    from privsplit.cloud.kserve_model import KServeConfig
+    from privsplit.errors import ConfigError
+
+    for attr, flag in _NOT_WITH_KSERVE.items():
+        if getattr(args, attr) is not None:
+            raise ConfigError(
+                f"{flag} does not apply to --engine kserve: KServe's ModelServer has no TLS, token or metrics "
+                "options of ours (the platform in front provides them); drop it or use the default engine"
+            )
+    subparsers = argparse.ArgumentParser(add_help=False).add_subparsers()
+    register(subparsers)
+    defaults = subparsers.choices["serve"]
+    for attr, flag in _OWN_SERVER_ONLY.items():
+        if getattr(args, attr) != defaults.get_default(attr):
+            raise ConfigError(
+                f"{flag} does not apply to --engine kserve: KServe's ModelServer runs each request on its own "
+                "(no batching, queue or worker options of ours); drop it or use the default engine"
+            )
+    return KServeConfig(
+        bundle=args.bundle,
+        model_name=args.model_name,
+        grpc_port=args.port,
+        http_port=args.http_port,
+        trust_key=args.trust_key,
+        threads=args.threads,
+        max_request_batch=args.max_request_batch,
+        grace_s=args.grace,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.engine is Engine.KSERVE:
+        from privsplit.errors import MissingDependencyError
+
+        config = build_kserve_config(args)
+        from privsplit.cloud.kserve_model import INSTALL_HINT, serve_kserve
+
+        if importlib.util.find_spec("kserve") is None:
+            raise MissingDependencyError(INSTALL_HINT)
+        return serve_kserve(config)
     from privsplit.cloud.server import serve
 
     return serve(build_config(args))
