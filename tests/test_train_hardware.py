@@ -231,3 +231,122 @@ def test_quickstart_resume_continues_the_interrupted_training(tmp_path):
     unprotected = RunFolder(f"{out}/runs/unprotected").read_json("metrics.json")
     assert [h["epoch"] for h in unprotected["history"]] == [1, 2] and not has_checkpoint(f"{out}/runs/unprotected")
     assert has_checkpoint(f"{out}/runs/protected") and not RunFolder(f"{out}/runs/protected").has("metrics.json")
+
+
+# ---- the probes and the purifier on a device ------------------------------------------------------------------
+PROBE_COMMANDS = {
+    "train-purifier": ["train-purifier", "{run}", "--mode", "adversarial", "--epochs", "3", "--quiet"],
+    "probe features": ["probe", "features", "{run}", "--epochs", "2"],
+    "probe outputs": ["probe", "outputs", "{run}"],
+}
+PROBE_FILES = ("purifier.json", "probe_features.json", "probe_outputs.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> RunFolder:
+    """Digits at 8 px with the slant as private attribute, 300 images, 2 epochs: every probe has enough of each part."""
+    out = tmp_path_factory.mktemp("probe-device") / "run"
+    config = TrainConfig.unprotected(epochs=2)
+    return train_run("digits", out, limit=300, image_size=8, private="slant", seed=0, config=config, progress=False)
+
+
+def _copy(run: RunFolder, dest) -> RunFolder:
+    import shutil
+
+    shutil.copytree(run.path, dest)
+    return RunFolder(dest)
+
+
+def _run_probes(run: RunFolder, *extra: str) -> None:
+    """The purifier, then both probes, as the CLI runs them (in this process)."""
+    for argv in PROBE_COMMANDS.values():
+        assert main([a.format(run=run.path) for a in argv] + list(extra)) == 0
+
+
+@pytest.mark.parametrize("command", sorted(PROBE_COMMANDS))
+def test_probe_and_purifier_device_errors_are_one_line(tiny_run, tmp_path, capsys, command):
+    """--device cuda where there is no GPU: one line naming the fix, the exit code of a bad option, nothing written."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = _copy(tiny_run, tmp_path / "run")
+    before = {p.name for p in run.path.iterdir()}
+    code = main([a.format(run=run.path) for a in PROBE_COMMANDS[command]] + ["--device", "cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == ConfigError.exit_code and len(err) == 1, err
+    assert "no CUDA GPU" in err[0] and "--device cpu" in err[0]
+    assert {p.name for p in run.path.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", sorted(PROBE_COMMANDS))
+def test_probe_and_purifier_help_lists_the_device(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main(command.split() + ["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--device {auto,cpu,cuda,mps}" in text and "(default cpu: the CPU gives the reference figures" in text
+
+
+def _same_results(a: RunFolder, b: RunFolder) -> None:
+    import json
+
+    def figures(run: RunFolder, name: str) -> dict:
+        data = json.loads(run.file(name).read_text())
+        return {k: v for k, v in data.items() if k not in ("runtime_s", "run")}  # the time taken; the folder's path
+
+    for name in PROBE_FILES:
+        assert figures(a, name) == figures(b, name), name
+    assert a.file("purifier.safetensors").read_bytes() == b.file("purifier.safetensors").read_bytes()
+    for name in ("probe_outputs.npz", "probe_features.samples.npz"):
+        with np.load(a.file(name)) as za, np.load(b.file(name)) as zb:
+            assert set(za.files) == set(zb.files)
+            for key in za.files:
+                assert np.array_equal(za[key], zb[key]), (name, key)
+
+
+@pytest.mark.slow
+def test_device_cpu_is_the_default_bit_for_bit(tiny_run, tmp_path):
+    """--device cpu and no --device give the same purifier weights and the same probe figures, to the bit; every
+    result records where it ran."""
+    import json
+
+    from privsplit.probes.feature_probe import FeatureLeakageResult
+    from privsplit.probes.output_probe import OutputProbeResult
+
+    default, cpu = _copy(tiny_run, tmp_path / "default"), _copy(tiny_run, tmp_path / "cpu")
+    _run_probes(default)
+    _run_probes(cpu, "--device", "cpu")
+    _same_results(default, cpu)
+    assert json.loads(cpu.file("purifier.json").read_text())["training"]["device"] == "cpu"
+    assert FeatureLeakageResult.load(cpu.path).device == "cpu"
+    assert OutputProbeResult.load(cpu.file("probe_outputs.json")).device == "cpu"
+    # the figures are real: the purifier keeps every label, the probes measured something
+    outputs = json.loads(cpu.file("probe_outputs.json").read_text())
+    assert outputs["label_agreement"] == 1.0 and 0.5 < outputs["accuracy"] <= 1.0
+    features = json.loads(cpu.file("probe_features.json").read_text())
+    assert set(features["attribute"]["attackers"]) == {"logistic", "mlp", "cnn"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_probes_on_cuda_agree_with_the_cpu(tiny_run, tmp_path):
+    """On a GPU the same commands run there, record it, and agree with the CPU reference within noise."""
+    import json
+
+    cpu, gpu = _copy(tiny_run, tmp_path / "cpu"), _copy(tiny_run, tmp_path / "gpu")
+    _run_probes(cpu)
+    _run_probes(gpu, "--device", "cuda")
+    a = {name: json.loads(cpu.file(name).read_text()) for name in PROBE_FILES}
+    b = {name: json.loads(gpu.file(name).read_text()) for name in PROBE_FILES}
+    assert b["purifier.json"]["training"]["device"].startswith("cuda")
+    assert b["probe_features.json"]["device"].startswith("cuda") and b["probe_outputs.json"]["device"].startswith(
+        "cuda"
+    )
+    # the same model scores the same images with the same (CPU-drawn) noise: float32 on both
+    assert b["probe_features.json"]["task"]["accuracy"] == pytest.approx(
+        a["probe_features.json"]["task"]["accuracy"], abs=0.03
+    )
+    assert b["probe_outputs.json"]["accuracy"] == pytest.approx(a["probe_outputs.json"]["accuracy"], abs=0.03)
+    assert b["probe_outputs.json"]["label_agreement"] == 1.0
+    assert b["purifier.json"]["training"]["log_clamp"] == pytest.approx(
+        a["purifier.json"]["training"]["log_clamp"], rel=0.5
+    )

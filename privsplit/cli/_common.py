@@ -59,3 +59,24 @@ def dial_token(args: argparse.Namespace) -> str | None:
     if args.tls_ca is None and (args.tls_cert is not None or args.tls_key is not None):
         raise ConfigError("--tls-cert/--tls-key (mutual TLS) need --tls-ca")
     return None if args.token_file is None else read_token(args.token_file)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # privsplit.train.device.DeviceKind, without importing torch here
+
+
+def add_probe_device(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """``--device`` of the probes and the purifier: the choices of ``privsplit train``, the CPU by default."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help=f"where {what} train: auto picks a CUDA or Apple MPS accelerator when present, else the CPU "
+        "(default %(default)s: the CPU gives the reference figures; other devices agree within noise)",
+    )
+
+
+def probe_device(args: argparse.Namespace):
+    """The ``torch.device`` of ``--device`` (an accelerator that is not there: a one-line ConfigError)."""
+    from privsplit.train.device import resolve_device
+
+    return resolve_device(args.device)

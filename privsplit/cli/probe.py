@@ -6,7 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from privsplit.cli._common import add_json_out, positive_int
+from privsplit.cli._common import add_json_out, add_probe_device, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seed of the attackers and of their features' noise "
         "(the task accuracy uses the run's own noise seed, as train and export do)",
     )
+    add_probe_device(feats, what="the attackers")
     feats.set_defaults(handler=_lazy("privsplit.cli.probe_features"))
 
     outs = kinds.add_parser(
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--plots", type=Path, metavar="DIR", help="write ROC curves, histograms and an inversion grid here"
     )
     outs.add_argument("--seed", type=int, default=0, help="seed of the attackers")
+    add_probe_device(outs, what="the shadow models and the attackers")
     outs.set_defaults(handler=_lazy("privsplit.cli.probe_outputs"))
 
 

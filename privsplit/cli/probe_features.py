@@ -12,14 +12,16 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
+    from privsplit.cli._common import probe_device
     from privsplit.probes.feature_probe import FeatureProbeSpec, probe_run_features
     from privsplit.run import RunFolder
 
+    device = probe_device(args)
     folder = RunFolder(args.run).check()
     spec = FeatureProbeSpec(seed=args.seed)
     if args.epochs is not None:
         spec = spec.with_epochs(args.epochs)
-    result = probe_run_features(folder, spec, progress=True)
+    result = probe_run_features(folder, spec, progress=True, device=device)
     print(result.summary())
     written = [folder.file("probe_features.json")]
     if args.json is not None:

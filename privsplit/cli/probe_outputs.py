@@ -12,17 +12,19 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
+    from privsplit.cli._common import probe_device
     from privsplit.models.purifier import load_purifier
     from privsplit.probes.output_probe import OutputProbeSpec, probe_outputs
     from privsplit.run import RunFolder
 
+    device = probe_device(args)
     folder = RunFolder(args.run).check()
     purifier = load_purifier(folder)  # fail before the expensive part when there is none
     if purifier is None:
         from privsplit.errors import RunError
 
         raise RunError(f"{folder.path} has no purifier: train one first with `privsplit train-purifier {folder.path}`")
-    result = probe_outputs(folder, OutputProbeSpec(seed=args.seed))
+    result = probe_outputs(folder, OutputProbeSpec(seed=args.seed), device=device)
     print(result.summary())
     written = [result.save(folder.file("probe_outputs.json"))]
     if args.json is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privsplit.cli._common import non_negative_float, positive_int
+from privsplit.cli._common import add_probe_device, non_negative_float, positive_int, probe_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the purifier, its adversaries and the noise (default %(default)s)"
     )
+    add_probe_device(p, what="the purifier (and, with --mode adversarial, the defender's shadow model)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
 
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.log_clamp is not None and args.log_clamp <= 0:
         raise ConfigError("--log-clamp must be > 0")
+    device = probe_device(args)
     config = PurifierTrainConfig(
         mode=PurifierMode(args.mode),
         epochs=args.epochs,
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         **{k: v for k, v in changes.items() if v is not None},
     )
     folder = RunFolder(args.run).check()
-    train_purifier(folder, config, progress=not args.quiet)
+    train_purifier(folder, config, progress=not args.quiet, device=device)
     facts = purifier_training_facts(folder)
     print(
         f"purifier ({args.mode}) saved to {folder.file('purifier.json')}: clamp {facts['log_clamp']:.3f}, "

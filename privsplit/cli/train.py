@@ -7,9 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from privsplit.cli._common import non_negative_float, positive_int
-
-DEVICES = ("auto", "cpu", "cuda", "mps")  # privsplit.train.device.DeviceKind, without importing torch here
+from privsplit.cli._common import DEVICES, non_negative_float, positive_int
 
 
 def non_negative_int(text: str) -> int:

@@ -127,8 +127,8 @@ class SplitModel(nn.Module):
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``uint8 (N, H, W, C)`` -> normalised float ``(N, C, H, W)``."""
-        x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        """``uint8 (N, H, W, C)`` -> normalised float ``(N, C, H, W)``, on the model's device."""
+        x = torch.as_tensor(np.asarray(images), device=self.mean.device).permute(0, 3, 1, 2).float().div_(255.0)
         return (x - self.mean) / self.std
 
     def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -155,14 +155,15 @@ class SplitModel(nn.Module):
         """Softmax scores the deployed pipeline returns for ``uint8 (N, H, W, C)`` images.
 
         Encoder, channel noise from one generator seeded with ``noise_seed`` (advancing across
-        batches), server layers; eval mode. The one place probes and the purifier get scores from.
+        batches), server layers; eval mode, on the model's device (the noise is drawn on the CPU either way).
+        The one place probes and the purifier get scores from.
         """
         self.eval()
         gen = torch.Generator().manual_seed(noise_seed)
         out = [
-            torch.softmax(
-                self.head(self.features(self.preprocess(images[i : i + batch_size]), generator=gen)), dim=1
-            ).numpy()
+            torch.softmax(self.head(self.features(self.preprocess(images[i : i + batch_size]), generator=gen)), dim=1)
+            .cpu()
+            .numpy()
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.config.num_classes), np.float32)

@@ -1,8 +1,15 @@
-"""Small shared pieces of the post-hoc attackers: standardisation, validation slices, seeded training."""
+"""Small shared pieces of the post-hoc attackers: standardisation, validation slices, seeded training, devices.
+
+The attackers, the purifier and the shadow models train where ``device`` says (a ``torch.device``, the CPU by
+default: the reference). Nets are built on the CPU under the seed, then moved, so their initial weights do not
+depend on the device; batches go to the net's device as they enter and results come back to the CPU as numpy.
+Everything runs in float32 on every device (no autocast): the probes measure, they do not race.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,13 +82,33 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
         yield chunk
 
 
+CPU = torch.device("cpu")
+
+
+def use_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device`` (None: the CPU); on CUDA, deterministic cuDNN kernels, as training uses."""
+    from privsplit.train.device import DevicePolicy
+
+    device = CPU if device is None else torch.device(device)
+    DevicePolicy(device).prepare()
+    return device
+
+
+def module_device(net: torch.nn.Module) -> torch.device:
+    """Where ``net``'s weights (or, without any, its buffers) live; the CPU for a net with neither."""
+    for tensor in itertools.chain(net.parameters(), net.buffers()):
+        return tensor.device
+    return CPU
+
+
 def predict(net: torch.nn.Module, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Forward ``x`` through ``net`` in eval mode, batched, without gradients."""
+    """Forward ``x`` through ``net`` in eval mode, batched, without gradients, on ``net``'s device; numpy out."""
     net.eval()
+    device = module_device(net)
     out = []
     with torch.no_grad():
         for idx in batches(len(x), batch_size):
-            out.append(net(torch.from_numpy(x[idx])).numpy())
+            out.append(net(torch.from_numpy(x[idx]).to(device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 

@@ -11,9 +11,11 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from privsplit.errors import DataError
 from privsplit.probes._fit import (
+    CPU,
     Standardizer,
     balanced_class_weights,
     batches,
@@ -116,7 +118,15 @@ def _logistic(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeS
 
 
 def _network(
-    kind: AttributeAttacker, x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec, progress: bool
+    kind: AttributeAttacker,
+    x_train,
+    y_train,
+    x_test,
+    *,
+    num_classes: int,
+    spec: FeatureProbeSpec,
+    progress: bool,
+    device: torch.device = CPU,
 ):
     """Train an MLP/CNN attacker with Adam and class-balanced CE; keep the best validation epoch."""
     import torch
@@ -128,13 +138,14 @@ def _network(
     tr, va = validation_split(len(x_train), spec.validation_fraction, seed=spec.seed, stratify=y_train)
     scaler = Standardizer.fit(x_train[tr], per_channel=per_channel)
     xs_tr, xs_va, xs_te = scaler(x_train[tr]), scaler(x_train[va]), scaler(x_test)
-    ys_tr, ys_va = torch.from_numpy(y_train[tr]), y_train[va]
+    ys_tr, ys_va = torch.from_numpy(y_train[tr]).to(device), y_train[va]
     weight = torch.from_numpy(balanced_class_weights(y_train[tr], num_classes))
+    weight_on_device = weight.to(device)
     shape = tuple(x_train.shape[1:])
     rng = np.random.default_rng(spec.seed)
     seed = spec.seed + (1 if kind is AttributeAttacker.MLP else 2)
     with seeded(seed):
-        net = (CNNAttacker if per_channel else MLPAttacker)(shape, num_classes)
+        net = (CNNAttacker if per_channel else MLPAttacker)(shape, num_classes).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         best = (-1.0, -np.inf)  # (validation balanced accuracy, -validation loss)
         best_state, best_epoch, stale = None, 0, 0
@@ -142,7 +153,8 @@ def _network(
         for epoch in bar:
             net.train()
             for idx in batches(len(xs_tr), spec.batch_size, rng):
-                loss = F.cross_entropy(net(torch.from_numpy(xs_tr[idx])), ys_tr[idx], weight=weight)
+                x = torch.from_numpy(xs_tr[idx]).to(device)
+                loss = F.cross_entropy(net(x), ys_tr[torch.from_numpy(idx).to(device)], weight=weight_on_device)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -175,8 +187,11 @@ def attack_attribute(
     num_task_classes: int,
     spec: FeatureProbeSpec,
     progress: bool = True,
+    device: torch.device = CPU,
 ) -> AttributeLeakage:
-    """Fit every attacker in ``spec.attackers`` on (features_train, private_train); score on the test part."""
+    """Fit every attacker in ``spec.attackers`` on (features_train, private_train); score on the test part.
+
+    The MLP and CNN attackers train on ``device`` (logistic regression is scikit-learn's, on the CPU)."""
     if not spec.attackers:
         raise DataError("FeatureProbeSpec.attackers is empty: name at least one attribute attacker")
     num_classes = len(classes)
@@ -188,7 +203,7 @@ def attack_attribute(
         fit: Callable = _logistic if kind is AttributeAttacker.LOGISTIC else _network
         kwargs = {"num_classes": num_classes, "spec": spec}
         if kind is not AttributeAttacker.LOGISTIC:
-            kwargs.update(kind=kind, progress=progress)
+            kwargs.update(kind=kind, progress=progress, device=device)
         proba, val_score, selection = fit(x_train=features_train, y_train=private_train, x_test=features_test, **kwargs)
         scores[kind.value] = AttackerScore(
             balanced_accuracy=_balanced_accuracy(private_test, proba.argmax(1)),

@@ -21,6 +21,7 @@ import numpy as np
 
 from privsplit.data import Dataset, Part, Split
 from privsplit.errors import ConfigError, DataError, RunError
+from privsplit.probes._fit import use_device
 from privsplit.probes.attribute_attack import attack_attribute
 from privsplit.probes.feature_results import (
     AttackerScore,
@@ -33,6 +34,8 @@ from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
 from privsplit.probes.reconstruction_attack import attack_reconstruction
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from privsplit.models import SplitModel
 
 Encoder = Callable[[np.ndarray], np.ndarray]
@@ -56,9 +59,9 @@ __all__ = [
 def torch_encoder_fn(model: SplitModel, *, seed: int = 0, batch_size: int = 256, noise: bool = True) -> Encoder:
     """``images -> model.features(model.preprocess(images), noise=True)`` as numpy, under ``no_grad``.
 
-    The model is put in eval mode. The channel noise comes from one generator seeded with ``seed``
-    that advances across calls, so repeated calls draw fresh noise (as the device does) yet the
-    whole sequence is reproducible.
+    The model is put in eval mode and runs where its weights are. The channel noise comes from one CPU
+    generator seeded with ``seed`` that advances across calls, so repeated calls draw fresh noise (as the
+    device does) yet the whole sequence is reproducible, and the same on every torch device.
     """
     import torch
 
@@ -70,7 +73,7 @@ def torch_encoder_fn(model: SplitModel, *, seed: int = 0, batch_size: int = 256,
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 x = model.preprocess(images[start : start + batch_size])
-                out.append(model.features(x, noise=noise, generator=generator).numpy())
+                out.append(model.features(x, noise=noise, generator=generator).cpu().numpy())
         return np.concatenate(out)
 
     return encode
@@ -140,14 +143,18 @@ def probe_features(
     *,
     spec: FeatureProbeSpec = FeatureProbeSpec(),
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> FeatureLeakageResult:
     """Train fresh attackers on ``encode``'s features of the attacker part; score them on holdout.
+
+    The attackers train on ``device`` (default the CPU, the reference; the result records it).
 
     Attribute inference runs when ``data`` has a private attribute (else ``attribute`` is None);
     reconstruction runs when ``spec.reconstruction``. ``task_accuracy`` is left None: fill it with
     :meth:`FeatureLeakageResult.with_task_accuracy` from the full model (see :func:`torch_task_accuracy`).
     """
     started = time.perf_counter()
+    device = use_device(device)
     if split.n != len(data):
         raise RunError(f"the split was made for {split.n} items but the dataset holds {len(data)}")
     attacker_idx = _part(split, Part.ATTACKER, spec.max_attacker, spec.seed)
@@ -182,11 +189,12 @@ def probe_features(
             num_task_classes=data.num_classes(data.task),
             spec=spec,
             progress=progress,
+            device=device,
         )
     reconstruction = None
     if spec.reconstruction:
         reconstruction = attack_reconstruction(
-            f_att, attacker.images, f_hold, holdout.images, spec=spec, progress=progress
+            f_att, attacker.images, f_hold, holdout.images, spec=spec, progress=progress, device=device
         )
     return FeatureLeakageResult(
         source=data.source,
@@ -200,13 +208,20 @@ def probe_features(
         attribute=attribute,
         reconstruction=reconstruction,
         runtime_s=time.perf_counter() - started,
+        device=str(device),
     )
 
 
 def probe_run_features(
-    run, spec: FeatureProbeSpec = FeatureProbeSpec(), *, progress: bool = True
+    run,
+    spec: FeatureProbeSpec = FeatureProbeSpec(),
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> FeatureLeakageResult:
     """The probe on a run folder's torch model, as deployed (channel noise on), with its task accuracy.
+
+    The model encodes and the attackers train on ``device`` (default the CPU, the reference).
 
     Saves ``RUN/probe_features.json`` (+ samples npz) and returns the result. The accuracy and the
     probe's features use separate noise streams (``spec.seed`` and ``spec.seed + 1``), as two
@@ -215,7 +230,8 @@ def probe_run_features(
     from privsplit.run import RunFolder
 
     folder = run if isinstance(run, RunFolder) else RunFolder(run).check()
-    model = folder.load_split_model()
+    device = use_device(device)
+    model = folder.load_split_model().to(device)
     data = folder.dataset()
     split = folder.split()
     noise_seed = folder.eval_noise_seed()  # the run's holdout noise: the same accuracy as train and export print
@@ -229,7 +245,7 @@ def probe_run_features(
         )
     accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=noise_seed)
     encode = torch_encoder_fn(model, seed=spec.seed + 1)
-    result = probe_features(encode, data, split, spec=spec, progress=progress).with_task_accuracy(
+    result = probe_features(encode, data, split, spec=spec, progress=progress, device=device).with_task_accuracy(
         accuracy, noise_sigma=float(model.config.noise_sigma), noise_seed=noise_seed
     )
     result.save(folder.path)

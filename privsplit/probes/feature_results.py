@@ -158,6 +158,7 @@ class FeatureLeakageResult:
     task_accuracy: float | None = None
     task_noise_sigma: float | None = None  # the channel noise the task accuracy was measured with
     task_noise_seed: int | None = None
+    device: str | None = None  # where the attackers trained ("cpu", "cuda:0"); None in files written before
 
     def with_task_accuracy(
         self, accuracy: float | None, *, noise_sigma: float | None = None, noise_seed: int | None = None
@@ -187,6 +188,7 @@ class FeatureLeakageResult:
                 "reconstruction": None if self.reconstruction is None else self.reconstruction.to_json(samples_file),
                 "spec": self.spec.to_json(),
                 "runtime_s": float(self.runtime_s),
+                "device": self.device,
             }
         )
 
@@ -217,6 +219,7 @@ class FeatureLeakageResult:
             task_accuracy=data["task"].get("accuracy"),
             task_noise_sigma=data["task"].get("noise_sigma"),
             task_noise_seed=data["task"].get("noise_seed"),
+            device=data.get("device"),
         )
 
     # ---- files --------------------------------------------------------------------------------

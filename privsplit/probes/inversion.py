@@ -131,9 +131,15 @@ def class_mean_images(pixels: torch.Tensor, predicted: np.ndarray, num_classes: 
 
 
 def fit_decoder(
-    probs: np.ndarray, images: np.ndarray, *, config: InversionConfig, seed: int, progress: bool = False
+    probs: np.ndarray,
+    images: np.ndarray,
+    *,
+    config: InversionConfig,
+    seed: int,
+    progress: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> ScoreDecoder:
-    """Train the score -> image decoder on the attacker's (scores, image) pairs (early-stopped)."""
+    """Train the score -> image decoder on ``device`` on the attacker's (scores, image) pairs (early-stopped)."""
     if len(probs) != len(images) or len(probs) < 5:
         raise ConfigError(
             f"inversion needs at least 5 (scores, image) pairs, got {len(probs)} scores and {len(images)} images"
@@ -150,6 +156,7 @@ def fit_decoder(
     x = torch.as_tensor(score_features(probs, config.top_k))
     y = to_pixels(images)
     net = ScoreDecoder(x.shape[1], class_mean_images(y[train], probs[train].argmax(1), probs.shape[1]), config.hidden)
+    net, x, y = net.to(device), x.to(device), y.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def val_mse() -> float:
@@ -184,10 +191,12 @@ def invert(
     seed: int = 0,
     n_examples: int = 8,
     progress: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> InversionOutcome:
-    """Train on ``(train_probs, train_images)``; score on ``members`` and ``nonmembers`` ``(probs, images)``."""
+    """Train on ``(train_probs, train_images)`` on ``device``; score on ``members`` and ``nonmembers``
+    ``(probs, images)``."""
     with tiny_model_threads():
-        net = fit_decoder(train_probs, train_images, config=config, seed=seed, progress=progress)
+        net = fit_decoder(train_probs, train_images, config=config, seed=seed, progress=progress, device=device)
     train_pixels = to_pixels(train_images)
     mean_image = train_pixels.mean(0, keepdim=True)
     train_pred = train_probs.argmax(1)
@@ -196,7 +205,7 @@ def invert(
     def score(probs: np.ndarray, images: np.ndarray):
         target = to_pixels(images)
         with torch.no_grad():
-            recon = net(torch.as_tensor(score_features(probs, config.top_k)))
+            recon = net(torch.as_tensor(score_features(probs, config.top_k)).to(device)).cpu()
         mse, ssim = per_image_mse_ssim(recon, target)
         base = ((target - mean_image) ** 2).flatten(1).mean(1).numpy()
         cls = torch.stack([class_means.get(int(c), mean_image[0]) for c in probs.argmax(1)])

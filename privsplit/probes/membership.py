@@ -175,7 +175,8 @@ def _mlp(n_in: int, hidden: int) -> nn.Module:
 
 
 def _fit(net: nn.Module, inputs: tuple[torch.Tensor, ...], y: np.ndarray, config: AttackConfig) -> nn.Module:
-    target = torch.as_tensor(y, dtype=torch.float32)
+    """Full-batch training of ``net`` on ``inputs`` (on the net's device)."""
+    target = torch.as_tensor(y, dtype=torch.float32, device=inputs[0].device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     net.train()
@@ -191,9 +192,17 @@ def _onehot(labels: np.ndarray, k: int) -> torch.Tensor:
 
 
 def learned_scores(
-    attack: Attack, train: ShadowData, evaluate: ScoredRecords, *, config: AttackConfig, seed: int
+    attack: Attack,
+    train: ShadowData,
+    evaluate: ScoredRecords,
+    *,
+    config: AttackConfig,
+    seed: int,
+    device: torch.device = torch.device("cpu"),
 ) -> np.ndarray:
-    """Fit ``attack`` on the shadow data, return its membership scores on ``evaluate``."""
+    """Fit ``attack`` on the shadow data, return its membership scores on ``evaluate``.
+
+    The MLP attacks train on ``device``; the shadow attack is scikit-learn's logistic regression (CPU)."""
     records, y = train.joined()
     torch.manual_seed(seed)
     if attack is Attack.SHADOW:
@@ -207,16 +216,17 @@ def learned_scores(
     if attack is Attack.ML_LEAKS:
         feats = mlleaks_features(records, config.top_k)
         scale = _Standardise(feats)
-        net = _fit(_mlp(feats.shape[1], config.hidden), (scale(feats),), y, config)
+        net = _fit(_mlp(feats.shape[1], config.hidden).to(device), (scale(feats).to(device),), y, config)
         with torch.no_grad():
-            return net(scale(mlleaks_features(evaluate, config.top_k))).numpy().astype(np.float64)
+            return net(scale(mlleaks_features(evaluate, config.top_k)).to(device)).cpu().numpy().astype(np.float64)
     if attack is Attack.NSH:
         k = records.num_classes
         scale = _Standardise(records.logp)
-        net = _fit(NSHNet(k, config.hidden), (scale(records.logp), _onehot(records.labels, k)), y, config)
+        inputs = (scale(records.logp).to(device), _onehot(records.labels, k).to(device))
+        net = _fit(NSHNet(k, config.hidden).to(device), inputs, y, config)
         with torch.no_grad():
-            out = net(scale(evaluate.logp), _onehot(evaluate.labels, k))
-        return out.numpy().astype(np.float64)
+            out = net(scale(evaluate.logp).to(device), _onehot(evaluate.labels, k).to(device))
+        return out.cpu().numpy().astype(np.float64)
     raise ConfigError(f"{attack.value} is not a learned attack")
 
 
@@ -234,15 +244,16 @@ def run_attacks(
     attacks: tuple[Attack, ...] = tuple(Attack),
     config: AttackConfig = AttackConfig(),
     seed: int = 0,
+    device: torch.device = torch.device("cpu"),
 ) -> dict[Attack, AttackOutcome]:
-    """Every attack's membership scores and metrics on ``members`` vs ``nonmembers``."""
+    """Every attack's membership scores and metrics on ``members`` vs ``nonmembers`` (learned ones on ``device``)."""
     evaluate = ScoredRecords.concat(members, nonmembers)
     is_member = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     out: dict[Attack, AttackOutcome] = {}
     for i, attack in enumerate(attacks):
         if attack.learned:
             with tiny_model_threads():
-                scores = learned_scores(attack, shadow, evaluate, config=config, seed=seed + i)
+                scores = learned_scores(attack, shadow, evaluate, config=config, seed=seed + i, device=device)
         else:
             scores = threshold_score(attack, evaluate)
         out[attack] = AttackOutcome(mia_metrics(is_member, scores), scores)

@@ -20,15 +20,20 @@ original and the purified vector (range 0-200; the total-variation distance is h
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from privsplit.errors import RunError
+from privsplit.probes._fit import use_device
 from privsplit.probes.inversion import invert
 from privsplit.probes.membership import ScoredRecords, ShadowData, run_attacks
 from privsplit.probes.mia_metrics import label_floor
 from privsplit.probes.output_results import MIAReport, OutputArrays, OutputProbeResult, OutputProbeSpec
 from privsplit.train.shadow import train_shadow
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 MIN_PER_SIDE = 50  # members and non-members each, for a balanced test
 MIN_ATTACKER = 20  # attacker records (shadow-in + shadow-out, inversion training)
@@ -67,8 +72,8 @@ class ServiceView:
         )
 
 
-def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
-    """Score every part with the run's model and train the attacker's shadow classifiers."""
+def observe(run, spec: OutputProbeSpec = OutputProbeSpec(), *, device: torch.device | str | None = None) -> ServiceView:
+    """Score every part with the run's model and train the attacker's shadow classifiers (both on ``device``)."""
     from privsplit.data import Part
     from privsplit.progress import progress_bar
 
@@ -94,7 +99,8 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
     eval_m = np.sort(rng.choice(members, n, replace=False))
     eval_n = np.sort(rng.choice(holdout, n, replace=False))
     data = run.dataset()
-    model = run.load_split_model()
+    device = use_device(device)
+    model = run.load_split_model().to(device)
     labels = data.task_labels
     noise_seed = spec.resolved_noise_seed
 
@@ -110,7 +116,9 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
         order = np.random.default_rng(spec.seed + 1000 + s).permutation(attacker)
         half = len(order) // 2
         in_idx, out_idx = order[:half], order[half:]
-        shadow = train_shadow(config, data, in_idx, out_idx, seed=spec.seed + 2000 + s, epochs=spec.shadow_epochs)
+        shadow = train_shadow(
+            config, data, in_idx, out_idx, seed=spec.seed + 2000 + s, epochs=spec.shadow_epochs, device=device
+        )
         in_scores = shadow.scores(data.images[in_idx], noise_seed=noise_seed + 10 + s)
         out_scores = shadow.scores(data.images[out_idx], noise_seed=noise_seed + 20 + s)
         shadow_in.append(ScoredRecords(in_scores, labels[in_idx]))
@@ -129,14 +137,16 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec()) -> ServiceView:
     )
 
 
-def _mia(view: ServiceView, spec: OutputProbeSpec) -> tuple[MIAReport, dict[str, np.ndarray]]:
-    outcomes = run_attacks(view.members, view.nonmembers, view.shadow, config=spec.attack, seed=spec.seed)
+def _mia(view: ServiceView, spec: OutputProbeSpec, device: torch.device) -> tuple[MIAReport, dict[str, np.ndarray]]:
+    outcomes = run_attacks(
+        view.members, view.nonmembers, view.shadow, config=spec.attack, seed=spec.seed, device=device
+    )
     floor = label_floor(float(view.members.correct.mean()), float(view.nonmembers.correct.mean()))
     report = MIAReport.from_metrics(floor, {a.value: o.metrics for a, o in outcomes.items()})
     return report, {a.value: o.scores for a, o in outcomes.items()}
 
 
-def _inversion(view: ServiceView, spec: OutputProbeSpec):
+def _inversion(view: ServiceView, spec: OutputProbeSpec, device: torch.device):
     return invert(
         view.attacker.probs,
         view.attacker_images,
@@ -146,6 +156,7 @@ def _inversion(view: ServiceView, spec: OutputProbeSpec):
         seed=spec.seed,
         n_examples=N_EXAMPLES,
         progress=spec.progress,
+        device=device,
     )
 
 
@@ -154,9 +165,17 @@ def _l1_pct(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def probe_outputs(
-    run, spec: OutputProbeSpec = OutputProbeSpec(), *, purifier=None, view: ServiceView | None = None
+    run,
+    spec: OutputProbeSpec = OutputProbeSpec(),
+    *,
+    purifier=None,
+    view: ServiceView | None = None,
+    device: torch.device | str | None = None,
 ) -> OutputProbeResult:
     """Membership inference and inversion on ``run``'s returned scores, without and with its purifier.
+
+    The target scores, the shadow models train and the attacks fit on ``device`` (a ``torch.device``; default
+    the CPU, the reference; the result records it). The purifier itself runs on the CPU, as deployed.
 
     ``purifier`` defaults to the run's own (``privsplit train-purifier``); a run without one raises
     :class:`RunError`. ``view`` reuses an :func:`observe` result (the benchmark compares purifiers).
@@ -172,12 +191,13 @@ def probe_outputs(
                 "(the probe compares the scores without and with it)"
             )
         facts = purifier_training_facts(run)
-    view = view if view is not None else observe(run, spec)
+    device = use_device(device)
+    view = view if view is not None else observe(run, spec, device=device)
     pure = view.purified(lambda p: purify_numpy(purifier, p))
 
-    mia, mia_scores = _mia(view, spec)
-    mia_p, mia_scores_p = _mia(pure, spec)
-    inv, inv_p = _inversion(view, spec), _inversion(pure, spec)
+    mia, mia_scores = _mia(view, spec, device)
+    mia_p, mia_scores_p = _mia(pure, spec, device)
+    inv, inv_p = _inversion(view, spec, device), _inversion(pure, spec, device)
 
     def acc(r: ScoredRecords) -> float:
         return float(r.correct.mean())
@@ -223,4 +243,5 @@ def probe_outputs(
         inversion_purified=inv_p.metrics,
         purifier={"config": purifier.config.to_json(), "training": facts},
         arrays=arrays,
+        device=str(device),
     )

@@ -134,6 +134,7 @@ class OutputProbeResult:
     inversion_purified: InversionMetrics
     purifier: dict[str, Any]
     arrays: OutputArrays | None = None
+    device: str | None = None  # where the shadows and attackers trained ("cpu", "cuda:0"); None in older files
 
     @property
     def accuracy_drop_points(self) -> float:
@@ -171,6 +172,7 @@ class OutputProbeResult:
                 "inversion_purified": self.inversion_purified.to_json(),
                 "inversion_mse_ratio": self.inversion_mse_ratio,
                 "purifier": self.purifier,
+                "device": self.device,
             }
         )
 

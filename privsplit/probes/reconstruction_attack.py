@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from privsplit.errors import DataError
 from privsplit.models import ReconstructionDecoder
-from privsplit.probes._fit import Standardizer, batches, epoch_bar, predict, seeded, validation_split
+from privsplit.probes._fit import CPU, Standardizer, batches, epoch_bar, predict, seeded, validation_split
 from privsplit.probes.feature_results import ReconstructionLeakage, ReconstructionSamples
 from privsplit.probes.feature_spec import FeatureProbeSpec
 
@@ -85,8 +85,9 @@ def attack_reconstruction(
     *,
     spec: FeatureProbeSpec,
     progress: bool = True,
+    device: torch.device = CPU,
 ) -> ReconstructionLeakage:
-    """Train a :class:`BaselineOffsetDecoder` on the attacker pairs and score it on the test pairs."""
+    """Train a :class:`BaselineOffsetDecoder` on ``device`` on the attacker pairs and score it on the test pairs."""
     _, height, width, channels = images_train.shape
     if height != width:
         raise DataError(f"reconstruction needs square images, got {height}x{width}")
@@ -101,7 +102,7 @@ def attack_reconstruction(
     with seeded(spec.seed + 3):
         # channels-last: the same arithmetic, about a third less CPU time for these convolutions
         decoder = BaselineOffsetDecoder(tuple(features_train.shape[1:]), mean_image).to(
-            memory_format=torch.channels_last
+            device, memory_format=torch.channels_last
         )
         opt = torch.optim.Adam(decoder.parameters(), lr=spec.reconstruction_lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
@@ -114,8 +115,9 @@ def attack_reconstruction(
         for epoch in bar:
             decoder.train()
             for idx in batches(len(z_tr), spec.reconstruction_batch_size, rng):
-                z = torch.from_numpy(z_tr[idx]).contiguous(memory_format=torch.channels_last)
-                loss = F.mse_loss(decoder(z), y_tr[idx].contiguous(memory_format=torch.channels_last))
+                z = torch.from_numpy(z_tr[idx]).to(device).contiguous(memory_format=torch.channels_last)
+                y = y_tr[idx].to(device).contiguous(memory_format=torch.channels_last)
+                loss = F.mse_loss(decoder(z), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -185,15 +185,17 @@ def fit_purifier(
     ref_images: np.ndarray | None = None,
     adversarial: AdversarialData | None = None,
     progress: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[Purifier, dict[str, Any]]:
-    """Fit a purifier on the target's reference outputs; return it (eval mode) and training facts."""
+    """Fit a purifier on ``device`` on the target's reference outputs; return it (eval mode, on the CPU, where
+    it is deployed) and training facts."""
     if len(ref_probs) < 8:
         raise RunError(f"the reference part holds {len(ref_probs)} records: the purifier needs at least 8")
     with tiny_model_threads():
-        return _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress)
+        return _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress, device)
 
 
-def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tuple[Purifier, dict[str, Any]]:
+def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress, device) -> tuple[Purifier, dict[str, Any]]:
     k = ref_probs.shape[1]
     if ref_labels is None:
         raise ConfigError("purifier training needs the reference records' labels")
@@ -209,23 +211,25 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
     clamp_dist = _clamp_distortion(ref_probs, clamp, config.min_prob)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    purifier = Purifier(PurifierConfig(k, log_clamp=clamp, min_prob=config.min_prob))
+    purifier = Purifier(PurifierConfig(k, log_clamp=clamp, min_prob=config.min_prob)).to(device)
     opt = torch.optim.Adam(purifier.parameters(), lr=config.lr)
-    p_ref = torch.as_tensor(ref_probs, dtype=torch.float32)
+    p_ref = torch.as_tensor(ref_probs, dtype=torch.float32, device=device)
     adv = config.mode is PurifierMode.ADVERSARIAL
     if adv:
         if adversarial is None or ref_images is None:
             raise ConfigError("adversarial purifier training needs shadow outputs, reference labels and images")
         probs = torch.as_tensor(
             np.concatenate([adversarial.member_probs, adversarial.nonmember_probs, ref_probs]), dtype=torch.float32
-        )
+        ).to(device)
         labels = torch.as_tensor(np.concatenate([adversarial.member_labels, adversarial.nonmember_labels, ref_labels]))
+        labels = labels.to(device)
         member = torch.cat(
             [torch.ones(len(adversarial.member_probs)), torch.zeros(len(adversarial.nonmember_probs) + len(ref_probs))]
-        )
-        pixels = torch.as_tensor(ref_images).permute(0, 3, 1, 2).float().div(255.0).flatten(1)
-        disc = _disc()
+        ).to(device)
+        pixels = torch.as_tensor(ref_images).permute(0, 3, 1, 2).float().div(255.0).flatten(1).to(device)
+        disc = _disc().to(device)
         decoder = nn.Sequential(nn.Linear(k, 128), nn.ReLU(), nn.Linear(128, pixels.shape[1]), nn.Sigmoid())
+        decoder = decoder.to(device)
         opt_d = torch.optim.Adam(list(disc.parameters()) + list(decoder.parameters()), lr=config.lr)
         # never spend more than the clamp alone does (or the user's budget)
         budget = (config.max_distortion_pct if config.max_distortion_pct is not None else max(clamp_dist, 0.5)) / 100.0
@@ -239,7 +243,7 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
         order = rng.permutation(n)
         total = 0.0
         for i in range(0, n, config.batch_size):
-            idx = torch.as_tensor(order[i : i + config.batch_size])
+            idx = torch.as_tensor(order[i : i + config.batch_size], device=device)
             if len(idx) < 2:
                 continue
             p = probs[idx]
@@ -273,7 +277,7 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
             opt.step()
             total += float(loss.detach()) * len(idx)
         history.append(total / n)
-    purifier.eval()
+    purifier.eval().cpu()
     q_ref = purify_numpy(purifier, ref_probs)
     facts = {
         **config.to_json(),
@@ -284,6 +288,7 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
         "reference_distortion_pct": l1_distortion_pct(ref_probs, q_ref),
         "reference_label_agreement": float((q_ref.argmax(1) == ref_probs.argmax(1)).mean()),
         "final_loss": history[-1] if history else None,
+        "device": str(device),
     }
     if adversarial is not None:
         facts["shadow_records"] = int(len(adversarial.member_probs) + len(adversarial.nonmember_probs))
@@ -291,9 +296,16 @@ def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress) -> tu
 
 
 def train_purifier(
-    run, config: PurifierTrainConfig = PurifierTrainConfig(), *, noise_seed: int | None = None, progress: bool = True
+    run,
+    config: PurifierTrainConfig = PurifierTrainConfig(),
+    *,
+    noise_seed: int | None = None,
+    progress: bool = True,
+    device: torch.device = torch.device("cpu"),
 ) -> Purifier:
-    """Score ``reference`` with the run's model, fit the purifier and save it into the run folder."""
+    """Score ``reference`` with the run's model, fit the purifier and save it into the run folder.
+
+    The model scores, the defender's shadow model (adversarial mode) and the purifier train on ``device``."""
     from privsplit.data import Part
     from privsplit.train.shadow import train_shadow
 
@@ -306,7 +318,7 @@ def train_purifier(
             "re-train with a larger reference fraction (--split)"
         )
     data = run.dataset()
-    model = run.load_split_model()
+    model = run.load_split_model().to(device)
     seed = noise_seed if noise_seed is not None else config.seed + 303
     ref_probs = model.scores(data.images[reference], noise_seed=seed)
     labels = data.task_labels
@@ -314,7 +326,9 @@ def train_purifier(
     if config.mode is PurifierMode.ADVERSARIAL:
         order = np.random.default_rng(config.seed + 7).permutation(reference)
         half = len(order) // 2
-        shadow = train_shadow(run.config(), data, order[:half], order[half:], seed=config.seed + 3000, epochs=None)
+        shadow = train_shadow(
+            run.config(), data, order[:half], order[half:], seed=config.seed + 3000, epochs=None, device=device
+        )
         adversarial = AdversarialData(
             member_probs=shadow.scores(data.images[order[:half]], noise_seed=seed + 1),
             member_labels=labels[order[:half]],
@@ -328,6 +342,7 @@ def train_purifier(
         ref_images=data.images[reference],
         adversarial=adversarial,
         progress=progress,
+        device=device,
     )
     facts["noise_seed"] = seed
     save_purifier(run, purifier, training=facts)
