@@ -5,6 +5,10 @@ For each concurrency ``c``, ``c`` workers each keep one request in flight (unary
 the probe reports throughput, latency percentiles (p50/p90/p99) and the server's own compute and
 queue time (reply parameters ``compute_us`` / ``queue_us``) beside them. The request is serialised
 once and re-sent (as perf_analyzer does), so client-side protobuf cost stays out of the way.
+
+``target`` may name replicas (``IP:PORT,IP:PORT`` or ``dns:///NAME:PORT``): every channel then balances
+its calls over them with gRPC's ``round_robin`` (see :mod:`privsplit.proto.channel`); give the
+:class:`DialConfig` an ``UnavailableRetry`` so gRPC re-sends a call that a dying replica refused.
 """
 
 from __future__ import annotations

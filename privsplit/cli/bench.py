@@ -37,7 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random int8 features of the model's shape, quantized as the bundle says, with an accepted encoder "
         "hash: from --bundle, or --encoder-hash (the shape is then read from ModelMetadata).",
     )
-    c.add_argument("--target", required=True, metavar="HOST:PORT", help="server address")
+    c.add_argument(
+        "--target",
+        required=True,
+        metavar="HOST:PORT",
+        help="server address; replicas: IP:PORT,IP:PORT,... or dns:///NAME:PORT (gRPC round_robin; "
+        "a call that gets UNAVAILABLE from a dead replica is retried by gRPC on another)",
+    )
     c.add_argument(
         "--concurrency",
         type=_int_list,
@@ -144,17 +150,18 @@ def run_cloud(args: argparse.Namespace) -> int:
 
     from privsplit.cloud.loadgen import LoadSpec, run_load
     from privsplit.errors import ConfigError
-    from privsplit.proto.channel import ChannelTls, DialConfig, parse_target
+    from privsplit.proto.channel import ChannelTls, DialConfig, UnavailableRetry, parse_target
     from privsplit.proto.wire import features_request
 
-    parse_target(args.target, flag="--target")
+    target = parse_target(args.target, flag="--target")
     token = dial_token(args)
     tls = (
         None
         if args.tls_ca is None
         else ChannelTls.from_files(args.tls_ca, args.tls_cert, args.tls_key, server_name=args.tls_server_name)
     )
-    dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure)
+    retry = UnavailableRetry() if target.balanced else None  # replicas: gRPC retries on the next one
+    dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure, retry=retry)
     shape, scale, zero_point, encoder_hash = _request_spec(args, dial)
     rng = np.random.default_rng(args.seed)
     features = rng.integers(-128, 128, size=(args.rows, *shape), dtype=np.int16).astype(np.int8)
