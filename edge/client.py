@@ -201,9 +201,13 @@ class EdgeClient:
                 time.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def infer_response(self, payload: bytes) -> InferResponse:
+        """Send one serialised ``ModelInferRequest``; return the one reply (its ``id`` echoes the request's)."""
+        return InferResponse.from_proto(self._call(self._infer, payload))
+
     def infer_payload(self, payload: bytes) -> Prediction:
         """Send one serialised ``ModelInferRequest``; return its prediction."""
-        return Prediction.from_response(InferResponse.from_proto(self._call(self._infer, payload)))
+        return Prediction.from_response(self.infer_response(payload))
 
     def infer(self, request) -> Prediction:
         """Send an :class:`~privsplit.proto.messages.InferRequest`.

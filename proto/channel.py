@@ -323,7 +323,6 @@ class DialConfig:
             opts.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return opts
 
-
     def service_config(self) -> str | None:
         """``round_robin`` over every address of a balanced target; the retry policy, if any."""
         config: dict[str, object] = {}
