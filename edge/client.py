@@ -11,8 +11,8 @@
   ``round_robin`` policy spreads the calls, and a call that fails with UNAVAILABLE on a replica that died
   is retried (the retry is picked from the replicas still connected). Each call returns at most one reply:
   a retry is made only after the previous attempt failed without a reply, and inference is a pure function
-  of the request (the same features give the same answer on any replica), so a request the dead replica
-  had already run is answered once, by the retry;
+  of the request (the same features give the same label on any replica, probabilities to float rounding),
+  so a request the dead replica had already run is answered once, by the retry;
 * streaming (``ModelStreamInfer``) for camera-rate input: requests flow while replies come back in
   order; if the connection drops, the unanswered requests are re-sent on a new stream (same retry
   budget); every request yields a reply or an explicit error.

@@ -116,10 +116,11 @@ def test_two_replicas_one_killed_mid_run_every_request_answered_once(bundles, wi
         assert sorted(outcomes) == sorted(payloads) and all(len(o) == 1 for o in outcomes.values())
         errors = [o[0] for o in outcomes.values() if isinstance(o[0], Exception)]
         assert errors == [], errors[:3]
-        for rid, (reply,) in outcomes.items():  # either replica, first try or retry: the same answer, bit for bit
+        for rid, (reply,) in outcomes.items():  # either replica, first try or retry: the same answer
             assert reply.id == rid
             got, want = Prediction.from_response(reply), expected[int(rid[1:]) % 64]
-            assert got.label[0] == want.label[0] and np.array_equal(got.probs, want.probs)
+            assert got.label[0] == want.label[0]  # probabilities: to float rounding (batches of other sizes)
+            np.testing.assert_allclose(got.probs, want.probs, rtol=0, atol=1e-6)
         survivor = _successes(urls[0]) - before[0]
         assert at_kill["victim"] > 50 and survivor >= REQUESTS - at_kill["victim"] - 8  # 8 = in flight at most
         assert retries_after_kill >= 1, "no call was cut off by the kill: the retry path was not exercised"
