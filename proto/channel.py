@@ -309,6 +309,9 @@ class DialConfig:
             ("grpc.keepalive_timeout_ms", self.keepalive.timeout_ms),
             ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle camera stream
+            # each channel its own connections: gRPC otherwise shares one among channels with equal arguments,
+            # and a load probe's channels (or SO_REUSEPORT workers, balanced per connection) would see one
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         opts.append(("grpc.enable_retries", 0 if self.retry is None else 1))
         service_config = self.service_config()

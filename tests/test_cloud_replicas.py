@@ -13,7 +13,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from test_cloud_cli import Served, _cli, _wait_for
@@ -21,6 +20,7 @@ from test_cloud_support import REPO, wire_features
 
 from privsplit.edge.client import ClientConfig, EdgeClient, RetryPolicy
 from privsplit.proto import InferResponse, Prediction, features_request
+from privsplit.proto.channel import DialConfig, dial
 from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
 from privsplit.proto.status import ProtocolError
 
@@ -181,7 +181,7 @@ def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire):
         def on_new_connection(n: int) -> list[int]:
             labels = []
             for _ in range(n):  # a new channel is a new connection: the kernel picks a worker for each
-                with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+                with dial(DialConfig(target=f"127.0.0.1:{served.port}")) as channel:
                     reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
                 labels.append(int(Prediction.from_response(InferResponse.from_proto(reply)).label[0]))
             return labels
@@ -190,6 +190,21 @@ def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire):
         counts = [_successes(u) for u in urls]
         assert sum(counts) == 32 and min(counts) > 0, counts  # both processes served (P(all on one) = 2**-31)
         assert len(set(labels)) == 1  # the same features: the same answer from either process
+
+        # the load probe's --connections are distinct TCP connections, spread over both processes
+        bench = subprocess.run(
+            _cli(
+                *("bench", "cloud", "--target", f"127.0.0.1:{served.port}", "--bundle", bundles.cloud),
+                *("--concurrency", "16", "--connections", "16", "--duration", 0.5, "--warmup", 0.1),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert bench.returncode == 0, bench.stderr
+        grown = [_successes(u) - c for u, c in zip(urls, counts)]
+        assert min(grown) > 10, grown
 
         # a worker that dies is restarted on the same port
         os.kill(pids[0], signal.SIGKILL)

@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds of unmeasured warm-up per level (default %(default)s)",
     )
     c.add_argument(
+        "--connections",
+        type=positive_int,
+        metavar="N",
+        help="TCP connections the clients share (default: 1 per 16 clients, at most 4); a server with "
+        "--workers N spreads connections, not calls, over its processes: use several per worker",
+    )
+    c.add_argument(
         "--stream", action="store_true", help="use ModelStreamInfer (one stream per client) instead of unary ModelInfer"
     )
     c.add_argument(
@@ -179,6 +186,7 @@ def run_cloud(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         warmup_s=args.warmup,
         stream=args.stream,
+        connections=args.connections,
     )
 
     def show(point):
