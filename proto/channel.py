@@ -116,15 +116,16 @@ def _parse_one(raw: str, text: str, flag: str) -> tuple[str, int, bool]:
 def _parse_list(items: list[str], text: str, flag: str) -> Target:
     """IP:PORT entries -> one ``ipv4:``/``ipv6:`` multi-address target (gRPC resolves no names in these)."""
     addresses: list[tuple[str, int]] = []
-    versions = set()
+    versions: set[int] = set()
     for item in items:
         if not item:
             raise ConfigError(f"{flag} {text!r}: an empty entry in the list (write HOST:PORT,HOST:PORT)")
         host, port, dns = _parse_one(item, text, flag)
+        version: int = 0
         try:
             version = ipaddress.ip_address(host).version
         except ValueError:
-            version = 0
+            pass
         if dns or not version:
             raise ConfigError(
                 f"{flag} {text!r}: {item!r} is not IP:PORT; a list takes IP addresses only "
