@@ -36,12 +36,18 @@ def wire(bundles, digits_run):
 
 
 def _metrics_url(served: Served, worker: int | None = None) -> str:
-    for line in served.lines:
-        if worker is None or f"worker {worker} " in line:
-            found = re.search(r"metrics on (http://\S+/metrics)", line)
-            if found:
-                return found.group(1)
-    raise AssertionError("no metrics address logged:\n" + "".join(served.lines))
+    """The metrics address the server (or worker) logs (just after its "listening on" line)."""
+
+    def find() -> str | None:
+        for line in list(served.lines):
+            if worker is None or f"worker {worker} " in line:
+                found = re.search(r"metrics on (http://\S+/metrics)", line)
+                if found:
+                    return found.group(1)
+        return None
+
+    _wait_for(lambda: find() is not None, f"the metrics address of {served.proc.args[3:]}", timeout=30)
+    return str(find())
 
 
 def _successes(url: str) -> int:
