@@ -96,6 +96,18 @@ def test_bad_replica_lists_get_one_line(text, words):
     assert words in str(err.value) and "\n" not in str(err.value) and str(err.value).startswith("--target")
 
 
+def test_the_commands_refuse_a_bad_list_in_one_line(tmp_path, capsys):
+    from privsplit.cli.main import main
+
+    for argv in (
+        ["edge", "infer", str(tmp_path), str(tmp_path / "x.png"), "--server", "cloud-a:1,cloud-b:1"],
+        ["bench", "cloud", "--target", "127.0.0.1:1,,127.0.0.1:2", "--encoder-hash", "ab"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("is not IP:PORT" in err or "an empty entry" in err), err
+
+
 def test_a_list_dials_round_robin_and_keeps_the_token_and_tls_rules():
     options = dict(ch.DialConfig(target="127.0.0.1:1,127.0.0.1:2", retry=ch.UnavailableRetry()).options())
     config = json.loads(options["grpc.service_config"])
