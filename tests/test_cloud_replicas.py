@@ -260,3 +260,22 @@ def test_serve_workers_refuse_a_taken_port_and_bad_counts(bundles):
     )
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("privsplit serve: error: ")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(bundles):
+    served = Served(_cli("serve", bundles.cloud, "--port", 0, "--workers", 2, "--grace", 1))
+    _wait_for(lambda: any("with 2 worker processes" in line for line in served.lines), "the supervisor's line")
+    line = next(line for line in served.lines if "with 2 worker processes" in line)
+    pids = [int(p) for p in re.search(r"pids (\d+), (\d+);", line).groups()]
+    served.proc.kill()  # SIGKILL: nothing forwards a signal; the workers notice their parent is gone
+    assert served.finish() == -signal.SIGKILL
+    _wait_for(lambda: not any(_running(pid) for pid in pids), "the orphaned workers to exit", timeout=20)
+    drained = [f"(pid {pid}): drained; bye" for pid in pids]
+    _wait_for(lambda: all(d in "".join(served.lines) for d in drained), "each worker's drain line", timeout=10)
