@@ -5,6 +5,7 @@
 * :class:`ModelHost` (:mod:`~privsplit.cloud.model_host`): a verified cloud bundle on onnxruntime;
 * :class:`DynamicBatcher` (:mod:`~privsplit.cloud.batcher`); pure handlers in
   :mod:`~privsplit.cloud.handlers`; the thin servicer in :mod:`~privsplit.cloud.servicer`;
+* :func:`supervise` (:mod:`~privsplit.cloud.workers`): ``serve --workers N``, N processes on one port;
 * :func:`run_load` (:mod:`~privsplit.cloud.loadgen`): the load probe behind ``privsplit bench cloud``.
 
 Importing this package is cheap; the names below load on first use.
@@ -26,6 +27,7 @@ _LAZY = {
     "CloudServer": "privsplit.cloud.server",
     "create_server": "privsplit.cloud.server",
     "serve": "privsplit.cloud.server",
+    "supervise": "privsplit.cloud.workers",
     "LoadSpec": "privsplit.cloud.loadgen",
     "LoadPoint": "privsplit.cloud.loadgen",
     "LoadResult": "privsplit.cloud.loadgen",

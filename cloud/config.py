@@ -10,6 +10,7 @@ from privsplit.proto.channel import is_loopback, read_pem
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
 
 DEFAULT_PORT = 8001  # Triton's gRPC port
+MAX_WORKERS = 64  # server processes of one `privsplit serve --workers N`
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,12 @@ class ServeConfig:
     health_port: int | None = None  # a plaintext grpc.health.v1-only listener for probes (cloud/health_port.py)
     max_message_bytes: int = 16 * 1024 * 1024
     threads: int = 1  # onnxruntime intra-op threads
-    workers: int = 128  # gRPC worker threads: concurrent RPCs being handled (each open stream holds one)
-    max_concurrent_rpcs: int | None = None  # more RPCs at once get RESOURCE_EXHAUSTED (None: = workers)
+    rpc_threads: int = 128  # gRPC worker threads: concurrent RPCs being handled (each open stream holds one)
+    max_concurrent_rpcs: int | None = None  # more RPCs at once get RESOURCE_EXHAUSTED (None: = rpc_threads)
     grace_s: float = 30.0  # drain: how long in-flight requests may take after SIGTERM
     insecure: bool = False  # allow a bearer token without TLS on a non-loopback address (--insecure)
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT; privsplit.cloud.workers supervises them)
+    reuse_port: bool = False  # join other sockets on the port (set for the worker processes; else: port in use)
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:
@@ -93,16 +96,18 @@ class ServeConfig:
             raise ConfigError(f"max message size must be >= 1024 bytes, got {self.max_message_bytes}")
         if self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-        if self.workers < 2:
-            raise ConfigError(f"--workers must be >= 2, got {self.workers}")
+        if self.rpc_threads < 2:
+            raise ConfigError(f"--rpc-threads must be >= 2, got {self.rpc_threads}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers (server processes) must be in 1..{MAX_WORKERS}, got {self.workers}")
         if self.grace_s < 0:
             raise ConfigError(f"the drain grace must be >= 0 s, got {self.grace_s}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("the bearer token is empty: put the token in the --token-file")
-        if self.max_concurrent_rpcs is not None and not 1 <= self.max_concurrent_rpcs <= self.workers:
+        if self.max_concurrent_rpcs is not None and not 1 <= self.max_concurrent_rpcs <= self.rpc_threads:
             raise ConfigError(
-                f"--max-concurrent-rpcs must be in 1..--workers ({self.workers}): each RPC in flight holds "
-                f"a worker thread, got {self.max_concurrent_rpcs}"
+                f"--max-concurrent-rpcs must be in 1..--rpc-threads ({self.rpc_threads}): each RPC in flight holds "
+                f"a thread, got {self.max_concurrent_rpcs}"
             )
         if self.token is not None and self.tls is None and not is_loopback(self.host) and not self.insecure:
             raise ConfigError(
@@ -112,7 +117,7 @@ class ServeConfig:
 
     @property
     def rpc_limit(self) -> int:
-        return self.workers if self.max_concurrent_rpcs is None else self.max_concurrent_rpcs
+        return self.rpc_threads if self.max_concurrent_rpcs is None else self.max_concurrent_rpcs
 
     @property
     def address(self) -> str:

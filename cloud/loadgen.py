@@ -5,6 +5,12 @@ For each concurrency ``c``, ``c`` workers each keep one request in flight (unary
 the probe reports throughput, latency percentiles (p50/p90/p99) and the server's own compute and
 queue time (reply parameters ``compute_us`` / ``queue_us``) beside them. The request is serialised
 once and re-sent (as perf_analyzer does), so client-side protobuf cost stays out of the way.
+
+``target`` may name replicas (``IP:PORT,IP:PORT`` or ``dns:///NAME:PORT``): every channel then balances
+its calls over them with gRPC's ``round_robin`` (see :mod:`privsplit.proto.channel`); give the
+:class:`DialConfig` an ``UnavailableRetry`` so gRPC re-sends a call that a dying replica refused.
+``connections``: TCP connections per level (each channel has its own); a ``privsplit serve --workers N``
+server balances per connection (SO_REUSEPORT), so give it several per worker (e.g. 4 N).
 """
 
 from __future__ import annotations
@@ -34,8 +40,11 @@ class LoadSpec:
     stream: bool = False
     timeout_s: float = 30.0
     parse_replies: bool = True  # False: count replies without reading them (for a bare echo baseline)
+    connections: int | None = None  # TCP connections per level (None: 1 per 16 workers, at most 4)
 
     def __post_init__(self) -> None:
+        if self.connections is not None and self.connections < 1:
+            raise ConfigError(f"--connections must be >= 1, got {self.connections}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ConfigError(f"--concurrency needs values >= 1, got {list(self.concurrency)}")
         if not self.duration_s > 0 or self.warmup_s < 0:
@@ -208,7 +217,8 @@ def _pct(values, q) -> float:
 async def _level(spec: LoadSpec, dial: DialConfig, payload: bytes, concurrency: int, rows: int) -> LoadPoint:
     from privsplit.proto.channel import dial_aio, stub
 
-    n_channels = max(1, min(4, concurrency // 16 + 1))
+    n_channels = max(1, min(4, concurrency // 16 + 1)) if spec.connections is None else spec.connections
+    n_channels = min(n_channels, concurrency)  # one channel = one connection (DialConfig: local subchannel pool)
     channels = [dial_aio(dial) for _ in range(n_channels)]
     stubs = [stub(ch, raw=True, raw_replies=True) for ch in channels]  # pre-serialised bytes in and out
     calls = [s.ModelStreamInfer if spec.stream else s.ModelInfer for s in stubs]

@@ -60,7 +60,7 @@ class CloudServer:
             interceptors.append(
                 BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED"))
             )
-        self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="privsplit-rpc")
+        self._pool = ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="privsplit-rpc")
         limit = config.rpc_limit  # beyond it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing
         self._server = grpc.server(
             self._pool,
@@ -69,7 +69,7 @@ class CloudServer:
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if config.reuse_port else 0),  # 0: a second server gets "port in use"
                 *server_keepalive_options(),
             ],
         )
@@ -164,8 +164,10 @@ def create_server(config: ServeConfig, *, host: ModelHost | None = None) -> tupl
     return server, server.port
 
 
-def serve(config: ServeConfig, *, log=None) -> int:
-    """Serve until SIGTERM / SIGINT, then drain and return 0. Logs the bound address to stderr."""
+def serve(config: ServeConfig, *, log=None, on_ready=None) -> int:
+    """Serve until SIGTERM / SIGINT, then drain and return 0. Logs the bound address to stderr;
+    ``on_ready(server)`` is called once it serves (a worker process reports to its supervisor there).
+    ``config.workers`` is ignored here: :func:`privsplit.cloud.workers.supervise` runs several."""
     log = log or (lambda msg: print(f"privsplit serve: {msg}", file=sys.stderr, flush=True))
     server, port = create_server(config)
     stop = threading.Event()
@@ -192,6 +194,8 @@ def serve(config: ServeConfig, *, log=None) -> int:
             log(f"health checks (grpc.health.v1, plaintext) on {config.host}:{server.health_port}")
         if server.metrics_port is not None:
             log(f"metrics on http://{config.host}:{server.metrics_port}/metrics")
+        if on_ready is not None:
+            on_ready(server)
         while not stop.wait(0.5):
             pass
         log(f"{received[0]}: draining (up to {config.grace_s:g} s for in-flight requests)")

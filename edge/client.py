@@ -2,10 +2,17 @@
 
 * TLS (``ClientTls(ca=...)``) and mutual TLS (``cert`` + ``key``); a bearer token sent as
   ``authorization: Bearer <token>`` metadata on every call;
-* a deadline on every call (``timeout_s`` per attempt; ``stream_timeout_s`` for a whole stream);
-* bounded retries on UNAVAILABLE with exponential backoff and jitter (:class:`RetryPolicy`), then
-  :class:`ServerUnavailable` naming the address and what to check; every other refusal raises
-  :class:`~privsplit.proto.status.ProtocolError` with the server's status code and message;
+* a deadline on every call (``timeout_s`` for a unary call, its retries included; ``stream_timeout_s``
+  for a whole stream);
+* bounded retries on UNAVAILABLE with exponential backoff and jitter (:class:`RetryPolicy`), within the
+  call's deadline, then :class:`ServerUnavailable` naming the address and what to check; every other
+  refusal raises :class:`~privsplit.proto.status.ProtocolError` with the server's status code and message;
+* replicas: ``target`` may list several (``IP:PORT,IP:PORT``) or be a ``dns:///NAME:PORT``; gRPC's
+  ``round_robin`` policy spreads the calls, and a call that fails with UNAVAILABLE on a replica that died
+  is retried (the retry is picked from the replicas still connected). Each call returns at most one reply:
+  a retry is made only after the previous attempt failed without a reply, and inference is a pure function
+  of the request (the same features give the same label on any replica, probabilities to float rounding),
+  so a request the dead replica had already run is answered once, by the retry;
 * streaming (``ModelStreamInfer``) for camera-rate input: requests flow while replies come back in
   order; if the connection drops, the unanswered requests are re-sent on a new stream (same retry
   budget); every request yields a reply or an explicit error.
@@ -89,10 +96,10 @@ class ClientTls:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    target: str  # HOST:PORT
+    target: str  # HOST:PORT, IP:PORT,IP:PORT,... (replicas, round_robin) or dns:///NAME:PORT
     tls: ClientTls | None = None
     token: str | None = None
-    timeout_s: float = 10.0  # deadline of each unary call attempt
+    timeout_s: float = 10.0  # deadline of a unary call, all its retries included
     stream_timeout_s: float = 3600.0  # deadline of one ModelStreamInfer stream
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     model_name: str = DEFAULT_MODEL_NAME
@@ -145,7 +152,7 @@ def _code(exc: grpc.RpcError) -> Code:
 
 
 class EdgeClient:
-    """A channel to one server. Use as a context manager, or call :meth:`close`."""
+    """A channel to one server (or to replicas, balanced). Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -173,24 +180,34 @@ class EdgeClient:
         )
 
     def _call(self, method, payload: bytes):
+        """One unary call: at most ``retry.attempts`` attempts, all within ``timeout_s`` of the start."""
         started = time.monotonic()
+        deadline = started + self.config.timeout_s
         policy = self.config.retry
         for attempt in range(policy.attempts):
+            remaining = max(deadline - time.monotonic(), 0.001)
             try:
-                return method(payload, timeout=self.config.timeout_s, metadata=self._metadata)
+                return method(payload, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 code = _code(exc)
                 if code is not Code.UNAVAILABLE:
                     raise dialing.rpc_error(exc, self.config.target, timeout_s=self.config.timeout_s) from None
                 if attempt + 1 == policy.attempts or dialing.is_handshake_failure(exc.details() or ""):
                     raise self._unavailable(attempt + 1, started, exc) from None
+                pause = policy.delay(attempt, self._rng)
+                if time.monotonic() + pause >= deadline:  # no time left for another attempt
+                    raise self._unavailable(attempt + 1, started, exc) from None
                 self.retries += 1
-                time.sleep(policy.delay(attempt, self._rng))
+                time.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def infer_response(self, payload: bytes) -> InferResponse:
+        """Send one serialised ``ModelInferRequest``; return the one reply (its ``id`` echoes the request's)."""
+        return InferResponse.from_proto(self._call(self._infer, payload))
 
     def infer_payload(self, payload: bytes) -> Prediction:
         """Send one serialised ``ModelInferRequest``; return its prediction."""
-        return Prediction.from_response(InferResponse.from_proto(self._call(self._infer, payload)))
+        return Prediction.from_response(self.infer_response(payload))
 
     def infer(self, request) -> Prediction:
         """Send an :class:`~privsplit.proto.messages.InferRequest`.

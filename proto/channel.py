@@ -2,7 +2,10 @@
 
 Every client in privsplit (the device client, the load probe, ``privsplit bench``) dials through here:
 
-* :func:`parse_target` validates ``HOST:PORT``, ``[v6]:PORT`` and ``dns:///HOST:PORT`` (port 1-65535);
+* :func:`parse_target` validates ``HOST:PORT``, ``[v6]:PORT``, ``dns:///HOST:PORT`` (port 1-65535) and lists of
+  replicas (``IP:PORT,IP:PORT``, dialed as gRPC's ``ipv4:``/``ipv6:`` multi-address target); a list or a
+  ``dns:`` name is balanced with gRPC's ``round_robin`` policy (service config), so each call goes to the
+  next connected replica and a dead one is skipped once its connection drops;
 * :class:`DialConfig` holds the address, :class:`ChannelTls`, bearer token, :class:`Keepalive` and an
   optional gRPC retry policy (``grpc.service_config``); a token over plaintext is refused before dialing
   unless the target is loopback or ``insecure=True`` (``--insecure``);
@@ -44,18 +47,24 @@ SERVER_KEEPALIVE_MS = 300_000  # the server pings idle connections: dead devices
 
 @dataclass(frozen=True)
 class Target:
-    """A validated address: ``host`` (no brackets), ``port`` and the string gRPC dials."""
+    """A validated address. ``host``/``port``: the first (or only) one; ``addresses``: every ``(host, port)``
+    listed; ``dial``: the string gRPC dials (``ipv4:A:P,B:P`` for a list); ``balanced``: gRPC's
+    ``round_robin`` policy spreads calls over every address (a list, or a ``dns:`` name that may resolve
+    to several); ``text``: what the user wrote (shown in messages)."""
 
     host: str
     port: int
     dial: str
+    addresses: tuple[tuple[str, int], ...] = ()
+    balanced: bool = False
+    text: str = ""
 
     @property
     def loopback(self) -> bool:
-        return is_loopback(self.host)
+        return all(is_loopback(host) for host, _ in self.addresses or ((self.host, self.port),))
 
     def __str__(self) -> str:
-        return self.dial
+        return self.text or self.dial
 
 
 def is_loopback(host: str) -> bool:
@@ -68,12 +77,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_target(text: str, *, flag: str = "--server") -> Target:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``dns:///HOST:PORT`` -> :class:`Target`; one-line ConfigError otherwise."""
-    usage = f"{flag} must be HOST:PORT, [IPv6]:PORT or dns:///HOST:PORT with a port in 1-65535"
-    raw = (text or "").strip()
-    rest = raw
-    if rest.startswith("dns:"):
+_USAGE = "must be HOST:PORT, [IPv6]:PORT, dns:///HOST:PORT or a comma-separated list of IP:PORT, with ports in 1-65535"
+
+
+def _parse_one(raw: str, text: str, flag: str) -> tuple[str, int, bool]:
+    """``(host, port, dns scheme given)`` of one ``HOST:PORT`` / ``[v6]:PORT`` / ``dns:///HOST:PORT``."""
+    usage = f"{flag} {_USAGE}"
+    rest, dns = raw, raw.startswith("dns:")
+    if dns:
         rest = rest[4:]
         if rest.startswith("//"):  # dns://[authority]/host:port; privsplit uses the system resolver
             authority, slash, rest = rest[2:].partition("/")
@@ -97,9 +108,57 @@ def parse_target(text: str, *, flag: str = "--server") -> Target:
             raise ConfigError(f"{usage}, got {text!r}{hint}")
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{flag} {text!r}: the port {port_text!r} is not in 1-65535")
-    if not host or any(c.isspace() or c in "/@?#" for c in host):
+    if not host or any(c.isspace() or c in "/@?#," for c in host):
         raise ConfigError(f"{flag} {text!r}: {host!r} is not a host name or address")
-    return Target(host=host, port=int(port_text), dial=raw)
+    return host, int(port_text), dns
+
+
+def _parse_list(items: list[str], text: str, flag: str) -> Target:
+    """IP:PORT entries -> one ``ipv4:``/``ipv6:`` multi-address target (gRPC resolves no names in these)."""
+    addresses: list[tuple[str, int]] = []
+    versions: set[int] = set()
+    for item in items:
+        if not item:
+            raise ConfigError(f"{flag} {text!r}: an empty entry in the list (write HOST:PORT,HOST:PORT)")
+        host, port, dns = _parse_one(item, text, flag)
+        version: int = 0
+        try:
+            version = ipaddress.ip_address(host).version
+        except ValueError:
+            pass
+        if dns or not version:
+            raise ConfigError(
+                f"{flag} {text!r}: {item!r} is not IP:PORT; a list takes IP addresses only "
+                "(for a name that resolves to several replicas use dns:///NAME:PORT)"
+            )
+        if (host, port) in addresses:
+            raise ConfigError(f"{flag} {text!r}: {item!r} is listed twice")
+        versions.add(version)
+        addresses.append((host, port))
+    if len(versions) > 1:
+        raise ConfigError(f"{flag} {text!r}: mixes IPv4 and IPv6 addresses; list addresses of one family")
+    if versions == {6}:
+        dial = "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in addresses)
+    else:
+        dial = "ipv4:" + ",".join(f"{h}:{p}" for h, p in addresses)
+    host, port = addresses[0]
+    return Target(host=host, port=port, dial=dial, addresses=tuple(addresses), balanced=len(addresses) > 1, text=text)
+
+
+def parse_target(text: str, *, flag: str = "--server") -> Target:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``dns:///HOST:PORT`` or several ``IP:PORT`` (comma-separated, or
+    gRPC's own ``ipv4:A:P,B:P`` / ``ipv6:[A]:P,[B]:P``) -> :class:`Target`; one-line ConfigError otherwise."""
+    raw = (text or "").strip()
+    if raw.startswith(("ipv4:", "ipv6:")):
+        scheme, _, rest = raw.partition(":")
+        target = _parse_list([item.strip() for item in rest.split(",")], raw, flag)
+        if {ipaddress.ip_address(h).version for h, _ in target.addresses} != {int(scheme[-1])}:
+            raise ConfigError(f"{flag} {text!r}: the addresses are not all {scheme} addresses")
+        return target
+    if "," in raw:
+        return _parse_list([item.strip() for item in raw.split(",")], raw, flag)
+    host, port, dns = _parse_one(raw, text, flag)
+    return Target(host=host, port=port, dial=raw, addresses=((host, port),), balanced=dns, text=raw)
 
 
 def check_token_transport(target: Target, *, token: str | None, tls: bool, insecure: bool) -> None:
@@ -199,7 +258,7 @@ class UnavailableRetry:
         if not 2 <= self.attempts <= 5:
             raise ConfigError(f"gRPC retry attempts must be in 2..5, got {self.attempts}")
 
-    def service_config(self) -> str:
+    def method_config(self) -> dict:
         policy = {
             "maxAttempts": self.attempts,
             "initialBackoff": f"{self.initial_backoff_s}s",
@@ -207,7 +266,10 @@ class UnavailableRetry:
             "backoffMultiplier": self.multiplier,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-        return json.dumps({"methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}]})
+        return {"name": [{"service": SERVICE_NAME}], "retryPolicy": policy}
+
+    def service_config(self) -> str:
+        return json.dumps({"methodConfig": [self.method_config()]})
 
 
 @dataclass(frozen=True)
@@ -226,6 +288,11 @@ class DialConfig:
     def __post_init__(self) -> None:
         target = parse_target(self.target)
         check_token_transport(target, token=self.token, tls=self.tls is not None, insecure=self.insecure)
+        if len(target.addresses) > 1 and self.tls is not None and not self.tls.server_name:
+            raise ConfigError(
+                f"TLS to the list {target}: pass --tls-server-name, the name in the replicas' certificate "
+                "(a list of IP addresses has no single name to check)"
+            )
 
     @property
     def address(self) -> Target:
@@ -243,11 +310,14 @@ class DialConfig:
             ("grpc.keepalive_timeout_ms", self.keepalive.timeout_ms),
             ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle camera stream
+            # each channel its own connections: gRPC otherwise shares one among channels with equal arguments,
+            # and a load probe's channels (or SO_REUSEPORT workers, balanced per connection) would see one
+            ("grpc.use_local_subchannel_pool", 1),
         ]
-        if self.retry is None:
-            opts.append(("grpc.enable_retries", 0))
-        else:
-            opts += [("grpc.enable_retries", 1), ("grpc.service_config", self.retry.service_config())]
+        opts.append(("grpc.enable_retries", 0 if self.retry is None else 1))
+        service_config = self.service_config()
+        if service_config is not None:
+            opts.append(("grpc.service_config", service_config))
         if self.reconnect_backoff_ms is not None:
             opts += [
                 ("grpc.initial_reconnect_backoff_ms", self.reconnect_backoff_ms[0]),
@@ -256,6 +326,15 @@ class DialConfig:
         if self.tls is not None and self.tls.server_name:
             opts.append(("grpc.ssl_target_name_override", self.tls.server_name))
         return opts
+
+    def service_config(self) -> str | None:
+        """``round_robin`` over every address of a balanced target; the retry policy, if any."""
+        config: dict[str, object] = {}
+        if self.address.balanced:
+            config["loadBalancingConfig"] = [{"round_robin": {}}]
+        if self.retry is not None:
+            config["methodConfig"] = [self.retry.method_config()]
+        return json.dumps(config) if config else None
 
 
 def server_keepalive_options(*, min_ping_ms: int = SERVER_MIN_PING_MS) -> list[tuple[str, int]]:
@@ -273,15 +352,15 @@ def server_keepalive_options(*, min_ping_ms: int = SERVER_MIN_PING_MS) -> list[t
 def dial(config: DialConfig) -> grpc.Channel:
     """A synchronous channel (nothing is sent until the first call)."""
     if config.tls is None:
-        return grpc.insecure_channel(config.target, options=config.options())
-    return grpc.secure_channel(config.target, config.tls.credentials(), options=config.options())
+        return grpc.insecure_channel(config.address.dial, options=config.options())
+    return grpc.secure_channel(config.address.dial, config.tls.credentials(), options=config.options())
 
 
 def dial_aio(config: DialConfig) -> grpc.aio.Channel:
     """A ``grpc.aio`` channel (call inside a running event loop)."""
     if config.tls is None:
-        return grpc.aio.insecure_channel(config.target, options=config.options())
-    return grpc.aio.secure_channel(config.target, config.tls.credentials(), options=config.options())
+        return grpc.aio.insecure_channel(config.address.dial, options=config.options())
+    return grpc.aio.secure_channel(config.address.dial, config.tls.credentials(), options=config.options())
 
 
 class _Passthrough:

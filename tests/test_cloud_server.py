@@ -530,7 +530,7 @@ def test_drain_finishes_in_flight_and_refuses_new(bundles, wire):
 
 
 def test_rpcs_beyond_the_concurrency_bound_get_resource_exhausted(bundles, wire):
-    srv, port = create_server(ServeConfig(bundle=bundles.cloud_plain, port=0, workers=4, max_concurrent_rpcs=2))
+    srv, port = create_server(ServeConfig(bundle=bundles.cloud_plain, port=0, rpc_threads=4, max_concurrent_rpcs=2))
     request = _request(wire, slice(0, 1)).to_proto()
     gate = threading.Event()
 
@@ -556,8 +556,8 @@ def test_rpcs_beyond_the_concurrency_bound_get_resource_exhausted(bundles, wire)
         assert all(list(s) == [] for s in streams)
         assert len(stub.ModelInfer(request, timeout=10).outputs) == 2  # a slot is free again
         channel.close()
-    with pytest.raises(Exception, match="--max-concurrent-rpcs must be in 1..--workers"):
-        ServeConfig(bundle=bundles.cloud_plain, workers=4, max_concurrent_rpcs=5)
+    with pytest.raises(Exception, match="--max-concurrent-rpcs must be in 1..--rpc-threads"):
+        ServeConfig(bundle=bundles.cloud_plain, rpc_threads=4, max_concurrent_rpcs=5)
 
 
 def test_metric_counts_are_exact_under_concurrent_load(server, wire):

@@ -109,6 +109,18 @@ def test_backoff_is_exponential_capped_and_jittered():
         RetryPolicy(attempts=0)
 
 
+def test_retries_stay_within_the_calls_deadline():
+    """A generous retry budget (50 attempts) is cut by the call's deadline: no retry starts after it."""
+    policy = RetryPolicy(attempts=50, initial_backoff_s=0.1, max_backoff_s=0.1, jitter=0.0)
+    port = free_port()
+    with EdgeClient(ClientConfig(target=f"127.0.0.1:{port}", retry=policy, timeout_s=0.5)) as client:
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable, match=f"at 127.0.0.1:{port} after [2-6] attempt") as err:
+            client.server_ready()
+        elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 0.6 and 2 <= client.retries <= 5 and err.value.code is Code.UNAVAILABLE
+
+
 def test_an_unreachable_server_is_a_clear_error_after_bounded_retries(pipe, images):
     port = free_port()
     config = ClientConfig(target=f"127.0.0.1:{port}", retry=FAST, timeout_s=2.0)

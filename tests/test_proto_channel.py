@@ -3,6 +3,7 @@ keepalive contract between client and server (real sockets), and the generated s
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,95 @@ def test_a_token_needs_tls_loopback_or_insecure():
     assert ch.DialConfig(target="10.0.0.2:1", token="t", insecure=True).insecure
     assert ch.DialConfig(target="10.0.0.2:1", token="t", tls=ch.ChannelTls(ca=b"pem")).tls is not None
     assert ch.DialConfig(target="10.0.0.2:1").metadata == ()  # no token: plaintext is the user's choice
+
+
+@pytest.mark.parametrize(
+    "text, dial, addresses",
+    [
+        ("127.0.0.1:1,127.0.0.2:2", "ipv4:127.0.0.1:1,127.0.0.2:2", (("127.0.0.1", 1), ("127.0.0.2", 2))),
+        (" 10.0.0.1:80 , 10.0.0.2:80 ", "ipv4:10.0.0.1:80,10.0.0.2:80", (("10.0.0.1", 80), ("10.0.0.2", 80))),
+        ("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2", (("::1", 1), ("::1", 2))),
+        ("ipv4:127.0.0.1:5,127.0.0.1:6", "ipv4:127.0.0.1:5,127.0.0.1:6", (("127.0.0.1", 5), ("127.0.0.1", 6))),
+    ],
+)
+def test_replica_lists_become_one_balanced_multi_address_target(text, dial, addresses):
+    target = ch.parse_target(text)
+    assert (target.dial, target.addresses, target.balanced) == (dial, addresses, True)
+    assert (target.host, target.port) == addresses[0] and str(target) == text.strip()
+    assert ch.parse_target("dns:///svc.ns:8001").balanced and not ch.parse_target("svc.ns:8001").balanced
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("cloud-a:1,cloud-b:1", "'cloud-a:1' is not IP:PORT; a list takes IP addresses only (for a name"),
+        ("dns:///a:1,127.0.0.1:2", "use dns:///NAME:PORT"),
+        ("127.0.0.1:1,,127.0.0.1:2", "an empty entry in the list"),
+        ("127.0.0.1:1,", "an empty entry in the list"),
+        ("127.0.0.1:1,[::1]:2", "mixes IPv4 and IPv6 addresses"),
+        ("127.0.0.1:1,127.0.0.1:1", "'127.0.0.1:1' is listed twice"),
+        ("127.0.0.1:1,127.0.0.1:0", "the port '0' is not in 1-65535"),
+        ("ipv6:127.0.0.1:1", "not all ipv6 addresses"),
+    ],
+)
+def test_bad_replica_lists_get_one_line(text, words):
+    with pytest.raises(ConfigError) as err:
+        ch.parse_target(text, flag="--target")
+    assert words in str(err.value) and "\n" not in str(err.value) and str(err.value).startswith("--target")
+
+
+def test_the_commands_refuse_a_bad_list_in_one_line(tmp_path, capsys):
+    from privsplit.cli.main import main
+
+    for argv in (
+        ["edge", "infer", str(tmp_path), str(tmp_path / "x.png"), "--server", "cloud-a:1,cloud-b:1"],
+        ["bench", "cloud", "--target", "127.0.0.1:1,,127.0.0.1:2", "--encoder-hash", "ab"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("is not IP:PORT" in err or "an empty entry" in err), err
+
+
+def test_a_list_dials_round_robin_and_keeps_the_token_and_tls_rules():
+    options = dict(ch.DialConfig(target="127.0.0.1:1,127.0.0.1:2", retry=ch.UnavailableRetry()).options())
+    config = json.loads(options["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert ch.DialConfig(target="127.0.0.1:1,127.0.0.2:2", token="t").metadata  # all loopback
+    with pytest.raises(ConfigError, match="in plaintext to 127.0.0.1:1,10.0.0.2:2"):
+        ch.DialConfig(target="127.0.0.1:1,10.0.0.2:2", token="t")  # one replica is not
+    with pytest.raises(ConfigError, match="pass --tls-server-name"):
+        ch.DialConfig(target="10.0.0.1:1,10.0.0.2:2", tls=ch.ChannelTls(ca=b"pem"))
+    assert ch.DialConfig(target="10.0.0.1:1,10.0.0.2:2", tls=ch.ChannelTls(ca=b"pem", server_name="cloud")).tls
+
+
+def _named_server(name: bytes):
+    method = grpc.unary_unary_rpc_method_handler(lambda request, context: name)
+    handler = grpc.method_handlers_generic_handler(ch.SERVICE_NAME, {"ServerLive": method})
+    server = grpc.server(ThreadPoolExecutor(2), handlers=(handler,), options=[("grpc.so_reuseport", 0)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_round_robin_spreads_calls_and_skips_a_stopped_replica():
+    """Two real servers behind one channel: calls alternate between them; once one stops, every call goes
+    to the other and none fails (gRPC's retry policy covers the moment the connection drops)."""
+    (a, port_a), (b, port_b) = _named_server(b"A"), _named_server(b"B")
+    channel = ch.dial(ch.DialConfig(target=f"127.0.0.1:{port_a},127.0.0.1:{port_b}", retry=ch.UnavailableRetry()))
+    call = channel.unary_unary(f"/{ch.SERVICE_NAME}/ServerLive")
+    try:
+        deadline = time.monotonic() + 10
+        while len({call(b"", timeout=5, wait_for_ready=True) for _ in range(4)}) < 2:  # until both are connected
+            assert time.monotonic() < deadline, "round_robin never reached both servers"
+        names = [call(b"", timeout=5) for _ in range(20)]
+        assert names.count(b"A") == names.count(b"B") == 10
+        b.stop(0)
+        assert [call(b"", timeout=5) for _ in range(20)] == [b"A"] * 20
+    finally:
+        channel.close()
+        a.stop(0)
+        b.stop(0)
 
 
 def test_keepalive_defaults_fit_a_default_grpc_server():

@@ -37,7 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random int8 features of the model's shape, quantized as the bundle says, with an accepted encoder "
         "hash: from --bundle, or --encoder-hash (the shape is then read from ModelMetadata).",
     )
-    c.add_argument("--target", required=True, metavar="HOST:PORT", help="server address")
+    c.add_argument(
+        "--target",
+        required=True,
+        metavar="HOST:PORT",
+        help="server address; replicas: IP:PORT,IP:PORT,... or dns:///NAME:PORT (gRPC round_robin; "
+        "a call that gets UNAVAILABLE from a dead replica is retried by gRPC on another)",
+    )
     c.add_argument(
         "--concurrency",
         type=_int_list,
@@ -58,6 +64,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         metavar="S",
         help="seconds of unmeasured warm-up per level (default %(default)s)",
+    )
+    c.add_argument(
+        "--connections",
+        type=positive_int,
+        metavar="N",
+        help="TCP connections the clients share (default: 1 per 16 clients, at most 4); a server with "
+        "--workers N spreads connections, not calls, over its processes: use several per worker",
     )
     c.add_argument(
         "--stream", action="store_true", help="use ModelStreamInfer (one stream per client) instead of unary ModelInfer"
@@ -144,17 +157,18 @@ def run_cloud(args: argparse.Namespace) -> int:
 
     from privsplit.cloud.loadgen import LoadSpec, run_load
     from privsplit.errors import ConfigError
-    from privsplit.proto.channel import ChannelTls, DialConfig, parse_target
+    from privsplit.proto.channel import ChannelTls, DialConfig, UnavailableRetry, parse_target
     from privsplit.proto.wire import features_request
 
-    parse_target(args.target, flag="--target")
+    target = parse_target(args.target, flag="--target")
     token = dial_token(args)
     tls = (
         None
         if args.tls_ca is None
         else ChannelTls.from_files(args.tls_ca, args.tls_cert, args.tls_key, server_name=args.tls_server_name)
     )
-    dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure)
+    retry = UnavailableRetry() if target.balanced else None  # replicas: gRPC retries on the next one
+    dial = DialConfig(target=args.target, tls=tls, token=token, insecure=args.insecure, retry=retry)
     shape, scale, zero_point, encoder_hash = _request_spec(args, dial)
     rng = np.random.default_rng(args.seed)
     features = rng.integers(-128, 128, size=(args.rows, *shape), dtype=np.int16).astype(np.int8)
@@ -172,6 +186,7 @@ def run_cloud(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         warmup_s=args.warmup,
         stream=args.stream,
+        connections=args.connections,
     )
 
     def show(point):

@@ -45,7 +45,13 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
-    p.add_argument("--server", required=required, metavar="HOST:PORT", help="the cloud server (`privsplit serve`)")
+    p.add_argument(
+        "--server",
+        required=required,
+        metavar="HOST:PORT",
+        help="the cloud server (`privsplit serve`); replicas: IP:PORT,IP:PORT,... or dns:///NAME:PORT "
+        "(gRPC round_robin; a call that fails on a dead replica is retried on another)",
+    )
     p.add_argument(
         "--model-name", default="privsplit", metavar="NAME", help="model name on the server (default %(default)s)"
     )
@@ -54,7 +60,7 @@ def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
         type=non_negative_float,
         default=10.0,
         metavar="S",
-        help="deadline of each call in seconds (default %(default)s)",
+        help="deadline of each call in seconds, its retries included (default %(default)s)",
     )
     p.add_argument(
         "--retries",

@@ -112,16 +112,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers",
         type=positive_int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (SO_REUSEPORT) so N cores are used despite the GIL; the "
+        "command supervises them: signals are forwarded, a worker that dies is restarted; health and "
+        "metrics are per worker (--metrics-port P: worker K on P+K) (default %(default)s)",
+    )
+    p.add_argument(
+        "--rpc-threads",
+        type=positive_int,
         default=128,
         metavar="N",
-        help="gRPC worker threads = RPCs handled at once; each open stream holds one (default %(default)s)",
+        help="gRPC threads per process = RPCs handled at once; each open stream holds one (default %(default)s)",
     )
     p.add_argument(
         "--max-concurrent-rpcs",
         type=positive_int,
         metavar="N",
-        help="RPCs in flight at once (open streams count); more are refused with RESOURCE_EXHAUSTED "
-        "(default: --workers)",
+        help="RPCs in flight at once per process (open streams count); more are refused with RESOURCE_EXHAUSTED "
+        "(default: --rpc-threads)",
     )
     p.add_argument(
         "--tls-cert", type=Path, metavar="F", help="server certificate chain (PEM); with --tls-key turns TLS on"
@@ -217,6 +226,7 @@ def build_config(args: argparse.Namespace):
         health_port=args.health_port,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         threads=args.threads,
+        rpc_threads=args.rpc_threads,
         workers=args.workers,
         grace_s=args.grace,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
@@ -245,6 +255,7 @@ _OWN_SERVER_ONLY = {
     "queue_timeout_ms": "--queue-timeout-ms",
     "max_message_mb": "--max-message-mb",
     "workers": "--workers",
+    "rpc_threads": "--rpc-threads",
     "insecure": "--insecure",
 }
 
@@ -290,6 +301,11 @@ def run(args: argparse.Namespace) -> int:
         if importlib.util.find_spec("kserve") is None:
             raise MissingDependencyError(INSTALL_HINT)
         return serve_kserve(config)
+    config = build_config(args)
+    if config.workers > 1:
+        from privsplit.cloud.workers import supervise
+
+        return supervise(config)
     from privsplit.cloud.server import serve
 
-    return serve(build_config(args))
+    return serve(config)
