@@ -44,7 +44,16 @@ class Ticket:
     lock per request)."""
 
     __slots__ = (
-        "features", "rows", "enqueued", "expires", "deadline", "done", "_gate", "_result", "_error", "abandoned"
+        "features",
+        "rows",
+        "enqueued",
+        "expires",
+        "deadline",
+        "done",
+        "_gate",
+        "_result",
+        "_error",
+        "abandoned",
     )
 
     def __init__(self, features: np.ndarray, enqueued: float, expires: float, deadline: float | None) -> None:
