@@ -170,8 +170,8 @@ class Metrics:
     def text(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every metric."""
         base = ",".join(f'{k}="{_escape(v)}"' for k, v in self._labels.items())
-        total = self._snapshot()
-        counters, failures, buckets, sums = total.counters, total.failures, total.buckets, total.sums
+        snap = self._snapshot()
+        counters, failures, buckets, sums = snap.counters, snap.failures, snap.buckets, snap.sums
         lines = []
         for name, doc in TRITON_COUNTERS.items():
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter"]
