@@ -511,7 +511,7 @@ def main() -> int:
     save_json(args.out, report)
     text = table(report)
     args.out.with_suffix(".txt").write_text(text)
-    print(json.dumps(report["goals"], indent=1))
+    print(json.dumps(report, indent=1))
     print(text)
     return 0
 
