@@ -37,9 +37,24 @@ class BatchResult:
 
 
 class Ticket:
-    """One queued request: :meth:`result` blocks until its rows are computed (or it is refused)."""
+    """One queued request: :meth:`result` blocks until its rows are computed (or it is refused).
 
-    __slots__ = ("features", "rows", "enqueued", "expires", "deadline", "_done", "_result", "_error", "abandoned")
+    A plain lock, held from creation until the result is in, is the whole hand-off: the waiting RPC
+    thread blocks on it and the model thread releases it (an Event would add a Condition and a waiter
+    lock per request)."""
+
+    __slots__ = (
+        "features",
+        "rows",
+        "enqueued",
+        "expires",
+        "deadline",
+        "done",
+        "_gate",
+        "_result",
+        "_error",
+        "abandoned",
+    )
 
     def __init__(self, features: np.ndarray, enqueued: float, expires: float, deadline: float | None) -> None:
         self.features = features
@@ -47,24 +62,29 @@ class Ticket:
         self.enqueued = enqueued
         self.expires = expires
         self.deadline = deadline
-        self._done = threading.Event()
+        self.done = False
+        self._gate = threading.Lock()
+        self._gate.acquire()
         self._result: BatchResult | None = None
         self._error: ProtocolError | None = None
         self.abandoned = False  # set by the caller when its client went away: skipped if still queued
 
     def _finish(self, result: BatchResult | None = None, error: ProtocolError | None = None) -> None:
         self._result, self._error = result, error
-        self._done.set()
+        self.done = True
+        self._gate.release()
 
     def abandon(self) -> None:
         """The caller no longer wants the result (its client went away)."""
-        if not self._done.is_set():
+        if not self.done:
             self.abandoned = True
 
     def result(self, timeout: float | None = None) -> BatchResult:
-        if not self._done.wait(timeout):
-            self.abandoned = True
-            raise ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed before the model ran the request")
+        if not self.done:
+            if not self._gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                self.abandoned = True
+                raise ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed before the model ran the request")
+            self._gate.release()  # open for good: result() may be asked again
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
@@ -191,6 +211,8 @@ class DynamicBatcher:
             ticket = queue[0]
             if ticket.abandoned:
                 queue.popleft()
+                if not ticket.done:  # release a caller still waiting (its client went away)
+                    ticket._finish(error=ProtocolError(Code.CANCELLED, "the client cancelled the request"))
                 continue
             error = self._expired(ticket, now)
             if error is not None:

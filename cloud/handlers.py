@@ -132,10 +132,26 @@ def _dequantize(request: InferRequest, tensor: Tensor) -> np.ndarray:
         raise invalid(
             zp_field, f"must be an integer in [{low}, {high}] for {_ACCEPTED[data.dtype]}, got {zero_point!r}"
         )
-    out = data.astype(np.float32)  # |q - zero_point| <= 255, so with scale <= _MAX_SCALE every value is finite
-    out -= np.float32(zero_point)
-    out *= np.float32(scale)
-    return out
+    # |q - zero_point| <= 255, so with scale <= _MAX_SCALE every value is finite
+    return _table(data.dtype, zero_point, scale)[data.view(np.uint8)]
+
+
+_TABLES: dict[tuple, np.ndarray] = {}
+
+
+def _table(dtype: np.dtype, zero_point: int, scale: float) -> np.ndarray:
+    """The 256 float32 values ``(q - zero_point) * scale`` of every 8-bit code, indexed by its byte: one
+    gather per request instead of three passes, with the same float32 arithmetic (bit-identical)."""
+    key = (dtype, zero_point, scale)
+    table = _TABLES.get(key)
+    if table is None:
+        table = np.arange(256, dtype=np.uint8).view(dtype).astype(np.float32)
+        table -= np.float32(zero_point)
+        table *= np.float32(scale)
+        if len(_TABLES) >= 256:  # bounded: devices may quantize with many scales
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
 
 
 def parse_infer(request: InferRequest, spec: ModelSpec, limits: BatchConfig) -> InferJob:

@@ -21,7 +21,7 @@ from privsplit.cloud.config import BatchConfig
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelSpec
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
-from privsplit.proto.messages import InferRequest, ModelRef
+from privsplit.proto.messages import InferRequest, ModelRef, ResponseEncoder
 from privsplit.proto.status import Code, ProtocolError
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -93,6 +93,7 @@ class InferenceServicer:
         self.limits = limits
         self.metrics = metrics
         self.state = state
+        self._encoder = ResponseEncoder()
 
     # ---- health and metadata --------------------------------------------------------------------------
     @staticmethod
@@ -146,8 +147,8 @@ class InferenceServicer:
         self.metrics.failure(error.code.value)
         return _Started(started, error=error)
 
-    def _finish(self, pending: _Started) -> pb.ModelInferResponse:
-        """The reply of a started request (raises its ProtocolError)."""
+    def _finish(self, pending: _Started) -> bytes:
+        """The serialised reply of a started request (raises its ProtocolError)."""
         if pending.error is not None:
             raise pending.error
         assert pending.ticket is not None  # a started request holds its error or its ticket
@@ -156,7 +157,9 @@ class InferenceServicer:
             timing = handlers.Timing(
                 compute_us=result.compute_us, queue_us=result.queue_us, batch_size=result.batch_size
             )
-            reply = handlers.build_response(pending.job, self.spec, result.probs, result.labels, timing).to_proto()
+            reply = self._encoder.encode(
+                handlers.build_response(pending.job, self.spec, result.probs, result.labels, timing)
+            )
         except ProtocolError as exc:
             self.metrics.failure(exc.code.value)
             raise
@@ -172,7 +175,7 @@ class InferenceServicer:
 
     def ModelInfer(self, request, context):
         pending = self._start(request, _remaining(context))
-        if pending.ticket is not None:
+        if pending.ticket is not None and not pending.ticket.done:  # (done: it ran inline)
             context.add_callback(pending.ticket.abandon)  # client gone: skip it if still queued
         try:
             return self._finish(pending)
@@ -199,9 +202,16 @@ class InferenceServicer:
             if item is None:
                 return
             try:
-                yield pb.ModelStreamInferResponse(infer_response=self._finish(item))
+                reply = pb.ModelStreamInferResponse()
+                reply.infer_response.MergeFromString(self._finish(item))
+                yield reply
             except ProtocolError as exc:
                 yield pb.ModelStreamInferResponse(error_message=f"{exc.code.value}: {exc}")
+
+
+def _serialize(reply) -> bytes:
+    """ModelInfer replies come serialised already (:class:`ResponseEncoder`); others are messages."""
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 
 def add_to_server(servicer: InferenceServicer, server) -> None:
@@ -213,7 +223,7 @@ def add_to_server(servicer: InferenceServicer, server) -> None:
         method_handlers[method.name] = kind(
             getattr(servicer, method.name),
             request_deserializer=_tolerant(getattr(pb, method.input_type.name)),
-            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            response_serializer=_serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, method_handlers)

@@ -275,3 +275,31 @@ def test_a_lone_request_runs_inline_and_busy_ones_queue(host, wire):
     batcher.unexpect()
     batcher.close()
     assert threads == [threading.current_thread().name, "privsplit-model"]
+
+
+def test_an_abandoned_queued_request_releases_its_waiter_and_results_can_be_read_again(host, wire):
+    model = GatedModel(host)
+    one = _dequantize(wire)[:1]
+    batcher = DynamicBatcher(model, BatchConfig(max_batch=1)).start()
+    model.gate.clear()
+    first, thread = _submit_in_thread(batcher, one)
+    assert model.entered.wait(10)
+    gone, kept = batcher.submit(one), batcher.submit(one)
+    waiting: list = []
+
+    def wait_without_deadline():  # a handler whose client had no deadline: it must not wait forever
+        try:
+            gone.result()
+        except ProtocolError as exc:
+            waiting.append(exc)
+
+    waiter = threading.Thread(target=wait_without_deadline, daemon=True)
+    waiter.start()
+    gone.abandon()  # the client went away (gRPC's done-callback)
+    model.gate.set()
+    waiter.join(10)
+    thread.join(10)
+    assert not waiter.is_alive() and waiting[0].code is Code.CANCELLED
+    assert kept.result(10).labels.shape == (1,) and kept.result(0).labels.shape == (1,)  # read twice
+    batcher.close()
+    assert model.batches == [1, 1]  # the abandoned request never ran

@@ -25,6 +25,7 @@ from privsplit.proto import (
     features_request,
 )
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
+from privsplit.proto.messages import ResponseEncoder
 
 DTYPES = [
     np.bool_,
@@ -92,6 +93,40 @@ def test_infer_response_and_stream_round_trip(outputs, params):
     assert InferResponse.from_proto(_through_wire(resp.to_proto())) == resp
     for stream in (StreamInferResponse(response=resp), StreamInferResponse(error_message="INVALID_ARGUMENT: no")):
         assert StreamInferResponse.from_proto(_through_wire(stream.to_proto())) == stream
+
+
+_ENCODER = ResponseEncoder(max_layouts=8)  # shared by the examples: cached layouts are reused and evicted
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    outputs=st.lists(tensors(), max_size=3, unique_by=lambda t: t.name),
+    params=params_st,
+    rid=st.text(max_size=8),
+    version=st.sampled_from(["", "7"]),
+    plain=st.booleans(),
+)
+def test_response_encoder_parses_to_the_full_serialisation(outputs, params, rid, version, plain):
+    if plain:  # the cached-header path (no tensor parameters); otherwise the whole message is serialised
+        outputs = [Tensor(t.name, t.data) for t in outputs]
+    resp = InferResponse(model_name="m", model_version=version, id=rid, parameters=params, outputs=tuple(outputs))
+    for _ in range(2):  # the second reply of a layout uses the cached header
+        parsed = pb.ModelInferResponse.FromString(_ENCODER.encode(resp))
+        assert parsed == resp.to_proto()
+        assert InferResponse.from_proto(parsed) == resp
+    stream = pb.ModelStreamInferResponse()  # as the servicer wraps a stream reply
+    stream.infer_response.MergeFromString(_ENCODER.encode(resp))
+    assert StreamInferResponse.from_proto(_through_wire(stream)) == StreamInferResponse(response=resp)
+
+
+def test_response_encoder_replies_differ_only_where_the_data_does():
+    encoder = ResponseEncoder()
+    probs = np.array([[0.25, 0.75]], dtype=np.float32)
+    first = InferResponse("m", (Tensor("probs", probs), Tensor("label", np.array([1]))), id="a", parameters={"q": 3})
+    second = InferResponse("m", (Tensor("probs", probs[:, ::-1]), Tensor("label", np.array([0]))), id="b")
+    a, b = (InferResponse.from_proto(pb.ModelInferResponse.FromString(encoder.encode(r))) for r in (first, second))
+    assert a == first and b == second and b.parameters == {}
+    np.testing.assert_array_equal(b.output("probs").data, [[0.75, 0.25]])  # a strided view is sent contiguous
 
 
 def test_metadata_round_trips():
