@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privsplit.data import Dataset, Part, Split
+from privsplit.errors import ConfigError
 from privsplit.models import SplitModel
 from privsplit.progress import progress_bar
 from privsplit.train import checkpoint as ckpt
@@ -113,6 +114,9 @@ def train_split_model(
     """Train ``model`` on the ``members`` part; select on ``reference``; return it on the CPU with its history."""
     if config.membership_defense.is_dp:  # another optimiser and sampler: its own loop
         from privsplit.train.dpsgd import train_dp
+
+        if checkpointing is not None and checkpointing.resume:
+            raise ConfigError("a dp-sgd run keeps no epoch checkpoints (its accountant would restart): drop --resume")
 
         return train_dp(model, data, split, config, seed=seed, progress=progress, policy=policy, dist=dist)
     policy = policy or DevicePolicy(torch.device("cpu"))

@@ -1,0 +1,134 @@
+"""Membership defences of `privsplit train`: each shrinks what it claims on a small overfit case; DP records epsilon;
+bad option values are one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from privsplit.cli.main import main
+from privsplit.data import Part
+from privsplit.errors import ConfigError
+from privsplit.run import RunFolder
+from privsplit.train import TrainConfig, train_run
+from privsplit.train.membership_defense import NAMES, RECOMMENDED, DefenseKind, MembershipDefense, relaxloss
+
+LIMIT, EPOCHS = 400, 25  # digits: 160 members, overfit to 100 % member accuracy within these epochs
+
+
+def _gaps(run: RunFolder) -> dict[str, float]:
+    """Member minus holdout mean cross-entropy and accuracy of the run's deployed model."""
+    data, split, model = run.dataset(), run.split(), run.load_split_model()
+    out = {}
+    for part in (Part.MEMBERS, Part.HOLDOUT):
+        idx = split[part]
+        p = model.scores(data.images[idx], noise_seed=0)
+        y = data.task_labels[idx]
+        out[part] = (float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()), float((p.argmax(1) == y).mean()))
+    return {
+        "loss_gap": out[Part.HOLDOUT][0] - out[Part.MEMBERS][0],
+        "acc_gap": out[Part.MEMBERS][1] - out[Part.HOLDOUT][1],
+        "member_loss": out[Part.MEMBERS][0],
+        "holdout_acc": out[Part.HOLDOUT][1],
+    }
+
+
+def _train(tmp_path_factory, name: str, **defense) -> RunFolder:
+    out = tmp_path_factory.mktemp(name) / "run"
+    config = TrainConfig.unprotected(epochs=EPOCHS, membership_defense=MembershipDefense.parse(name, **defense))
+    return train_run("digits", out, limit=LIMIT, seed=0, config=config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def undefended(tmp_path_factory):
+    return _gaps(_train(tmp_path_factory, "none"))
+
+
+@pytest.mark.slow
+def test_relaxloss_shrinks_the_member_nonmember_loss_gap(tmp_path_factory, undefended):
+    run = _train(tmp_path_factory, "relaxloss", relax_alpha=0.5)
+    defended = _gaps(run)
+    assert undefended["member_loss"] < 0.1  # the undefended model overfits: members' loss near 0
+    assert defended["member_loss"] > 0.3  # RelaxLoss holds it up near alpha
+    assert defended["loss_gap"] < 0.5 * undefended["loss_gap"], (defended, undefended)
+    assert defended["holdout_acc"] > undefended["holdout_acc"] - 0.06  # a useful model still
+    assert run.config().train["membership_defense"]["kind"] == "relaxloss"
+
+
+@pytest.mark.slow
+def test_dp_sgd_records_a_finite_epsilon_and_shrinks_the_gaps(tmp_path_factory, undefended):
+    pytest.importorskip("opacus")
+    run = _train(tmp_path_factory, "dp-sgd", dp_epsilon=4.0, dp_delta=1e-3)
+    record = run.read_json("metrics.json")["membership_defense"]
+    assert record["name"] == "dp-sgd"
+    privacy = record["privacy"]
+    assert math.isfinite(privacy["epsilon"]) and 0 < privacy["epsilon"] <= 4.0 + 1e-6
+    assert privacy["delta"] == 1e-3 and privacy["noise_multiplier"] > 0.3 and privacy["max_grad_norm"] == 1.0
+    assert privacy["steps"] > 0 and 0 < privacy["sample_rate"] < 1
+    assert run.config().model.norm.value == "group"  # no BatchNorm under per-record gradients
+    defended = _gaps(run)
+    assert defended["loss_gap"] < 0.5 * undefended["loss_gap"], (defended, undefended)
+    assert defended["acc_gap"] < undefended["acc_gap"] + 0.02
+    assert defended["holdout_acc"] > 0.3  # well above chance (0.1)
+
+
+def test_relaxloss_objective_switches_at_alpha():
+    torch.manual_seed(0)
+    y = torch.arange(4)
+    sharp = torch.nn.functional.one_hot(y, 5).float() * 12  # loss ~0: below alpha
+    ce = torch.nn.functional.cross_entropy(sharp, y)
+    ascent = relaxloss(sharp, y, ce, 0, alpha=0.5)
+    assert ascent.item() == pytest.approx(0.5 - ce.item(), abs=1e-6)  # |CE - alpha|: pushes the loss back up
+    flat = relaxloss(sharp.requires_grad_(), y, ce, 1, alpha=0.5)
+    flat.backward()
+    g = sharp.grad
+    assert torch.allclose(g[torch.arange(4), y], torch.zeros(4), atol=1e-6)  # the true class's score is kept
+    blunt = torch.zeros(4, 5)
+    ce_high = torch.nn.functional.cross_entropy(blunt, y)
+    assert relaxloss(blunt, y, ce_high, 0, alpha=0.5) is ce_high  # above alpha: plain descent
+
+
+def test_recommended_resolves_to_a_real_name():
+    d = MembershipDefense.parse("recommended")
+    assert d.kind is RECOMMENDED and d.name != "recommended"
+    assert TrainConfig.from_json(TrainConfig(membership_defense=d).to_json()).membership_defense == d
+    from privsplit.cli.train import DEFENSES
+
+    assert DEFENSES == NAMES and set(NAMES) == {k.value for k in DefenseKind} | {"recommended"}
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown membership defence 'hamp'"):
+        MembershipDefense.parse("hamp")
+    with pytest.raises(ConfigError, match="--dp-epsilon only applies to --membership-defense dp-sgd"):
+        MembershipDefense.parse("relaxloss", dp_epsilon=3.0)
+    with pytest.raises(ConfigError, match="--head-epochs 0"):
+        TrainConfig(membership_defense=MembershipDefense.parse("dp-sgd"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--membership-defense", "dp-sgd", "--dp-epsilon", "-1"], "--dp-epsilon must be a finite number > 0"),
+        (["--membership-defense", "dp-sgd", "--dp-delta", "2"], "--dp-delta must be a finite number in (0, 1)"),
+        (["--membership-defense", "relaxloss", "--relax-alpha", "nan"], "--relax-alpha must be a finite number"),
+        (["--relax-alpha", "0.5"], "--relax-alpha only applies to --membership-defense relaxloss, not none"),
+        (["--membership-defense", "dp-sgd"], "add --head-epochs 0"),
+        (["--membership-defense", "dp-sgd", "--unprotected", "--dp-delta", "0.1"], "--dp-delta 0.1 is not below"),
+    ],
+)
+def test_bad_option_values_are_one_line_cli_errors(tmp_path, capsys, args, needle):
+    code = main(["train", "--data", "digits", "--limit", "200", "--out", str(tmp_path / "r"), "--quiet", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_unknown_defence_name_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "digits", "--out", "x", "--membership-defense", "hamp"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'hamp'" in err and "recommended" in err
