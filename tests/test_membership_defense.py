@@ -27,7 +27,10 @@ def _gaps(run: RunFolder) -> dict[str, float]:
         idx = split[part]
         p = model.scores(data.images[idx], noise_seed=0)
         y = data.task_labels[idx]
-        out[part] = (float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()), float((p.argmax(1) == y).mean()))
+        out[part] = (
+            float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()),
+            float((p.argmax(1) == y).mean()),
+        )
     return {
         "loss_gap": out[Part.HOLDOUT][0] - out[Part.MEMBERS][0],
         "acc_gap": out[Part.MEMBERS][1] - out[Part.HOLDOUT][1],
@@ -69,6 +72,10 @@ def test_dp_sgd_records_a_finite_epsilon_and_shrinks_the_gaps(tmp_path_factory, 
     assert privacy["delta"] == 1e-3 and privacy["noise_multiplier"] > 0.3 and privacy["max_grad_norm"] == 1.0
     assert privacy["steps"] > 0 and 0 < privacy["sample_rate"] < 1
     assert run.config().model.norm.value == "group"  # no BatchNorm under per-record gradients
+    from privsplit.report.summary import _membership_defense
+
+    shown = _membership_defense(run.path)  # what the report states beside the output probe
+    assert shown["name"] == "dp-sgd" and shown["privacy"]["epsilon"] == privacy["epsilon"]
     defended = _gaps(run)
     assert defended["loss_gap"] < 0.5 * undefended["loss_gap"], (defended, undefended)
     assert defended["acc_gap"] < undefended["acc_gap"] + 0.02
