@@ -1,12 +1,13 @@
 """Membership-defence benchmark (issue 12, "below the floor"): each training-side defence on the purifier targets.
 
-Targets: the purifier benchmark's (``purifier_benchmark.TARGETS``: Fashion-MNIST's first 1,250 images = 500
-members, digits' 1,797; 80 epochs; DP-SGD ``--dp-epochs``, default 15), trained with
-``TrainConfig.unprotected`` and ``--membership-defense`` ``none``, ``relaxloss`` and ``dp-sgd``. Each run is probed with the output probe's observation (the
-service's raw scores, shadow classifiers trained with the run's *own* recipe, defence included: the
-adaptive attacker) and every membership attack; reported: the best attack's AUC with its Hanley-McNeil
-95 % interval, the label floor, TPR at 1 % FPR, holdout accuracy with its Wilson 95 % interval and its
-drop from the undefended run (points), the member/holdout accuracy gap, and DP's epsilon.
+Targets: the purifier benchmark's (``purifier_benchmark.TARGETS``: Fashion-MNIST's first 1,250
+images = 500 members, digits' 1,797; 80 epochs; DP-SGD ``--dp-epochs``, default 15), trained with
+``TrainConfig.unprotected`` and ``--membership-defense`` ``none``, ``relaxloss`` and ``dp-sgd``. Each
+run is probed with the output probe's observation (the service's raw scores, shadow classifiers
+trained with the run's *own* recipe, defence included: the adaptive attacker) and every membership
+attack; reported: the best attack's AUC with its Hanley-McNeil 95 % interval, the label floor, TPR
+at 1 % FPR, holdout accuracy with its Wilson 95 % interval and its drop from the undefended run
+(points), members' accuracy, and DP's epsilon.
 
 RelaxLoss's alpha is tuned on ``reference`` only, never on holdout: ``--relax-alpha reference`` (the
 default) sets it to the undefended run's mean cross-entropy on its ``reference`` part (what non-members'
