@@ -17,6 +17,7 @@ need its own privacy accounting.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,15 @@ def train_dp(
     dist: DistContext = DistContext(),
 ) -> DPTrainResult:
     """Train ``model`` (built with GroupNorm) with DP-SGD on ``members``; select on ``reference``."""
+    with warnings.catch_warnings():
+        # Opacus's notes, not problems here: seeded (non-cryptographic) noise keeps runs reproducible,
+        # and the first layer's inputs (the images) need no gradient
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        return _train_dp(model, data, split, config, seed=seed, progress=progress, policy=policy, dist=dist)
+
+
+def _train_dp(model, data, split, config, *, seed, progress, policy, dist) -> DPTrainResult:
     opacus = require("opacus", package="opacus", extra="dp")
     from opacus.validators import ModuleValidator
 
