@@ -125,6 +125,7 @@ def test_config_errors():
         (["--relax-alpha", "0.5"], "--relax-alpha only applies to --membership-defense relaxloss, not none"),
         (["--membership-defense", "dp-sgd"], "add --head-epochs 0"),
         (["--membership-defense", "dp-sgd", "--unprotected", "--dp-delta", "0.1"], "--dp-delta 0.1 is not below"),
+        (["--membership-defense", "dp-sgd", "--unprotected", "--nproc", "2"], "dp-sgd trains in one process"),
     ],
 )
 def test_bad_option_values_are_one_line_cli_errors(tmp_path, capsys, args, needle):

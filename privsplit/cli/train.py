@@ -194,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ["PRIVSPLIT_PROGRESS"] = "0"  # the loaders' image-decoding bars too
     config = build_config(args)
     fractions = SplitFractions.parse(args.split)
+    if args.nproc > 1 and config.membership_defense.is_dp:
+        from privsplit.errors import ConfigError
+
+        raise ConfigError("--membership-defense dp-sgd trains in one process: drop --nproc")
     if args.nproc > 1 and not under_torchrun():
         return _launch(args)
     run_folder = train_run(
