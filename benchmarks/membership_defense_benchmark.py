@@ -17,7 +17,9 @@ Goals (issue 12, best defence): best attack AUC <= 0.54 (fashion-mnist) / 0.51 (
 1.0 point of holdout accuracy below the undefended model.
 
     python benchmarks/membership_defense_benchmark.py [--targets fashion-mnist,digits]
-        [--defenses none,relaxloss,dp-sgd] [--seeds 1] [--only-train]
+        [--defenses none,relaxloss,dp-sgd] [--seeds 1] [--relax-alpha 0.2,0.4] [--epochs N] [--only-train]
+
+``--epochs`` shortens every non-DP run (a quick look; the goals are stated for the targets' 80 epochs).
 
 Runs are cached under ``benchmarks/results/runs/`` (git-ignored; ``--retrain`` rebuilds them), so several
 ``--only-train`` processes can fill the cache in parallel before one process probes. Written:
