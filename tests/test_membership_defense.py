@@ -16,7 +16,7 @@ from privsplit.run import RunFolder
 from privsplit.train import TrainConfig, train_run
 from privsplit.train.membership_defense import NAMES, RECOMMENDED, DefenseKind, MembershipDefense, relaxloss
 
-LIMIT, EPOCHS, BATCH = 300, 15, 32  # digits: 120 members, 60 steps: overfit to ~100 % member accuracy
+LIMIT, EPOCHS, BATCH = 200, 10, 16  # digits: 80 members, 50 steps: overfit to ~100 % member accuracy
 
 
 def _gaps(run: RunFolder) -> dict[str, float]:
@@ -55,7 +55,7 @@ def undefended(tmp_path_factory):
 def test_relaxloss_shrinks_the_member_nonmember_loss_gap(tmp_path_factory, undefended):
     run = _train(tmp_path_factory, "relaxloss", relax_alpha=0.5)
     defended = _gaps(run)
-    assert undefended["member_loss"] < 0.1  # the undefended model overfits: members' loss near 0
+    assert undefended["member_loss"] < 0.15  # the undefended model overfits: members' loss near 0
     assert defended["member_loss"] > 0.2  # RelaxLoss holds it up near alpha
     assert defended["loss_gap"] < 0.7 * undefended["loss_gap"], (defended, undefended)
     assert defended["holdout_acc"] > undefended["holdout_acc"] - 0.06  # a useful model still
