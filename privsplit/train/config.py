@@ -87,7 +87,10 @@ class TrainConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict:
-        return to_dict(self)
+        data = to_dict(self)
+        if self.membership_defense == MembershipDefense():  # no defence: the config of earlier versions, unchanged
+            del data["membership_defense"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
