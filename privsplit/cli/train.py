@@ -9,6 +9,9 @@ from pathlib import Path
 
 from privsplit.cli._common import DEVICES, non_negative_float, positive_int
 
+# privsplit.train.membership_defense.NAMES (a test keeps them equal), without importing torch here
+DEFENSES = ("none", "relaxloss", "dp-sgd", "recommended")
+
 
 def non_negative_int(text: str) -> int:
     try:
@@ -107,6 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split-point", type=positive_int, metavar="K", help="number of blocks on the device (default: architecture's)"
     )
+    _add_defense_args(p)
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 128)")
     p.add_argument("--lr", type=non_negative_float, help="learning rate (default 2e-3)")
     p.add_argument(
@@ -132,8 +136,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     _PARSER_ACTIONS[:] = p._actions
 
 
+def _add_defense_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("membership defence (what the returned scores leak about the training set)")
+    g.add_argument(
+        "--membership-defense",
+        choices=DEFENSES,
+        default="none",
+        metavar="NAME",
+        help="none (default) | relaxloss: keep the training loss near --relax-alpha (gradient ascent below it, "
+        "flattened posteriors for the correctly classified) | dp-sgd: differentially private SGD through Opacus "
+        "(pip install 'privsplit[dp]'; GroupNorm model, one process, no adversaries/head fine-tune; the epsilon "
+        "spent is recorded) | recommended: the README's recommendation (recorded as its real name)",
+    )
+    g.add_argument("--relax-alpha", type=float, metavar="F", help="relaxloss: target cross-entropy (default 1.0)")
+    g.add_argument("--dp-epsilon", type=float, metavar="EPS", help="dp-sgd: privacy budget of the run (default 8)")
+    g.add_argument("--dp-delta", type=float, metavar="D", help="dp-sgd: delta, below 1/members (default 1e-5)")
+    g.add_argument(
+        "--dp-max-grad-norm", type=float, metavar="C", help="dp-sgd: per-record gradient clipping bound (default 1.0)"
+    )
+
+
 def build_config(args: argparse.Namespace):
     from privsplit.train import AdversaryLoss, TrainConfig
+    from privsplit.train.membership_defense import MembershipDefense
 
     config = TrainConfig.unprotected() if args.unprotected else TrainConfig()
     changes = {
@@ -148,6 +173,13 @@ def build_config(args: argparse.Namespace):
         "split": args.split_point,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "membership_defense": MembershipDefense.parse(
+            args.membership_defense,
+            relax_alpha=args.relax_alpha,
+            dp_epsilon=args.dp_epsilon,
+            dp_delta=args.dp_delta,
+            dp_max_grad_norm=args.dp_max_grad_norm,
+        ),
     }
     return config.with_(**{k: v for k, v in changes.items() if v is not None})
 
@@ -161,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ["PRIVSPLIT_PROGRESS"] = "0"  # the loaders' image-decoding bars too
     config = build_config(args)
     fractions = SplitFractions.parse(args.split)
+    if args.nproc > 1 and config.membership_defense.is_dp:
+        from privsplit.errors import ConfigError
+
+        raise ConfigError("--membership-defense dp-sgd trains in one process: drop --nproc")
     if args.nproc > 1 and not under_torchrun():
         return _launch(args)
     run_folder = train_run(

@@ -7,7 +7,7 @@ from privsplit.models.adversaries import (
     MLPAttacker,
     ReconstructionDecoder,
 )
-from privsplit.models.config import Arch, ModelConfig
+from privsplit.models.config import Arch, ModelConfig, Norm
 from privsplit.models.split import (
     SCORE_BATCH,
     Encoder,
@@ -20,6 +20,7 @@ from privsplit.models.split import (
 
 __all__ = [
     "Arch",
+    "Norm",
     "ModelConfig",
     "Encoder",
     "ServerLayers",

@@ -15,6 +15,13 @@ class Arch(str, Enum):
     MOBILENET_V2 = "mobilenet-v2"  # 96-224 px inputs, split after the first k blocks
 
 
+class Norm(str, Enum):
+    """The normalisation layers. GroupNorm never mixes records: DP-SGD's per-record gradients need it."""
+
+    BATCH = "batch"
+    GROUP = "group"  # every BatchNorm replaced by GroupNorm(gcd(32, C), C), as Opacus's ModuleValidator.fix does
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the encoder, the server layers and the adversaries.
@@ -37,6 +44,7 @@ class ModelConfig:
     num_private_classes: int | None = None
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.25,)
+    norm: Norm = Norm.BATCH
 
     def __post_init__(self) -> None:
         if self.split < 1:

@@ -8,11 +8,13 @@ every probe, and the edge pipeline adds it on the device from the sigma in the b
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
-from privsplit.models.config import Arch, ModelConfig
+from privsplit.models.config import Arch, ModelConfig, Norm
 from privsplit.models.mobilenet import block_strides, conv_bn, mobilenet_v2_blocks
 
 SCORE_BATCH = 512  # images per noise draw in SplitModel.scores; channel_noise draws the same stream
@@ -169,5 +171,22 @@ class SplitModel(nn.Module):
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.config.num_classes), np.float32)
 
 
+def group_norms(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm in ``module`` (in place) by GroupNorm(gcd(32, C), C) with the same ``affine``.
+
+    In-place activations become out-of-place: Opacus's per-record gradient hooks forbid editing a hooked
+    module's output in place (same weights, same function)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            c = child.num_features
+            setattr(module, name, nn.GroupNorm(math.gcd(32, c), c, eps=child.eps, affine=child.affine))
+        elif isinstance(child, (nn.ReLU, nn.ReLU6)):
+            child.inplace = False
+        else:
+            group_norms(child)
+    return module
+
+
 def build_split_model(config: ModelConfig) -> SplitModel:
-    return SplitModel(config)
+    model = SplitModel(config)
+    return group_norms(model) if config.norm is Norm.GROUP else model

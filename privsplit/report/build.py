@@ -114,6 +114,18 @@ def _outputs(doc: Document, s: dict) -> None:
         f"(AUC {_f(o['label_floor'])}): what the "
         "predicted label says about membership."
     )
+    d = s.get("membership_defense")
+    if d is not None:
+        text = f"The model was trained with membership defence **{d['name']}**"
+        if d["name"] == "relaxloss":
+            text += f" (target loss α = {_f(d.get('relax_alpha'))})"
+        if d.get("privacy"):
+            pv = d["privacy"]
+            text += (
+                f": DP-SGD spent **ε = {pv['epsilon']:.2f}** at δ = {pv['delta']:g} (noise multiplier "
+                f"{pv['noise_multiplier']:.3f}, per-record clipping {pv['max_grad_norm']:g}, {pv['steps']} steps)"
+            )
+        sec.add(text + ".")
     r, p = o["raw"], o["purified"]
     rows = [
         ["task accuracy (holdout)", _f(o["accuracy"]), _f(o["accuracy_purified"])],

@@ -88,6 +88,16 @@ def _mia(report: dict) -> dict:
     }
 
 
+def _membership_defense(run: Path) -> dict | None:
+    """The probed run's membership defence (``privsplit train --membership-defense``), with DP's budget."""
+    config, metrics = _maybe(run / "config.json", "the run's config"), _maybe(run / "metrics.json", "run metrics")
+    if config is None:
+        return None
+    defense = dict(config["train"].get("membership_defense") or {"kind": "none"})
+    privacy = ((metrics or {}).get("membership_defense") or {}).get("privacy")
+    return {"name": defense["kind"], **{k: v for k, v in defense.items() if k != "kind"}, "privacy": privacy}
+
+
 def _outputs(probe: dict) -> dict:
     inv, inv_p = probe["inversion"], probe["inversion_purified"]
     return {
@@ -225,6 +235,7 @@ def build_summary(root: str | Path) -> dict[str, Any]:
         "wire": parity["wire"] if parity else None,
         "outputs": _outputs(outputs) if outputs else None,
         "outputs_file": str(outputs_path.relative_to(layout.root)) if outputs else None,
+        "membership_defense": _membership_defense(outputs_path.parent) if outputs else None,
         "flash": {"version": flash["version"], "uploaded_bytes": flash["uploaded_bytes"], "seconds": flash["seconds"]}
         if flash
         else None,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from privsplit.errors import ConfigError
 from privsplit.results import from_dict, to_dict
+from privsplit.train.membership_defense import MembershipDefense
 
 
 class AdversaryLoss(str, Enum):
@@ -48,6 +49,7 @@ class TrainConfig:
     width: int = 32
     split: int | None = None  # encoder blocks; None: the architecture's default for the image size
     arch: str = "small-cnn"
+    membership_defense: MembershipDefense = field(default_factory=MembershipDefense)  # see membership_defense.py
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -59,6 +61,11 @@ class TrainConfig:
         for name in ("adv_weight", "rec_weight", "noise_sigma", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.membership_defense.is_dp and (self.head_finetune_epochs > 0 or self.rec_weight > 0):
+            raise ConfigError(
+                "--membership-defense dp-sgd has no head fine-tune and no reconstruction adversary: "
+                "add --head-epochs 0 --rec-weight 0 (or --unprotected)"
+            )
         from privsplit.models import ATTRIBUTE_ATTACKERS
 
         unknown = [a for a in self.adversaries if a not in ATTRIBUTE_ATTACKERS]
@@ -80,7 +87,10 @@ class TrainConfig:
         return replace(self, **changes)
 
     def to_json(self) -> dict:
-        return to_dict(self)
+        data = to_dict(self)
+        if self.membership_defense == MembershipDefense():  # no defence: the config of earlier versions, unchanged
+            del data["membership_defense"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:

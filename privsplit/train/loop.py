@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privsplit.data import Dataset, Part, Split
+from privsplit.errors import ConfigError
 from privsplit.models import SplitModel
 from privsplit.progress import progress_bar
 from privsplit.train import checkpoint as ckpt
@@ -41,6 +42,7 @@ from privsplit.train.adversarial import (
 from privsplit.train.config import TrainConfig
 from privsplit.train.device import BatchFeeder, DevicePolicy
 from privsplit.train.distributed import DistContext
+from privsplit.train.membership_defense import task_loss
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,13 @@ def train_split_model(
     checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
     """Train ``model`` on the ``members`` part; select on ``reference``; return it on the CPU with its history."""
+    if config.membership_defense.is_dp:  # another optimiser and sampler: its own loop
+        from privsplit.train.dpsgd import train_dp
+
+        if checkpointing is not None and checkpointing.resume:
+            raise ConfigError("a dp-sgd run keeps no epoch checkpoints (its accountant would restart): drop --resume")
+
+        return train_dp(model, data, split, config, seed=seed, progress=progress, policy=policy, dist=dist)
     policy = policy or DevicePolicy(torch.device("cpu"))
     device = policy.device
     policy.prepare()
@@ -245,6 +254,7 @@ class _Loop:
         self.members, self.y_all, self.p_all, self.x_ref, self.y_ref = members, y_all, p_all, x_ref, y_ref
         self.hflip, self.seed, self.progress = hflip, seed, progress
         self.device = policy.device
+        self.task_loss = task_loss(config.membership_defense)  # cross-entropy, or a membership defence's
 
     def _labels(self, index: np.ndarray):
         idx = torch.as_tensor(index).to(self.device)
@@ -304,7 +314,7 @@ class _Loop:
                 z, logits = joint(x)
                 ce = F.cross_entropy(logits.float(), y)
                 priv = adv.privacy_loss(z.float(), p, px) if adv.active else torch.zeros((), device=self.device)
-            loss = ce + priv
+            loss = self.task_loss(logits.float(), y, ce, k) + priv
             if adv.active:
                 adv.requires_grad(True)
             opt.zero_grad(set_to_none=True)
@@ -349,7 +359,7 @@ class _Loop:
                 logits = head(z)
                 loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.task_loss(logits.float(), y, loss, k).backward()
             opt.step()
             sums += (float(loss.item()) * len(idx), int((logits.argmax(1) == y).sum()), len(idx))
             bar.set_postfix(acc=f"{sums[1] / sums[2]:.3f}")

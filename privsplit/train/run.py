@@ -11,7 +11,7 @@ import torch
 
 from privsplit.data import Part, SplitFractions, load_dataset, make_split
 from privsplit.errors import ConfigError
-from privsplit.models import Arch, ModelConfig, build_split_model
+from privsplit.models import Arch, ModelConfig, Norm, build_split_model
 from privsplit.run import EVAL_NOISE_OFFSET, DataConfig, RunConfig, RunFolder, noise_note
 from privsplit.train import checkpoint as ckpt
 from privsplit.train import distributed
@@ -121,6 +121,7 @@ def _train_run(
         num_private_classes=data.num_classes(data.private) if data.private else None,
         mean=mean,
         std=std,
+        norm=Norm.GROUP if config.membership_defense.is_dp else Norm.BATCH,  # DP-SGD: no batch statistics
     )
     torch.manual_seed(seed)
     model = build_split_model(model_config)
@@ -129,7 +130,8 @@ def _train_run(
         procs = f", {dist.world} processes" if dist.active else ""
         print(
             f"privsplit train: {data.source} task={data.task} private={data.private} {data.image_size}px, "
-            f"{len(data)} images ({sizes}) on {policy.describe()}{procs}",
+            f"{len(data)} images ({sizes}) on {policy.describe()}{procs}, "
+            f"membership defence {config.membership_defense.describe()}",
             file=sys.stderr,
             flush=True,
         )
@@ -184,6 +186,11 @@ def _train_run(
         "device": policy.describe(),
         "processes": dist.world,
         "history": result.history_json(),
+        "membership_defense": {
+            **config.membership_defense.to_json(),
+            "name": config.membership_defense.name,
+            "privacy": getattr(result, "privacy", None),  # DP-SGD: epsilon spent, delta, noise multiplier, ...
+        },
     }
     run.write_json("metrics.json", metrics)
     ckpt.remove_checkpoint(run.path)

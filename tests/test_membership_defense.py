@@ -1,0 +1,148 @@
+"""Membership defences of `privsplit train`: each shrinks what it claims on a small overfit case; DP records epsilon;
+bad option values are one-line errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from privsplit.cli.main import main
+from privsplit.data import Part
+from privsplit.errors import ConfigError
+from privsplit.run import RunFolder
+from privsplit.train import TrainConfig, train_run
+from privsplit.train.membership_defense import NAMES, RECOMMENDED, DefenseKind, MembershipDefense, relaxloss
+
+LIMIT, EPOCHS, BATCH = 200, 10, 16  # digits: 80 members, 50 steps: overfit to ~100 % member accuracy
+
+
+def _gaps(run: RunFolder) -> dict[str, float]:
+    """Member minus holdout mean cross-entropy and accuracy of the run's deployed model."""
+    data, split, model = run.dataset(), run.split(), run.load_split_model()
+    out = {}
+    for part in (Part.MEMBERS, Part.HOLDOUT):
+        idx = split[part]
+        p = model.scores(data.images[idx], noise_seed=0)
+        y = data.task_labels[idx]
+        out[part] = (
+            float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean()),
+            float((p.argmax(1) == y).mean()),
+        )
+    return {
+        "loss_gap": out[Part.HOLDOUT][0] - out[Part.MEMBERS][0],
+        "acc_gap": out[Part.MEMBERS][1] - out[Part.HOLDOUT][1],
+        "member_loss": out[Part.MEMBERS][0],
+        "holdout_acc": out[Part.HOLDOUT][1],
+    }
+
+
+def _train(tmp_path_factory, name: str, **defense) -> RunFolder:
+    out = tmp_path_factory.mktemp(name) / "run"
+    defense = MembershipDefense.parse(name, **defense)
+    config = TrainConfig.unprotected(epochs=EPOCHS, batch_size=BATCH, membership_defense=defense)
+    return train_run("digits", out, limit=LIMIT, seed=0, config=config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def undefended(tmp_path_factory):
+    return _gaps(_train(tmp_path_factory, "none"))
+
+
+@pytest.mark.slow
+def test_relaxloss_holds_the_members_loss_at_alpha(tmp_path_factory, undefended):
+    """RelaxLoss's mechanism: members' loss stays near alpha instead of collapsing to ~0 as plain training's does.
+
+    (Whether that shrinks the member/holdout *gap* depends on the case: on this 50-step digits case it does not
+    (measured: gap 0.35 vs 0.28, holdout loss rises too); on Fashion-MNIST it cut the best attack AUC from 0.86 to
+    0.64, see benchmarks/membership_defense_benchmark.py and the README.)"""
+    run = _train(tmp_path_factory, "relaxloss", relax_alpha=0.5)
+    defended = _gaps(run)
+    assert undefended["member_loss"] < 0.15  # the undefended model overfits: members' loss near 0
+    assert defended["member_loss"] > 0.2 > undefended["member_loss"]  # held up toward alpha = 0.5
+    assert defended["member_loss"] < 0.5 + 0.1  # and not pushed above it
+    assert run.config().train["membership_defense"]["kind"] == "relaxloss"
+
+
+@pytest.mark.slow
+def test_dp_sgd_records_a_finite_epsilon_and_shrinks_the_gaps(tmp_path_factory, undefended):
+    pytest.importorskip("opacus")
+    run = _train(tmp_path_factory, "dp-sgd", dp_epsilon=4.0, dp_delta=1e-3)
+    record = run.read_json("metrics.json")["membership_defense"]
+    assert record["name"] == "dp-sgd"
+    privacy = record["privacy"]
+    assert math.isfinite(privacy["epsilon"]) and 0 < privacy["epsilon"] <= 4.0 + 1e-6
+    assert privacy["delta"] == 1e-3 and privacy["noise_multiplier"] > 0.3 and privacy["max_grad_norm"] == 1.0
+    assert privacy["steps"] > 0 and 0 < privacy["sample_rate"] < 1
+    assert run.config().model.norm.value == "group"  # no BatchNorm under per-record gradients
+    from privsplit.report.summary import _membership_defense
+
+    shown = _membership_defense(run.path)  # what the report states beside the output probe
+    assert shown["name"] == "dp-sgd" and shown["privacy"]["epsilon"] == privacy["epsilon"]
+    defended = _gaps(run)
+    # measured on this case: loss gap 0.153 vs 0.278 undefended, accuracy gap 0.04 vs 0.05
+    assert defended["loss_gap"] < 0.75 * undefended["loss_gap"], (defended, undefended)
+    assert defended["acc_gap"] < undefended["acc_gap"] + 0.05
+    assert defended["member_loss"] < math.log(10)  # it learned: below the uniform guess's loss (noise costs much)
+
+
+def test_relaxloss_objective_switches_at_alpha():
+    torch.manual_seed(0)
+    y = torch.arange(4)
+    sharp = torch.nn.functional.one_hot(y, 5).float() * 12  # loss ~0: below alpha
+    ce = torch.nn.functional.cross_entropy(sharp, y)
+    ascent = relaxloss(sharp, y, ce, 0, alpha=0.5)
+    assert ascent.item() == pytest.approx(0.5 - ce.item(), abs=1e-6)  # |CE - alpha|: pushes the loss back up
+    flat = relaxloss(sharp.requires_grad_(), y, ce, 1, alpha=0.5)
+    flat.backward()
+    g = sharp.grad
+    assert torch.allclose(g[torch.arange(4), y], torch.zeros(4), atol=1e-6)  # the true class's score is kept
+    blunt = torch.zeros(4, 5)
+    ce_high = torch.nn.functional.cross_entropy(blunt, y)
+    assert relaxloss(blunt, y, ce_high, 0, alpha=0.5) is ce_high  # above alpha: plain descent
+
+
+def test_recommended_resolves_to_a_real_name():
+    d = MembershipDefense.parse("recommended")
+    assert d.kind is RECOMMENDED and d.name != "recommended"
+    assert TrainConfig.from_json(TrainConfig(membership_defense=d).to_json()).membership_defense == d
+    from privsplit.cli.train import DEFENSES
+
+    assert DEFENSES == NAMES and set(NAMES) == {k.value for k in DefenseKind} | {"recommended"}
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown membership defence 'hamp'"):
+        MembershipDefense.parse("hamp")
+    with pytest.raises(ConfigError, match="--dp-epsilon only applies to --membership-defense dp-sgd"):
+        MembershipDefense.parse("relaxloss", dp_epsilon=3.0)
+    with pytest.raises(ConfigError, match="--head-epochs 0"):
+        TrainConfig(membership_defense=MembershipDefense.parse("dp-sgd"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--membership-defense", "dp-sgd", "--dp-epsilon", "-1"], "--dp-epsilon must be a finite number > 0"),
+        (["--membership-defense", "dp-sgd", "--dp-delta", "2"], "--dp-delta must be a finite number in (0, 1)"),
+        (["--membership-defense", "relaxloss", "--relax-alpha", "nan"], "--relax-alpha must be a finite number"),
+        (["--relax-alpha", "0.5"], "--relax-alpha only applies to --membership-defense relaxloss, not none"),
+        (["--membership-defense", "dp-sgd"], "add --head-epochs 0"),
+        (["--membership-defense", "dp-sgd", "--unprotected", "--dp-delta", "0.1"], "--dp-delta 0.1 is not below"),
+        (["--membership-defense", "dp-sgd", "--unprotected", "--nproc", "2"], "dp-sgd trains in one process"),
+    ],
+)
+def test_bad_option_values_are_one_line_cli_errors(tmp_path, capsys, args, needle):
+    code = main(["train", "--data", "digits", "--limit", "200", "--out", str(tmp_path / "r"), "--quiet", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_unknown_defence_name_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "digits", "--out", "x", "--membership-defense", "hamp"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'hamp'" in err and "recommended" in err
