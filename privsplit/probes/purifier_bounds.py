@@ -50,6 +50,25 @@ class PurifierBounds:
         fits = [p.distortion_pct for p in self.frontier if p.excess_auc <= max_excess]
         return min(fits) if fits else None
 
+    def least_distortion_for(self, excess: float) -> float | None:
+        """Least oracle distortion that brings the excess to ``excess``, interpolated along the frontier.
+
+        The frontier points, ordered by distortion, are joined by straight lines (mixing two collapse
+        thresholds over records reaches any point between them); the answer is where the lower envelope
+        of excess first falls to ``excess`` (None if it never does; 0 when no collapse is needed).
+        """
+        pts = sorted(self.frontier, key=lambda p: p.distortion_pct)
+        best = []  # running minimum of the excess: the envelope, non-increasing in distortion
+        for p in pts:
+            e = p.excess_auc if not best else min(best[-1][1], p.excess_auc)
+            best.append((p.distortion_pct, e))
+        if best[0][1] <= excess:
+            return best[0][0]
+        for (d0, e0), (d1, e1) in zip(best, best[1:]):
+            if e1 <= excess < e0:
+                return d0 + (d1 - d0) * (e0 - excess) / (e0 - e1)
+        return None
+
     def excess_at(self, max_distortion_pct: float) -> float | None:
         """Least frontier excess within a distortion budget."""
         fits = [p.excess_auc for p in self.frontier if p.distortion_pct <= max_distortion_pct]
@@ -91,13 +110,23 @@ def collapse_frontier(
     return floor, tuple(points)
 
 
+def dense_thresholds(member_probs: np.ndarray, nonmember_probs: np.ndarray, n: int = 120) -> tuple[float, ...]:
+    """:data:`THRESHOLDS` plus ``n`` quantiles of the top probabilities: the frontier at the records' own scale."""
+    top = np.r_[np.asarray(member_probs).max(1), np.asarray(nonmember_probs).max(1)].astype(np.float64)
+    qs = np.quantile(top, np.linspace(0.0, 1.0, n))
+    return tuple(float(t) for t in np.unique(np.r_[THRESHOLDS, qs, np.nextafter(qs, 2.0)]))
+
+
 def purifier_bounds(
-    view, *, raw_inversion_mse: float | None = None, class_mean_mse: float | None = None
+    view, *, raw_inversion_mse: float | None = None, class_mean_mse: float | None = None, dense: bool = False
 ) -> PurifierBounds:
-    """Both limits for a :class:`~privsplit.probes.output_probe.ServiceView` (raw, unpurified scores)."""
-    floor, frontier = collapse_frontier(
-        view.members.probs, view.members.labels, view.nonmembers.probs, view.nonmembers.labels
-    )
+    """Both limits for a :class:`~privsplit.probes.output_probe.ServiceView` (raw, unpurified scores).
+
+    ``dense`` traces the frontier at :func:`dense_thresholds` (about 250 points) instead of :data:`THRESHOLDS`.
+    """
+    m, n = view.members, view.nonmembers
+    thresholds = dense_thresholds(m.probs, n.probs) if dense else THRESHOLDS
+    floor, frontier = collapse_frontier(m.probs, m.labels, n.probs, n.labels, thresholds=thresholds)
     ceiling = None
     if raw_inversion_mse and class_mean_mse:
         ceiling = float(class_mean_mse / raw_inversion_mse)
