@@ -94,7 +94,10 @@ class PurifierConfig:
             raise ConfigError(f"purifier swap_gate must be in [0, 1], got {self.swap_gate}")
 
     def to_json(self) -> dict[str, Any]:
-        return to_dict(self)
+        data = to_dict(self)
+        if self.swap_margin is None:  # a label-keeping purifier is written as before step 6 existed
+            del data["swap_margin"], data["swap_gate"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PurifierConfig:
@@ -220,7 +223,7 @@ def purify_numpy(purifier: Purifier, probs, batch_size: int = 4096):
 def save_purifier(run: RunStore, purifier: Purifier, *, training: dict[str, Any] | None = None) -> None:
     """Write ``RUN/purifier.json`` and ``RUN/purifier.safetensors``."""
     run.save_module(PURIFIER_WEIGHTS, purifier)
-    body = {"config": purifier.config, "training": training or {}}
+    body = {"config": purifier.config.to_json(), "training": training or {}}
     save_json(run.file(PURIFIER_JSON), body, version=PURIFIER_SCHEMA_VERSION)
 
 
