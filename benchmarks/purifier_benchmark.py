@@ -184,9 +184,9 @@ def bench_target(name: str, args) -> dict:
 
     train_purifier(run, configs[0][1], progress=False)
     default = rows[0]
-    bounds = purifier_bounds(
-        view, raw_inversion_mse=default["inversion_mse"], class_mean_mse=default["inversion_class_mean_mse"], dense=True
-    )
+    inv = dict(raw_inversion_mse=default["inversion_mse"], class_mean_mse=default["inversion_class_mean_mse"])
+    bounds = purifier_bounds(view, **inv, dense=True, calibrated=True)  # loss + offline LiRA, as the probe
+    loss_only = purifier_bounds(view, **inv, dense=True)  # issue 7's frontier, for reference
     oracle = bounds.least_distortion_for(default["excess_auc_purified"])
     ratio = default["distortion_pct"] / oracle if oracle else None
     beats = 1.0 - default["inversion_mse"] / default["inversion_class_mean_mse"]
@@ -200,6 +200,13 @@ def bench_target(name: str, args) -> dict:
             **bounds.to_json(),
             "oracle_distortion_at_default_excess": oracle,
             "least_distortion_for_goal_excess": bounds.least_distortion_for(GOALS["excess_auc"]),
+            "attacks": "loss and offline LiRA (the larger excess)",
+            "loss_only": {
+                "frontier": loss_only.to_json()["frontier"],
+                "oracle_distortion_at_default_loss_excess": loss_only.least_distortion_for(
+                    default["attacks"]["loss"]["auc_purified"] - default["label_floor_purified"]
+                ),
+            },
         },
         "goals": {
             "default_distortion_over_oracle": ratio,
@@ -255,8 +262,10 @@ def plot_frontier(report: dict, path: Path) -> Path:
             [p["excess_auc"] for p in front],
             "-",
             color="grey",
-            label="oracle collapse frontier (loss attack)",
+            label="oracle collapse frontier (loss + offline LiRA)",
         )
+        lf = sorted(t["bounds"]["loss_only"]["frontier"], key=lambda p: p["distortion_pct"])
+        ax.plot([p["distortion_pct"] for p in lf], [p["excess_auc"] for p in lf], ":", color="grey", label="loss only")
         for r in t["rows"]:
             if r["kind"] != "purifier":
                 continue
