@@ -58,7 +58,8 @@ def ensure_run(name: str, runs_dir: Path, retrain: bool, epochs: int):
     t = TARGETS[name]
     out = runs_dir / (name if epochs == t["epochs"] else f"{name}-{epochs}ep")
     if retrain or not RunFolder(out).has("metrics.json"):
-        train_run(t["spec"], out, limit=t["limit"], seed=0, config=TrainConfig.unprotected(epochs=epochs), progress=True)
+        config = TrainConfig.unprotected(epochs=epochs)
+        train_run(t["spec"], out, limit=t["limit"], seed=0, config=config, progress=True)
     return RunFolder(out)
 
 
@@ -178,7 +179,8 @@ def bench_target(name: str, args) -> dict:
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(src.path, copy)
         dview = observe(RunFolder(copy), spec)
-        rows.append(_probe(RunFolder(copy), spec, dview, configs[0][1], f"defended {src.path.name}", "defended", out_dir))
+        label = f"defended {src.path.name}"
+        rows.append(_probe(RunFolder(copy), spec, dview, configs[0][1], label, "defended", out_dir))
     # leave the default purifier in the run folder
     from privsplit.train.purifier import train_purifier
 
@@ -315,7 +317,8 @@ def table(report: dict) -> str:
             )
         first = t["rows"][0]
         lines.append(f"{t['target']}: every attack's AUC raw -> purified ({first['label']}):")
-        lines.append("  " + ", ".join(f"{k} {v['auc']:.3f}->{v['auc_purified']:.3f}" for k, v in first["attacks"].items()))
+        aucs = (f"{k} {v['auc']:.3f}->{v['auc_purified']:.3f}" for k, v in first["attacks"].items())
+        lines.append("  " + ", ".join(aucs))
         g, b = t["goals"], t["bounds"]
         oracle = b["oracle_distortion_at_default_excess"]
         lines.append(
@@ -326,7 +329,8 @@ def table(report: dict) -> str:
             + ("MET" if g["on_the_frontier"] and g["default_excess_within_goal"] else "MISSED")
         )
         lines.append(
-            f"{t['target']}: raw inversion beats the class-mean floor by {100 * g['inversion_raw_beats_class_mean_by']:.1f}%"
+            f"{t['target']}: raw inversion beats the class-mean floor by "
+            f"{100 * g['inversion_raw_beats_class_mean_by']:.1f}%"
             + (" (> 10%: a xN claim is allowed)" if g["inversion_claim_allowed"] else " (<= 10%: no xN claim)")
         )
         lines.append("")

@@ -136,7 +136,8 @@ def test_tpr_at_1pct_and_01pct_fpr_on_a_hand_made_roc():
     nonmembers = np.r_[np.arange(1000.0 - 20), np.full(20, 500.0)]
     nonmembers[nonmembers >= 500] += 0.25  # keep the 480 others distinct from the tie at 500
     nonmembers[-20:] = 500.0
-    members = np.r_[np.full(30, 2000.0), np.full(30, np.sort(nonmembers)[-11] + 0.1), np.full(20, 500.0), np.full(20, -5.0)]
+    between = np.sort(nonmembers)[-11] + 0.1  # above all but the top 10 non-members
+    members = np.r_[np.full(30, 2000.0), np.full(30, between), np.full(20, 500.0), np.full(20, -5.0)]
     scores = np.r_[members, nonmembers]
     m = mia_metrics(_labels(100, 1000), scores)
     assert m.tpr_at_1pct_fpr == pytest.approx(0.60)

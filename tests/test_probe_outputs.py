@@ -116,7 +116,8 @@ def test_swap_purifier_bounds_its_label_changes_and_costs_members_more(overfit_r
     assert changed <= share + 3 * np.sqrt(share * (1 - share) / hold["records"])
     assert mem["accuracy_cost_points"] > hold["accuracy_cost_points"] >= 0
     assert mem["accuracy_purified"] < mem["accuracy"] == 1.0
-    assert 0 < facts["swap"]["swap_gate"] <= 1 and facts["swap"]["members_eligible"] > facts["swap"]["reference_eligible"]
+    swap = facts["swap"]
+    assert 0 < swap["swap_gate"] <= 1 and swap["members_eligible"] > swap["reference_eligible"]
     assert run.read_json("purifier.json")["config"]["swap_margin"] == facts["swap"]["swap_margin"]
 
 

@@ -178,7 +178,9 @@ def test_swap_options_and_calibration_bounds():
     with pytest.raises(ConfigError, match="swap_share"):
         PurifierTrainConfig(mode=PurifierMode.SWAP, swap_share=0.7)
     with pytest.raises(ConfigError, match="members"):
-        fit_purifier(_dirichlet(50, 10, 0), PurifierTrainConfig(mode=PurifierMode.SWAP, epochs=1), ref_labels=np.zeros(50, int))
+        fit_purifier(
+            _dirichlet(50, 10, 0), PurifierTrainConfig(mode=PurifierMode.SWAP, epochs=1), ref_labels=np.zeros(50, int)
+        )
     # members all right and very confident; reference right 70% of the time and spread out
     ref = _dirichlet(2000, 10, 3, concentration=0.5)
     ref_labels = np.where(np.random.default_rng(1).random(2000) < 0.7, ref.argmax(1), (ref.argmax(1) + 1) % 10)
