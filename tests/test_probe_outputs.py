@@ -24,7 +24,7 @@ def test_constant_scores_give_chance():
     outcomes = run_attacks(
         _constant(300, 10, 0), _constant(300, 10, 1), ShadowData(_constant(100, 10, 2), _constant(100, 10, 3)), seed=0
     )
-    assert set(outcomes) == set(Attack)
+    assert set(outcomes) == set(Attack) - {Attack.AUGMENTATION, Attack.LIRA_OFFLINE}  # those need extra queries
     for attack, outcome in outcomes.items():
         assert abs(outcome.metrics.auc - 0.5) < 0.06, (attack, outcome.metrics.auc)
         assert outcome.metrics.n_members == outcome.metrics.n_nonmembers == 300
