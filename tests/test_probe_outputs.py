@@ -73,7 +73,7 @@ def test_cli_purifier_and_probe_on_an_overfit_target(overfit_run, tmp_path, caps
     assert "without purifier" in out and "label floor" in out
 
     data = json.loads(report.read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     for key in ("accuracy", "accuracy_members", "accuracy_purified", "label_agreement", "distortion_pct"):
         assert isinstance(data[key], float), key
     for side in ("mia", "mia_purified"):
