@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         from privsplit.errors import RunError
 
         raise RunError(f"{folder.path} has no purifier: train one first with `privsplit train-purifier {folder.path}`")
-    result = probe_outputs(folder, OutputProbeSpec(seed=args.seed))
+    result = probe_outputs(folder, OutputProbeSpec(seed=args.seed, shadows=args.shadows))
     print(result.summary())
     written = [result.save(folder.file("probe_outputs.json"))]
     if args.json is not None:
