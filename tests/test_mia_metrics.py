@@ -122,3 +122,45 @@ def test_purifier_bounds_collapse_frontier_on_hand_made_scores():
     assert bounds.min_distortion_for(0.02) == pytest.approx(30.1)
     assert bounds.excess_at(5.5) == pytest.approx(0.25)
     assert bounds.min_distortion_for(-1) is None
+
+
+def test_tpr_at_1pct_and_01pct_fpr_on_a_hand_made_roc():
+    """1000 non-members at scores 0..999, 100 members placed so the ROC's vertices are known exactly.
+
+    Members 0-29 score above every non-member (TPR 0.30 at FPR 0); members 30-59 sit between the top
+    10 and the next non-members (TPR 0.60 from FPR 0.01); members 60-79 tie with the 20 non-members
+    at score 500 (a diagonal ROC segment from (0.499, 0.60) to (0.519, 0.80)); the rest below
+    everything. TPR at 1% FPR: 0.60 (top of the vertical step); at 0.1% FPR: 0.30 (the flat part);
+    at 50.9% FPR: halfway along the tie, 0.70.
+    """
+    nonmembers = np.r_[np.arange(1000.0 - 20), np.full(20, 500.0)]
+    nonmembers[nonmembers >= 500] += 0.25  # keep the 480 others distinct from the tie at 500
+    nonmembers[-20:] = 500.0
+    between = np.sort(nonmembers)[-11] + 0.1  # above all but the top 10 non-members
+    members = np.r_[np.full(30, 2000.0), np.full(30, between), np.full(20, 500.0), np.full(20, -5.0)]
+    scores = np.r_[members, nonmembers]
+    m = mia_metrics(_labels(100, 1000), scores)
+    assert m.tpr_at_1pct_fpr == pytest.approx(0.60)
+    assert m.tpr_at_01pct_fpr == pytest.approx(0.30)
+    fpr_at_tie = float((nonmembers > 500).mean())
+    assert tpr_at_fpr(roc(_labels(100, 1000), scores), fpr_at_tie + 0.01) == pytest.approx(0.70)
+
+
+def test_sampling_intervals_match_their_formulas():
+    from privsplit.probes.mia_metrics import auc_interval, mean_interval, proportion_interval
+
+    # Hanley-McNeil at A = 0.5 with 100 members and 100 non-members
+    a, n = 0.5, 100
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = np.sqrt((a * (1 - a) + (n - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (n * n))
+    lo, hi = auc_interval(0.5, 100, 100)
+    assert (lo, hi) == pytest.approx((0.5 - 1.959964 * se, 0.5 + 1.959964 * se), abs=1e-6)
+    assert 0.15 < hi - lo < 0.17  # about +-0.08 for a hundred records a side: why every figure carries one
+    assert auc_interval(1.0, 10, 10) == (1.0, 1.0)
+    # Wilson: 0 successes of 10 -> upper end z^2 / (n + z^2)
+    assert proportion_interval(0.0, 10)[1] == pytest.approx(1.959964**2 / (10 + 1.959964**2), abs=1e-6)
+    assert mean_interval(np.array([1.0, 3.0])) == pytest.approx((2 - 1.959964, 2 + 1.959964), abs=1e-5)
+    m = mia_metrics(_labels(100, 100), np.r_[np.arange(100.0), np.arange(100.0)])
+    assert m.to_json()["auc_ci95"] == list(m.auc_ci95)
+    with pytest.raises(ConfigError):
+        auc_interval(0.6, 0, 10)

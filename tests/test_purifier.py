@@ -150,3 +150,45 @@ def test_adversarial_mode_trains_on_reference_and_keeps_labels(digits_run, tmp_p
     assert facts["mode"] == "adversarial"
     assert facts["reference_label_agreement"] == 1.0
     assert facts["shadow_records"] == len(run.split()["reference"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--mode", "swap", "--swap-share", "0.9"], "(0, 0.5]"),
+        (["--mode", "swap", "--swap-share", "lots"], "'lots'"),
+        (["--swap-share", "0.1"], "--mode swap only"),
+        (["--mode", "shuffle"], "invalid choice"),
+    ],
+)
+def test_bad_purifier_options_give_one_line_errors(digits_run, capsys, argv, needle):
+    from privsplit.cli.main import main
+
+    try:
+        code = main(["train-purifier", str(digits_run), *argv, "--quiet"])
+    except SystemExit as exc:  # argparse: its usage line, then the one-line error
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and needle in err[-1] and "Traceback" not in "\n".join(err), err
+
+
+def test_swap_options_and_calibration_bounds():
+    from privsplit.train.purifier_swap import calibrate_swap, margins
+
+    with pytest.raises(ConfigError, match="swap_share"):
+        PurifierTrainConfig(mode=PurifierMode.SWAP, swap_share=0.7)
+    with pytest.raises(ConfigError, match="members"):
+        fit_purifier(
+            _dirichlet(50, 10, 0), PurifierTrainConfig(mode=PurifierMode.SWAP, epochs=1), ref_labels=np.zeros(50, int)
+        )
+    # members all right and very confident; reference right 70% of the time and spread out
+    ref = _dirichlet(2000, 10, 3, concentration=0.5)
+    ref_labels = np.where(np.random.default_rng(1).random(2000) < 0.7, ref.argmax(1), (ref.argmax(1) + 1) % 10)
+    mem = _dirichlet(2000, 10, 4, concentration=0.02)
+    cal = calibrate_swap(ref, ref_labels, mem, mem.argmax(1), share=0.05)
+    assert cal.members_eligible == pytest.approx(0.95, abs=0.01)
+    assert cal.reference_eligible * cal.swap_gate <= 0.05 + 1e-9  # the bound on non-members, in expectation
+    q = purify_numpy(Purifier(PurifierConfig(10, swap_margin=cal.swap_margin, swap_gate=cal.swap_gate)), ref)
+    changed = (q.argmax(1) != ref.argmax(1)).mean()
+    assert changed <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)  # and as measured: the gate is spread evenly
+    assert (margins(ref)[q.argmax(1) != ref.argmax(1)] >= cal.swap_margin).all()  # only member-like rows move

@@ -53,6 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     outs.add_argument("--seed", type=int, default=0, help="seed of the attackers")
     add_probe_device(outs, what="the shadow models and the attackers")
+    outs.add_argument(
+        "--shadows",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="shadow models of the attacker (default %(default)s; more sharpen the learned attacks and give offline "
+        "LiRA a per-record spread from 4, at one training of the run's recipe each)",
+    )
     outs.set_defaults(handler=_lazy("privsplit.cli.probe_outputs"))
 
 

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         from privsplit.errors import RunError
 
         raise RunError(f"{folder.path} has no purifier: train one first with `privsplit train-purifier {folder.path}`")
-    result = probe_outputs(folder, OutputProbeSpec(seed=args.seed), device=device)
+    result = probe_outputs(folder, OutputProbeSpec(seed=args.seed, shadows=args.shadows), device=device)
     print(result.summary())
     written = [result.save(folder.file("probe_outputs.json"))]
     if args.json is not None:

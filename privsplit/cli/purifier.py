@@ -6,6 +6,17 @@ import argparse
 from pathlib import Path
 
 from privsplit.cli._common import add_probe_device, non_negative_float, positive_int, probe_device
+from privsplit.train.purifier_modes import PurifierMode
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 0.5], got {text!r}") from None
+    if not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 0.5] (e.g. 0.05), got {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "label is always preserved. "
         "Mode `ae` fits the autoencoder correction to the original scores (L2 + label CE); "
         "`adversarial` also trains it against a membership discriminator (on a defender shadow model "
-        "trained on half of `reference`) and an inversion decoder. Check it with `privsplit probe outputs RUN`.",
+        "trained on half of `reference`) and an inversion decoder. "
+        "`swap` (the only mode that changes labels, the only one below the label floor) is `ae` plus a label "
+        "swapper: at most --swap-share of non-members (calibrated on `reference`) and the share of members that "
+        "closes the members/non-members accuracy gap get their runner-up's label; it prints the label agreement "
+        "and accuracy cost on holdout and on members. Check it with `privsplit probe outputs RUN`.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     p.add_argument(
-        "--mode", choices=["ae", "adversarial"], default="ae", help="training objective (default %(default)s)"
+        "--mode",
+        choices=[m.value for m in PurifierMode],
+        default=PurifierMode.AE.value,
+        help="training objective (default %(default)s; `swap` changes a few labels)",
+    )
+    p.add_argument(
+        "--swap-share",
+        type=_share,
+        default=None,
+        metavar="F",
+        help="swap mode: at most this share of non-members changes label, in (0, 0.5] (default 0.05)",
     )
     p.add_argument("--epochs", type=positive_int, default=300, help="purifier training epochs (default %(default)s)")
     p.add_argument(
@@ -62,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.errors import ConfigError
     from privsplit.models.purifier import purifier_training_facts
     from privsplit.run import RunFolder
-    from privsplit.train.purifier import PurifierMode, PurifierTrainConfig, train_purifier
+    from privsplit.train.purifier import PurifierTrainConfig, train_purifier
 
     changes = {
         "max_distortion_pct": args.max_distortion,
@@ -72,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if args.log_clamp is not None and args.log_clamp <= 0:
         raise ConfigError("--log-clamp must be > 0")
     device = probe_device(args)
+    if args.swap_share is not None and args.mode != PurifierMode.SWAP.value:
+        raise ConfigError("--swap-share applies to --mode swap only")
+    if args.swap_share is not None:
+        changes["swap_share"] = args.swap_share
     config = PurifierTrainConfig(
         mode=PurifierMode(args.mode),
         epochs=args.epochs,
@@ -87,4 +116,12 @@ def run(args: argparse.Namespace) -> int:
         f"{facts['reference_label_agreement']:.4f} on {facts['reference_records']} reference records",
         file=sys.stderr if args.quiet else sys.stdout,
     )
+    for part in ("holdout", "members"):
+        cost = facts.get(f"cost_{part}")
+        if cost:
+            print(
+                f"  on {part} ({cost['records']} records): label agreement {cost['label_agreement']:.4f}, accuracy "
+                f"{cost['accuracy']:.4f} -> {cost['accuracy_purified']:.4f} ({cost['accuracy_cost_points']:+.2f} pt)",
+                file=sys.stderr if args.quiet else sys.stdout,
+            )
     return 0

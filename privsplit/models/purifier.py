@@ -22,6 +22,12 @@ deterministic and exportable to ONNX (no random ops, no data-dependent control f
    values would carry the input's fine structure);
 5. **label preservation** (``preserve_label``): the top entry is swapped with the entry at the
    original argmax, so the returned label is exactly the classifier's (ties aside).
+6. **label swap** (only with ``swap_margin``, ``privsplit train-purifier --mode swap``): a record that
+   looks like a member -- its log-margin ``log p_1 - log p_2`` is at least ``swap_margin`` -- and whose
+   deterministic pseudo-random gate :func:`swap_gate_value` (from its own log-scores) lies below
+   ``swap_gate`` gets the label of its original runner-up (the entries at the label and the runner-up
+   trade places). ``swap_margin`` bounds the share of non-members that change label, ``swap_gate``
+   the share of member-like records that do (Purifier's label swapper, Yang et al. 2023).
 
 Where a run stores it: ``RUN/purifier.json`` (:class:`PurifierConfig` + training facts) and
 ``RUN/purifier.safetensors``.
@@ -68,6 +74,8 @@ class PurifierConfig:
     log_clamp: float = 3.0
     min_prob: float = 1e-3
     preserve_label: bool = True
+    swap_margin: float | None = None  # step 6 off when None
+    swap_gate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -80,9 +88,16 @@ class PurifierConfig:
             raise ConfigError(f"purifier log_clamp must be > 0, got {self.log_clamp}")
         if not 0 <= self.min_prob < 1.0 / self.num_classes:
             raise ConfigError(f"purifier min_prob must be in [0, 1/K), got {self.min_prob}")
+        if self.swap_margin is not None and not self.swap_margin >= 0:
+            raise ConfigError(f"purifier swap_margin must be >= 0, got {self.swap_margin}")
+        if not 0 <= self.swap_gate <= 1:
+            raise ConfigError(f"purifier swap_gate must be in [0, 1], got {self.swap_gate}")
 
     def to_json(self) -> dict[str, Any]:
-        return to_dict(self)
+        data = to_dict(self)
+        if self.swap_margin is None:  # a label-keeping purifier is written as before step 6 existed
+            del data["swap_margin"], data["swap_gate"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PurifierConfig:
@@ -137,6 +152,8 @@ class Purifier(nn.Module):
         q = snap_small(q, self.config.min_prob)
         if self.config.preserve_label:
             q = swap_to_label(q, probs.argmax(dim=1))
+        if self.config.swap_margin is not None:
+            q = swap_member_like(q, probs, margin=self.config.swap_margin, gate=self.config.swap_gate)
         return q
 
 
@@ -162,6 +179,35 @@ def swap_to_label(q: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return torch.where(is_top & ~is_label, at_label, out)
 
 
+SWAP_GATE_SCALE = 7.31  # spreads the weighted log-score sum over many periods of frac()
+
+
+def log_margin(probs: torch.Tensor) -> torch.Tensor:
+    """``log p_1 - log p_2`` per row (top entry over runner-up), >= 0."""
+    top2 = torch.topk(torch.log(probs.clamp_min(1e-30)), 2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def swap_gate_value(probs: torch.Tensor) -> torch.Tensor:
+    """A deterministic pseudo-uniform number in ``[0, 1)`` per row, from the row's own log-scores.
+
+    ``frac(SWAP_GATE_SCALE * sum_k w_k log p_k)`` with fixed irrational weights ``w_k``: the log-scores of
+    the small entries vary over several nats between records, so the gate is spread evenly whatever
+    the confidence (exportable: no random op).
+    """
+    k = probs.shape[1]
+    w = torch.remainder(torch.arange(1, k + 1, dtype=probs.dtype, device=probs.device) * 0.6180339887, 1.0) + 0.5
+    x = SWAP_GATE_SCALE * (torch.log(probs.clamp_min(1e-30)) * w).sum(1)
+    return x - torch.floor(x)
+
+
+def swap_member_like(q: torch.Tensor, probs: torch.Tensor, *, margin: float, gate: float) -> torch.Tensor:
+    """Step 6: rows of ``probs`` with log-margin >= ``margin`` and gate < ``gate`` take their runner-up's label."""
+    runner_up = torch.topk(probs, 2, dim=1).indices[:, 1]
+    chosen = (log_margin(probs) >= margin) & (swap_gate_value(probs) < gate)
+    return torch.where(chosen.unsqueeze(1), swap_to_label(q, runner_up), q)
+
+
 def purify_numpy(purifier: Purifier, probs, batch_size: int = 4096):
     """Run ``purifier`` (eval mode) on a numpy ``(N, K)`` array, return float32 numpy."""
     import numpy as np
@@ -177,7 +223,7 @@ def purify_numpy(purifier: Purifier, probs, batch_size: int = 4096):
 def save_purifier(run: RunStore, purifier: Purifier, *, training: dict[str, Any] | None = None) -> None:
     """Write ``RUN/purifier.json`` and ``RUN/purifier.safetensors``."""
     run.save_module(PURIFIER_WEIGHTS, purifier)
-    body = {"config": purifier.config, "training": training or {}}
+    body = {"config": purifier.config.to_json(), "training": training or {}}
     save_json(run.file(PURIFIER_JSON), body, version=PURIFIER_SCHEMA_VERSION)
 
 

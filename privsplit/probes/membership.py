@@ -15,6 +15,9 @@ the evaluated members/non-members.
 * ``nsh``: Nasr-Shokri-Houmansadr's two-branch MLP: one branch on the log-score vector, one on the
   one-hot true label, joined by a shared classifier.
 * ``shadow``: logistic regression on the sorted top-3 log-probabilities, the loss and correctness.
+* ``augmentation`` and ``lira_offline`` (:mod:`privsplit.probes.calibrated_attacks`): they query more
+  than the record's own vector (flipped / shifted copies; the shadow models' scores on the record)
+  and run when those queries are given (:class:`ExtraQueries`).
 """
 
 from __future__ import annotations
@@ -42,10 +45,17 @@ class Attack(str, Enum):
     ML_LEAKS = "ml_leaks"
     NSH = "nsh"
     SHADOW = "shadow"
+    AUGMENTATION = "augmentation"
+    LIRA_OFFLINE = "lira_offline"
 
     @property
     def learned(self) -> bool:
         return self in (Attack.ML_LEAKS, Attack.NSH, Attack.SHADOW)
+
+    @property
+    def label_only(self) -> bool:
+        """Reads nothing but returned labels: no label-keeping score edit changes its result."""
+        return self in (Attack.LABEL_ONLY, Attack.AUGMENTATION)
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +106,23 @@ class ShadowData:
         return ScoredRecords.concat(self.members, self.nonmembers), y
 
 
+@dataclass(frozen=True, eq=False)
+class ExtraQueries:
+    """Scores beyond each evaluated record's own vector (members first, then non-members, as evaluated).
+
+    ``augmented (A, N, K)``: the service's scores on A flipped / shifted copies of every record;
+    ``shadow (S, N, K)``: the attacker's S shadow models' scores on every record (none trained on it).
+    """
+
+    augmented: np.ndarray | None = None
+    shadow: np.ndarray | None = None
+
+    def available(self) -> tuple[Attack, ...]:
+        skip = {Attack.AUGMENTATION} if self.augmented is None else set()
+        skip |= {Attack.LIRA_OFFLINE} if self.shadow is None else set()
+        return tuple(a for a in Attack if a not in skip)
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     top_k: int = 3
@@ -123,6 +150,8 @@ def threshold_score(attack: Attack, records: ScoredRecords) -> np.ndarray:
         return -mentr
     if attack is Attack.LABEL_ONLY:
         return records.correct
+    if attack in (Attack.AUGMENTATION, Attack.LIRA_OFFLINE):
+        raise ConfigError(f"the {attack.value} attack needs extra queries (ExtraQueries)")
     raise ConfigError(f"{attack.value} is not a threshold attack")
 
 
@@ -241,17 +270,28 @@ def run_attacks(
     nonmembers: ScoredRecords,
     shadow: ShadowData,
     *,
-    attacks: tuple[Attack, ...] = tuple(Attack),
+    attacks: tuple[Attack, ...] | None = None,
+    extra: ExtraQueries = ExtraQueries(),
     config: AttackConfig = AttackConfig(),
     seed: int = 0,
     device: torch.device = torch.device("cpu"),
 ) -> dict[Attack, AttackOutcome]:
-    """Every attack's membership scores and metrics on ``members`` vs ``nonmembers`` (learned ones on ``device``)."""
+    """Every attack's membership scores and metrics on ``members`` vs ``nonmembers`` (learned ones on ``device``).
+
+    ``attacks`` defaults to every attack that ``extra`` supplies the queries for.
+    """
+    from privsplit.probes.calibrated_attacks import augmentation_score, lira_offline_score
+
     evaluate = ScoredRecords.concat(members, nonmembers)
     is_member = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    attacks = extra.available() if attacks is None else attacks
     out: dict[Attack, AttackOutcome] = {}
     for i, attack in enumerate(attacks):
-        if attack.learned:
+        if attack is Attack.AUGMENTATION and extra.augmented is not None:
+            scores = augmentation_score(extra.augmented, evaluate.labels)
+        elif attack is Attack.LIRA_OFFLINE and extra.shadow is not None:
+            scores = lira_offline_score(evaluate.probs, extra.shadow, evaluate.labels)
+        elif attack.learned:
             with tiny_model_threads():
                 scores = learned_scores(attack, shadow, evaluate, config=config, seed=seed + i, device=device)
         else:

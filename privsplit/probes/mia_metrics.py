@@ -38,8 +38,13 @@ class MIAMetrics:
     def min_resolvable_fpr(self) -> float:
         return 1.0 / self.n_nonmembers
 
+    @property
+    def auc_ci95(self) -> tuple[float, float]:
+        return auc_interval(self.auc, self.n_members, self.n_nonmembers)
+
     def to_json(self) -> dict:
         data = to_dict(self)
+        data["auc_ci95"] = list(self.auc_ci95)
         # the JSON key spells the FPR the way the issue names it
         data["tpr_at_0.1pct_fpr"] = data.pop("tpr_at_01pct_fpr")
         return data
@@ -106,6 +111,43 @@ def mia_metrics(is_member: np.ndarray, scores: np.ndarray) -> MIAMetrics:
         n_members=int(y.sum()),
         n_nonmembers=int(len(y) - y.sum()),
     )
+
+
+Z95 = 1.959963984540054
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, *, z: float = Z95) -> tuple[float, float]:
+    """95% interval of an AUC from ``n_pos`` members and ``n_neg`` non-members (Hanley & McNeil 1982).
+
+    ``SE^2 = (A(1-A) + (n_pos-1)(Q1-A^2) + (n_neg-1)(Q2-A^2)) / (n_pos n_neg)``, ``Q1 = A/(2-A)``,
+    ``Q2 = 2A^2/(1+A)``; clipped to [0, 1]. (The best of several attacks is picked on the same data, so
+    its interval is a little optimistic.)
+    """
+    if n_pos < 1 or n_neg < 1:
+        raise ConfigError("an AUC interval needs at least one member and one non-member")
+    a = float(auc)
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return max(0.0, a - half), min(1.0, a + half)
+
+
+def proportion_interval(p: float, n: int, *, z: float = Z95) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion (an accuracy, a TPR, a label agreement) seen on ``n`` records."""
+    if n < 1:
+        raise ConfigError("a proportion interval needs at least one record")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values: np.ndarray, *, z: float = Z95) -> tuple[float, float]:
+    """Normal 95% interval of a mean over records (e.g. the L1 distortion)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if len(v) < 2:
+        raise ConfigError("a mean interval needs at least two values")
+    m, half = float(v.mean()), z * float(v.std(ddof=1)) / np.sqrt(len(v))
+    return m - half, m + half
 
 
 def label_floor(member_accuracy: float, nonmember_accuracy: float) -> float:

@@ -11,6 +11,11 @@ classifiers trained with the run's own recipe, and used whole as the inversion d
 Scores are those of the deployed system: encoder, channel noise (seeded: ``noise_seed``), server
 layers, softmax (float; the wire's int8 quantization of the features is not applied here).
 
+Beyond each record's own vector, two attacks query more (:mod:`privsplit.probes.calibrated_attacks`):
+the label-only ``augmentation`` attack gets the service's scores on flipped / shifted copies of every
+evaluated record (``spec.augment``), and offline LiRA the shadow models' scores on every evaluated
+record. Both pass through the purifier like everything else the attacker sees.
+
 Utility figures (accuracy, label agreement, distortion) are on the whole ``holdout`` part (what
 deployment traffic looks like), with ``*_members`` twins on the whole ``members`` part.
 ``distortion_pct`` = 100 x mean over records of the L1 distance ``sum_k |p_k - q_k|`` between the
@@ -27,7 +32,8 @@ import numpy as np
 from privsplit.errors import RunError
 from privsplit.probes._fit import use_device
 from privsplit.probes.inversion import invert
-from privsplit.probes.membership import ScoredRecords, ShadowData, run_attacks
+from privsplit.probes.calibrated_attacks import DEFAULT_AUGMENTATIONS, augment
+from privsplit.probes.membership import ExtraQueries, ScoredRecords, ShadowData, run_attacks
 from privsplit.probes.mia_metrics import label_floor
 from privsplit.probes.output_results import MIAReport, OutputArrays, OutputProbeResult, OutputProbeSpec
 from privsplit.train.shadow import train_shadow
@@ -56,10 +62,14 @@ class ServiceView:
     attacker_images: np.ndarray
     shadow: ShadowData  # shadow classifiers' scores on their own members / non-members
     noise_seed: int
+    extra: ExtraQueries = ExtraQueries()  # on the evaluated records: augmented copies, shadow models' scores
 
     def purified(self, purify) -> ServiceView:
         def p(r: ScoredRecords) -> ScoredRecords:
             return ScoredRecords(purify(r.probs), r.labels)
+
+        def stack(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.stack([purify(x) for x in a])
 
         return replace(
             self,
@@ -69,6 +79,7 @@ class ServiceView:
             holdout_all=p(self.holdout_all),
             attacker=p(self.attacker),
             shadow=ShadowData(p(self.shadow.members), p(self.shadow.nonmembers)),
+            extra=ExtraQueries(augmented=stack(self.extra.augmented), shadow=stack(self.extra.shadow)),
         )
 
 
@@ -111,7 +122,8 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec(), *, device: torch.dev
     holdout_all = scored(holdout, 1)
     pos_m = np.searchsorted(members, eval_m)
     pos_n = np.searchsorted(holdout, eval_n)
-    shadow_in, shadow_out = [], []
+    eval_images = data.images[np.r_[eval_m, eval_n]]
+    shadow_in, shadow_out, shadow_eval = [], [], []
     for s in progress_bar(range(spec.shadows), desc="shadow models", enabled=spec.progress):
         order = np.random.default_rng(spec.seed + 1000 + s).permutation(attacker)
         half = len(order) // 2
@@ -123,6 +135,15 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec(), *, device: torch.dev
         out_scores = shadow.scores(data.images[out_idx], noise_seed=noise_seed + 20 + s)
         shadow_in.append(ScoredRecords(in_scores, labels[in_idx]))
         shadow_out.append(ScoredRecords(out_scores, labels[out_idx]))
+        shadow_eval.append(shadow.scores(eval_images, noise_seed=noise_seed + 30 + s))
+    augmented = None
+    if spec.augment:
+        augmented = np.stack(
+            [
+                model.scores(augment(eval_images, a), noise_seed=noise_seed + 40 + i)
+                for i, a in enumerate(DEFAULT_AUGMENTATIONS)
+            ]
+        )
     return ServiceView(
         members=members_all.subset(pos_m),
         nonmembers=holdout_all.subset(pos_n),
@@ -134,12 +155,19 @@ def observe(run, spec: OutputProbeSpec = OutputProbeSpec(), *, device: torch.dev
         attacker_images=data.images[attacker],
         shadow=ShadowData(ScoredRecords.concat(*shadow_in), ScoredRecords.concat(*shadow_out)),
         noise_seed=noise_seed,
+        extra=ExtraQueries(augmented=augmented, shadow=np.stack(shadow_eval) if shadow_eval else None),
     )
 
 
 def _mia(view: ServiceView, spec: OutputProbeSpec, device: torch.device) -> tuple[MIAReport, dict[str, np.ndarray]]:
     outcomes = run_attacks(
-        view.members, view.nonmembers, view.shadow, config=spec.attack, seed=spec.seed, device=device
+        view.members,
+        view.nonmembers,
+        view.shadow,
+        extra=view.extra,
+        config=spec.attack,
+        seed=spec.seed,
+        device=device,
     )
     floor = label_floor(float(view.members.correct.mean()), float(view.nonmembers.correct.mean()))
     report = MIAReport.from_metrics(floor, {a.value: o.metrics for a, o in outcomes.items()})

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from privsplit.errors import RunError
+from privsplit.errors import ConfigError, ResultError, RunError
 from privsplit.probes.inversion import InversionConfig, InversionMetrics
 from privsplit.probes.membership import AttackConfig
 from privsplit.probes.mia_metrics import MIAMetrics
 from privsplit.results import check_schema, from_dict, read_json, save_json, save_npz, to_dict
 
-OUTPUT_PROBE_SCHEMA_VERSION = 1
+OUTPUT_PROBE_SCHEMA_VERSION = 2  # 2: augmentation and lira_offline attacks, spec.augment, best_label_only
+READABLE_VERSIONS = (1, 2)  # a version-1 file loads (its spec lacks augment: the attacks it ran are in it)
 KIND = "output-probe"
 _HINT = "re-run `privsplit probe outputs`"
 
@@ -25,12 +26,19 @@ class OutputProbeSpec:
 
     seed: int = 0
     noise_seed: int | None = None
-    shadows: int = 1
+    shadows: int = 1  # more shadow models sharpen the learned attacks and LiRA's per-record calibration
     shadow_epochs: int | None = None  # None: the run's own training recipe
     max_per_side: int | None = None  # cap the balanced member/non-member sets (None: as many as the split allows)
     attack: AttackConfig = field(default_factory=AttackConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
     progress: bool = True
+    augment: bool = True  # query flipped / shifted copies for the label-only augmentation attack
+
+    def __post_init__(self) -> None:
+        if self.shadows < 1:
+            raise ConfigError(f"the output probe needs at least 1 shadow model, got {self.shadows}")
+        if self.max_per_side is not None and self.max_per_side < 1:
+            raise ConfigError(f"max_per_side must be >= 1, got {self.max_per_side}")
 
     @property
     def resolved_noise_seed(self) -> int:
@@ -60,6 +68,14 @@ class MIAReport:
     def excess_auc(self) -> float:
         return self.best.auc - self.label_floor
 
+    @property
+    def best_label_only(self) -> str | None:
+        """The strongest attack that reads labels only (``label_only``, ``augmentation``), if any ran."""
+        from privsplit.probes.membership import Attack
+
+        names = [n for n in self.attacks if n in {a.value for a in Attack if a.label_only}]
+        return max(names, key=lambda n: self.attacks[n].auc) if names else None
+
     @classmethod
     def from_metrics(cls, floor: float, attacks: dict[str, MIAMetrics]) -> MIAReport:
         best = max(attacks, key=lambda name: (attacks[name].auc, attacks[name].advantage))
@@ -71,6 +87,9 @@ class MIAReport:
                 "label_floor": self.label_floor,
                 "excess_auc": self.excess_auc,
                 "best": {"attack": self.best_attack, **self.best.to_json()},
+                "best_label_only": None
+                if self.best_label_only is None
+                else {"attack": self.best_label_only, **self.attacks[self.best_label_only].to_json()},
                 "attacks": {k: v.to_json() for k, v in self.attacks.items()},
             }
         )
@@ -180,7 +199,13 @@ class OutputProbeResult:
     def from_json(
         cls, data: dict[str, Any], arrays: OutputArrays | None = None, *, source: str = "output-probe result"
     ) -> OutputProbeResult:
-        data = check_schema(data, version=OUTPUT_PROBE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(data, dict) and data.get("kind") == KIND and found not in READABLE_VERSIONS:
+            raise ResultError(
+                f"{source} has schema version {found!r}, expected {' or '.join(map(str, READABLE_VERSIONS))}: {_HINT}"
+            )
+        version = found if found in READABLE_VERSIONS else OUTPUT_PROBE_SCHEMA_VERSION
+        data = check_schema(data, version=version, kind=KIND, source=source, hint=_HINT)
         mia = {k: MIAReport.from_json(data[k]) for k in ("mia", "mia_purified")}  # MIAMetrics renames a key
         return from_dict(cls, {**data, **mia, "arrays": arrays})
 

@@ -18,6 +18,12 @@ A purifier that keeps the predicted label (the kit's, and the paper's) is bounde
   is an **oracle** analysis (it looks at members' and non-members' scores together, which a purifier
   may not) and uses one attack, so real purifiers sit on or above it: it tells how much distortion a
   leakage target costs on this target, before any purifier is trained.
+
+  With the attacker's shadow-model scores on the same records (``shadow_probs``, collapsed by the same
+  policy: the attacker is adaptive) the frontier's excess is the larger of the loss attack's and
+  offline LiRA's: a calibrated attack ranks collapsed records by how hard they are for models that
+  never saw them, which the label floor does not count; a purifier measured against the probe's
+  strongest attack is compared with a frontier measured against the same kind of attack.
 """
 
 from __future__ import annotations
@@ -50,6 +56,25 @@ class PurifierBounds:
         fits = [p.distortion_pct for p in self.frontier if p.excess_auc <= max_excess]
         return min(fits) if fits else None
 
+    def least_distortion_for(self, excess: float) -> float | None:
+        """Least oracle distortion that brings the excess to ``excess``, interpolated along the frontier.
+
+        The frontier points, ordered by distortion, are joined by straight lines (mixing two collapse
+        thresholds over records reaches any point between them); the answer is where the lower envelope
+        of excess first falls to ``excess`` (None if it never does; 0 when no collapse is needed).
+        """
+        pts = sorted(self.frontier, key=lambda p: p.distortion_pct)
+        best = []  # running minimum of the excess: the envelope, non-increasing in distortion
+        for p in pts:
+            e = p.excess_auc if not best else min(best[-1][1], p.excess_auc)
+            best.append((p.distortion_pct, e))
+        if best[0][1] <= excess:
+            return best[0][0]
+        for (d0, e0), (d1, e1) in zip(best, best[1:]):
+            if e1 <= excess < e0:
+                return d0 + (d1 - d0) * (e0 - excess) / (e0 - e1)
+        return None
+
     def excess_at(self, max_distortion_pct: float) -> float | None:
         """Least frontier excess within a distortion budget."""
         fits = [p.excess_auc for p in self.frontier if p.distortion_pct <= max_distortion_pct]
@@ -73,9 +98,15 @@ def _loss_score(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def collapse_frontier(
-    member_probs, member_labels, nonmember_probs, nonmember_labels, *, thresholds=THRESHOLDS
+    member_probs, member_labels, nonmember_probs, nonmember_labels, *, thresholds=THRESHOLDS, shadow_probs=None
 ) -> tuple[float, tuple[FrontierPoint, ...]]:
-    """(label floor, frontier points) of the oracle collapse policy on balanced member / non-member sets."""
+    """(label floor, frontier points) of the oracle collapse policy on balanced member / non-member sets.
+
+    ``shadow_probs (S, n_members + n_nonmembers, K)``: shadow models' scores on the same records (members
+    first); with them the excess is the larger of the loss attack's and offline LiRA's.
+    """
+    from privsplit.probes.calibrated_attacks import lira_offline_score
+
     member_probs, nonmember_probs = np.asarray(member_probs), np.asarray(nonmember_probs)
     is_member = np.r_[np.ones(len(member_probs), bool), np.zeros(len(nonmember_probs), bool)]
     floor = label_floor(
@@ -87,16 +118,40 @@ def collapse_frontier(
         qm, qn = _collapse(member_probs, a), _collapse(nonmember_probs, a)
         distortion = 100.0 * float(np.abs(nonmember_probs - qn).sum(axis=1).mean())
         auc = mia_metrics(is_member, np.r_[_loss_score(qm, member_labels), _loss_score(qn, nonmember_labels)]).auc
+        if shadow_probs is not None:
+            labels = np.r_[member_labels, nonmember_labels]
+            shadows = np.stack([_collapse(sp, a) for sp in np.asarray(shadow_probs)])
+            lira = lira_offline_score(np.r_[qm, qn], shadows, labels)
+            auc = max(auc, mia_metrics(is_member, lira).auc)
         points.append(FrontierPoint(threshold=float(a), distortion_pct=distortion, excess_auc=float(auc - floor)))
     return floor, tuple(points)
 
 
+def dense_thresholds(member_probs: np.ndarray, nonmember_probs: np.ndarray, n: int = 120) -> tuple[float, ...]:
+    """:data:`THRESHOLDS` plus ``n`` quantiles of the top probabilities: the frontier at the records' own scale."""
+    top = np.r_[np.asarray(member_probs).max(1), np.asarray(nonmember_probs).max(1)].astype(np.float64)
+    qs = np.quantile(top, np.linspace(0.0, 1.0, n))
+    return tuple(float(t) for t in np.unique(np.r_[THRESHOLDS, qs, np.nextafter(qs, 2.0)]))
+
+
 def purifier_bounds(
-    view, *, raw_inversion_mse: float | None = None, class_mean_mse: float | None = None
+    view,
+    *,
+    raw_inversion_mse: float | None = None,
+    class_mean_mse: float | None = None,
+    dense: bool = False,
+    calibrated: bool = False,
 ) -> PurifierBounds:
-    """Both limits for a :class:`~privsplit.probes.output_probe.ServiceView` (raw, unpurified scores)."""
+    """Both limits for a :class:`~privsplit.probes.output_probe.ServiceView` (raw, unpurified scores).
+
+    ``dense`` traces the frontier at :func:`dense_thresholds` (about 250 points) instead of :data:`THRESHOLDS`;
+    ``calibrated`` adds offline LiRA on the view's shadow-model scores to the frontier's attacks.
+    """
+    m, n = view.members, view.nonmembers
+    thresholds = dense_thresholds(m.probs, n.probs) if dense else THRESHOLDS
+    shadow = view.extra.shadow if calibrated else None
     floor, frontier = collapse_frontier(
-        view.members.probs, view.members.labels, view.nonmembers.probs, view.nonmembers.labels
+        m.probs, m.labels, n.probs, n.labels, thresholds=thresholds, shadow_probs=shadow
     )
     ceiling = None
     if raw_inversion_mse and class_mean_mse:

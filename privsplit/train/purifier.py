@@ -1,6 +1,6 @@
-"""Training the purifier on the ``reference`` part only (never on ``members``).
+"""Training the purifier on the ``reference`` part (``swap`` also reads one number off ``members``).
 
-Two modes (:class:`PurifierMode`):
+Three modes (:class:`PurifierMode`):
 
 * ``ae``: the paper's objective on the target's reference outputs ``p``:
   ``||q - p||_2^2 + ce_weight * CE(q, argmax p)`` (``q`` the purified vector; the CE only on rows
@@ -11,6 +11,10 @@ Two modes (:class:`PurifierMode`):
   discriminator needs member-like outputs without touching ``members``: the defender trains a shadow
   classifier (the run's recipe) on half of ``reference`` and uses its outputs on that half (members)
   and on the other half (non-members), with the target's own reference outputs as further non-members.
+* ``swap``: ``ae``, then the label swapper of :mod:`privsplit.train.purifier_swap`: at most ``swap_share``
+  of non-members, and the share of members that closes the members/non-members accuracy gap, get
+  their runner-up's label. The only mode that changes labels, and so the only one that can go below
+  the label floor; it costs accuracy, mostly on members.
 
 The clamp ``log_clamp`` decides which vectors collapse (see :mod:`privsplit.models.purifier`) and so
 sets the trade-off between leakage above the label floor and distortion. Unless given, it is
@@ -25,7 +29,6 @@ instead of 5% at the same clamp).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -37,11 +40,10 @@ from privsplit.errors import ConfigError, RunError
 from privsplit.models.purifier import Purifier, PurifierConfig, purify_numpy, save_purifier
 from privsplit.models.threads import tiny_model_threads
 from privsplit.progress import progress_bar
+from privsplit.train.purifier_modes import PurifierMode
 
+__all__ = ["PurifierMode", "PurifierTrainConfig", "fit_purifier", "train_purifier"]
 
-class PurifierMode(str, Enum):
-    AE = "ae"
-    ADVERSARIAL = "adversarial"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class PurifierTrainConfig:
     min_prob: float = 1e-3
     adv_weight: float = 1.0
     inv_weight: float = 1.0
+    swap_share: float = 0.05  # swap mode: bound on the share of non-members whose label changes
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,6 +72,8 @@ class PurifierTrainConfig:
             raise ConfigError(f"max_excess_auc must be in (0, 0.5), got {self.max_excess_auc}")
         if self.log_clamp is not None and self.log_clamp <= 0:
             raise ConfigError(f"log_clamp must be > 0, got {self.log_clamp}")
+        if not 0 < self.swap_share <= 0.5:
+            raise ConfigError(f"swap_share must be in (0, 0.5] (a share of non-members), got {self.swap_share}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -184,15 +189,34 @@ def fit_purifier(
     ref_labels: np.ndarray | None = None,
     ref_images: np.ndarray | None = None,
     adversarial: AdversarialData | None = None,
+    members: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = False,
     device: torch.device = torch.device("cpu"),
 ) -> tuple[Purifier, dict[str, Any]]:
     """Fit a purifier on ``device`` on the target's reference outputs; return it (eval mode, on the CPU, where
-    it is deployed) and training facts."""
+    it is deployed) and training facts.
+
+    ``members``: the target's (probabilities, labels) on its members, needed by ``swap`` mode only.
+    """
     if len(ref_probs) < 8:
         raise RunError(f"the reference part holds {len(ref_probs)} records: the purifier needs at least 8")
+    if config.mode is PurifierMode.SWAP and members is None:
+        raise ConfigError("swap purifier training needs the target's outputs on its members")
     with tiny_model_threads():
-        return _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress, device)
+        purifier, facts = _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress, device)
+    if config.mode is PurifierMode.SWAP:
+        from dataclasses import replace
+
+        from privsplit.train.purifier_swap import calibrate_swap
+
+        assert members is not None and ref_labels is not None
+        cal = calibrate_swap(ref_probs, ref_labels, members[0], members[1], share=config.swap_share)
+        purifier.config = replace(purifier.config, swap_margin=cal.swap_margin, swap_gate=cal.swap_gate)
+        q_ref = purify_numpy(purifier, ref_probs)
+        facts["swap"] = cal.to_json()
+        facts["reference_distortion_pct"] = l1_distortion_pct(ref_probs, q_ref)
+        facts["reference_label_agreement"] = float((q_ref.argmax(1) == ref_probs.argmax(1)).mean())
+    return purifier, facts
 
 
 def _fit(ref_probs, config, ref_labels, ref_images, adversarial, progress, device) -> tuple[Purifier, dict[str, Any]]:
@@ -323,6 +347,8 @@ def train_purifier(
     ref_probs = model.scores(data.images[reference], noise_seed=seed)
     labels = data.task_labels
     adversarial = None
+    members = split[Part.MEMBERS]
+    member_probs = model.scores(data.images[members], noise_seed=seed + 3)
     if config.mode is PurifierMode.ADVERSARIAL:
         order = np.random.default_rng(config.seed + 7).permutation(reference)
         half = len(order) // 2
@@ -341,9 +367,20 @@ def train_purifier(
         ref_labels=labels[reference],
         ref_images=data.images[reference],
         adversarial=adversarial,
+        members=(member_probs, labels[members]),
         progress=progress,
         device=device,
     )
     facts["noise_seed"] = seed
+    # what it costs, on members and on holdout separately (reporting only: nothing is fitted to holdout)
+    from privsplit.train.purifier_swap import LabelCost
+
+    holdout = split[Part.HOLDOUT]
+    for name, idx, probs in (
+        ("members", members, member_probs),
+        ("holdout", holdout, model.scores(data.images[holdout], noise_seed=seed + 4)),
+    ):
+        if len(idx):
+            facts[f"cost_{name}"] = LabelCost.measure(probs, purify_numpy(purifier, probs), labels[idx]).to_json()
     save_purifier(run, purifier, training=facts)
     return purifier
