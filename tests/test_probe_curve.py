@@ -51,11 +51,9 @@ def curve_result() -> FeatureLeakageResult:
     split = make_split(len(data), seed=0)  # 240 members, 120 reference, 120 holdout, 120 attacker
     model = _unprotected_digits_model(data, split)
     spec = FeatureProbeSpec(
-        attackers=(AttributeAttacker.LOGISTIC, AttributeAttacker.MLP, AttributeAttacker.GBM),
-        logistic_cs=(0.01, 0.1),
-        epochs=10,
-        patience=4,
-        gbm_max_iter=60,
+        attackers=(AttributeAttacker.LOGISTIC, AttributeAttacker.GBM),  # the networks: test_probe_features.py
+        logistic_cs=(0.1,),
+        gbm_max_iter=40,
         reconstruction=False,
         seed=0,
     )
@@ -68,9 +66,9 @@ def test_learning_curve_and_gbm_beat_chance_on_unprotected_digits(curve_result):
     att = r.attribute
     sets = ("attacker-25%", "attacker-50%", "attacker", POOLED)
     assert r.spec.training_sets == sets
-    assert set(att.attackers) == {f"{a}@{s}" for a in ("logistic", "mlp", "gbm") for s in sets}
+    assert set(att.attackers) == {f"{a}@{s}" for a in ("logistic", "gbm") for s in sets}
     curve = att.curve()
-    assert list(curve) == ["logistic", "mlp", "gbm"]
+    assert list(curve) == ["logistic", "gbm"]
     sizes = {t: s.train_size for t, s in curve["gbm"].items()}
     assert sizes == {"attacker-25%": 30, "attacker-50%": 60, "attacker": 120, POOLED: 480}
     for key, score in att.attackers.items():
