@@ -158,6 +158,11 @@ def _training_sets(
                 "fractions or a larger attacker share (--split)"
             )
         idx = np.sort(order[:n])
+        if len(np.unique(y_att[idx])) < 2:
+            raise ConfigError(
+                f"{curve_label(fraction)} ({n} images) holds one class of the private attribute only: use larger "
+                "--curve fractions or more data"
+            )
         sets[curve_label(fraction)] = (f_att[idx], y_att[idx])
     if spec.pooled:
         sets[POOLED] = (f_big, y_big)

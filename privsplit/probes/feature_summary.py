@@ -57,7 +57,7 @@ def summary_text(result: FeatureLeakageResult) -> str:
         lines += [
             f"  best attacker: {att.best} {_f(att.balanced_accuracy)} {_ci(best.ci_low, best.ci_high)}, "
             f"AUC {_f(att.auc)} ({best.selection})",
-            f"  task floor (from the true task label alone): {_f(att.task_floor)} "
+            f"  task floor (from the true task label alone)  {_f(att.task_floor)} "
             f"{_ci(*(att.task_floor_ci or (None, None)))}, AUC {_f(att.task_floor_auc)}",
             f"  chance: {_f(att.chance)}, AUC 0.500",
             f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} "
