@@ -323,7 +323,8 @@ def table(report: dict) -> str:
         oracle = b["oracle_distortion_at_default_excess"]
         lines.append(
             f"{t['target']}: on the frontier? default excess {first['excess_auc_purified']:+.3f} at "
-            f"{first['distortion_pct']:.2f}% vs oracle " + (f"{oracle:.2f}%" if oracle is not None else "n/a")
+            f"{first['distortion_pct']:.2f}% vs oracle "
+            + (f"{oracle:.2f}%" if oracle is not None else "n/a")
             + (f" = {g['default_distortion_over_oracle']:.2f}x" if g["default_distortion_over_oracle"] else "")
             + f" (goal <= {GOALS['frontier_ratio']}x and excess <= {GOALS['excess_auc']}): "
             + ("MET" if g["on_the_frontier"] and g["default_excess_within_goal"] else "MISSED")

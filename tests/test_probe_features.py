@@ -28,8 +28,9 @@ needs_celeba = pytest.mark.skipif(
     not (CELEBA / "list_attr_celeba.txt").is_file(),
     reason=f"CelebA 10k not found at ../shared/data/celeba-10k ({CELEBA})",
 )
-# Few epochs keep the file fast; the attackers still select their epoch on attacker data.
-FAST = FeatureProbeSpec(epochs=12, patience=5, reconstruction_epochs=6, seed=0)
+# Few epochs and one training set (the attacker part; the learning curve is tested in test_probe_curve.py)
+# keep the file fast; the attackers still select their epoch on attacker data.
+FAST = FeatureProbeSpec(epochs=12, patience=5, reconstruction_epochs=6, curve=(1.0,), pooled=False, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_identity_like_encoder_leaks_attribute_and_image(leaky_result):
     assert (r.attacker_size, r.holdout_size) == (270, 270)
     assert r.feature_shape == (3, 8, 8) and r.feature_dtype == "uint8"
     att = r.attribute
-    assert att is not None and set(att.attackers) == {"logistic", "mlp", "cnn"}
+    assert att is not None and set(att.attackers) == {f"{a}@attacker" for a in ("logistic", "mlp", "cnn", "gbm")}
     assert att.chance == 0.5
     # Male from 8x8 colour pixels: far above chance and above what the task label alone gives
     assert att.balanced_accuracy >= 0.68, r.summary()
@@ -138,15 +139,16 @@ def test_task_floor_matches_analytic_value():
 def test_json_round_trip(leaky_result, tmp_path):
     r = leaky_result.with_task_accuracy(0.8125)
     data = json.loads(json.dumps(r.to_json()))
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     for dotted in (
         "task.accuracy",
         "attribute.balanced_accuracy",
         "attribute.auc",
         "attribute.chance",
         "attribute.task_floor",
-        "attribute.attackers.logistic.balanced_accuracy",
-        "attribute.attackers.cnn.auc",
+        "attribute.attackers.logistic@attacker.balanced_accuracy",
+        "attribute.attackers.cnn@attacker.auc",
+        "attribute.attackers.gbm@attacker.ci_low",
         "reconstruction.ssim",
         "reconstruction.psnr",
         "reconstruction.mse",

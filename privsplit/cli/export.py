@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_probe:
         from privsplit.probes.feature_spec import FeatureProbeSpec
 
-        probe_spec = FeatureProbeSpec(seed=args.seed)
+        # one training set per format (a parity check across formats); the full learning curve on the shipped
+        # artefact is `privsplit probe features RUN --bundle OUT`
+        probe_spec = FeatureProbeSpec(seed=args.seed, curve=(1.0,), pooled=False)
         if args.probe_epochs:
             probe_spec = probe_spec.with_epochs(args.probe_epochs)
     result = export_run(

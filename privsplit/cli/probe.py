@@ -16,10 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     feats = kinds.add_parser(
         "features",
         help="what the encoder's features leak: attribute inference and reconstruction",
-        description="Train fresh attackers on the frozen encoder's features of `attacker` data and "
-        "score them on `holdout`: attribute inference (logistic regression, MLP, CNN; the best is "
-        "reported beside chance and the task floor) and reconstruction (SSIM/PSNR/MSE beside the "
-        "mean-image baseline).",
+        description="Train fresh attackers on the frozen encoder's features and score them on `holdout`: "
+        "attribute inference (logistic regression, MLP, CNN, gradient boosting, each on a learning curve of "
+        "25/50/100%% of `attacker` and on members+reference+attacker; the best of all is reported beside chance "
+        "and the task floor, with 95%% intervals) and reconstruction (SSIM/PSNR/MSE beside the mean-image "
+        "baseline). With --bundle the features are the exported encoder's int8 wire features as the device "
+        "sends them (its channel noise included), and the task accuracy is the cloud bundle's.",
     )
     feats.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     add_json_out(feats)
@@ -35,6 +37,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the task accuracy uses the run's own noise seed, as train and export do)",
     )
     add_probe_device(feats, what="the attackers")
+    feats.add_argument(
+        "--curve",
+        type=_fractions,
+        default=None,
+        metavar="F,F",
+        help="learning curve: fractions of `attacker` each attacker is trained on (default 0.25,0.5,1)",
+    )
+    feats.add_argument(
+        "--no-pool",
+        action="store_true",
+        help="skip the attackers trained on members+reference+attacker (the largest and slowest training set)",
+    )
+    feats.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="probe the exported artefact instead of the torch model: DIR is `privsplit export`'s --out "
+        "(DIR/edge and DIR/cloud); writes RUN/probe_features.ENCODER.json",
+    )
+    feats.add_argument(
+        "--encoder",
+        default="tflite-int8",
+        metavar="FORMAT",
+        help="with --bundle: which shipped encoder to probe (default tflite-int8)",
+    )
     feats.set_defaults(handler=_lazy("privsplit.cli.probe_features"))
 
     outs = kinds.add_parser(
@@ -62,6 +89,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "LiRA a per-record spread from 4, at one training of the run's recipe each)",
     )
     outs.set_defaults(handler=_lazy("privsplit.cli.probe_outputs"))
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fractions like 0.25,0.5,1, got {text!r}") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], like 0.25,0.5,1; got {text!r}")
+    return values
 
 
 def _lazy(module: str):

@@ -1,14 +1,15 @@
 """Attribute inference from the encoder's features, and the task floor it is measured against.
 
-Attackers are fitted on attacker-part features only (C chosen by cross-validation, MLP/CNN epoch
-chosen on a validation slice of attacker data) and scored once on holdout with scikit-learn's
-balanced accuracy and ROC AUC (one-vs-rest macro for more than two classes).
+Each attacker family is fitted on each training set of the learning curve (C chosen by cross-validation,
+MLP/CNN epoch and GBM rounds chosen on a validation slice of that training set, never on holdout) and
+scored once on holdout with scikit-learn's balanced accuracy and ROC AUC (one-vs-rest macro for more
+than two classes), with a 95% binomial interval of the balanced accuracy.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -26,6 +27,27 @@ from privsplit.probes._fit import (
 )
 from privsplit.probes.feature_results import AttackerScore, AttributeLeakage
 from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
+
+Z95 = 1.959963984540054
+
+
+def balanced_accuracy_interval(y: np.ndarray, pred: np.ndarray, *, z: float = Z95) -> tuple[float, float]:
+    """95% interval of the balanced accuracy: each class's recall is binomial over its holdout items.
+
+    The variance is ``sum_k p_k (1 - p_k) / n_k / K^2`` with the Agresti-Coull estimate
+    ``p_k = (hits + 2) / (n_k + 4)`` (so a recall of 0 or 1 still gets a width); clipped to [0, 1].
+    """
+    classes = np.unique(y)
+    recalls, var = [], 0.0
+    for k in classes:
+        mask = y == k
+        n, hits = int(mask.sum()), int((pred[mask] == k).sum())
+        recalls.append(hits / n)
+        p = (hits + 2) / (n + 4)
+        var += p * (1 - p) / (n + 4)
+    centre = float(np.mean(recalls))
+    half = z * float(np.sqrt(var)) / len(classes)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def attribute_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
@@ -66,8 +88,8 @@ def task_floor(
     *,
     num_task_classes: int,
     num_classes: int,
-) -> tuple[float, float | None]:
-    """(balanced accuracy, AUC) of inferring the private label from the true task label alone.
+) -> tuple[float, float | None, tuple[float, float]]:
+    """(balanced accuracy, AUC, 95% interval) of inferring the private label from the true task label alone.
 
     A class-balanced logistic regression on the one-hot task label is fitted on the attacker part and
     scored on holdout: what any server that learns the task output can infer with no feature at all.
@@ -80,7 +102,9 @@ def task_floor(
     model = LogisticRegression(C=100.0, class_weight="balanced", max_iter=2000)
     model.fit(eye[task_train], private_train)
     proba = _full_proba(model, eye[task_test], num_classes)
-    return _balanced_accuracy(private_test, proba.argmax(1)), attribute_auc(private_test, proba)
+    pred = proba.argmax(1)
+    interval = balanced_accuracy_interval(private_test, pred)
+    return _balanced_accuracy(private_test, pred), attribute_auc(private_test, proba), interval
 
 
 def _logistic(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec):
@@ -115,6 +139,27 @@ def _logistic(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeS
             model = pipe.set_params(logisticregression__C=c).fit(flat_train, y_train)
     proba = _full_proba(model, flat_test, num_classes)
     return proba, cv_score, f"C={c:g} by {folds}-fold CV" if cv_score is not None else f"C={c:g}"
+
+
+def _gbm(x_train, y_train, x_test, *, num_classes: int, spec: FeatureProbeSpec):
+    """scikit-learn's HistGradientBoostingClassifier on the flat features, class-balanced; its number of
+    boosting rounds chosen by early stopping on a validation slice of the training set."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    flat_train, flat_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    model = HistGradientBoostingClassifier(
+        max_iter=spec.gbm_max_iter,
+        learning_rate=0.1,
+        l2_regularization=1.0,
+        early_stopping=True,
+        validation_fraction=spec.validation_fraction,
+        n_iter_no_change=spec.patience,
+        class_weight="balanced",
+        random_state=spec.seed,
+    )
+    model.fit(flat_train, y_train)
+    proba = _full_proba(model, flat_test, num_classes)
+    return proba, None, f"{model.n_iter_} rounds by early stopping"
 
 
 def _network(
@@ -175,9 +220,8 @@ def _network(
 
 
 def attack_attribute(
-    features_train: np.ndarray,
-    private_train: np.ndarray,
-    task_train: np.ndarray,
+    train_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    floor_train: tuple[np.ndarray, np.ndarray],
     features_test: np.ndarray,
     private_test: np.ndarray,
     task_test: np.ndarray,
@@ -189,28 +233,52 @@ def attack_attribute(
     progress: bool = True,
     device: torch.device = CPU,
 ) -> AttributeLeakage:
-    """Fit every attacker in ``spec.attackers`` on (features_train, private_train); score on the test part.
+    """Fit every attacker in ``spec.attackers`` on every training set; score each on the test part.
 
-    The MLP and CNN attackers train on ``device`` (logistic regression is scikit-learn's, on the CPU)."""
+    ``train_sets`` maps a learning-curve set's name to its (features, private labels); ``floor_train``
+    holds the (task labels, private labels) the task floor is fitted on (the attacker part). Scores are
+    keyed ``"family@set"``; the headline (:attr:`AttributeLeakage.best`) is the best of them all.
+
+    The MLP and CNN attackers train on ``device`` (logistic regression and gradient boosting are scikit-learn's,
+    on the CPU).
+    """
     if not spec.attackers:
         raise DataError("FeatureProbeSpec.attackers is empty: name at least one attribute attacker")
+    if not train_sets:
+        raise DataError("the feature probe got no training set for the attribute attackers")
     num_classes = len(classes)
-    floor, floor_auc = task_floor(
-        task_train, private_train, task_test, private_test, num_task_classes=num_task_classes, num_classes=num_classes
+    floor, floor_auc, floor_ci = task_floor(
+        floor_train[0],
+        floor_train[1],
+        task_test,
+        private_test,
+        num_task_classes=num_task_classes,
+        num_classes=num_classes,
     )
+    fits: dict[AttributeAttacker, Callable] = {AttributeAttacker.LOGISTIC: _logistic, AttributeAttacker.GBM: _gbm}
     scores: dict[str, AttackerScore] = {}
-    for kind in spec.attackers:
-        fit: Callable = _logistic if kind is AttributeAttacker.LOGISTIC else _network
-        kwargs = {"num_classes": num_classes, "spec": spec}
-        if kind is not AttributeAttacker.LOGISTIC:
-            kwargs.update(kind=kind, progress=progress, device=device)
-        proba, val_score, selection = fit(x_train=features_train, y_train=private_train, x_test=features_test, **kwargs)
-        scores[kind.value] = AttackerScore(
-            balanced_accuracy=_balanced_accuracy(private_test, proba.argmax(1)),
-            auc=attribute_auc(private_test, proba),
-            validation_balanced_accuracy=None if val_score is None else float(val_score),
-            selection=selection,
-        )
+    for set_name, (features_train, private_train) in train_sets.items():
+        for kind in spec.attackers:
+            fit = fits.get(kind, _network)
+            kwargs = {"num_classes": num_classes, "spec": spec}
+            if fit is _network:
+                kwargs.update(kind=kind, progress=progress, device=device)
+            proba, val_score, selection = fit(
+                x_train=features_train, y_train=private_train, x_test=features_test, **kwargs
+            )
+            pred = proba.argmax(1)
+            low, high = balanced_accuracy_interval(private_test, pred)
+            scores[f"{kind.value}@{set_name}"] = AttackerScore(
+                balanced_accuracy=_balanced_accuracy(private_test, pred),
+                auc=attribute_auc(private_test, proba),
+                validation_balanced_accuracy=None if val_score is None else float(val_score),
+                selection=selection,
+                attacker=kind.value,
+                train_set=set_name,
+                train_size=len(private_train),
+                ci_low=low,
+                ci_high=high,
+            )
     return AttributeLeakage(
         name=name,
         classes=tuple(classes),
@@ -218,4 +286,5 @@ def attack_attribute(
         chance=1.0 / num_classes,
         task_floor=floor,
         task_floor_auc=floor_auc,
+        task_floor_ci=floor_ci,
     )

@@ -1,8 +1,10 @@
 """The feature-leakage probe: what an eavesdropper or the cloud learns from the features sent.
 
-Fresh attackers are trained *after* training, on the frozen encoder's features of the run's
-``attacker`` part, and scored on ``holdout``: attribute inference (logistic regression, MLP, CNN)
-beside chance and the task floor, and reconstruction beside the mean-image baseline.
+Fresh attackers are trained *after* training on the frozen encoder's features and scored on ``holdout``:
+attribute inference (logistic regression, MLP, CNN, gradient boosting) beside chance and the task floor,
+and reconstruction beside the mean-image baseline. A real cloud operator owns more labelled images than
+our ``attacker`` part, so each attacker follows a learning curve (25/50/100% of ``attacker``, then
+``members + reference + attacker``) and the headline is the best over all of them.
 
 The encoder is any function ``uint8 (N, H, W, C) -> features (N, C, h, w)``, so the same probe runs
 on the torch model (:func:`torch_encoder_fn`) and on exported TFLite/ONNX artefacts. The function must
@@ -30,7 +32,7 @@ from privsplit.probes.feature_results import (
     ReconstructionLeakage,
     ReconstructionSamples,
 )
-from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
+from privsplit.probes.feature_spec import POOLED, AttributeAttacker, FeatureProbeSpec, curve_label
 from privsplit.probes.reconstruction_attack import attack_reconstruction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,6 +138,40 @@ def _part(split: Split, part: Part, cap: int | None, seed: int) -> np.ndarray:
     return index
 
 
+def _part_of(split: Split, parts: tuple[Part, ...], cap: int | None, taken: int, seed: int) -> np.ndarray:
+    """Indices of ``parts``, subsampled (seeded) so that ``taken`` + them stays within ``cap``."""
+    index = np.sort(np.concatenate([split[p] for p in parts]))
+    room = None if cap is None else max(0, cap - taken)
+    if room is not None and len(index) > room:
+        index = np.sort(np.random.default_rng(seed).choice(index, size=room, replace=False))
+    return index
+
+
+def _training_sets(
+    spec: FeatureProbeSpec, f_att: np.ndarray, y_att: np.ndarray, f_big: np.ndarray, y_big: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The learning curve: nested seeded fractions of the attacker part, then the pooled set."""
+    order = np.random.default_rng(spec.seed + 5).permutation(len(f_att))
+    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for fraction in spec.curve:
+        n = len(f_att) if fraction >= 1.0 else int(round(fraction * len(f_att)))
+        if n < 10:
+            raise ConfigError(
+                f"{curve_label(fraction)} holds {n} images, under the 10 an attacker needs: use larger --curve "
+                "fractions or a larger attacker share (--split)"
+            )
+        idx = np.sort(order[:n])
+        if len(np.unique(y_att[idx])) < 2:
+            raise ConfigError(
+                f"{curve_label(fraction)} ({n} images) holds one class of the private attribute only: use larger "
+                "--curve fractions or more data"
+            )
+        sets[curve_label(fraction)] = (f_att[idx], y_att[idx])
+    if spec.pooled:
+        sets[POOLED] = (f_big, y_big)
+    return sets
+
+
 def probe_features(
     encode: Encoder,
     data: Dataset,
@@ -145,7 +181,8 @@ def probe_features(
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> FeatureLeakageResult:
-    """Train fresh attackers on ``encode``'s features of the attacker part; score them on holdout.
+    """Train fresh attackers on ``encode``'s features (learning curve: ``spec.curve`` fractions of the attacker
+    part, and ``members + reference + attacker`` when ``spec.pooled``); score them all on holdout.
 
     The attackers train on ``device`` (default the CPU, the reference; the result records it).
 
@@ -174,13 +211,28 @@ def probe_features(
     )
     if f_att.shape[1:] != f_hold.shape[1:]:
         raise DataError(f"the encoder returned shapes {f_att.shape[1:]} and {f_hold.shape[1:]} for two batches")
+    # the largest training set: members + reference + attacker (the encoder's own training images included)
+    f_big, big = f_att, attacker
+    if spec.pooled:
+        extra_idx = _part_of(split, (Part.MEMBERS, Part.REFERENCE), spec.max_pooled, len(attacker_idx), spec.seed + 2)
+        if len(extra_idx):
+            extra = data.subset(extra_idx)
+            f_extra, _ = _encode(
+                encode,
+                extra.images,
+                batch_size=spec.encode_batch_size,
+                desc="encode members+reference",
+                progress=progress,
+            )
+            if f_extra.shape[1:] != f_att.shape[1:]:
+                raise DataError(f"the encoder returned shapes {f_att.shape[1:]} and {f_extra.shape[1:]}")
+            f_big, big = np.concatenate([f_att, f_extra]), data.subset(np.concatenate([attacker_idx, extra_idx]))
 
     attribute = None
     if data.private is not None:
         attribute = attack_attribute(
-            f_att,
-            attacker.private_labels,
-            attacker.task_labels,
+            _training_sets(spec, f_att, attacker.private_labels, f_big, big.private_labels),
+            (attacker.task_labels, attacker.private_labels),
             f_hold,
             holdout.private_labels,
             holdout.task_labels,
@@ -192,9 +244,9 @@ def probe_features(
             device=device,
         )
     reconstruction = None
-    if spec.reconstruction:
+    if spec.reconstruction:  # the decoder learns from the largest training set
         reconstruction = attack_reconstruction(
-            f_att, attacker.images, f_hold, holdout.images, spec=spec, progress=progress, device=device
+            f_big, big.images, f_hold, holdout.images, spec=spec, progress=progress, device=device
         )
     return FeatureLeakageResult(
         source=data.source,

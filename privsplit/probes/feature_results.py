@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from privsplit.errors import RunError
+from privsplit.errors import ResultError, RunError
 from privsplit.probes.feature_spec import FeatureProbeSpec
 from privsplit.results import check_schema, from_dict, read_json, save_json, save_npz, to_dict
 
-FEATURE_LEAKAGE_SCHEMA_VERSION = 1
+FEATURE_LEAKAGE_SCHEMA_VERSION = 2  # 2: learning curve (attacker x training set), intervals; 1 still loads
+_READABLE_VERSIONS = (1, 2)
 KIND = "feature_leakage"
 _HINT = "re-run `privsplit probe features`"
 DEFAULT_NAME = "probe_features"
@@ -24,12 +25,23 @@ DEFAULT_NAME = "probe_features"
 
 @dataclass(frozen=True)
 class AttackerScore:
-    """One attribute attacker scored on holdout. ``selection`` says what was chosen on attacker data."""
+    """One attribute attacker scored on holdout. ``selection`` says what was chosen on its training data.
+
+    ``attacker`` (the family) and ``train_set`` (which learning-curve set it was trained on, of
+    ``train_size`` images) are None in results of schema 1 (one attacker each, trained on ``attacker``).
+    ``ci_low``/``ci_high``: 95% binomial interval of the balanced accuracy (normal approximation of
+    each class's recall on holdout).
+    """
 
     balanced_accuracy: float
     auc: float | None
     validation_balanced_accuracy: float | None = None
     selection: str = ""
+    attacker: str | None = None
+    train_set: str | None = None
+    train_size: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     def to_json(self) -> dict:
         return to_dict(self)
@@ -54,6 +66,7 @@ class AttributeLeakage:
     chance: float
     task_floor: float
     task_floor_auc: float | None
+    task_floor_ci: tuple[float, float] | None = None  # 95% binomial interval of the floor's balanced accuracy
 
     def __post_init__(self) -> None:
         if not self.attackers:
@@ -61,8 +74,19 @@ class AttributeLeakage:
 
     @property
     def best(self) -> str:
-        """The attacker with the highest holdout balanced accuracy."""
+        """The attacker (over every family and learning-curve set) with the highest holdout balanced accuracy."""
         return max(self.attackers, key=lambda k: self.attackers[k].balanced_accuracy)
+
+    @property
+    def best_score(self) -> AttackerScore:
+        return self.attackers[self.best]
+
+    def curve(self) -> dict[str, dict[str, AttackerScore]]:
+        """``{attacker family: {training set: score}}`` in training-set order (schema 1: each on ``attacker``)."""
+        out: dict[str, dict[str, AttackerScore]] = {}
+        for key, score in self.attackers.items():
+            out.setdefault(score.attacker or key, {})[score.train_set or "attacker"] = score
+        return out
 
     @property
     def balanced_accuracy(self) -> float:
@@ -84,6 +108,8 @@ class AttributeLeakage:
                 "chance_auc": 0.5,
                 "task_floor": self.task_floor,
                 "task_floor_auc": self.task_floor_auc,
+                "task_floor_ci": self.task_floor_ci,
+                "best_ci": [self.best_score.ci_low, self.best_score.ci_high],
                 "attackers": self.attackers,
             }
         )
@@ -159,6 +185,9 @@ class FeatureLeakageResult:
     task_noise_sigma: float | None = None  # the channel noise the task accuracy was measured with
     task_noise_seed: int | None = None
     device: str | None = None  # where the attackers trained ("cpu", "cuda:0"); None in files written before
+    # what produced the features: "torch" (the run's model, float, noise on) or "<format> <bundle>" (e.g. the
+    # exported tflite-int8 encoder's int8 wire features with the device's noise, `--bundle`)
+    features_from: str = "torch"
 
     def with_task_accuracy(
         self, accuracy: float | None, *, noise_sigma: float | None = None, noise_seed: int | None = None
@@ -176,6 +205,7 @@ class FeatureLeakageResult:
                     "image_shape": list(self.image_shape),
                     "feature_shape": list(self.feature_shape),
                     "feature_dtype": self.feature_dtype,
+                    "features_from": self.features_from,
                 },
                 "sizes": {"attacker": self.attacker_size, "holdout": self.holdout_size},
                 "task": {
@@ -200,7 +230,12 @@ class FeatureLeakageResult:
         samples: ReconstructionSamples | None = None,
         source: str = "feature-leakage result",
     ) -> FeatureLeakageResult:
-        data = check_schema(data, version=FEATURE_LEAKAGE_SCHEMA_VERSION, kind=KIND, source=source, hint=_HINT)
+        found = data.get("schema_version") if isinstance(data, Mapping) else None
+        if isinstance(data, Mapping) and data.get("kind") == KIND and found not in _READABLE_VERSIONS:
+            readable = " or ".join(map(str, _READABLE_VERSIONS))
+            raise ResultError(f"{source} has schema version {found!r}, expected {readable}: {_HINT}")
+        version = found if found in _READABLE_VERSIONS else FEATURE_LEAKAGE_SCHEMA_VERSION
+        data = check_schema(data, version=version, kind=KIND, source=source, hint=_HINT)
         d = data["data"]
         return cls(
             source=str(d["source"]),
@@ -220,6 +255,7 @@ class FeatureLeakageResult:
             task_noise_sigma=data["task"].get("noise_sigma"),
             task_noise_seed=data["task"].get("noise_seed"),
             device=data.get("device"),
+            features_from=str(d.get("features_from", "torch")),
         )
 
     # ---- files --------------------------------------------------------------------------------

@@ -18,10 +18,15 @@ def _f(value: float | None, fmt: str = ".3f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _ci(low: float | None, high: float | None) -> str:
+    return "" if low is None or high is None else f"[{low:.3f}, {high:.3f}] 95%"
+
+
 def summary_text(result: FeatureLeakageResult) -> str:
     c, h, w = result.feature_shape
     lines = [
-        f"Feature leakage: {result.source}, task {result.task}; features {c}x{h}x{w} ({result.feature_dtype}); "
+        f"Feature leakage: {result.source}, task {result.task}; features {c}x{h}x{w} ({result.feature_dtype}, "
+        f"from {result.features_from}); "
         f"attackers trained on {result.attacker_size} attacker images, scored on {result.holdout_size} holdout images",
         f"task accuracy (holdout): {_f(result.task_accuracy, '.4f')} "
         f"{noise_note(result.task_noise_sigma, result.task_noise_seed)}",
@@ -30,22 +35,31 @@ def summary_text(result: FeatureLeakageResult) -> str:
     if att is None:
         lines.append("attribute inference: not run (the data has no private attribute)")
     else:
-        width = 48
+        curve = att.curve()
+        sets = list(dict.fromkeys(t for scores in curve.values() for t in scores))
+        sizes = {t: s.train_size for scores in curve.values() for t, s in scores.items()}
+        col = max(10, *(len(t) + 2 for t in sets))
         lines += [
             "",
-            f"{'attribute inference: ' + att.name + f' ({len(att.classes)} classes)':<{width}}"
-            f"{'bal. acc':>9}{'AUC':>8}   selected on attacker data",
+            f"attribute inference: {att.name} ({len(att.classes)} classes), holdout balanced accuracy per attacker "
+            "(rows) and training set (columns; * = best)",
+            f"  {'':<10}" + "".join(f"{t:>{col}}" for t in sets),
+            f"  {'n train':<10}" + "".join(f"{_f(sizes[t], 'd') if sizes[t] else '':>{col}}" for t in sets),
         ]
-        for name, score in att.attackers.items():
-            mark = "*" if name == att.best else " "
-            lines.append(
-                f"  {mark} {name:<{width - 4}}{_f(score.balanced_accuracy):>9}{_f(score.auc):>8}   {score.selection}"
-            )
+        for family, scores in curve.items():
+            cells = []
+            for t in sets:
+                score = scores.get(t)
+                mark = "*" if score is not None and score is att.best_score else " "
+                cells.append(f"{(_f(score.balanced_accuracy) + mark) if score else 'n/a ':>{col}}")
+            lines.append(f"  {family:<10}" + "".join(cells))
+        best = att.best_score
         lines += [
-            f"  {'best attacker (' + att.best + ')':<{width - 2}}{_f(att.balanced_accuracy):>9}{_f(att.auc):>8}",
-            f"  {'task floor (from the true task label alone)':<{width - 2}}"
-            f"{_f(att.task_floor):>9}{_f(att.task_floor_auc):>8}",
-            f"  {'chance':<{width - 2}}{_f(att.chance):>9}{_f(0.5):>8}",
+            f"  best attacker: {att.best} {_f(att.balanced_accuracy)} {_ci(best.ci_low, best.ci_high)}, "
+            f"AUC {_f(att.auc)} ({best.selection})",
+            f"  task floor (from the true task label alone)  {_f(att.task_floor)} "
+            f"{_ci(*(att.task_floor_ci or (None, None)))}, AUC {_f(att.task_floor_auc)}",
+            f"  chance: {_f(att.chance)}, AUC 0.500",
             f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} "
             "balanced accuracy over the floor",
         ]

@@ -45,7 +45,6 @@ from privsplit.train.purifier_modes import PurifierMode
 __all__ = ["PurifierMode", "PurifierTrainConfig", "fit_purifier", "train_purifier"]
 
 
-
 @dataclass(frozen=True)
 class PurifierTrainConfig:
     mode: PurifierMode = PurifierMode.AE

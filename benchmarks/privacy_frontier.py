@@ -1,0 +1,333 @@
+"""The privacy-utility frontier: each protection method at several strengths, 3 seeds, on INT8 TFLite features.
+
+For every target, method, strength and seed it runs the real path through the CLI:
+``privsplit train`` (the method's flags), ``privsplit export --formats tflite-int8`` and
+``privsplit probe features RUN --bundle EXPORT`` (the strongest post-hoc attackers of the probe: four
+families on a learning curve up to members+reference+attacker, on the int8 wire features the device
+sends, its channel noise included; the task accuracy is the cloud bundle's on those features).
+It reports per method and strength: task accuracy, the best attacker's balanced accuracy with the task
+floor, reconstruction SSIM with the mean-image SSIM, each as a mean with a 95% t-interval across seeds,
+and whether the issue's goals hold on every seed. Writes ``OUT/privacy_frontier.json`` (privsplit.results),
+prints the table and draws ``OUT/privacy_frontier_<target>.png`` (task accuracy against attacker, one curve
+per method, the unprotected point, floor and chance).
+
+Every step is cached in ``OUT/cache/TARGET/METHOD/STRENGTH/seedS`` (a finished step is not re-run), so an
+interrupted sweep resumes where it stopped.
+
+    python benchmarks/privacy_frontier.py --targets digits --seeds 0,1,2 --out ../shared/results/frontier
+    python benchmarks/privacy_frontier.py --quick            # digits, 1 seed, short training: a smoke run
+
+Methods are a mapping ``name -> {strength: [extra train flags]}`` (``--methods FILE.json`` replaces the
+default ones below), so objectives added to ``privsplit train`` later join the sweep by their flags, e.g.
+``{"conditional": {"w1": ["--adversary", "conditional", "--adv-weight", "1"]}}``. A method named
+``unprotected`` is the baseline every goal is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from privsplit.results import read_json, save_json
+
+SCHEMA_VERSION = 1
+KIND = "privacy_frontier"
+UNPROTECTED = "unprotected"
+
+# name -> strength -> extra `privsplit train` flags. "adversary" is today's default objective (entropy
+# adversaries + 4-channel bottleneck + noise 1.0); its weight is the strength, 3 being the default.
+METHODS: dict[str, dict[str, list[str]]] = {
+    UNPROTECTED: {"-": ["--unprotected"]},
+    "adversary": {
+        "w0": ["--adv-weight", "0"],
+        "w1": ["--adv-weight", "1"],
+        "w3 (default)": [],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    data: str
+    task: str
+    private: str
+    image_size: int | None
+    attacker_slack: float  # goal: best attacker <= (floor or max(chance, floor)) + slack
+    against_chance: bool  # digits: max(chance, floor); CelebA: the floor
+    ssim_slack: float | None  # goal: SSIM <= mean-image SSIM + slack (None: no SSIM goal)
+
+
+TARGETS = {
+    "digits": Target("digits", "digits", "digit", "slant", None, 0.03, True, None),
+    "celeba": Target("celeba", "celeba:../shared/data/celeba-10k", "Smiling", "Male", 64, 0.02, False, 0.05),
+}
+
+
+# ---- numbers ----------------------------------------------------------------------------------------------
+def interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): 95% Student-t interval of the mean across seeds (NaN width for a single seed)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def seed_row(probe: Mapping) -> dict:
+    """The figures of one seed, from its probe JSON (``privsplit probe features --bundle``)."""
+    att, rec = probe["attribute"], probe["reconstruction"]
+    return {
+        "task_accuracy": float(probe["task"]["accuracy"]),
+        "attacker": float(att["balanced_accuracy"]),
+        "attacker_best": str(att["best"]),
+        "floor": float(att["task_floor"]),
+        "chance": float(att["chance"]),
+        "ssim": None if rec is None else float(rec["ssim"]),
+        "mean_ssim": None if rec is None else float(rec["baseline_ssim"]),
+        "features_from": probe["data"].get("features_from", "torch"),
+    }
+
+
+def goals(row: Mapping, baseline: Mapping | None, target: Target) -> dict[str, bool | None]:
+    """The issue's goals on one seed: task within 1 point of the seed's unprotected run, attacker and SSIM limits."""
+    limit = (max(row["chance"], row["floor"]) if target.against_chance else row["floor"]) + target.attacker_slack
+    ssim_ok = None
+    if target.ssim_slack is not None and row["ssim"] is not None:
+        ssim_ok = row["ssim"] <= row["mean_ssim"] + target.ssim_slack
+    return {
+        "task_within_1pt": None if baseline is None else row["task_accuracy"] >= baseline["task_accuracy"] - 0.01,
+        "attacker_within_limit": row["attacker"] <= limit,
+        "ssim_within_limit": ssim_ok,
+    }
+
+
+def aggregate(seeds: Mapping[int, Mapping], baselines: Mapping[int, Mapping], target: Target) -> dict:
+    """Mean and 95% interval across seeds of every figure, plus each seed's goals and whether all seeds meet them."""
+    out: dict = {"seeds": sorted(seeds), "per_seed": {str(s): dict(seeds[s]) for s in sorted(seeds)}}
+    for key in ("task_accuracy", "attacker", "floor", "chance", "ssim", "mean_ssim"):
+        values = [seeds[s][key] for s in sorted(seeds) if seeds[s][key] is not None]
+        out[key] = None if not values else dict(zip(("mean", "low", "high"), interval(values)))
+    checks = {str(s): goals(seeds[s], baselines.get(s), target) for s in sorted(seeds)}
+    out["goals"] = checks
+    out["goals_met"] = {
+        name: None if any(c[name] is None for c in checks.values()) else all(c[name] for c in checks.values())
+        for name in ("task_within_1pt", "attacker_within_limit", "ssim_within_limit")
+    }
+    return out
+
+
+def _cell(stat: Mapping | None, fmt: str = ".3f") -> str:
+    if stat is None:
+        return "n/a"
+    if math.isnan(stat["low"]):
+        return format(stat["mean"], fmt)
+    return f"{stat['mean']:{fmt}} ±{(stat['high'] - stat['low']) / 2:{fmt}}"
+
+
+def table(rows: Sequence[Mapping]) -> str:
+    """Rows ``{target, method, strength, **aggregate(...)}`` as text: mean ± half-width of the 95% interval."""
+    head = (
+        f"{'target':<7} {'method':<12} {'strength':<13} {'seeds':>5} {'task acc':>14} {'best attacker':>14} "
+        f"{'floor':>6} {'chance':>6} {'SSIM':>14} {'mean-img':>8}  goals (task/attacker/SSIM)"
+    )
+    lines = [head, "-" * len(head)]
+    mark = {True: "yes", False: "NO", None: "-"}
+    for r in rows:
+        met = r["goals_met"]
+        lines.append(
+            f"{r['target']:<7} {r['method']:<12} {r['strength']:<13} {len(r['seeds']):>5} "
+            f"{_cell(r['task_accuracy']):>14} {_cell(r['attacker']):>14} {r['floor']['mean']:>6.3f} "
+            f"{r['chance']['mean']:>6.3f} {_cell(r['ssim']):>14} "
+            f"{'n/a' if r['mean_ssim'] is None else format(r['mean_ssim']['mean'], '.3f'):>8}  "
+            + "/".join(mark[met[k]] for k in ("task_within_1pt", "attacker_within_limit", "ssim_within_limit"))
+        )
+    return "\n".join(lines)
+
+
+def frontier_points(rows: Sequence[Mapping], target: str) -> list:
+    """The rows of one target as :class:`privsplit.report.feature_plots.FrontierPoint` (means and intervals)."""
+    from privsplit.report.feature_plots import FrontierPoint
+
+    points = []
+    for r in rows:
+        if r["target"] != target:
+            continue
+        task, att = r["task_accuracy"], r["attacker"]
+        points.append(
+            FrontierPoint(
+                method=r["method"],
+                label=r["strength"],
+                task_accuracy=task["mean"],
+                task_interval=(task["low"], task["high"]),
+                attacker=att["mean"],
+                attacker_interval=(att["low"], att["high"]),
+            )
+        )
+    return points
+
+
+# ---- running ------------------------------------------------------------------------------------------------
+def _cli(*argv: str, log: Path) -> None:
+    env = dict(os.environ, PRIVSPLIT_PROGRESS="0")
+    with open(log, "a") as fh:
+        fh.write(f"$ privsplit {' '.join(argv)}\n")
+        fh.flush()
+        done = subprocess.run([sys.executable, "-m", "privsplit.cli.main", *argv], env=env, stdout=fh, stderr=fh)
+    if done.returncode != 0:
+        raise SystemExit(f"privacy_frontier: `privsplit {' '.join(argv[:2])}` failed, see {log}")
+
+
+def run_one(target: Target, flags: Sequence[str], seed: int, folder: Path, args: argparse.Namespace) -> dict:
+    """Train, export (tflite-int8) and probe one (method, strength, seed); every finished step is kept."""
+    run, export, probe = folder / "run", folder / "export", folder / "probe.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.txt"
+    t0 = time.perf_counter()
+    if not (run / "metrics.json").is_file():
+        train = ["train", "--data", target.data, "--task", target.task, "--private", target.private]
+        train += ["--out", str(run), "--seed", str(seed), "--quiet", *flags, *args.train_flags.split()]
+        size = args.image_size or target.image_size
+        if size:
+            train += ["--image-size", str(size)]
+        if args.epochs and "--epochs" not in flags:
+            train += ["--epochs", str(args.epochs)]
+        if args.limit:
+            train += ["--limit", str(args.limit)]
+        _cli(*train, log=log)
+    if not (export / "edge" / "manifest.json").is_file():
+        # --tolerance 0.99: the benchmark measures every run, it does not gate shipping
+        _cli(
+            "export",
+            str(run),
+            "--out",
+            str(export),
+            "--formats",
+            "tflite-int8",
+            "--no-probe",
+            "--force",
+            "--tolerance",
+            "0.99",
+            "--seed",
+            str(seed),
+            "--quiet",
+            log=log,
+        )
+    if not probe.is_file():
+        cmd = ["probe", "features", str(run), "--bundle", str(export), "--json", str(probe), "--seed", str(seed)]
+        if args.probe_epochs:
+            cmd += ["--epochs", str(args.probe_epochs)]
+        if args.curve:
+            cmd += ["--curve", args.curve]
+        _cli(*cmd, log=log)
+    row = seed_row(read_json(probe, what="a feature-leakage result"))
+    print(
+        f"  {folder}: task {row['task_accuracy']:.4f}, attacker {row['attacker']:.3f} "
+        f"({time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
+
+
+def sweep(args: argparse.Namespace) -> list[dict]:
+    methods = METHODS if args.methods is None else json.loads(Path(args.methods).read_text())
+    rows = []
+    for name in args.targets:
+        target = TARGETS[name]
+        baselines = {}
+        order = sorted(methods, key=lambda m: m != UNPROTECTED)  # the baseline first
+        for method in order:
+            for strength, flags in methods[method].items():
+                seeds = {}
+                for seed in args.seeds:
+                    slug = strength.replace(" ", "_").replace("(", "").replace(")", "")
+                    folder = args.out / "cache" / name / method / slug / f"seed{seed}"
+                    seeds[seed] = run_one(target, flags, seed, folder, args)
+                if method == UNPROTECTED:
+                    baselines = dict(seeds)
+                rows.append(
+                    {
+                        "target": name,
+                        "method": method,
+                        "strength": strength,
+                        "flags": list(flags),
+                        **aggregate(seeds, baselines, target),
+                    }
+                )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", default="digits,celeba", help="comma-separated: digits, celeba")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", help="JSON file: {method: {strength: [train flags]}} (default: built in)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frontier"))
+    parser.add_argument("--epochs", type=int, help="training epochs (default: each recipe's own)")
+    parser.add_argument("--limit", type=int, help="use only the first N images of each dataset")
+    parser.add_argument("--image-size", type=int, help="image size (default: digits 32, CelebA 64)")
+    parser.add_argument(
+        "--train-flags",
+        default="",
+        help="extra `privsplit train` flags for every run, e.g. '--head-epochs 2' (quoted, space-separated)",
+    )
+    parser.add_argument("--probe-epochs", type=int, help="attacker epochs (default: the probe's own)")
+    parser.add_argument("--curve", help="probe learning-curve fractions (default: the probe's 0.25,0.5,1)")
+    parser.add_argument("--quick", action="store_true", help="digits, seed 0, 4 epochs, small probe: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.targets, args.seeds, args.epochs = "digits", "0", args.epochs or 4
+        args.image_size = args.image_size or 16
+        args.probe_epochs, args.curve = args.probe_epochs or 10, args.curve or "0.5,1"
+    args.targets = [t for t in args.targets.split(",") if t]
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target {unknown[0]!r}: choose from {', '.join(TARGETS)}")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    rows = sweep(args)
+    print(table(rows))
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "limit": args.limit,
+        "image_size": args.image_size,
+        "train_flags": args.train_flags,
+        "probe_epochs": args.probe_epochs,
+        "curve": args.curve,
+        "rows": rows,
+    }
+    print(f"wrote {save_json(args.out / 'privacy_frontier.json', report)}", file=sys.stderr)
+    from privsplit.report.feature_plots import plot_frontier
+
+    for name in args.targets:
+        first = next(r for r in rows if r["target"] == name)
+        path = plot_frontier(
+            frontier_points(rows, name),
+            args.out / f"privacy_frontier_{name}.png",
+            floor=first["floor"]["mean"],
+            chance=first["chance"]["mean"],
+            title=f"{name}: task accuracy against the best post-hoc attacker (INT8 TFLite features, "
+            f"{len(args.seeds)} seeds, 95% intervals)",
+            baseline=UNPROTECTED,
+        )
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
