@@ -31,8 +31,8 @@ import numpy as np
 
 from privsplit.errors import RunError
 from privsplit.probes._fit import use_device
-from privsplit.probes.inversion import invert
 from privsplit.probes.calibrated_attacks import DEFAULT_AUGMENTATIONS, augment
+from privsplit.probes.inversion import invert
 from privsplit.probes.membership import ExtraQueries, ScoredRecords, ShadowData, run_attacks
 from privsplit.probes.mia_metrics import label_floor
 from privsplit.probes.output_results import MIAReport, OutputArrays, OutputProbeResult, OutputProbeSpec
