@@ -192,3 +192,10 @@ def test_swap_options_and_calibration_bounds():
     changed = (q.argmax(1) != ref.argmax(1)).mean()
     assert changed <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)  # and as measured: the gate is spread evenly
     assert (margins(ref)[q.argmax(1) != ref.argmax(1)] >= cal.swap_margin).all()  # only member-like rows move
+
+
+def test_the_cli_lists_every_purifier_mode_without_importing_torch():
+    from privsplit.cli.purifier import MODES
+    from privsplit.train.purifier_modes import PurifierMode
+
+    assert MODES == tuple(m.value for m in PurifierMode)

@@ -323,7 +323,8 @@ def test_device_cpu_is_the_default_bit_for_bit(tiny_run, tmp_path):
     outputs = json.loads(cpu.file("probe_outputs.json").read_text())
     assert outputs["label_agreement"] == 1.0 and 0.5 < outputs["accuracy"] <= 1.0
     features = json.loads(cpu.file("probe_features.json").read_text())
-    assert set(features["attribute"]["attackers"]) == {"logistic", "mlp", "cnn"}
+    families = {key.split("@")[0] for key in features["attribute"]["attackers"]}
+    assert {"logistic", "mlp", "cnn"} <= families
 
 
 @pytest.mark.slow

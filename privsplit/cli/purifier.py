@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from privsplit.cli._common import add_probe_device, non_negative_float, positive_int, probe_device
-from privsplit.train.purifier_modes import PurifierMode
+
+# privsplit.train.purifier_modes.PurifierMode (a test keeps them equal), without importing torch here: the CLI
+# parser is built by torch-free installs too (edge, cloud, KServe)
+MODES = ("ae", "adversarial", "swap")
 
 
 def _share(text: str) -> float:
@@ -40,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     p.add_argument(
         "--mode",
-        choices=[m.value for m in PurifierMode],
-        default=PurifierMode.AE.value,
+        choices=MODES,
+        default="ae",
         help="training objective (default %(default)s; `swap` changes a few labels)",
     )
     p.add_argument(
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.models.purifier import purifier_training_facts
     from privsplit.run import RunFolder
     from privsplit.train.purifier import PurifierTrainConfig, train_purifier
+    from privsplit.train.purifier_modes import PurifierMode
 
     changes = {
         "max_distortion_pct": args.max_distortion,
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.log_clamp is not None and args.log_clamp <= 0:
         raise ConfigError("--log-clamp must be > 0")
     device = probe_device(args)
-    if args.swap_share is not None and args.mode != PurifierMode.SWAP.value:
+    if args.swap_share is not None and args.mode != "swap":
         raise ConfigError("--swap-share applies to --mode swap only")
     if args.swap_share is not None:
         changes["swap_share"] = args.swap_share
