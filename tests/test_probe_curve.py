@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import train_tiny_digits_model
 
-from privsplit.data import Part, load_dataset, make_split
+from privsplit.data import load_dataset, make_split
 from privsplit.probes.feature_probe import AttributeAttacker, FeatureProbeSpec, probe_features, torch_encoder_fn
 from privsplit.probes.feature_results import FeatureLeakageResult
 from privsplit.probes.feature_spec import POOLED
@@ -20,44 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 V1 = ROOT / "tests" / "data" / "results_v1"
 
 
-def _unprotected_digits_model(data, split):
-    """A real unprotected split model (no noise, 8 feature channels), briefly trained on the members."""
-    import torch
-    from torch.nn import functional as F
-
-    from privsplit.models import Arch, ModelConfig, build_split_model
-
-    config = ModelConfig(
-        arch=Arch.SMALL_CNN,
-        in_channels=1,
-        image_size=16,
-        num_classes=10,
-        split=1,
-        feature_channels=8,
-        width=16,
-        noise_sigma=0.0,
-        mean=(0.3,),
-        std=(0.3,),
-    )
-    torch.manual_seed(0)
-    model = build_split_model(config)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    members = split[Part.MEMBERS]
-    x, y = model.preprocess(data.images[members]), torch.from_numpy(data.task_labels[members])
-    for _ in range(4):
-        for i in range(0, len(x), 32):
-            loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model
-
-
 @pytest.fixture(scope="module")
 def curve_result() -> FeatureLeakageResult:
     data = load_dataset("digits", task="digit", private="slant", image_size=16, limit=600)
     split = make_split(len(data), seed=0)  # 240 members, 120 reference, 120 holdout, 120 attacker
-    model = _unprotected_digits_model(data, split)
+    model = train_tiny_digits_model(data, split, feature_channels=8, noise_sigma=0.0, epochs=4)  # unprotected
     spec = FeatureProbeSpec(
         attackers=(AttributeAttacker.LOGISTIC, AttributeAttacker.GBM),  # the networks: test_probe_features.py
         logistic_cs=(0.1,),

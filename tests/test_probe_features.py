@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import train_tiny_digits_model
 
-from privsplit.data import Dataset, Part, SplitFractions, load_dataset, make_split
+from privsplit.data import Dataset, SplitFractions, load_dataset, make_split
 from privsplit.errors import ConfigError, DataError
 from privsplit.probes.feature_probe import (
     AttributeAttacker,
@@ -205,37 +206,12 @@ def test_bad_encoders_and_splits_are_refused():
 
 def _tiny_digits_run(path: Path):
     """A real (briefly trained) digits run folder with channel noise, written with the run-folder API."""
-    import torch
-    from torch.nn import functional as F
-
-    from privsplit.models import Arch, ModelConfig, build_split_model
     from privsplit.run import DataConfig, RunConfig, RunFolder
 
     data = load_dataset("digits", image_size=16, limit=500)
     split = make_split(len(data), seed=0)
-    config = ModelConfig(
-        arch=Arch.SMALL_CNN,
-        in_channels=1,
-        image_size=16,
-        num_classes=10,
-        split=1,
-        feature_channels=4,
-        width=16,
-        noise_sigma=0.5,
-        mean=(0.3,),
-        std=(0.3,),
-    )
-    torch.manual_seed(0)
-    model = build_split_model(config)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    members = split[Part.MEMBERS]
-    x, y = model.preprocess(data.images[members]), torch.from_numpy(data.task_labels[members])
-    for _ in range(6):
-        for i in range(0, len(x), 32):
-            loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = train_tiny_digits_model(data, split, feature_channels=4, noise_sigma=0.5, epochs=6)
+    config = model.config
     run = RunFolder(path)
     run.write_config(RunConfig(data=DataConfig("digits", "digit", None, 16, 500), model=config, seed=0))
     split.save(run.file("split.json"))
