@@ -135,11 +135,13 @@ def export_run(
     progress: bool = True,
     triton: bool = False,
     triton_model_name: str = DEFAULT_MODEL_NAME,
+    ship_collapsed: bool = False,
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
     None skips it. ``tolerance``: the largest task-accuracy drop a shipped format may have (0.01 = 1 point).
     ``triton``: also write OUT/triton, a Triton model repository whose ensemble is ``triton_model_name``.
+    ``ship_collapsed``: export a run whose protected training collapsed (refused otherwise).
     """
     from privsplit.export.runtime import ort_session
     from privsplit.export.signing import load_private_key
@@ -155,6 +157,12 @@ def export_run(
     if not 0 <= tolerance < 1:
         raise ConfigError(f"tolerance is a fraction of accuracy in [0, 1), got {tolerance}")
     run = run if isinstance(run, RunFolder) else RunFolder(run)
+    collapsed = run.collapse_reason()
+    if collapsed and not ship_collapsed:
+        raise ConfigError(
+            f"{run.path}'s protected training collapsed ({collapsed}): export refuses to ship it; retrain "
+            "(e.g. --privacy balanced or another --seed), or pass --force to export it anyway"
+        )
     out = Path(out)
     key = None if sign_key is None else load_private_key(sign_key)
     model = run.load_split_model()

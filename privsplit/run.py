@@ -133,6 +133,13 @@ class RunFolder:
     def config(self) -> RunConfig:
         return self.parse_json("config.json", lambda d: RunConfig.from_json(d, source=str(self.file("config.json"))))
 
+    def collapse_reason(self) -> str | None:
+        """Why the run's protected training collapsed (``metrics.json``'s ``collapse``), or None if it did not."""
+        if not self.has("metrics.json"):
+            return None
+        check = self.parse_json("metrics.json", lambda d: d.get("collapse") or {})
+        return str(check.get("reason") or "it collapsed") if check.get("collapsed") else None
+
     def eval_noise_seed(self) -> int:
         """The channel-noise seed of the run's holdout accuracy (metrics.json; older runs: config seed + 11)."""
         if self.has("metrics.json"):

@@ -85,7 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="with --triton: the ensemble's name, the model devices ask for (default privsplit, as `privsplit serve`)",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing export in DIR")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing export in DIR; also ship a run whose protected training collapsed",
+    )
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
@@ -122,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         holdout_limit=args.holdout_limit,
         version=args.bundle_version,
         overwrite=args.force,
+        ship_collapsed=args.force,
         progress=not args.quiet,
         triton=args.triton,
         triton_model_name=args.triton_model_name or DEFAULT_MODEL_NAME,

@@ -11,6 +11,9 @@ from privsplit.cli._common import DEVICES, non_negative_float, positive_int
 
 # privsplit.train.membership_defense.NAMES (a test keeps them equal), without importing torch here
 DEFENSES = ("none", "relaxloss", "dp-sgd", "recommended")
+# privsplit.train.config.PrivacyPreset and AdversaryTarget values (a test keeps them equal)
+PRESETS = ("balanced", "strong", "off")
+TARGETS = ("conditional", "uniform")
 
 
 def non_negative_int(text: str) -> int:
@@ -102,6 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["entropy", "neg-ce"],
         help="what the encoder does to the adversaries (default entropy)",
     )
+    _add_objective_args(p)
     p.add_argument(
         "--arch",
         choices=["small-cnn", "mobilenet-v2"],
@@ -136,6 +140,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     _PARSER_ACTIONS[:] = p._actions
 
 
+def _add_objective_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("privacy objective (what the features leak about --private)")
+    g.add_argument(
+        "--privacy",
+        choices=PRESETS,
+        metavar="PRESET",
+        help="balanced (default): aim the adversaries at the task floor, warm start + distillation, pressure only "
+        "while they read more than floor + --leakage-budget and the task keeps within --utility-budget | strong: "
+        "uniform entropy adversaries at a fixed weight 3, towards chance, whatever the task pays | off: the "
+        "unprotected baseline (as --unprotected). The flags below change one part of a preset",
+    )
+    g.add_argument(
+        "--adversary-target",
+        choices=TARGETS,
+        help="conditional: push the adversaries to the attribute's distribution within each task class "
+        "(remove only what it says beyond the task) | uniform: towards chance",
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=non_negative_int,
+        metavar="N",
+        help="first N joint epochs train the task alone (noise and bottleneck on, no adversaries)",
+    )
+    g.add_argument(
+        "--distill-weight",
+        type=non_negative_float,
+        metavar="F",
+        help="keep the warm start's task posterior during the adversarial epochs (KL weight; 0 = off)",
+    )
+    g.add_argument(
+        "--leakage-budget",
+        type=non_negative_float,
+        metavar="BA",
+        help="adapt --adv-weight each epoch: double it while the adversaries read more than the task floor + BA "
+        "balanced accuracy on reference, halve it below",
+    )
+    g.add_argument(
+        "--utility-budget",
+        type=non_negative_float,
+        metavar="ACC",
+        help="with --leakage-budget: halve the pressure while reference accuracy is more than ACC below the warm "
+        "start's",
+    )
+
+
 def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("membership defence (what the returned scores leak about the training set)")
     g.add_argument(
@@ -157,11 +206,20 @@ def _add_defense_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
+    from privsplit.errors import ConfigError
     from privsplit.train import AdversaryLoss, TrainConfig
+    from privsplit.train.config import PrivacyPreset
     from privsplit.train.membership_defense import MembershipDefense
 
-    config = TrainConfig.unprotected() if args.unprotected else TrainConfig()
+    if args.unprotected and args.privacy not in (None, "off"):
+        raise ConfigError(f"--unprotected is --privacy off: drop one of --unprotected and --privacy {args.privacy}")
+    config = TrainConfig.preset(PrivacyPreset.OFF if args.unprotected else PrivacyPreset(args.privacy or "balanced"))
     changes = {
+        "adversary_target": args.adversary_target,
+        "warmup_epochs": args.warmup_epochs,
+        "distill_weight": args.distill_weight,
+        "leakage_budget": args.leakage_budget,
+        "utility_budget": args.utility_budget,
         "epochs": args.epochs,
         "head_finetune_epochs": args.head_epochs,
         "adv_weight": args.adv_weight,

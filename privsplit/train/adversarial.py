@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privsplit.models import ATTRIBUTE_ATTACKERS, ReconstructionDecoder, SplitModel, feature_shape
-from privsplit.train.config import AdversaryLoss, TrainConfig
+from privsplit.train.config import AdversaryLoss, AdversaryTarget, TrainConfig
 from privsplit.train.distributed import DistContext
 
 
@@ -39,6 +39,9 @@ class EpochStats:
     reconstruction_mse: float | None = None
     privacy_loss: float | None = None
     total_loss: float | None = None
+    adversary_weight: float | None = None  # the attribute term's weight this epoch (moves with a leakage budget)
+    reference_leakage: float | None = None  # the epoch's best adversary, balanced accuracy on reference features
+    leakage_floor: float | None = None  # the task floor on reference, beside it
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,18 @@ class _Adversaries:
     """Attribute adversaries (+ optional reconstruction decoder), re-initialised every epoch."""
 
     def __init__(
-        self, model: SplitModel, config: TrainConfig, num_private: int | None, *, dist: DistContext = DistContext()
+        self,
+        model: SplitModel,
+        config: TrainConfig,
+        num_private: int | None,
+        *,
+        dist: DistContext = DistContext(),
+        prior: torch.Tensor | None = None,
     ) -> None:
         self.dist = dist
+        # (task classes, private classes): p(private | task) on members, the conditional target's rows
+        self.prior = prior
+        self.weight = config.adv_weight  # the attribute term's weight; the leakage-budget controller moves it
         self._model_config = model.config
         self.device = next(model.parameters()).device
         self.shape = feature_shape(model.config)
@@ -142,21 +154,42 @@ class _Adversaries:
         self.opt.step()
         return attr_loss or 0.0, attr_acc, rec
 
-    def privacy_loss(self, z: torch.Tensor, private: torch.Tensor | None, pixels: torch.Tensor) -> torch.Tensor:
-        """The encoder's privacy term: adv_weight * sum L_priv - rec_weight * MSE."""
+    def privacy_loss(
+        self, z: torch.Tensor, private: torch.Tensor | None, pixels: torch.Tensor, task: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The encoder's privacy term: weight * sum L_priv - rec_weight * MSE.
+
+        With the entropy loss, ``L_priv = CE(a(z), target)``: the uniform distribution, or the private attribute's
+        distribution within the record's task class (``adversary_target`` conditional; needs ``task``)."""
         total = torch.zeros((), device=z.device)
         if self.use_attr:
             for a in self.attackers:
                 logits = a(z)
                 if self.config.adversary_loss is AdversaryLoss.ENTROPY:
-                    uniform = torch.full_like(logits, 1.0 / logits.shape[1])
-                    term = F.cross_entropy(logits, uniform)
+                    term = F.cross_entropy(logits, self.target(logits, task))
                 else:
                     term = -F.cross_entropy(logits, private)
-                total = total + self.config.adv_weight * term
+                total = total + self.weight * term
         if self.decoder is not None:
             total = total - self.config.rec_weight * F.mse_loss(self.decoder(z), pixels)
         return total
+
+    def target(self, logits: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        conditional = self.config.adversary_target is AdversaryTarget.CONDITIONAL
+        if conditional and self.prior is not None and task is not None:
+            return self.prior.to(logits.device)[task]
+        return torch.full_like(logits, 1.0 / logits.shape[1])
+
+    @torch.no_grad()
+    def balanced_accuracy(self, z: torch.Tensor, private: torch.Tensor) -> float:
+        """The best adversary's balanced accuracy on ``z`` (e.g. reference features): the controller's reading."""
+        best = 0.0
+        for a in self.attackers:
+            a.eval()
+            pred = torch.cat([a(z[i : i + 512]).argmax(1) for i in range(0, len(z), 512)])
+            a.train()
+            best = max(best, balanced_accuracy(pred, private, self.num_private or 2))
+        return best
 
     def requires_grad(self, flag: bool) -> None:
         for m in self.modules:
@@ -202,6 +235,25 @@ def recalibrate_batchnorm(
     model.train(was_training)
 
 
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    recalls = [float((pred[labels == c] == c).float().mean()) for c in range(num_classes) if bool((labels == c).any())]
+    return sum(recalls) / max(1, len(recalls))
+
+
+def conditional_prior(task: np.ndarray, private: np.ndarray, num_task: int, num_private: int) -> torch.Tensor:
+    """``p(private | task)`` estimated on ``task``/``private`` label arrays (add-one smoothed): (num_task, num_private)."""
+    counts = np.ones((num_task, num_private))
+    np.add.at(counts, (task, private), 1.0)
+    return torch.as_tensor(counts / counts.sum(1, keepdims=True), dtype=torch.float32)
+
+
+def task_floor(prior: torch.Tensor, task: np.ndarray, private: np.ndarray, num_private: int) -> float:
+    """Balanced accuracy on ``private`` of the class-balanced guess from each record's task class alone."""
+    marginal = torch.as_tensor(np.bincount(private, minlength=num_private) + 1.0, dtype=torch.float32)
+    pred = (prior / marginal).argmax(1)[torch.as_tensor(task)]
+    return balanced_accuracy(pred, torch.as_tensor(private), num_private)
+
+
 def log(text: str, enabled: bool) -> None:
     if enabled:
         print(text, file=sys.stderr, flush=True)
@@ -217,4 +269,6 @@ def describe(s: EpochStats) -> str:
         text += f" | adversary CE {s.adversary_loss:.3f} acc {s.adversary_accuracy:.3f}"
     if s.reconstruction_mse is not None:
         text += f" | decoder MSE {s.reconstruction_mse:.4f}"
+    if s.reference_leakage is not None:
+        text += f" | reference leakage {s.reference_leakage:.3f} (floor {s.leakage_floor:.3f}, weight {s.adversary_weight:g})"
     return text

@@ -17,6 +17,34 @@ class AdversaryLoss(str, Enum):
     NEG_CE = "neg-ce"  # the textbook -CE(adversary, private label); unbounded, weaker in practice
 
 
+class AdversaryTarget(str, Enum):
+    """Where the entropy objective pushes the adversaries' posterior over the private attribute."""
+
+    # p(private | task label) on members: remove only what the attribute says *beyond* the task
+    # (Z independent of S given Y, as in conditional fair representations); aims at the task floor
+    CONDITIONAL = "conditional"
+    UNIFORM = "uniform"  # the uniform distribution: aims at chance, and erases task evidence tied to S
+
+
+class PrivacyPreset(str, Enum):
+    """The common recipes of ``privsplit train --privacy``; every part stays settable by its own flag."""
+
+    BALANCED = "balanced"  # TrainConfig's defaults: aim at the task floor at a bounded task cost
+    STRONG = "strong"  # uniform entropy adversaries at a fixed weight: towards chance, whatever the task pays
+    OFF = "off"  # the unprotected baseline (TrainConfig.unprotected)
+
+
+# the protected default of earlier versions, kept as the strong preset
+_STRONG = dict(
+    adversary_target=AdversaryTarget.UNIFORM,
+    adv_weight=3.0,
+    warmup_epochs=0,
+    distill_weight=0.0,
+    leakage_budget=None,
+    utility_budget=None,
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training options. The defaults are the protected recipe; :meth:`unprotected` is the baseline.
@@ -40,6 +68,18 @@ class TrainConfig:
     noise_sigma: float = 1.0
     feature_channels: int = 4
     adversary_loss: AdversaryLoss = AdversaryLoss.ENTROPY
+    adversary_target: AdversaryTarget = AdversaryTarget.UNIFORM
+    # first joint epochs train the task alone (noise and bottleneck on, no adversaries): a warm start;
+    # None: a quarter of ``epochs`` (see :attr:`warmup`)
+    warmup_epochs: int | None = 0
+    distill_weight: float = 0.0  # KL(warm-start model's task posterior || the model's) during the adversarial epochs
+    leakage_budget: float | None = None  # adapt adv_weight per epoch: pressure only above the task floor + this
+    # with a leakage budget: the reference accuracy the adversarial epochs may lose against the warm start's last
+    # epoch; below it the controller halves the pressure whatever the leakage (the task comes first)
+    utility_budget: float | None = None
+    # weight of the within-class share of the features' variance: features that depend on the image only through
+    # its task class carry nothing beyond the task floor, to any attacker (nor more than the class mean's image)
+    compact_weight: float = 0.0
     adversaries: tuple[str, ...] = ("cnn", "linear")
     adv_steps: int = 3
     adv_lr: float = 2e-3
@@ -52,13 +92,30 @@ class TrainConfig:
     membership_defense: MembershipDefense = field(default_factory=MembershipDefense)  # see membership_defense.py
 
     def __post_init__(self) -> None:
+        for name, kind in (("adversary_loss", AdversaryLoss), ("adversary_target", AdversaryTarget)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                choices = [k.value for k in kind]
+                raise ConfigError(
+                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; choose from {choices}"
+                ) from None
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "adv_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
-        for name in ("adv_weight", "rec_weight", "noise_sigma", "weight_decay"):
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(
+                f"warmup-epochs must be in 0..{self.epochs - 1} (fewer than --epochs {self.epochs}), "
+                f"got {self.warmup_epochs}"
+            )
+        if self.utility_budget is not None and not 0 <= self.utility_budget < 1:
+            raise ConfigError(f"utility-budget must be in [0, 1) accuracy, got {self.utility_budget}")
+        if self.leakage_budget is not None and not 0 <= self.leakage_budget < 0.5:
+            raise ConfigError(f"leakage-budget must be in [0, 0.5) balanced accuracy, got {self.leakage_budget}")
+        for name in ("adv_weight", "rec_weight", "noise_sigma", "weight_decay", "distill_weight", "compact_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.membership_defense.is_dp and (self.head_finetune_epochs > 0 or self.rec_weight > 0):
@@ -73,8 +130,23 @@ class TrainConfig:
             raise ConfigError(f"unknown adversaries {unknown}; choose from {sorted(ATTRIBUTE_ATTACKERS)}")
 
     @property
+    def warmup(self) -> int:
+        """Warm-start epochs: ``warmup_epochs``, or a quarter of ``epochs`` when that is None."""
+        return self.epochs // 4 if self.warmup_epochs is None else self.warmup_epochs
+
+    @property
     def protected(self) -> bool:
-        return self.adv_weight > 0 or self.rec_weight > 0 or self.noise_sigma > 0
+        return self.adv_weight > 0 or self.rec_weight > 0 or self.noise_sigma > 0 or self.compact_weight > 0
+
+    @classmethod
+    def preset(cls, preset: PrivacyPreset | str, **overrides) -> TrainConfig:
+        """The recipe of a :class:`PrivacyPreset`, with ``overrides``."""
+        preset = PrivacyPreset(preset)
+        if preset is PrivacyPreset.OFF:
+            return cls.unprotected(**overrides)
+        base = dict(_STRONG) if preset is PrivacyPreset.STRONG else {}
+        base.update(overrides)
+        return cls(**base)
 
     @classmethod
     def unprotected(cls, **overrides) -> TrainConfig:

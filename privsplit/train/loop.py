@@ -34,12 +34,14 @@ from privsplit.train.adversarial import (
     EpochStats,
     TrainResult,
     _Adversaries,
+    conditional_prior,
     describe,
     log,
     predict,
     recalibrate_batchnorm,
+    task_floor,
 )
-from privsplit.train.config import TrainConfig
+from privsplit.train.config import AdversaryTarget, TrainConfig
 from privsplit.train.device import BatchFeeder, DevicePolicy
 from privsplit.train.distributed import DistContext
 from privsplit.train.membership_defense import task_loss
@@ -62,6 +64,9 @@ class _State:
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
     selected: int = 0
+    adv_weight: float | None = None  # the leakage-budget controller's weight for the next epoch
+    teacher: dict[str, torch.Tensor] | None = None  # the warm-start model (distillation)
+    warm_accuracy: float | None = None  # its reference accuracy (the utility budget's yardstick)
 
 
 class _Joint(nn.Module):
@@ -132,8 +137,14 @@ def train_split_model(
     x_ref, y_ref = feeder.gather(reference), y_all[torch.as_tensor(reference).to(device)]
     hflip = config.hflip if config.hflip is not None else data.source.split(":")[0] in ("celeba", "utkface")
     num_private = data.num_classes(data.private) if data.private is not None else None
+    prior = None
+    if num_private is not None:
+        prior = conditional_prior(
+            data.task_labels[members], data.private_labels[members], data.num_classes(data.task), num_private
+        )
     ctx = _Loop(model, config, policy, dist, feeder, members, y_all, p_all, x_ref, y_ref, hflip, seed, progress)
-    adv = _Adversaries(model, config, num_private, dist=dist)
+    ctx.reference, ctx.prior = reference, prior
+    adv = _Adversaries(model, config, num_private, dist=dist, prior=prior)
 
     params = list(model.encoder.parameters()) + list(model.head.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -149,8 +160,15 @@ def train_split_model(
 
     if state.epoch <= config.epochs:  # joint epochs left, or the switch to the head fine-tune
         joint = dist.wrap(_Joint(model), device)
+        if state.adv_weight is not None:
+            adv.weight = state.adv_weight
+        if state.teacher is not None:
+            ctx.teacher = _Teacher(model, state.teacher)
+        ctx.warm_accuracy = state.warm_accuracy
         for epoch in range(state.epoch + 1, config.epochs + 1):
             stats = ctx.joint_epoch(epoch, joint, adv, opt, sched)
+            state.adv_weight, state.warm_accuracy = adv.weight, ctx.warm_accuracy
+            state.teacher = ctx.teacher.state_dict() if ctx.teacher is not None else None
             # The unprotected baseline picks its best epoch on reference; a protected encoder keeps its
             # last epoch (an early epoch is a less private one) and selects among head fine-tune epochs.
             if not config.protected and stats.reference_accuracy > state.best_acc:
@@ -208,6 +226,8 @@ def _save(checkpointing, state: _State, model, opt, sched, head_opt) -> None:
     tensors.update(head_t)
     if state.best_state is not None:
         tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+    if state.teacher is not None:
+        tensors.update({f"teacher.{k}": v for k, v in state.teacher.items()})
     meta = {
         "identity": checkpointing.identity,
         "epoch": state.epoch,
@@ -218,6 +238,8 @@ def _save(checkpointing, state: _State, model, opt, sched, head_opt) -> None:
         "optimizer": opt_meta,
         "head_optimizer": head_meta,
         "scheduler": sched.state_dict(),
+        "adv_weight": state.adv_weight,
+        "warm_accuracy": state.warm_accuracy,
     }
     ckpt.save_checkpoint(checkpointing.run_path, meta, tensors)
 
@@ -231,6 +253,7 @@ def _restore(checkpointing, model, opt, sched, head_opt, config: TrainConfig) ->
     ckpt.load_optimizer_state(head_opt, saved, "head_opt", meta["head_optimizer"])
     sched.load_state_dict(meta["scheduler"])
     best = saved.group("best")
+    teacher = saved.group("teacher")
     epoch = int(meta["epoch"])
     if epoch > config.epochs + config.head_finetune_epochs:
         raise ckpt.RunError(
@@ -243,7 +266,36 @@ def _restore(checkpointing, model, opt, sched, head_opt, config: TrainConfig) ->
         best_epoch=int(meta["best_epoch"]),
         best_state={k: v.to(device) for k, v in best.items()} if best else None,
         selected=int(meta["selected"]),
+        adv_weight=meta.get("adv_weight"),
+        warm_accuracy=meta.get("warm_accuracy"),
+        teacher={k: v.to(device) for k, v in teacher.items()} if teacher else None,
     )
+
+
+def within_class_share(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of the batch's feature variance that lies within task classes (0: features are a function of y)."""
+    flat = z.flatten(1)
+    total = (flat - flat.mean(0)).pow(2).sum()
+    classes, inverse = torch.unique(y, return_inverse=True)
+    sums = torch.zeros(len(classes), flat.shape[1], device=z.device, dtype=flat.dtype).index_add_(0, inverse, flat)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(flat.dtype).unsqueeze(1)
+    within = (flat - (sums / counts)[inverse]).pow(2).sum()
+    return within / total.clamp_min(1e-6)
+
+
+class _Teacher:
+    """A frozen copy of the model at the end of the warm start: its task logits for a batch (noise included)."""
+
+    def __init__(self, model: SplitModel, state: dict[str, torch.Tensor] | None = None) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        if state is not None:
+            self.model.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
 
 class _Loop:
@@ -255,6 +307,11 @@ class _Loop:
         self.hflip, self.seed, self.progress = hflip, seed, progress
         self.device = policy.device
         self.task_loss = task_loss(config.membership_defense)  # cross-entropy, or a membership defence's
+        self.teacher: _Teacher | None = None  # the warm-start model, distilled into the adversarial epochs
+        self.warm_accuracy: float | None = None  # reference accuracy at the end of the warm start
+        self.reference: np.ndarray = members
+        self.prior: torch.Tensor | None = None
+        self._floor: float | None = None
 
     def _labels(self, index: np.ndarray):
         idx = torch.as_tensor(index).to(self.device)
@@ -276,7 +333,9 @@ class _Loop:
         config, model, dist, feeder = self.config, self.model, self.dist, self.feeder
         rng = _reseed(self.seed, epoch)
         model.train()
-        if adv.active:
+        adversarial = adv.active and epoch > config.warmup  # a warm start trains the task alone first
+        teacher = self.teacher if adversarial and config.distill_weight > 0 else None
+        if adversarial:
             adv.reset()
             adv.requires_grad(True)
             # warm the fresh adversaries up on features of a sample computed once (cheap: no
@@ -302,7 +361,7 @@ class _Loop:
             x = _augment(x, dist.shard(flips[k]) if flips[k] is not None else None)
             y, p = self._labels(idx)
             px = feeder.pixels(idx) if adv.use_rec else None
-            if adv.active:
+            if adversarial:
                 with torch.no_grad(), self.policy.autocast():
                     z_det = model.features(x).float()
                 for _ in range(config.adv_steps):
@@ -313,9 +372,17 @@ class _Loop:
             with self.policy.autocast():
                 z, logits = joint(x)
                 ce = F.cross_entropy(logits.float(), y)
-                priv = adv.privacy_loss(z.float(), p, px) if adv.active else torch.zeros((), device=self.device)
+                priv = adv.privacy_loss(z.float(), p, px, y) if adversarial else torch.zeros((), device=self.device)
             loss = self.task_loss(logits.float(), y, ce, k) + priv
-            if adv.active:
+            if epoch > config.warmup and config.compact_weight > 0:
+                loss = loss + config.compact_weight * within_class_share(z.float(), y)
+            if teacher is not None:  # keep the warm-started task posterior (distillation on the same noisy input)
+                with torch.no_grad():
+                    soft = F.softmax(teacher(x).float(), dim=1)
+                loss = loss + config.distill_weight * F.kl_div(
+                    F.log_softmax(logits.float(), dim=1), soft, reduction="batchmean"
+                )
+            if adversarial:
                 adv.requires_grad(True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -327,18 +394,65 @@ class _Loop:
         self._recalibrate(rng)
         ce_n, priv_n, correct, n, a_loss, a_acc, rec, adv_n = dist.sum(sums.tolist())
         n, k = max(1.0, n), max(1.0, adv_n)
+        weight, leakage = adv.weight, None
+        reference_accuracy = self.reference_accuracy()
+        if epoch == config.warmup:
+            self.warm_accuracy = reference_accuracy
+            if adv.active and config.distill_weight > 0:
+                self.teacher = _Teacher(model)
+        if adversarial and adv.use_attr:
+            leakage = self._leakage(adv)
+            if config.leakage_budget is not None:
+                adv.weight = self._next_weight(adv.weight, leakage, reference_accuracy)
         return EpochStats(
             epoch=epoch,
             phase="joint",
             task_loss=ce_n / n,
             task_accuracy=correct / n,
-            reference_accuracy=self.reference_accuracy(),
-            adversary_loss=a_loss / k if adv.use_attr else None,
-            adversary_accuracy=a_acc / k if adv.use_attr else None,
-            reconstruction_mse=rec / k if adv.use_rec else None,
-            privacy_loss=priv_n / n if adv.active else None,
-            total_loss=(ce_n + priv_n) / n if adv.active else None,
+            reference_accuracy=reference_accuracy,
+            adversary_loss=a_loss / k if adversarial and adv.use_attr else None,
+            adversary_accuracy=a_acc / k if adversarial and adv.use_attr else None,
+            reconstruction_mse=rec / k if adversarial and adv.use_rec else None,
+            privacy_loss=priv_n / n if adversarial else None,
+            total_loss=(ce_n + priv_n) / n if adversarial else None,
+            adversary_weight=weight if adversarial and adv.use_attr else None,
+            reference_leakage=leakage,
+            leakage_floor=self.floor if leakage is not None else None,
         )
+
+    @property
+    def floor(self) -> float:
+        """What the objective aims at, on ``reference``: max(chance, task floor) for the conditional target (the
+        attribute guessed from the task label alone, or at random), chance for the uniform one."""
+        if self._floor is None:
+            ref, k = self.reference, self.prior.shape[1]
+            floor = task_floor(self.prior, self.y_all.cpu().numpy()[ref], self.p_all.cpu().numpy()[ref], k)
+            conditional = self.config.adversary_target is AdversaryTarget.CONDITIONAL
+            self._floor = max(1.0 / k, floor) if conditional else 1.0 / k
+        return self._floor
+
+    def _leakage(self, adv: _Adversaries) -> float:
+        """The epoch's adversaries scored on ``reference`` features (fresh noise): rank 0's reading, broadcast."""
+        model = self.model
+        model.eval()
+        gen = torch.Generator().manual_seed(self.seed + 13)
+        with torch.no_grad():
+            z = torch.cat(
+                [model.features(self.x_ref[i : i + 512], generator=gen) for i in range(0, len(self.x_ref), 512)]
+            )
+        p_ref = self.p_all[torch.as_tensor(self.reference).to(self.device)]
+        model.train()
+        return self.dist.broadcast_value(adv.balanced_accuracy(z.float(), p_ref))
+
+    def _next_weight(self, weight: float, leakage: float, reference_accuracy: float) -> float:
+        """The leakage-budget controller: double the pressure while the adversaries read more than floor + budget,
+        halve it below; halve it too while the task is more than ``utility_budget`` under the warm start's."""
+        config = self.config
+        top, bottom = config.adv_weight * 4, config.adv_weight / 16
+        over = leakage > self.floor + (config.leakage_budget or 0.0)
+        if config.utility_budget is not None and self.warm_accuracy is not None:
+            over = over and reference_accuracy >= self.warm_accuracy - config.utility_budget
+        return float(min(top, weight * 2)) if over else float(max(bottom, weight / 2))
 
     def head_epoch(self, epoch: int, head, opt) -> EpochStats:
         """Encoder frozen: retrain the server layers on fresh channel noise."""

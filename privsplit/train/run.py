@@ -16,6 +16,7 @@ from privsplit.run import EVAL_NOISE_OFFSET, DataConfig, RunConfig, RunFolder, n
 from privsplit.train import checkpoint as ckpt
 from privsplit.train import distributed
 from privsplit.train.adversarial import accuracy
+from privsplit.train.collapse import TrainingCollapsed, check_collapse
 from privsplit.train.config import TrainConfig
 from privsplit.train.device import DeviceKind, DevicePolicy, resolve_device
 from privsplit.train.loop import Checkpointing, train_split_model
@@ -192,9 +193,20 @@ def _train_run(
             "privacy": getattr(result, "privacy", None),  # DP-SGD: epsilon spent, delta, noise multiplier, ...
         },
     }
+    collapse = None
+    if config.protected and len(split[Part.REFERENCE]):
+        ref_labels = data.task_labels[split[Part.REFERENCE]]
+        collapse = check_collapse(
+            metrics["history"],
+            metrics["task"]["accuracy_reference"],
+            float(np.bincount(ref_labels).max() / len(ref_labels)),
+        )
+        metrics["collapse"] = collapse.to_json()
     run.write_json("metrics.json", metrics)
     ckpt.remove_checkpoint(run.path)
     dist.barrier()
+    if collapse is not None and collapse.collapsed:
+        raise TrainingCollapsed(collapse.message(str(run.path)))
     if progress:
         t = metrics["task"]
         print(
