@@ -1,4 +1,4 @@
-"""The privacy objectives of `privsplit train` (issue 14): each changes what it claims on a case where the effect is large.
+"""The privacy objectives of `privsplit train` (issue 14): each shows its effect on a case where it is large.
 
 The case: digits at 16 px with a private attribute that the task fixes, ``high`` = digit >= 5. The task floor is then
 1.0 (the task label says everything about ``high``): an objective that aims at the floor has nothing to remove, while

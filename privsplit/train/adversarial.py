@@ -241,7 +241,7 @@ def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def conditional_prior(task: np.ndarray, private: np.ndarray, num_task: int, num_private: int) -> torch.Tensor:
-    """``p(private | task)`` estimated on ``task``/``private`` label arrays (add-one smoothed): (num_task, num_private)."""
+    """``p(private | task)`` from ``task``/``private`` label arrays (add-one smoothed): (num_task, num_private)."""
     counts = np.ones((num_task, num_private))
     np.add.at(counts, (task, private), 1.0)
     return torch.as_tensor(counts / counts.sum(1, keepdims=True), dtype=torch.float32)
@@ -270,5 +270,6 @@ def describe(s: EpochStats) -> str:
     if s.reconstruction_mse is not None:
         text += f" | decoder MSE {s.reconstruction_mse:.4f}"
     if s.reference_leakage is not None:
-        text += f" | reference leakage {s.reference_leakage:.3f} (floor {s.leakage_floor:.3f}, weight {s.adversary_weight:g})"
+        text += f" | reference leakage {s.reference_leakage:.3f} (aim {s.leakage_floor:.3f})"
+        text += f" weight {s.adversary_weight:g}"
     return text

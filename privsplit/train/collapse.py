@@ -55,5 +55,6 @@ def check_collapse(history: list[dict], final_accuracy: float, majority: float) 
     if near:
         reason = f"reference accuracy {final_accuracy:.3f} is near the majority rate {majority:.3f}"
     elif far:
-        reason = f"reference accuracy {final_accuracy:.3f} is {peak - final_accuracy:.3f} under epoch {peak_epoch}'s {peak:.3f}"
+        drop = peak - final_accuracy
+        reason = f"reference accuracy {final_accuracy:.3f} is {drop:.3f} under epoch {peak_epoch}'s {peak:.3f}"
     return CollapseCheck(near or far, final_accuracy, peak, peak_epoch, majority, reason)
