@@ -69,6 +69,9 @@ def _train(high, **changes):
         adversaries=("mlp",),
         adv_steps=1,
         adv_warmup_steps=10,
+        distill_weight=0.0,
+        leakage_budget=None,
+        utility_budget=None,
     )
     config = TrainConfig(**{**base, **changes})
     result = train_split_model(_model(data), data, split, config, seed=0, progress=False)
@@ -172,3 +175,37 @@ def test_a_collapsed_run_says_so_and_export_refuses_it(tmp_path):
     with pytest.raises(ConfigError, match="refuses"):
         export_run(run, tmp_path / "export", progress=False)
     assert not (tmp_path / "export").exists()
+
+
+def test_cli_names_match_the_enums():
+    from privsplit.cli.train import PRESETS, TARGETS
+
+    assert set(PRESETS) == {p.value for p in PrivacyPreset}
+    assert set(TARGETS) == {t.value for t in AdversaryTarget}
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--leakage-budget", "-1"], "--leakage-budget"),
+        (["--leakage-budget", "0.7"], "leakage-budget"),
+        (["--privacy", "paranoid"], "--privacy"),
+        (["--adversary-target", "sideways"], "--adversary-target"),
+        (["--warmup-epochs", "9", "--epochs", "4"], "warmup-epochs"),
+        (["--unprotected", "--privacy", "strong"], "--unprotected"),
+    ],
+)
+def test_bad_objective_options_are_one_line_errors(tmp_path, flags, needle):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "privsplit.cli.main", "train", "--data", "digits", "--out", str(tmp_path / "r"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in lines[-1], proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -33,11 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train an encoder + server layers, adversarially protected by default",
-        description="Train a split model (Privacy Partitioning). By default the encoder is protected: "
-        "a 4-channel bottleneck, Gaussian channel noise (--noise) and entropy-maximising attribute "
-        "adversaries (--adv-weight) when a private attribute is given. --unprotected trains the "
-        "baseline (no adversaries, no noise, 32 feature channels). Writes RUN/config.json, weights "
-        "(safetensors), RUN/split.json and RUN/metrics.json.",
+        description="Train a split model (Privacy Partitioning). By default the encoder is protected "
+        "(--privacy balanced): a 4-channel bottleneck and Gaussian channel noise (--noise); when a private "
+        "attribute is given, a warm start on the task, then attribute adversaries aimed at the task floor "
+        "with a weight that a leakage budget steers. --privacy strong is the earlier recipe (towards chance); "
+        "--unprotected trains the baseline (no adversaries, no noise, 32 feature channels). A protected run "
+        "whose task collapses ends with an error (the run is kept; export refuses it). Writes RUN/config.json, "
+        "weights (safetensors), RUN/split.json and RUN/metrics.json.",
     )
     p.add_argument(
         "--data",
@@ -80,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--adv-weight",
         type=non_negative_float,
         metavar="F",
-        help="weight of the attribute adversaries' term (default 3; 0 = off)",
+        help="weight of the attribute adversaries' term; its start with a leakage budget (default 1, strong 3; "
+        "0 = off)",
     )
     p.add_argument(
         "--rec-weight",
@@ -155,33 +158,35 @@ def _add_objective_args(p: argparse.ArgumentParser) -> None:
         "--adversary-target",
         choices=TARGETS,
         help="conditional: push the adversaries to the attribute's distribution within each task class "
-        "(remove only what it says beyond the task) | uniform: towards chance",
+        "(remove only what it says beyond the task; default) | uniform: towards chance (strong)",
     )
     g.add_argument(
         "--warmup-epochs",
         type=non_negative_int,
         metavar="N",
-        help="first N joint epochs train the task alone (noise and bottleneck on, no adversaries)",
+        help="first N joint epochs train the task alone (noise and bottleneck on, no adversaries; default a "
+        "quarter of --epochs, strong 0)",
     )
     g.add_argument(
         "--distill-weight",
         type=non_negative_float,
         metavar="F",
-        help="keep the warm start's task posterior during the adversarial epochs (KL weight; 0 = off)",
+        help="keep the warm start's task posterior during the adversarial epochs (KL weight; default 1, strong 0 "
+        "= off)",
     )
     g.add_argument(
         "--leakage-budget",
         type=non_negative_float,
         metavar="BA",
         help="adapt --adv-weight each epoch: double it while the adversaries read more than the task floor + BA "
-        "balanced accuracy on reference, halve it below",
+        "balanced accuracy on reference, halve it below (default 0.02; strong: a fixed weight)",
     )
     g.add_argument(
         "--utility-budget",
         type=non_negative_float,
         metavar="ACC",
         help="with --leakage-budget: halve the pressure while reference accuracy is more than ACC below the warm "
-        "start's",
+        "start's (default 0.01)",
     )
 
 

@@ -47,39 +47,42 @@ _STRONG = dict(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training options. The defaults are the protected recipe; :meth:`unprotected` is the baseline.
+    """Training options. The defaults are the balanced protected recipe (:class:`PrivacyPreset`);
+    :meth:`preset` gives the others and :meth:`unprotected` the baseline.
 
-    Loss of the encoder + server layers (adversaries updated in alternation, ``adv_steps`` steps each
-    per encoder step, re-initialised every epoch with ``adv_warmup_steps`` warm-up steps)::
+    The first :attr:`warmup` joint epochs train encoder + server layers on the task alone (bottleneck and
+    noise on). Then the adversaries join (updated in alternation, ``adv_steps`` steps each per encoder step,
+    re-initialised every epoch with ``adv_warmup_steps`` warm-up steps) and the encoder minimises::
 
-        L = CE(task) + adv_weight * sum_a L_priv(a) - rec_weight * MSE(decoder(z), x)
+        L = CE(task) + w * sum_a L_priv(a) - rec_weight * MSE(decoder(z), x) + distill_weight * KL(teacher || model)
 
-    with ``L_priv = CE(a(z), uniform)`` (entropy maximisation) or ``-CE(a(z), private)``.
-    ``z`` is the encoder output (unit variance per channel) plus Gaussian noise of ``noise_sigma``,
-    which the deployed edge pipeline adds too.
+    with ``L_priv = CE(a(z), target)`` (entropy towards ``target``: p(private | task label) for the conditional
+    target, uniform otherwise) or ``-CE(a(z), private)``; the teacher is the model at the end of the warm
+    start. ``w`` starts at ``adv_weight``; with a ``leakage_budget`` it doubles after an epoch whose adversaries
+    read more than the aim (max(chance, task floor), or chance for the uniform target) + budget on reference
+    features, and halves otherwise or when reference accuracy is more than ``utility_budget`` under the warm
+    start's (bounded to [adv_weight/16, 4 adv_weight]). ``z`` is the encoder output (unit variance per
+    channel) plus Gaussian noise of ``noise_sigma``, which the deployed edge pipeline adds too.
     """
 
     epochs: int = 20
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 5e-4
-    adv_weight: float = 3.0
+    adv_weight: float = 1.0  # the attribute term's weight (its start, with a leakage budget)
     rec_weight: float = 0.0
     noise_sigma: float = 1.0
     feature_channels: int = 4
     adversary_loss: AdversaryLoss = AdversaryLoss.ENTROPY
-    adversary_target: AdversaryTarget = AdversaryTarget.UNIFORM
+    adversary_target: AdversaryTarget = AdversaryTarget.CONDITIONAL
     # first joint epochs train the task alone (noise and bottleneck on, no adversaries): a warm start;
     # None: a quarter of ``epochs`` (see :attr:`warmup`)
-    warmup_epochs: int | None = 0
-    distill_weight: float = 0.0  # KL(warm-start model's task posterior || the model's) during the adversarial epochs
-    leakage_budget: float | None = None  # adapt adv_weight per epoch: pressure only above the task floor + this
+    warmup_epochs: int | None = None
+    distill_weight: float = 1.0  # KL(warm-start model's task posterior || the model's) during the adversarial epochs
+    leakage_budget: float | None = 0.02  # adapt adv_weight per epoch: pressure only above the task floor + this
     # with a leakage budget: the reference accuracy the adversarial epochs may lose against the warm start's last
     # epoch; below it the controller halves the pressure whatever the leakage (the task comes first)
-    utility_budget: float | None = None
-    # weight of the within-class share of the features' variance: features that depend on the image only through
-    # its task class carry nothing beyond the task floor, to any attacker (nor more than the class mean's image)
-    compact_weight: float = 0.0
+    utility_budget: float | None = 0.01
     adversaries: tuple[str, ...] = ("cnn", "linear")
     adv_steps: int = 3
     adv_lr: float = 2e-3
@@ -115,7 +118,7 @@ class TrainConfig:
             raise ConfigError(f"utility-budget must be in [0, 1) accuracy, got {self.utility_budget}")
         if self.leakage_budget is not None and not 0 <= self.leakage_budget < 0.5:
             raise ConfigError(f"leakage-budget must be in [0, 0.5) balanced accuracy, got {self.leakage_budget}")
-        for name in ("adv_weight", "rec_weight", "noise_sigma", "weight_decay", "distill_weight", "compact_weight"):
+        for name in ("adv_weight", "rec_weight", "noise_sigma", "weight_decay", "distill_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.membership_defense.is_dp and (self.head_finetune_epochs > 0 or self.rec_weight > 0):
@@ -136,7 +139,7 @@ class TrainConfig:
 
     @property
     def protected(self) -> bool:
-        return self.adv_weight > 0 or self.rec_weight > 0 or self.noise_sigma > 0 or self.compact_weight > 0
+        return self.adv_weight > 0 or self.rec_weight > 0 or self.noise_sigma > 0
 
     @classmethod
     def preset(cls, preset: PrivacyPreset | str, **overrides) -> TrainConfig:
@@ -151,7 +154,17 @@ class TrainConfig:
     @classmethod
     def unprotected(cls, **overrides) -> TrainConfig:
         """The baseline: no adversaries, no channel noise, a wide (32-channel) feature map."""
-        base = dict(adv_weight=0.0, rec_weight=0.0, noise_sigma=0.0, feature_channels=32, head_finetune_epochs=0)
+        base = dict(
+            adv_weight=0.0,
+            rec_weight=0.0,
+            noise_sigma=0.0,
+            feature_channels=32,
+            head_finetune_epochs=0,
+            warmup_epochs=0,
+            distill_weight=0.0,
+            leakage_budget=None,
+            utility_budget=None,
+        )
         base.update(overrides)
         return cls(**base)
 

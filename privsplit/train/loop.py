@@ -272,17 +272,6 @@ def _restore(checkpointing, model, opt, sched, head_opt, config: TrainConfig) ->
     )
 
 
-def within_class_share(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Share of the batch's feature variance that lies within task classes (0: features are a function of y)."""
-    flat = z.flatten(1)
-    total = (flat - flat.mean(0)).pow(2).sum()
-    classes, inverse = torch.unique(y, return_inverse=True)
-    sums = torch.zeros(len(classes), flat.shape[1], device=z.device, dtype=flat.dtype).index_add_(0, inverse, flat)
-    counts = torch.bincount(inverse, minlength=len(classes)).to(flat.dtype).unsqueeze(1)
-    within = (flat - (sums / counts)[inverse]).pow(2).sum()
-    return within / total.clamp_min(1e-6)
-
-
 class _Teacher:
     """A frozen copy of the model at the end of the warm start: its task logits for a batch (noise included)."""
 
@@ -374,8 +363,6 @@ class _Loop:
                 ce = F.cross_entropy(logits.float(), y)
                 priv = adv.privacy_loss(z.float(), p, px, y) if adversarial else torch.zeros((), device=self.device)
             loss = self.task_loss(logits.float(), y, ce, k) + priv
-            if epoch > config.warmup and config.compact_weight > 0:
-                loss = loss + config.compact_weight * within_class_share(z.float(), y)
             if teacher is not None:  # keep the warm-started task posterior (distillation on the same noisy input)
                 with torch.no_grad():
                     soft = F.softmax(teacher(x).float(), dim=1)
