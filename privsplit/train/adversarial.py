@@ -240,6 +240,35 @@ def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int
     return sum(recalls) / max(1, len(recalls))
 
 
+def linear_attack(
+    z_train: torch.Tensor, s_train: torch.Tensor, z_test: torch.Tensor, s_test: torch.Tensor, num_classes: int
+) -> float:
+    """Balanced accuracy on the test features of a class-balanced, L2-regularised logistic regression fitted from
+    scratch (L-BFGS) on the standardised flat train features: the leakage-budget controller's fresh attacker."""
+    x, xt = z_train.flatten(1).cpu(), z_test.flatten(1).cpu()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, xt = (x - mean) / std, (xt - mean) / std
+    y = s_train.cpu()
+    counts = torch.bincount(y, minlength=num_classes).float().clamp_min(1.0)
+    weights = len(y) / (num_classes * counts)
+    with torch.enable_grad():
+        layer = torch.nn.Linear(x.shape[1], num_classes)
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+        opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=100, history_size=10)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(layer(x), y, weight=weights) + 1e-2 * layer.weight.pow(2).sum() / len(y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        pred = layer(xt).argmax(1)
+    return balanced_accuracy(pred, s_test.cpu(), num_classes)
+
+
 def conditional_prior(task: np.ndarray, private: np.ndarray, num_task: int, num_private: int) -> torch.Tensor:
     """``p(private | task)`` from ``task``/``private`` label arrays (add-one smoothed): (num_task, num_private)."""
     counts = np.ones((num_task, num_private))

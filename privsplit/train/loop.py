@@ -36,6 +36,7 @@ from privsplit.train.adversarial import (
     _Adversaries,
     conditional_prior,
     describe,
+    linear_attack,
     log,
     predict,
     recalibrate_batchnorm,
@@ -388,7 +389,7 @@ class _Loop:
             if adv.active and config.distill_weight > 0:
                 self.teacher = _Teacher(model)
         if adversarial and adv.use_attr:
-            leakage = self._leakage(adv)
+            leakage = self._leakage(adv, epoch)
             if config.leakage_budget is not None:
                 adv.weight = self._next_weight(adv.weight, leakage, reference_accuracy)
         return EpochStats(
@@ -418,18 +419,25 @@ class _Loop:
             self._floor = max(1.0 / k, floor) if conditional else 1.0 / k
         return self._floor
 
-    def _leakage(self, adv: _Adversaries) -> float:
-        """The epoch's adversaries scored on ``reference`` features (fresh noise): rank 0's reading, broadcast."""
+    def _leakage(self, adv: _Adversaries, epoch: int) -> float:
+        """What a fresh attacker reads on ``reference`` features (fresh noise): the best of the epoch's adversaries
+        and of a linear attacker fitted from scratch on the members' features. Rank 0's reading, broadcast."""
         model = self.model
         model.eval()
-        gen = torch.Generator().manual_seed(self.seed + 13)
         with torch.no_grad():
-            z = torch.cat(
+            gen = torch.Generator().manual_seed(self.seed + 13)
+            z_ref = torch.cat(
                 [model.features(self.x_ref[i : i + 512], generator=gen) for i in range(0, len(self.x_ref), 512)]
-            )
+            ).float()
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            chunks = [self.members[i : i + 512] for i in range(0, len(self.members), 512)]
+            z_mem = torch.cat([model.features(self.feeder.gather(c), generator=gen) for c in chunks]).float()
         p_ref = self.p_all[torch.as_tensor(self.reference).to(self.device)]
+        p_mem = self.p_all[torch.as_tensor(self.members).to(self.device)]
         model.train()
-        return self.dist.broadcast_value(adv.balanced_accuracy(z.float(), p_ref))
+        k = self.prior.shape[1]
+        reading = max(adv.balanced_accuracy(z_ref, p_ref), linear_attack(z_mem, p_mem, z_ref, p_ref, k))
+        return self.dist.broadcast_value(reading)
 
     def _next_weight(self, weight: float, leakage: float, reference_accuracy: float) -> float:
         """The leakage-budget controller: double the pressure while the adversaries read more than floor + budget,
