@@ -19,7 +19,7 @@ interrupted sweep resumes where it stopped.
 
 Methods are a mapping ``name -> {strength: [extra train flags]}`` (``--methods FILE.json`` replaces the
 default ones below), so objectives added to ``privsplit train`` later join the sweep by their flags, e.g.
-``{"conditional": {"w1": ["--adversary", "conditional", "--adv-weight", "1"]}}``. A method named
+``{"conditional": {"w1": ["--adversary-target", "conditional", "--adv-weight", "1"]}}``. A method named
 ``unprotected`` is the baseline every goal is measured against.
 """
 
@@ -42,15 +42,15 @@ SCHEMA_VERSION = 1
 KIND = "privacy_frontier"
 UNPROTECTED = "unprotected"
 
-# name -> strength -> extra `privsplit train` flags. "adversary" is today's default objective (entropy
-# adversaries + 4-channel bottleneck + noise 1.0); its weight is the strength, 3 being the default.
+# name -> strength -> extra `privsplit train` flags. "balanced" is the default objective (adversaries aimed at the
+# task floor under a leakage budget, warm start + distillation); its leakage budget is the strength. "strong" is
+# the earlier default (uniform entropy adversaries at a fixed weight, towards chance); "noise only" is the
+# 4-channel bottleneck and channel noise without adversaries.
 METHODS: dict[str, dict[str, list[str]]] = {
     UNPROTECTED: {"-": ["--unprotected"]},
-    "adversary": {
-        "w0": ["--adv-weight", "0"],
-        "w1": ["--adv-weight", "1"],
-        "w3 (default)": [],
-    },
+    "balanced": {"default": [], "budget 0": ["--leakage-budget", "0"]},
+    "strong": {"w3": ["--privacy", "strong"]},
+    "noise only": {"-": ["--adv-weight", "0"]},
 }
 
 
