@@ -47,7 +47,9 @@ def samples() -> dict:
         std=(0.2, 0.25, 0.3),
     )
     data = DataConfig(spec="digits", task="label", private=None, image_size=32, limit=200)
-    run = RunConfig(data=data, model=model, seed=3, train=TrainConfig(epochs=2, adversaries=("linear",)).to_json())
+    run = RunConfig(
+        data=data, model=model, seed=3, train=TrainConfig.preset("strong", epochs=2, adversaries=("linear",)).to_json()
+    )
     mia = MIAMetrics(
         auc=0.61, advantage=0.2, tpr_at_1pct_fpr=0.05, tpr_at_01pct_fpr=0.01, n_members=120, n_nonmembers=120
     )

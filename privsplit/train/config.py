@@ -45,6 +45,10 @@ _STRONG = dict(
 )
 
 
+# the objective's fields and what every run written before they existed trained with
+_OBJECTIVE_OF_EARLIER_VERSIONS = {k: v for k, v in _STRONG.items() if k != "adv_weight"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training options. The defaults are the balanced protected recipe (:class:`PrivacyPreset`);
@@ -160,6 +164,7 @@ class TrainConfig:
             noise_sigma=0.0,
             feature_channels=32,
             head_finetune_epochs=0,
+            adversary_target=AdversaryTarget.UNIFORM,  # no adversaries: the config of earlier versions
             warmup_epochs=0,
             distill_weight=0.0,
             leakage_budget=None,
@@ -175,8 +180,13 @@ class TrainConfig:
         data = to_dict(self)
         if self.membership_defense == MembershipDefense():  # no defence: the config of earlier versions, unchanged
             del data["membership_defense"]
+        if all(getattr(self, k) == v for k, v in _OBJECTIVE_OF_EARLIER_VERSIONS.items()):
+            for k in _OBJECTIVE_OF_EARLIER_VERSIONS:  # the earlier objective: the config of earlier versions
+                del data[k]
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        return from_dict(cls, data)
+        """A config that lacks the objective's fields was written before they existed: it trained the earlier
+        objective (uniform target, no warm start, no distillation, a fixed weight), not today's defaults."""
+        return from_dict(cls, {**_OBJECTIVE_OF_EARLIER_VERSIONS, **data})
