@@ -209,3 +209,21 @@ def test_bad_objective_options_are_one_line_errors(tmp_path, flags, needle):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert needle in lines[-1], proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_continues_the_controller_and_the_teacher(tmp_path, monkeypatch):
+    """Stopped after the adversarial epochs began (teacher made, weight moved), resumed: the same run to the bit."""
+    from privsplit.train.checkpoint import STOP_ENV, TrainingStopped
+
+    config = TrainConfig(epochs=4, warmup_epochs=1, head_finetune_epochs=1, adversaries=("linear",), adv_steps=1)
+    common = dict(private="slant", image_size=16, limit=400, seed=2, config=config, progress=False)
+    full = train_run("digits", tmp_path / "full", **common)
+    out = tmp_path / "run"
+    monkeypatch.setenv(STOP_ENV, "2")
+    with pytest.raises(TrainingStopped):
+        train_run("digits", out, **common)
+    monkeypatch.delenv(STOP_ENV)
+    resumed = train_run("digits", out, resume=True, **common)
+    ma, mb = full.read_json("metrics.json"), resumed.read_json("metrics.json")
+    assert ma["history"][1]["adversary_weight"] == 1.0 and ma["history"][0]["adversary_weight"] is None
+    assert ma["history"] == mb["history"] and ma["task"] == mb["task"]
