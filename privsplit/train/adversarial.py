@@ -89,10 +89,10 @@ class _Adversaries:
     ) -> None:
         self.dist = dist
         # (task classes, private classes): p(private | task) on members, the conditional target's rows
-        self.prior = prior
         self.weight = config.adv_weight  # the attribute term's weight; the leakage-budget controller moves it
         self._model_config = model.config
         self.device = next(model.parameters()).device
+        self.prior = prior.to(self.device) if prior is not None else None
         self.shape = feature_shape(model.config)
         self.config = config
         self.num_private = num_private
@@ -177,7 +177,7 @@ class _Adversaries:
     def target(self, logits: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
         conditional = self.config.adversary_target is AdversaryTarget.CONDITIONAL
         if conditional and self.prior is not None and task is not None:
-            return self.prior.to(logits.device)[task]
+            return self.prior[task]
         return torch.full_like(logits, 1.0 / logits.shape[1])
 
     @torch.no_grad()
@@ -188,7 +188,7 @@ class _Adversaries:
             a.eval()
             pred = torch.cat([a(z[i : i + 512]).argmax(1) for i in range(0, len(z), 512)])
             a.train()
-            best = max(best, balanced_accuracy(pred, private, self.num_private or 2))
+            best = max(best, balanced_accuracy(pred, private))
         return best
 
     def requires_grad(self, flag: bool) -> None:
@@ -235,9 +235,11 @@ def recalibrate_batchnorm(
     model.train(was_training)
 
 
-def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    recalls = [float((pred[labels == c] == c).float().mean()) for c in range(num_classes) if bool((labels == c).any())]
-    return sum(recalls) / max(1, len(recalls))
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """scikit-learn's balanced accuracy (mean recall over the classes present in ``labels``) of two label tensors."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(labels.cpu().numpy(), pred.cpu().numpy()))
 
 
 def linear_attack(
@@ -266,7 +268,7 @@ def linear_attack(
         opt.step(closure)
     with torch.no_grad():
         pred = layer(xt).argmax(1)
-    return balanced_accuracy(pred, s_test.cpu(), num_classes)
+    return balanced_accuracy(pred, s_test)
 
 
 def conditional_prior(task: np.ndarray, private: np.ndarray, num_task: int, num_private: int) -> torch.Tensor:
@@ -280,7 +282,7 @@ def task_floor(prior: torch.Tensor, task: np.ndarray, private: np.ndarray, num_p
     """Balanced accuracy on ``private`` of the class-balanced guess from each record's task class alone."""
     marginal = torch.as_tensor(np.bincount(private, minlength=num_private) + 1.0, dtype=torch.float32)
     pred = (prior / marginal).argmax(1)[torch.as_tensor(task)]
-    return balanced_accuracy(pred, torch.as_tensor(private), num_private)
+    return balanced_accuracy(pred, torch.as_tensor(private))
 
 
 def log(text: str, enabled: bool) -> None:

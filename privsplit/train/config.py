@@ -164,11 +164,7 @@ class TrainConfig:
             noise_sigma=0.0,
             feature_channels=32,
             head_finetune_epochs=0,
-            adversary_target=AdversaryTarget.UNIFORM,  # no adversaries: the config of earlier versions
-            warmup_epochs=0,
-            distill_weight=0.0,
-            leakage_budget=None,
-            utility_budget=None,
+            **_OBJECTIVE_OF_EARLIER_VERSIONS,  # no adversaries: written as earlier versions wrote it
         )
         base.update(overrides)
         return cls(**base)

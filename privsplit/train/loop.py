@@ -143,8 +143,23 @@ def train_split_model(
         prior = conditional_prior(
             data.task_labels[members], data.private_labels[members], data.num_classes(data.task), num_private
         )
-    ctx = _Loop(model, config, policy, dist, feeder, members, y_all, p_all, x_ref, y_ref, hflip, seed, progress)
-    ctx.reference, ctx.prior = reference, prior
+    ctx = _Loop(
+        model,
+        config,
+        policy,
+        dist,
+        feeder,
+        members,
+        y_all,
+        p_all,
+        x_ref,
+        y_ref,
+        hflip,
+        seed,
+        progress,
+        reference=reference,
+        prior=prior,
+    )
     adv = _Adversaries(model, config, num_private, dist=dist, prior=prior)
 
     params = list(model.encoder.parameters()) + list(model.head.parameters())
@@ -291,7 +306,25 @@ class _Teacher:
 class _Loop:
     """One joint or head epoch; everything the two share."""
 
-    def __init__(self, model, config, policy, dist, feeder, members, y_all, p_all, x_ref, y_ref, hflip, seed, progress):
+    def __init__(
+        self,
+        model,
+        config,
+        policy,
+        dist,
+        feeder,
+        members,
+        y_all,
+        p_all,
+        x_ref,
+        y_ref,
+        hflip,
+        seed,
+        progress,
+        *,
+        reference,
+        prior,
+    ):
         self.model, self.config, self.policy, self.dist, self.feeder = model, config, policy, dist, feeder
         self.members, self.y_all, self.p_all, self.x_ref, self.y_ref = members, y_all, p_all, x_ref, y_ref
         self.hflip, self.seed, self.progress = hflip, seed, progress
@@ -299,8 +332,8 @@ class _Loop:
         self.task_loss = task_loss(config.membership_defense)  # cross-entropy, or a membership defence's
         self.teacher: _Teacher | None = None  # the warm-start model, distilled into the adversarial epochs
         self.warm_accuracy: float | None = None  # reference accuracy at the end of the warm start
-        self.reference: np.ndarray = members
-        self.prior: torch.Tensor | None = None
+        self.reference: np.ndarray = reference  # where the leakage-budget controller reads
+        self.prior: torch.Tensor | None = prior  # p(private | task) on members: what the conditional target aims at
         self._floor: float | None = None
 
     def _labels(self, index: np.ndarray):
@@ -421,7 +454,11 @@ class _Loop:
 
     def _leakage(self, adv: _Adversaries, epoch: int) -> float:
         """What a fresh attacker reads on ``reference`` features (fresh noise): the best of the epoch's adversaries
-        and of a linear attacker fitted from scratch on the members' features. Rank 0's reading, broadcast."""
+        and of a linear attacker fitted from scratch on the members' features. Rank 0 reads; the others receive it."""
+        reading = self._read_leakage(adv, epoch) if self.dist.is_main else 0.0
+        return self.dist.broadcast_value(reading)
+
+    def _read_leakage(self, adv: _Adversaries, epoch: int) -> float:
         model = self.model
         model.eval()
         with torch.no_grad():
@@ -436,8 +473,7 @@ class _Loop:
         p_mem = self.p_all[torch.as_tensor(self.members).to(self.device)]
         model.train()
         k = self.prior.shape[1]
-        reading = max(adv.balanced_accuracy(z_ref, p_ref), linear_attack(z_mem, p_mem, z_ref, p_ref, k))
-        return self.dist.broadcast_value(reading)
+        return max(adv.balanced_accuracy(z_ref, p_ref), linear_attack(z_mem, p_mem, z_ref, p_ref, k))
 
     def _next_weight(self, weight: float, leakage: float, reference_accuracy: float) -> float:
         """The leakage-budget controller: double the pressure while the adversaries read more than floor + budget,
