@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,11 +90,13 @@ def train(target: str, mode: str, extra: list[str]) -> dict:
     }
 
 
-def probe(row: dict, probe_epochs: int) -> dict:
+def probe(row: dict, probe_epochs: int, curve: tuple[float, ...] | None) -> dict:
     from privsplit.probes.feature_probe import FeatureProbeSpec, probe_run_features
     from privsplit.run import RunFolder
 
     spec = FeatureProbeSpec(seed=0, reconstruction=False).with_epochs(probe_epochs)
+    if curve is not None:
+        spec = replace(spec, curve=curve)
     result = probe_run_features(RunFolder(row["run"]).check(), spec, progress=False)
     ba = result.attribute.balanced_accuracy
     return {
@@ -151,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--probe-epochs", type=int, default=30, help="attribute attackers' budget (default %(default)s; 0: no probe)"
     )
+    parser.add_argument(
+        "--curve",
+        help="attackers' learning-curve fractions of the attacker part, e.g. 1 (default: the probe's 0.25,0.5,1;"
+        " the pooled set is always added)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args(argv)
     options = (("--epochs", args.epochs), ("--head-epochs", args.head_epochs), ("--limit", args.limit))
@@ -160,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CelebA 10k not found at {CELEBA}: skipped", file=sys.stderr)
         targets.remove("celeba")
     modes = [m for m in args.modes.split(",") if m and (m != "accelerator" or accelerator_present())]
+    curve = tuple(float(f) for f in args.curve.split(",") if f) if args.curve else None
     rows = []
     for target in targets:
         for mode in modes:
             row = train(target, mode, extra)
             if args.probe_epochs > 0:
-                row = probe(row, args.probe_epochs)
+                row = probe(row, args.probe_epochs, curve)
             rows.append(row)
             print(f"{target} {mode}: {json.dumps(row)}", file=sys.stderr, flush=True)
     rows = compare(rows)

@@ -133,7 +133,7 @@ def test_report_files_are_self_contained(quickstart, summary):
     html = (out / "report.html").read_text()
     assert "<img" in html and "data:image/png;base64," in html and 'src="plots/' not in html
     md = (out / "report.md").read_text()
-    for fig in ("privacy_utility", "reconstructions", "roc", "inversion", "latency"):
+    for fig in ("privacy_utility", "reconstructions", "training", "roc", "inversion", "latency"):
         assert (out / summary["figures"][fig]).stat().st_size > 5000
         assert f"plots/{fig}.png" in md
     assert "| protected |" in md and "label floor" in md

@@ -246,6 +246,11 @@ def build_document(s: dict, figures: dict[str, Path]) -> Document:
     for key, caption in (
         ("privacy_utility", "Privacy-utility: task accuracy against the best attacker (left) and the decoder (right)."),
         ("reconstructions", "Holdout images and what a decoder rebuilds from each model's features."),
+        (
+            "training",
+            "Training: task accuracy on reference per epoch (left); under a leakage budget, the controller's fresh "
+            "attacker on reference against its aim, and the adversaries' weight it set (right).",
+        ),
     ):
         if key in figures:
             doc.sections[-1].add(Figure(figures[key], caption))
@@ -271,11 +276,13 @@ def build_document(s: dict, figures: dict[str, Path]) -> Document:
 
 def _figures(layout: QuickstartLayout, s: dict) -> dict[str, Path]:
     from privsplit.report import quickstart_plots as qp
+    from privsplit.report.training_plots import plot_training
 
     plots = layout.plots
     found = {
         "privacy_utility": qp.plot_privacy_utility(s, plots / "privacy_utility.png"),
         "reconstructions": qp.plot_reconstructions(layout, s, plots / "reconstructions.png"),
+        "training": plot_training(layout.root, s, plots / "training.png"),
         "latency": qp.plot_latency(layout, plots / "latency.png") if layout.measure.is_dir() else None,
     }
     if s["outputs_file"]:
