@@ -9,7 +9,14 @@ fresh attribute attackers, so the table shows that the ways agree: holdout task 
 ``1.96 * sqrt(2 * BA (1 - BA) / n_holdout)`` for a difference of two runs). Goal on a GPU: a
 protected CelebA-10k run in under 2 minutes.
 
+A 2-process run is not the 1-process run's arithmetic: each rank's BatchNorm sees half of every batch and
+the ranks draw their own channel noise, so it lands where another seed of the same recipe lands. With
+``--seeds`` every way runs once per seed and the comparison is of the means over seeds (with a 95%
+t-interval of each mode), next to the per-seed rows. A finished run (``row.json`` in its folder) is
+reused, so an interrupted sweep resumes.
+
     python benchmarks/train_throughput.py                       # digits
+    python benchmarks/train_throughput.py --targets digits --modes cpu-1,cpu-2 --seeds 0,1,2
     python benchmarks/train_throughput.py --targets digits,celeba --modes cpu-1,cpu-2
 """
 
@@ -44,9 +51,13 @@ def accelerator_present() -> bool:
     return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
 
 
-def train(target: str, mode: str, extra: list[str]) -> dict:
+def run_folder(target: str, mode: str, seed: int) -> Path:
+    return RESULTS / (f"{target}-{mode}" if seed == 0 else f"{target}-{mode}-seed{seed}")
+
+
+def train(target: str, mode: str, seed: int, extra: list[str]) -> dict:
     device, nproc = MODES[mode]
-    out = RESULTS / f"{target}-{mode}"
+    out = run_folder(target, mode, seed)
     cmd = [
         sys.executable,
         "-m",
@@ -59,6 +70,8 @@ def train(target: str, mode: str, extra: list[str]) -> dict:
         device,
         "--nproc",
         str(nproc),
+        "--seed",
+        str(seed),
         "--quiet",
         *extra,
     ]
@@ -77,6 +90,7 @@ def train(target: str, mode: str, extra: list[str]) -> dict:
     return {
         "target": target,
         "mode": mode,
+        "seed": seed,
         "device": metrics["device"],
         "processes": metrics["processes"],
         "wall_s": round(wall, 2),
@@ -107,37 +121,98 @@ def probe(row: dict, probe_epochs: int, curve: tuple[float, ...] | None) -> dict
     }
 
 
+def _t95(n: int) -> float:
+    return {1: float("nan"), 2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.571 if n <= 6 else 2.0)
+
+
+def _mean(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return {"mean": round(mean, 4), "half_width": round(_t95(n) * sd / math.sqrt(n), 4) if n > 1 else None, "n": n}
+
+
 def compare(rows: list[dict]) -> list[dict]:
-    """Each run against the 1-process CPU run of its target."""
-    refs = {r["target"]: r for r in rows if r["mode"] == "cpu-1"}
-    for r in rows:
-        ref = refs.get(r["target"])
-        if ref is None or r is ref:
-            continue
-        r["task_accuracy_delta"] = round(r["task_accuracy"] - ref["task_accuracy"], 4)
-        r["task_within_1_point"] = abs(r["task_accuracy_delta"]) <= 0.01 + 1e-9
-        if "attacker_balanced_accuracy" in r:
-            r["attacker_delta"] = round(r["attacker_balanced_accuracy"] - ref["attacker_balanced_accuracy"], 4)
-            r["attacker_within_interval"] = abs(r["attacker_delta"]) <= ref["attacker_interval"]
-    return rows
+    """Each mode of a target against its 1-process CPU runs: means over the seeds both ran."""
+    summaries = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        by_mode: dict[str, dict[int, dict]] = {}
+        for r in rows:
+            if r["target"] == target:
+                by_mode.setdefault(r["mode"], {})[r["seed"]] = r
+        ref = by_mode.get("cpu-1")
+        for mode, runs in by_mode.items():
+            seeds = sorted(runs) if ref is None else sorted(set(runs) & set(ref))
+            if not seeds:
+                continue
+            summary = {
+                "target": target,
+                "mode": mode,
+                "seeds": seeds,
+                "train_s": _mean([runs[s]["train_s"] for s in seeds]),
+                "images_per_s": _mean([runs[s]["images_per_s"] for s in seeds]),
+                "task_accuracy": _mean([runs[s]["task_accuracy"] for s in seeds]),
+            }
+            probed = all("attacker_balanced_accuracy" in runs[s] for s in seeds)
+            if probed:
+                summary["attacker_balanced_accuracy"] = _mean([runs[s]["attacker_balanced_accuracy"] for s in seeds])
+            if ref is not None and mode != "cpu-1":
+                ref_task = _mean([ref[s]["task_accuracy"] for s in seeds])["mean"]
+                summary["task_accuracy_delta"] = round(summary["task_accuracy"]["mean"] - ref_task, 4)
+                summary["task_within_1_point"] = abs(summary["task_accuracy_delta"]) <= 0.01 + 1e-9
+                if probed and all("attacker_balanced_accuracy" in ref[s] for s in seeds):
+                    ref_ba = [ref[s]["attacker_balanced_accuracy"] for s in seeds]
+                    delta = summary["attacker_balanced_accuracy"]["mean"] - sum(ref_ba) / len(ref_ba)
+                    # sampling interval of a difference of two runs' BA, shrunk by the number of seeds averaged
+                    interval = sum(ref[s]["attacker_interval"] for s in seeds) / len(seeds) / math.sqrt(len(seeds))
+                    summary["attacker_delta"] = round(delta, 4)
+                    summary["attacker_interval"] = round(interval, 4)
+                    summary["attacker_within_interval"] = abs(delta) <= interval
+            summaries.append(summary)
+    return summaries
 
 
-def table(rows: list[dict]) -> str:
-    def f(r: dict, k: str) -> str:
-        if r.get(k) is None:
-            return "-"
-        return f"{r[k]:+.3f}" if k.endswith("delta") else f"{r[k]:.3f}"
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
 
+
+def _pm(v: dict | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v['mean']:.3f}" + (f" +-{v['half_width']:.3f}" if v["half_width"] is not None else "")
+
+
+def _delta(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
+
+
+def table(rows: list[dict], summaries: list[dict]) -> str:
     lines = [
-        f"{'target':<8}{'mode':<13}{'device':<20}{'proc':>5}{'train s':>9}{'img/s':>8}"
-        f"{'task acc':>9}{'d task':>8}{'attr BA':>9}{'d BA':>8}{'+-':>7}"
+        f"{'target':<8}{'mode':<13}{'seed':>5}{'device':>16}{'proc':>5}{'train s':>9}{'img/s':>8}"
+        f"{'task acc':>9}{'attr BA':>9}{'+-':>7}"
     ]
     for r in rows:
+        ba = r.get("attacker_balanced_accuracy")
         lines.append(
-            f"{r['target']:<8}{r['mode']:<13}{r['device']:<20}{r['processes']:>5}{r['train_s']:>9.1f}"
-            f"{r['images_per_s']:>8.0f}{f(r, 'task_accuracy'):>9}{f(r, 'task_accuracy_delta'):>8}"
-            f"{f(r, 'attacker_balanced_accuracy'):>9}{f(r, 'attacker_delta'):>8}"
-            f"{f(r, 'attacker_interval'):>7}"
+            f"{r['target']:<8}{r['mode']:<13}{r['seed']:>5}{r['device'][:15]:>16}{r['processes']:>5}"
+            f"{r['train_s']:>9.1f}{r['images_per_s']:>8.0f}{r['task_accuracy']:>9.3f}"
+            + (f"{ba:>9.3f}{r['attacker_interval']:>7.3f}" if ba is not None else f"{'-':>9}{'-':>7}")
+        )
+    lines += [
+        "",
+        f"{'target':<8}{'mode':<13}{'seeds':<8}{'img/s':>8}{'task acc (mean +-95%)':>24}{'d task':>8}"
+        f"{'attr BA (mean)':>16}{'d BA':>8}{'+-':>7}  goals (task / attacker)",
+    ]
+    for s in summaries:
+        goals = ""
+        if "task_within_1_point" in s:
+            attacker = s.get("attacker_within_interval")
+            goals = _yes(s["task_within_1_point"]) + " / " + ("-" if attacker is None else _yes(attacker))
+        lines.append(
+            f"{s['target']:<8}{s['mode']:<13}{','.join(map(str, s['seeds'])):<8}{s['images_per_s']['mean']:>8.0f}"
+            f"{_pm(s.get('task_accuracy')):>24}{_delta(s.get('task_accuracy_delta')):>8}"
+            f"{_pm(s.get('attacker_balanced_accuracy')):>16}{_delta(s.get('attacker_delta')):>8}"
+            f"{s.get('attacker_interval', float('nan')):>7.3f}  {goals}"
         )
     return "\n".join(lines)
 
@@ -148,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated: cpu-1, cpu-2, accelerator (default all)"
     )
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default %(default)s)")
+    parser.add_argument("--fresh", action="store_true", help="train again even where a finished run is kept")
     parser.add_argument("--epochs", type=int, help="joint epochs (default: the protected recipe's 20)")
     parser.add_argument("--head-epochs", type=int, help="head fine-tune epochs (default: the recipe's 5)")
     parser.add_argument("--limit", type=int, help="use only the first N images of each dataset")
@@ -169,19 +246,31 @@ def main(argv: list[str] | None = None) -> int:
         targets.remove("celeba")
     modes = [m for m in args.modes.split(",") if m and (m != "accelerator" or accelerator_present())]
     curve = tuple(float(f) for f in args.curve.split(",") if f) if args.curve else None
+    seeds = [int(x) for x in args.seeds.split(",") if x]
     rows = []
     for target in targets:
-        for mode in modes:
-            row = train(target, mode, extra)
-            if args.probe_epochs > 0:
-                row = probe(row, args.probe_epochs, curve)
-            rows.append(row)
-            print(f"{target} {mode}: {json.dumps(row)}", file=sys.stderr, flush=True)
-    rows = compare(rows)
-    result = {"rows": rows, "goal_gpu_celeba_s": GOAL_GPU_CELEBA_S, "accelerator": accelerator_present()}
+        for seed in seeds:
+            for mode in modes:
+                kept = run_folder(target, mode, seed) / "row.json"
+                if kept.is_file() and not args.fresh:
+                    row = json.loads(kept.read_text())
+                else:
+                    row = train(target, mode, seed, extra)
+                    if args.probe_epochs > 0:
+                        row = probe(row, args.probe_epochs, curve)
+                    kept.write_text(json.dumps(row, indent=2) + "\n")
+                rows.append(row)
+                print(f"{target} {mode} seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    summaries = compare(rows)
+    result = {
+        "rows": rows,
+        "summaries": summaries,
+        "goal_gpu_celeba_s": GOAL_GPU_CELEBA_S,
+        "accelerator": accelerator_present(),
+    }
     text = json.dumps(result, indent=2)
     print(text)
-    print(table(rows))
+    print(table(rows, summaries))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
