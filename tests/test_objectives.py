@@ -18,7 +18,7 @@ from privsplit.data.spec import register_loader  # noqa: E402
 from privsplit.errors import ConfigError  # noqa: E402
 from privsplit.models import Arch, ModelConfig, build_split_model  # noqa: E402
 from privsplit.train import AdversaryTarget, PrivacyPreset, TrainConfig, TrainingCollapsed, train_run  # noqa: E402
-from privsplit.train.adversarial import accuracy  # noqa: E402
+from privsplit.train.adversarial import accuracy, next_adversary_weight  # noqa: E402
 from privsplit.train.collapse import check_collapse  # noqa: E402
 from privsplit.train.loop import train_split_model  # noqa: E402
 
@@ -96,10 +96,27 @@ def test_leakage_budget_controller_raises_and_lowers_the_weight(high):
     weights = [h.adversary_weight for h in over.history]
     assert weights == [1.0, 2.0, 4.0, 4.0], weights  # doubled while over, capped at 4x the configured weight
     assert all(h.reference_leakage > h.leakage_floor for h in over.history)
-    # aimed at the floor (1.0 here) nothing is over the budget: the pressure halves every epoch
+    # aimed at the floor (1.0 here) nothing is over the budget: the configured weight holds, no more and no less
     under, _ = _train(high, adversary_target=AdversaryTarget.CONDITIONAL, adv_weight=1.0, leakage_budget=0.02)
-    assert [h.adversary_weight for h in under.history] == [1.0, 0.5, 0.25, 0.125]
+    assert [h.adversary_weight for h in under.history] == [1.0, 1.0, 1.0, 1.0]
     assert under.history[0].leakage_floor == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("weight", "leakage", "task_dropped", "expected"),
+    [
+        (1.0, 0.70, False, 2.0),  # over the budget: double ...
+        (4.0, 0.70, False, 4.0),  # ... up to 4x the configured weight
+        (4.0, 0.60, False, 2.0),  # under it: back towards the configured weight ...
+        (1.0, 0.60, False, 1.0),  # ... which always holds while the task does
+        (0.25, 0.60, False, 0.5),  # (from below too, after the task had lowered it)
+        (1.0, 0.70, True, 0.5),  # the task fell under the utility budget: halve, whatever the leakage ...
+        (0.0625, 0.70, True, 0.0625),  # ... down to 1/16 of the configured weight
+    ],
+)
+def test_controller_rule(weight, leakage, task_dropped, expected):
+    nxt = next_adversary_weight(weight, base=1.0, leakage=leakage, limit=0.62, task_dropped=task_dropped)
+    assert nxt == expected
 
 
 def test_utility_budget_eases_the_pressure_when_the_task_drops(high):

@@ -82,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--adv-weight",
         type=non_negative_float,
         metavar="F",
-        help="weight of the attribute adversaries' term; its start with a leakage budget (default 1, strong 3; "
-        "0 = off)",
+        help="weight of the attribute adversaries' term; with a leakage budget its start and the pressure that "
+        "always holds while the task does (default 1, strong 3; 0 = off)",
     )
     p.add_argument(
         "--rec-weight",
@@ -178,15 +178,16 @@ def _add_objective_args(p: argparse.ArgumentParser) -> None:
         "--leakage-budget",
         type=non_negative_float,
         metavar="BA",
-        help="adapt --adv-weight each epoch: double it while the adversaries read more than the task floor + BA "
-        "balanced accuracy on reference, halve it below (default 0.02; strong: a fixed weight)",
+        help="adapt the adversaries' weight each epoch: double it (up to 4x --adv-weight) while fresh attackers "
+        "read more than the task floor + BA balanced accuracy on reference, return towards --adv-weight below "
+        "(default 0.02; strong: a fixed weight)",
     )
     g.add_argument(
         "--utility-budget",
         type=non_negative_float,
         metavar="ACC",
-        help="with --leakage-budget: halve the pressure while reference accuracy is more than ACC below the warm "
-        "start's (default 0.01)",
+        help="with --leakage-budget: halve the pressure (down to 1/16 of --adv-weight) while reference accuracy "
+        "is more than ACC below the warm start's (default 0.01)",
     )
 
 

@@ -271,6 +271,19 @@ def linear_attack(
     return balanced_accuracy(pred, s_test)
 
 
+def next_adversary_weight(weight: float, *, base: float, leakage: float, limit: float, task_dropped: bool) -> float:
+    """The leakage-budget controller's next weight. ``base`` (the configured ``adv_weight``) is the pressure that
+    always holds while the task does: the weight doubles (up to ``4 base``) after an epoch whose fresh attackers
+    read more than ``limit`` (aim + budget) and returns towards ``base`` (halving from above, doubling from below)
+    after one under it. Whatever the leakage, it halves (down to ``base / 16``) after an epoch whose reference
+    accuracy fell more than the utility budget under the warm start's: the task comes first."""
+    if task_dropped:
+        return float(max(base / 16, weight / 2))
+    if leakage > limit:
+        return float(min(base * 4, weight * 2))
+    return float(max(base, weight / 2)) if weight >= base else float(min(base, weight * 2))
+
+
 def conditional_prior(task: np.ndarray, private: np.ndarray, num_task: int, num_private: int) -> torch.Tensor:
     """``p(private | task)`` from ``task``/``private`` label arrays (add-one smoothed): (num_task, num_private)."""
     counts = np.ones((num_task, num_private))

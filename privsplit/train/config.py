@@ -62,10 +62,12 @@ class TrainConfig:
 
     with ``L_priv = CE(a(z), target)`` (entropy towards ``target``: p(private | task label) for the conditional
     target, uniform otherwise) or ``-CE(a(z), private)``; the teacher is the model at the end of the warm
-    start. ``w`` starts at ``adv_weight``; with a ``leakage_budget`` it doubles after an epoch whose adversaries
-    read more than the aim (max(chance, task floor), or chance for the uniform target) + budget on reference
-    features, and halves otherwise or when reference accuracy is more than ``utility_budget`` under the warm
-    start's (bounded to [adv_weight/16, 4 adv_weight]). ``z`` is the encoder output (unit variance per
+    start. ``w`` starts at ``adv_weight``; with a ``leakage_budget`` it doubles (up to 4 ``adv_weight``) after an
+    epoch whose fresh attackers read more than the aim (max(chance, task floor), or chance for the uniform
+    target) + budget on reference features, and returns towards ``adv_weight`` after one under it: the
+    configured weight is the pressure that always holds. Only the task lowers it further: it halves (down to
+    ``adv_weight / 16``) after an epoch whose reference accuracy is more than ``utility_budget`` under the warm
+    start's. ``z`` is the encoder output (unit variance per
     channel) plus Gaussian noise of ``noise_sigma``, which the deployed edge pipeline adds too.
     """
 

@@ -38,6 +38,7 @@ from privsplit.train.adversarial import (
     describe,
     linear_attack,
     log,
+    next_adversary_weight,
     predict,
     recalibrate_batchnorm,
     task_floor,
@@ -476,14 +477,16 @@ class _Loop:
         return max(adv.balanced_accuracy(z_ref, p_ref), linear_attack(z_mem, p_mem, z_ref, p_ref, k))
 
     def _next_weight(self, weight: float, leakage: float, reference_accuracy: float) -> float:
-        """The leakage-budget controller: double the pressure while the adversaries read more than floor + budget,
-        halve it below; halve it too while the task is more than ``utility_budget`` under the warm start's."""
         config = self.config
-        top, bottom = config.adv_weight * 4, config.adv_weight / 16
-        over = leakage > self.floor + (config.leakage_budget or 0.0)
-        if config.utility_budget is not None and self.warm_accuracy is not None:
-            over = over and reference_accuracy >= self.warm_accuracy - config.utility_budget
-        return float(min(top, weight * 2)) if over else float(max(bottom, weight / 2))
+        return next_adversary_weight(
+            weight,
+            base=config.adv_weight,
+            leakage=leakage,
+            limit=self.floor + (config.leakage_budget or 0.0),
+            task_dropped=config.utility_budget is not None
+            and self.warm_accuracy is not None
+            and reference_accuracy < self.warm_accuracy - config.utility_budget,
+        )
 
     def head_epoch(self, epoch: int, head, opt) -> EpochStats:
         """Encoder frozen: retrain the server layers on fresh channel noise."""
