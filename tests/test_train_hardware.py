@@ -203,6 +203,24 @@ def test_two_processes_train_one_model_with_ddp(tmp_path):
     assert metrics["task"]["accuracy"] > 0.5  # 10 classes, 2 protected epochs
 
 
+def test_ranks_draw_their_own_channel_noise_and_one_process_keeps_its_stream():
+    from privsplit.train.distributed import DistContext
+    from privsplit.train.loop import _rank_stream, _reseed
+
+    def draw(dist: DistContext) -> torch.Tensor:
+        _reseed(3, 7)
+        _rank_stream(3, 7, dist)
+        return torch.randn(64)
+
+    _reseed(3, 7)
+    epoch_stream = torch.randn(64)
+    assert torch.equal(draw(DistContext()), epoch_stream)  # one process: unchanged, old runs reproduce bit for bit
+    rank0, rank1 = draw(DistContext(rank=0, world=2)), draw(DistContext(rank=1, world=2))
+    # two shards of one global batch must not share their noise; each rank's stream is reproducible (resume)
+    assert not torch.equal(rank0, rank1) and abs(float(torch.corrcoef(torch.stack([rank0, rank1]))[0, 1])) < 0.5
+    assert torch.equal(rank1, draw(DistContext(rank=1, world=2)))
+
+
 def test_nproc_failure_is_one_line(tmp_path):
     out = str(tmp_path / "r")
     proc = _cli("train", "--data", "digits", "--private", "nope", "--nproc", "2", "--device", "cpu", "--out", out)

@@ -88,6 +88,15 @@ def _reseed(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def _rank_stream(seed: int, epoch: int, dist: DistContext) -> None:
+    """From here on each rank draws its own channel noise (and flips): after :func:`_reseed` every rank holds the
+    same torch stream, so the ranks' shards of one global batch would get identical noise, which a single process
+    never draws. What must be equal on every rank (the adversaries' re-initialisation, the batches) is drawn
+    before; one process keeps the epoch's stream unchanged."""
+    if dist.world > 1:
+        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, dist.rank]).generate_state(1)[0]))
+
+
 def _batches(n: int, batch_size: int, rng: np.random.Generator, world: int) -> list[np.ndarray]:
     """Global batches of a seeded permutation; every rank's shard keeps at least 2 samples (BatchNorm)."""
     order = rng.permutation(n)
@@ -361,6 +370,8 @@ class _Loop:
         teacher = self.teacher if adversarial and config.distill_weight > 0 else None
         if adversarial:
             adv.reset()
+        _rank_stream(self.seed, epoch, dist)
+        if adversarial:
             adv.requires_grad(True)
             # warm the fresh adversaries up on features of a sample computed once (cheap: no
             # encoder pass per warm-up step), then keep them in step with the encoder below
@@ -378,7 +389,7 @@ class _Loop:
                     adv.step(z_pool[torch.as_tensor(j).to(self.device)], p, px)
         sums = np.zeros(8)  # ce*n, priv*n, correct, n, adv_loss, adv_acc, rec, adv_n
         batches = _batches(len(self.members), config.batch_size, rng, dist.world)
-        flips = [_flips(len(b), self.hflip) for b in batches]  # global draws: the same on every rank
+        flips = [_flips(len(b), self.hflip) for b in batches]  # one draw per global batch; each rank takes its shard
         shards = [dist.shard(self.members[b]) for b in batches]
         bar = progress_bar(range(len(batches)), desc=f"epoch {epoch}/{config.epochs}", enabled=self.progress)
         for k, (idx, x) in zip(bar, feeder.stream(shards)):
@@ -492,6 +503,7 @@ class _Loop:
         """Encoder frozen: retrain the server layers on fresh channel noise."""
         config, model, dist, feeder = self.config, self.model, self.dist, self.feeder
         rng = _reseed(self.seed, epoch)
+        _rank_stream(self.seed, epoch, dist)
         model.head.train()
         sums = np.zeros(3)  # ce*n, correct, n
         batches = _batches(len(self.members), config.batch_size, rng, dist.world)
