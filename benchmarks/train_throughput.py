@@ -35,6 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train-throughput"
 CELEBA = REPO.parent / "shared" / "data" / "celeba-10k"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from privacy_frontier import interval  # noqa: E402  (the across-seeds interval, one definition)
+
 TARGETS = {
     "digits": ["--data", "digits", "--private", "slant"],
     "celeba": ["--data", f"celeba:{CELEBA}", "--task", "Smiling", "--private", "Male", "--image-size", "64"],
@@ -121,15 +124,11 @@ def probe(row: dict, probe_epochs: int, curve: tuple[float, ...] | None) -> dict
     }
 
 
-def _t95(n: int) -> float:
-    return {1: float("nan"), 2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.571 if n <= 6 else 2.0)
-
-
 def _mean(values: list[float]) -> dict:
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return {"mean": round(mean, 4), "half_width": round(_t95(n) * sd / math.sqrt(n), 4) if n > 1 else None, "n": n}
+    """Mean over seeds with the half-width of its 95% Student-t interval (None for one seed)."""
+    mean, low, high = interval(values)
+    half = None if math.isnan(high) else round((high - low) / 2, 4)
+    return {"mean": round(mean, 4), "half_width": half, "n": len(values)}
 
 
 def compare(rows: list[dict]) -> list[dict]:
