@@ -7,7 +7,9 @@ run is probed with the output probe's observation (the service's raw scores, sha
 trained with the run's *own* recipe, defence included: the adaptive attacker) and every membership
 attack; reported: the best attack's AUC with its Hanley-McNeil 95 % interval, the label floor, TPR
 at 1 % FPR, holdout accuracy with its Wilson 95 % interval and its drop from the undefended run
-(points), members' accuracy, and DP's epsilon.
+(points), members' accuracy, and DP's epsilon. Fashion-MNIST's 250 holdout images leave +-5 points on
+an accuracy, too coarse for a 1-point goal: there the drop is judged on the 10,000 training-file images
+past the target's 1,250 (``UNSEEN``; never in any run's split), +-0.8 points.
 
 RelaxLoss's alpha is tuned on ``reference`` only, never on holdout: ``--relax-alpha reference`` (the
 default) sets it to the undefended run's mean cross-entropy on its ``reference`` part (what non-members'
@@ -17,7 +19,8 @@ Goals (issue 12, best defence): best attack AUC <= 0.54 (fashion-mnist) / 0.51 (
 1.0 point of holdout accuracy below the undefended model.
 
     python benchmarks/membership_defense_benchmark.py [--targets fashion-mnist,digits]
-        [--defenses none,relaxloss,dp-sgd] [--seeds 1] [--relax-alpha 0.2,0.4] [--epochs N] [--only-train]
+        [--defenses none,relaxloss,selena,dp-sgd] [--selena 10:1:0.3] [--seeds 1] [--relax-alpha 0.2,0.4]
+        [--epochs N] [--only-train]
 
 ``--epochs`` shortens every non-DP run (a quick look; the goals are stated for the targets' 80 epochs).
 
@@ -42,8 +45,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from purifier_benchmark import TARGETS  # noqa: E402  (the same targets, one definition)
 
 AUC_GOALS = {"fashion-mnist": 0.54, "digits": 0.51}
+UNSEEN = {"fashion-mnist": 10_000}  # images past the target's limit, for a tighter accuracy (digits has none left)
 MAX_DROP_POINTS = 1.0
-CACHE = "membership_benchmark_row.json"  # a run's measured row, so parallel processes can share the probing
+CACHE = "membership_benchmark_row2.json"  # a run's measured row (2: with the calibrated attacks), shared by processes
 Z95 = 1.959964
 
 
@@ -76,6 +80,8 @@ def ensure_run(target: str, defense, seed: int, args):
     t = TARGETS[target]
     epochs = epochs_for(target, defense, args)
     tag = f"-a{defense.relax_alpha:g}" if defense.name == "relaxloss" else ""
+    if defense.name == "selena":
+        tag = f"-k{defense.selena_teachers}l{defense.selena_held_out}w{defense.selena_label_weight:g}"
     out = args.runs / f"{target}-{defense.name}{tag}-e{epochs}-s{seed}"
     if args.retrain or not RunFolder(out).has("metrics.json"):
         config = TrainConfig.unprotected(epochs=epochs, membership_defense=defense)
@@ -125,6 +131,14 @@ def defenses_for(target: str, names: list[str], args, seed: int) -> list:
             else:
                 alphas = [float(a) for a in args.relax_alpha.split(",")]
             out += [MembershipDefense.parse(name, relax_alpha=a) for a in alphas]
+        elif name == "selena":
+            for variant in args.selena.split(","):
+                k, held, weight = variant.split(":")
+                out.append(
+                    MembershipDefense.parse(
+                        name, selena_teachers=int(k), selena_held_out=int(held), selena_label_weight=float(weight)
+                    )
+                )
         elif name == "dp-sgd":
             out.append(MembershipDefense.parse(name, dp_epsilon=args.dp_epsilon))
         else:
@@ -132,14 +146,56 @@ def defenses_for(target: str, names: list[str], args, seed: int) -> list:
     return out
 
 
-def measure(run, seed: int) -> dict:
-    """Every attack on the run's raw scores (adaptive shadows), with intervals."""
+def unseen_accuracy(run, target: str) -> dict:
+    """Accuracy on the target's ``UNSEEN`` images past its ``limit`` (no model, split or attacker touches them):
+    250 holdout images give +-5 points, too coarse for a 1-point goal; 10,000 give +-0.8."""
+    n = UNSEEN.get(target)
+    if not n:
+        return {}
+    from privsplit.data import load_dataset
+
+    limit, cfg = TARGETS[target]["limit"], run.config().data
+    data = load_dataset(cfg.spec, task=cfg.task, private=cfg.private, image_size=cfg.image_size, limit=limit + n)
+    images, y = data.images[limit:], data.task_labels[limit:]
+    acc = float((run.load_split_model().scores(images, noise_seed=0).argmax(1) == y).mean())
+    return {"accuracy_unseen": acc, "accuracy_unseen_ci": wilson(acc, len(y)), "n_unseen": len(y)}
+
+
+def purified(run, view, spec) -> dict:
+    """The deployed service's answer: the run's scores through its default purifier (trained on the run's
+    ``reference``), every attack adaptive (the shadows' and the extra queries' scores purified too)."""
+    from privsplit.models.purifier import load_purifier
+    from privsplit.probes.output_probe import probe_outputs
+    from privsplit.train.purifier import train_purifier
+
+    train_purifier(run, progress=False)
+    result = probe_outputs(run, spec, purifier=load_purifier(run), view=view)
+    m = result.mia_purified
+    b = m.best
+    return {
+        "best_attack": m.best_attack,
+        "best_auc": b.auc,
+        "best_auc_ci": hanley_mcneil(b.auc, b.n_members, b.n_nonmembers),
+        "tpr_at_1pct_fpr": b.tpr_at_1pct_fpr,
+        "label_floor": m.label_floor,
+        "attacks": {k: v.auc for k, v in m.attacks.items()},
+        "accuracy": result.accuracy_purified,
+        "label_agreement": result.label_agreement,
+        "distortion_pct": result.distortion_pct,
+    }
+
+
+def measure(run, seed: int, *, with_purifier: bool = False) -> dict:
+    """Every attack on the run's raw scores (adaptive shadows), with intervals; with ``with_purifier`` also on
+    the purified scores (``purified``)."""
     from privsplit.probes.membership import run_attacks
     from privsplit.probes.mia_metrics import label_floor
     from privsplit.probes.output_probe import OutputProbeSpec, observe
 
-    view = observe(run, OutputProbeSpec(seed=seed, progress=False))
-    outcomes = run_attacks(view.members, view.nonmembers, view.shadow, seed=seed)
+    spec = OutputProbeSpec(seed=seed, progress=False)
+    view = observe(run, spec)
+    # every attack, the calibrated ones too (label-only augmentation, offline LiRA): their queries are in view.extra
+    outcomes = run_attacks(view.members, view.nonmembers, view.shadow, extra=view.extra, seed=seed)
     aucs = {a.value: o.metrics for a, o in outcomes.items()}
     best = max(aucs, key=lambda k: aucs[k].auc)
     m = aucs[best]
@@ -162,6 +218,7 @@ def measure(run, seed: int) -> dict:
         "privacy": metrics["membership_defense"].get("privacy"),
         "selected_epoch": metrics["selected_epoch"],
         "train_seconds": metrics["train_seconds"],
+        **({"purified": purified(run, view, spec)} if with_purifier else {}),
     }
 
 
@@ -177,12 +234,16 @@ def bench(args) -> dict:
                 if args.only_train:
                     continue
                 cache = run.file(CACHE)
-                if cache.is_file() and not args.retrain:
+                if cache.is_file() and not args.retrain and (read_json(cache).get("purified") or not args.purified):
                     row = read_json(cache)
+                    if target in UNSEEN and "accuracy_unseen" not in row:  # a row cached before that figure
+                        row.update(unseen_accuracy(run, target))
+                        save_json(cache, row)
                 else:
                     row = {"defense": defense.name, "options": defense.describe(), "seed": seed}
                     row.update(epochs=epochs_for(target, defense, args), **reference_criterion(run))
-                    row.update(measure(run, seed))
+                    row.update(measure(run, seed, with_purifier=args.purified))
+                    row.update(unseen_accuracy(run, target))
                     row["seconds"] = round(time.perf_counter() - t0, 1)
                     save_json(cache, row)
                 rows.append(row)
@@ -192,7 +253,9 @@ def bench(args) -> dict:
                     file=sys.stderr,
                     flush=True,
                 )
-        base = {r["seed"]: r["accuracy"] for r in rows if r["defense"] == "none"}
+        for r in rows:  # the accuracy the goal is judged on: the unseen images where the target has them
+            r["accuracy_judged"] = r.get("accuracy_unseen", r["accuracy"])
+        base = {r["seed"]: r["accuracy_judged"] for r in rows if r["defense"] == "none"}
         base_ref = {r["seed"]: r["reference_accuracy"] for r in rows if r["defense"] == "none"}
         for seed in base_ref:  # alpha chosen on reference only: least member/reference loss AUC within 1 point
             relax = [r for r in rows if r["defense"] == "relaxloss" and r["seed"] == seed]
@@ -201,8 +264,13 @@ def bench(args) -> dict:
                 min(ok, key=lambda r: r["reference_loss_auc"])["selected_on_reference"] = True
         for r in rows:
             if r["seed"] in base:
-                r["accuracy_drop_points"] = 100 * (base[r["seed"]] - r["accuracy"])
+                r["accuracy_drop_points"] = 100 * (base[r["seed"]] - r["accuracy_judged"])
                 r["meets_goal"] = r["best_auc"] <= AUC_GOALS[target] and r["accuracy_drop_points"] <= MAX_DROP_POINTS
+                if "purified" in r:  # the default purifier keeps labels: the same accuracy is judged
+                    pur = r["purified"]
+                    pur["meets_goal"] = pur["best_auc"] <= AUC_GOALS[target] and r["accuracy_drop_points"] <= (
+                        MAX_DROP_POINTS
+                    )
         report["targets"].append({"target": target, **TARGETS[target], "rows": rows})
     return report
 
@@ -210,13 +278,19 @@ def bench(args) -> dict:
 def table(report: dict) -> str:
     head = (
         f"{'target':14} {'defence':28} {'seed':>4} {'best AUC [95% CI]':>22} {'attack':>16} {'floor':>6} "
-        f"{'TPR@1%':>6} {'holdout acc [95% CI]':>22} {'drop pt':>7} {'member acc':>10} {'eps':>6}  goal"
+        f"{'TPR@1%':>6} {'holdout acc [95% CI]':>22} {'unseen acc [95% CI]':>22} {'drop pt':>7} "
+        f"{'member acc':>10} {'eps':>6}  goal"
     )
     lines = [head, "-" * len(head)]
     for t in report["targets"]:
         for r in t["rows"]:
             lo, hi = r["best_auc_ci"]
             alo, ahi = r["accuracy_ci"]
+            unseen = (
+                f"{r['accuracy_unseen']:.3f} [{r['accuracy_unseen_ci'][0]:.3f}, {r['accuracy_unseen_ci'][1]:.3f}]"
+                if "accuracy_unseen" in r
+                else "-"
+            )
             eps = f"{r['privacy']['epsilon']:6.2f}" if r.get("privacy") else f"{'-':>6}"
             drop = f"{r['accuracy_drop_points']:7.2f}" if "accuracy_drop_points" in r else f"{'-':>7}"
             goal = ("Y" if r["meets_goal"] else "n") if "meets_goal" in r else "-"
@@ -224,23 +298,46 @@ def table(report: dict) -> str:
             lines.append(
                 f"{t['target']:14} {r['options']:28} {r['seed']:4d} {r['best_auc']:.3f} [{lo:.3f}, {hi:.3f}]   "
                 f"{r['best_attack']:>16} {r['label_floor']:6.3f} {r['tpr_at_1pct_fpr']:6.3f} "
-                f"{r['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}]   {drop} {r['accuracy_members']:10.3f} {eps}  {goal}"
+                f"{r['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}] {unseen:>22}   {drop} "
+                f"{r['accuracy_members']:10.3f} {eps}  {goal}"
             )
+            if "purified" in r:
+                pur = r["purified"]
+                plo, phi = pur["best_auc_ci"]
+                lines.append(
+                    f"{'':14} {'  + default purifier':28} {r['seed']:4d} {pur['best_auc']:.3f} [{plo:.3f}, {phi:.3f}] "
+                    f"{pur['best_attack']:>16} {pur['label_floor']:6.3f} {pur['tpr_at_1pct_fpr']:6.3f} "
+                    f"{pur['accuracy']:.3f} (label agreement {pur['label_agreement']:.3f}, "
+                    f"distortion {pur['distortion_pct']:.1f}%)  {'Y' if pur.get('meets_goal') else 'n'}"
+                )
         lines.append("")
-    lines.append(f"goal: best AUC <= {AUC_GOALS} at <= {MAX_DROP_POINTS} point holdout accuracy drop vs none")
+    lines.append(
+        f"goal: best AUC <= {AUC_GOALS} at <= {MAX_DROP_POINTS} point accuracy drop vs none "
+        "(on the unseen images where the target has them, else on holdout)"
+    )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", default="fashion-mnist,digits", help="comma-separated: fashion-mnist, digits")
-    parser.add_argument("--defenses", default="none,relaxloss,dp-sgd", help="comma-separated defence names")
+    parser.add_argument("--defenses", default="none,relaxloss,selena,dp-sgd", help="comma-separated defence names")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (split, init, probe; default 1)")
     parser.add_argument(
         "--relax-alpha",
         default="reference",
         help="'reference' (the undefended run's reference loss) or comma-separated values, the one chosen on "
         "reference marked",
+    )
+    parser.add_argument(
+        "--selena",
+        default="10:1:0.3",
+        help="selena variants, comma-separated TEACHERS:HELD_OUT:LABEL_WEIGHT (default: the defence's own, 10:1:0.3)",
+    )
+    parser.add_argument(
+        "--purified",
+        action="store_true",
+        help="also attack the scores through each run's default purifier (what `privsplit serve` returns)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override the targets' 80 epochs (quick runs)")
     parser.add_argument("--dp-epsilon", type=float, default=8.0, help="DP-SGD's budget (default 8)")

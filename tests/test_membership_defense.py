@@ -88,6 +88,83 @@ def test_dp_sgd_records_a_finite_epsilon_and_shrinks_the_gaps(tmp_path_factory, 
     assert defended["member_loss"] < math.log(10)  # it learned: below the uniform guess's loss (noise costs much)
 
 
+@pytest.mark.slow
+def test_selena_shrinks_the_member_holdout_gaps(tmp_path_factory):
+    """Self-distillation on a 200-member digits case (4 teachers): members are answered much as unseen records.
+
+    Measured on this case: loss gap 0.068 vs 0.121 undefended, accuracy gap -0.005 vs 0.035, holdout accuracy
+    0.98 vs 0.96 (the teachers alone, label weight 0: loss gap 0.020 but holdout 0.94)."""
+
+    def train(name: str, **defense) -> RunFolder:
+        out = tmp_path_factory.mktemp(f"{name}500") / "run"
+        config = TrainConfig.unprotected(
+            epochs=EPOCHS, batch_size=BATCH, membership_defense=MembershipDefense.parse(name, **defense)
+        )
+        return train_run("digits", out, limit=500, seed=0, config=config, progress=False)
+
+    undefended = _gaps(train("none"))
+    run = train("selena", selena_teachers=4)
+    defended = _gaps(run)
+    assert run.config().train["membership_defense"]["selena_teachers"] == 4
+    assert defended["loss_gap"] < 0.7 * undefended["loss_gap"], (defended, undefended)
+    assert defended["acc_gap"] < undefended["acc_gap"] - 0.02, (defended, undefended)
+    assert defended["holdout_acc"] >= undefended["holdout_acc"] - 0.02  # the task holds
+
+
+def test_selena_teachers_never_see_the_members_they_label(monkeypatch):
+    """Every member is left out of exactly ``held_out`` teachers, each teacher leaves out the same share, and the
+    soft label a member gets is the mean of the scores of exactly the teachers that did not train on it."""
+    from privsplit.train import selena
+
+    out = selena.exclusions(103, 5, 2, seed=0)
+    assert out.shape == (103, 2) and all(len(set(row)) == 2 for row in out.tolist())
+    per_teacher = np.bincount(out.ravel(), minlength=5)
+    assert per_teacher.max() - per_teacher.min() <= 2  # the same share each (2/5 of the members, +-2)
+    assert not np.array_equal(out, selena.exclusions(103, 5, 2, seed=1))  # seeded
+
+    from privsplit.data import load_dataset, make_split
+
+    data = load_dataset("digits", limit=120)
+    split = make_split(len(data), seed=0)
+    members = split[Part.MEMBERS]
+    config = TrainConfig.unprotected(epochs=1, membership_defense=MembershipDefense.parse("selena", selena_teachers=3))
+    seen: list[np.ndarray] = []
+
+    class Constant(torch.nn.Module):  # teacher t answers class t for every image: its share is traceable
+        def __init__(self, t):
+            super().__init__()
+            self.t = t
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def features(self, x, generator=None):
+            return x
+
+        def head(self, x):
+            return torch.nn.functional.one_hot(torch.full((len(x),), self.t), 10).float() * 50 + self.w
+
+    def fake_train(model, data_, sub, cfg, **kw):
+        assert cfg.membership_defense.kind is DefenseKind.NONE  # the teachers train plainly
+        seen.append(sub[Part.MEMBERS])
+        return type("R", (), {"model": Constant(len(seen) - 1)})()
+
+    targets = selena.teacher_targets(
+        fake_train,
+        torch.nn.Linear(1, 1),
+        data,
+        split,
+        config,
+        gather=lambda i: torch.zeros(len(i), 1),
+        seed=0,
+        progress=False,
+    )
+    left = selena.exclusions(len(members), 3, 1, seed=0)[:, 0]
+    for t, trained_on in enumerate(seen):
+        assert set(trained_on.tolist()) == set(members[left != t].tolist())
+    assert torch.equal(targets[torch.as_tensor(members)].argmax(1), torch.as_tensor(left))  # from the left-out one
+    others = np.setdiff1d(np.arange(len(data)), members)
+    assert torch.equal(targets[torch.as_tensor(others)].argmax(1), torch.as_tensor(data.task_labels[others]))
+
+
 def test_relaxloss_objective_switches_at_alpha():
     torch.manual_seed(0)
     y = torch.arange(4)
@@ -132,6 +209,13 @@ def test_config_errors():
         (["--membership-defense", "dp-sgd"], "add --head-epochs 0"),
         (["--membership-defense", "dp-sgd", "--unprotected", "--dp-delta", "0.1"], "--dp-delta 0.1 is not below"),
         (["--membership-defense", "dp-sgd", "--unprotected", "--nproc", "2"], "dp-sgd trains in one process"),
+        (["--membership-defense", "selena", "--selena-teachers", "1"], "--selena-teachers must be at least 2"),
+        (["--membership-defense", "selena", "--selena-held-out", "10"], "--selena-held-out must be between 1 and"),
+        (
+            ["--membership-defense", "selena", "--selena-label-weight", "1"],
+            "--selena-label-weight must be a finite number in [0, 1)",
+        ),
+        (["--selena-teachers", "3"], "--selena-teachers only applies to --membership-defense selena, not none"),
     ],
 )
 def test_bad_option_values_are_one_line_cli_errors(tmp_path, capsys, args, needle):

@@ -10,7 +10,7 @@ from pathlib import Path
 from privsplit.cli._common import DEVICES, non_negative_float, positive_int
 
 # privsplit.train.membership_defense.NAMES (a test keeps them equal), without importing torch here
-DEFENSES = ("none", "relaxloss", "dp-sgd", "recommended")
+DEFENSES = ("none", "relaxloss", "dp-sgd", "selena", "recommended")
 # privsplit.train.config.PrivacyPreset and AdversaryTarget values (a test keeps them equal)
 PRESETS = ("balanced", "strong", "off")
 TARGETS = ("conditional", "uniform")
@@ -201,13 +201,28 @@ def _add_defense_args(p: argparse.ArgumentParser) -> None:
         help="none (default) | relaxloss: keep the training loss near --relax-alpha (gradient ascent below it, "
         "flattened posteriors for the correctly classified) | dp-sgd: differentially private SGD through Opacus "
         "(pip install 'privsplit[dp]'; GroupNorm model, one process, no adversaries/head fine-tune; the epsilon "
-        "spent is recorded) | recommended: the README's recommendation (recorded as its real name)",
+        "spent is recorded) | selena: self-distillation, --selena-teachers models each trained without a share of "
+        "the members label every member as a non-member; the deployed model learns those labels (costs teachers + 1 "
+        "trainings) | recommended: the README's recommendation (recorded as its real name)",
     )
     g.add_argument("--relax-alpha", type=float, metavar="F", help="relaxloss: target cross-entropy (default 1.0)")
     g.add_argument("--dp-epsilon", type=float, metavar="EPS", help="dp-sgd: privacy budget of the run (default 8)")
     g.add_argument("--dp-delta", type=float, metavar="D", help="dp-sgd: delta, below 1/members (default 1e-5)")
     g.add_argument(
         "--dp-max-grad-norm", type=float, metavar="C", help="dp-sgd: per-record gradient clipping bound (default 1.0)"
+    )
+    g.add_argument("--selena-teachers", type=int, metavar="K", help="selena: number of teachers (default 10)")
+    g.add_argument(
+        "--selena-held-out",
+        type=int,
+        metavar="L",
+        help="selena: how many teachers never see a given member, 1 .. K-1 (default 1: each teacher skips 1/K)",
+    )
+    g.add_argument(
+        "--selena-label-weight",
+        type=float,
+        metavar="F",
+        help="selena: the true label's share in each member's target, in [0, 1) (default 0.3)",
     )
 
 
@@ -243,6 +258,9 @@ def build_config(args: argparse.Namespace):
             dp_epsilon=args.dp_epsilon,
             dp_delta=args.dp_delta,
             dp_max_grad_norm=args.dp_max_grad_norm,
+            selena_teachers=args.selena_teachers,
+            selena_held_out=args.selena_held_out,
+            selena_label_weight=args.selena_label_weight,
         ),
     }
     return config.with_(**{k: v for k, v in changes.items() if v is not None})

@@ -46,7 +46,8 @@ from privsplit.train.adversarial import (
 from privsplit.train.config import AdversaryTarget, TrainConfig
 from privsplit.train.device import BatchFeeder, DevicePolicy
 from privsplit.train.distributed import DistContext
-from privsplit.train.membership_defense import task_loss
+from privsplit.train.membership_defense import DefenseKind, task_loss
+from privsplit.train.selena import teacher_targets
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,12 @@ def train_split_model(
     policy: DevicePolicy | None = None,
     dist: DistContext = DistContext(),
     checkpointing: Checkpointing | None = None,
+    targets: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train ``model`` on the ``members`` part; select on ``reference``; return it on the CPU with its history."""
+    """Train ``model`` on the ``members`` part; select on ``reference``; return it on the CPU with its history.
+
+    ``targets`` (``[len(data), classes]`` probabilities): soft task targets instead of the labels; the ``selena``
+    membership defence trains its teachers first and passes theirs."""
     if config.membership_defense.is_dp:  # another optimiser and sampler: its own loop
         from privsplit.train.dpsgd import train_dp
 
@@ -146,6 +151,19 @@ def train_split_model(
     y_all = torch.as_tensor(data.task_labels).to(device)
     p_all = torch.as_tensor(data.private_labels).to(device) if data.private is not None else None
     x_ref, y_ref = feeder.gather(reference), y_all[torch.as_tensor(reference).to(device)]
+    if targets is None and config.membership_defense.kind is DefenseKind.SELENA:
+        targets = teacher_targets(
+            train_split_model,
+            model,
+            data,
+            split,
+            config,
+            gather=feeder.gather,
+            seed=seed,
+            progress=progress,
+            policy=policy,
+            dist=dist,
+        )
     hflip = config.hflip if config.hflip is not None else data.source.split(":")[0] in ("celeba", "utkface")
     num_private = data.num_classes(data.private) if data.private is not None else None
     prior = None
@@ -169,6 +187,7 @@ def train_split_model(
         progress,
         reference=reference,
         prior=prior,
+        targets=targets,
     )
     adv = _Adversaries(model, config, num_private, dist=dist, prior=prior)
 
@@ -334,6 +353,7 @@ class _Loop:
         *,
         reference,
         prior,
+        targets=None,
     ):
         self.model, self.config, self.policy, self.dist, self.feeder = model, config, policy, dist, feeder
         self.members, self.y_all, self.p_all, self.x_ref, self.y_ref = members, y_all, p_all, x_ref, y_ref
@@ -345,10 +365,17 @@ class _Loop:
         self.reference: np.ndarray = reference  # where the leakage-budget controller reads
         self.prior: torch.Tensor | None = prior  # p(private | task) on members: what the conditional target aims at
         self._floor: float | None = None
+        self.targets: torch.Tensor | None = None if targets is None else targets.to(self.device)
 
     def _labels(self, index: np.ndarray):
         idx = torch.as_tensor(index).to(self.device)
         return self.y_all[idx], (self.p_all[idx] if self.p_all is not None else None)
+
+    def _task_ce(self, logits: torch.Tensor, y: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Cross-entropy against the labels, or against the soft targets where the run has them (selena)."""
+        if self.targets is None:
+            return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, self.targets[torch.as_tensor(index).to(self.device)])
 
     def reference_accuracy(self) -> float:
         """Rank 0's figure, broadcast: every rank takes the same model-selection decision."""
@@ -406,7 +433,7 @@ class _Loop:
                 adv.requires_grad(False)
             with self.policy.autocast():
                 z, logits = joint(x)
-                ce = F.cross_entropy(logits.float(), y)
+                ce = self._task_ce(logits.float(), y, idx)
                 priv = adv.privacy_loss(z.float(), p, px, y) if adversarial else torch.zeros((), device=self.device)
             loss = self.task_loss(logits.float(), y, ce, k) + priv
             if teacher is not None:  # keep the warm-started task posterior (distillation on the same noisy input)
@@ -517,7 +544,7 @@ class _Loop:
                 with torch.no_grad():
                     z = model.features(_augment(x, dist.shard(flips[k]) if flips[k] is not None else None))
                 logits = head(z)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = self._task_ce(logits.float(), y, idx)
             opt.zero_grad(set_to_none=True)
             self.task_loss(logits.float(), y, loss, k).backward()
             opt.step()

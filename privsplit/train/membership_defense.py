@@ -13,6 +13,12 @@ purifier that keeps labels; these defences shrink the gap itself, during trainin
   gradient clipping to ``max_grad_norm``, Gaussian noise calibrated to spend ``epsilon`` at ``delta``
   over the run (Poisson-sampled batches, RDP accountant). BatchNorm mixes records, so the model is
   built with GroupNorm (:attr:`privsplit.models.Norm.GROUP`) and the run records so.
+* ``selena``: SELENA-style self-distillation (Tang et al., USENIX Security 2022;
+  :mod:`privsplit.train.selena`): ``selena_teachers`` teachers, each trained without a share of the
+  members (every member is left out of ``selena_held_out`` of them); the deployed model then trains on
+  every member with the mean score of the teachers that never saw it as its target (mixed with a
+  ``selena_label_weight`` share of its true label), so it answers on members much as on unseen
+  records. Costs ``selena_teachers`` + 1 trainings.
 * ``recommended``: an alias of :data:`RECOMMENDED`, the one the README recommends; a run records the
   real name.
 
@@ -37,6 +43,7 @@ class DefenseKind(str, Enum):
     NONE = "none"
     RELAXLOSS = "relaxloss"
     DP_SGD = "dp-sgd"
+    SELENA = "selena"
 
 
 RECOMMENDED = DefenseKind.RELAXLOSS
@@ -46,12 +53,14 @@ SUMMARY = {
     DefenseKind.NONE: "plain cross-entropy",
     DefenseKind.RELAXLOSS: "RelaxLoss: keep the training loss near alpha (ascent + posterior flattening)",
     DefenseKind.DP_SGD: "DP-SGD (Opacus): per-record clipping + Gaussian noise, epsilon recorded",
+    DefenseKind.SELENA: "SELENA: teachers that never saw a member give its soft label; the model distils them",
 }
 # the options each defence takes (the CLI's flags are these names with '-' for '_')
 PARAMS = {
     DefenseKind.NONE: (),
     DefenseKind.RELAXLOSS: ("relax_alpha",),
     DefenseKind.DP_SGD: ("dp_epsilon", "dp_delta", "dp_max_grad_norm"),
+    DefenseKind.SELENA: ("selena_teachers", "selena_held_out", "selena_label_weight"),
 }
 
 
@@ -60,7 +69,9 @@ class MembershipDefense:
     """Which defence and its hyper-parameters (tuned on ``reference`` only; see the benchmark).
 
     ``relax_alpha``: RelaxLoss's target cross-entropy. ``dp_epsilon``/``dp_delta``: the privacy budget
-    the whole run spends; ``dp_max_grad_norm``: the per-record clipping bound.
+    the whole run spends; ``dp_max_grad_norm``: the per-record clipping bound. ``selena_teachers``: SELENA's
+    teacher count; ``selena_held_out``: how many of them never see a given member (1 .. teachers - 1);
+    ``selena_label_weight``: the true label's share in a member's target (0: the teachers' answer alone).
     """
 
     kind: DefenseKind = DefenseKind.NONE
@@ -68,20 +79,37 @@ class MembershipDefense:
     dp_epsilon: float = 8.0
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
+    selena_teachers: int = 10
+    selena_held_out: int = 1
+    selena_label_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, DefenseKind):
             raise ConfigError(f"unknown membership defence {self.kind!r}; choose from {', '.join(NAMES)}")
+        for name in ("selena_teachers", "selena_held_out"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
+        if self.selena_teachers < 2:
+            raise ConfigError(f"--selena-teachers must be at least 2, got {self.selena_teachers}")
+        if not 1 <= self.selena_held_out < self.selena_teachers:
+            raise ConfigError(
+                f"--selena-held-out must be between 1 and --selena-teachers - 1 ({self.selena_teachers - 1}), "
+                f"got {self.selena_held_out}"
+            )
         checks = {
             "relax_alpha": self.relax_alpha > 0,
             "dp_epsilon": self.dp_epsilon > 0,
             "dp_delta": 0 < self.dp_delta < 1,
             "dp_max_grad_norm": self.dp_max_grad_norm > 0,
+            "selena_label_weight": 0 <= self.selena_label_weight < 1,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
             if not ok or not math.isfinite(value):
-                bound = "in (0, 1)" if name == "dp_delta" else "> 0"
+                bound = {"dp_delta": "in (0, 1)", "selena_label_weight": "in [0, 1)"}.get(name, "> 0")
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}")
 
     @property
