@@ -105,7 +105,10 @@ def test_selena_shrinks_the_member_holdout_gaps(tmp_path_factory):
     undefended = _gaps(train("none"))
     run = train("selena", selena_teachers=4)
     defended = _gaps(run)
-    assert run.config().train["membership_defense"]["selena_teachers"] == 4
+    from privsplit.report.summary import _membership_defense
+
+    shown = _membership_defense(run.path)  # what the report states beside the output probe
+    assert shown["name"] == "selena" and shown["selena_teachers"] == 4 and shown["selena_label_weight"] == 0.3
     assert defended["loss_gap"] < 0.7 * undefended["loss_gap"], (defended, undefended)
     assert defended["acc_gap"] < undefended["acc_gap"] - 0.02, (defended, undefended)
     assert defended["holdout_acc"] >= undefended["holdout_acc"] - 0.02  # the task holds

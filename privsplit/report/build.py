@@ -107,8 +107,8 @@ def _outputs(doc: Document, s: dict) -> None:
         return
     sec.add(
         f"{o['members']} training members against {o['nonmembers']} non-members. "
-        "Eight attacks (thresholds, ML-Leaks, NSH, label-only, a "
-        "shadow model) are trained on the attacker's own data; "
+        "The attacks (thresholds, ML-Leaks, NSH, label-only, a shadow model, and where the probe ran them "
+        "the label-only augmentation attack and offline LiRA) are fitted on the attacker's own data; "
         "with the purifier the attacker is **adaptive**: it sees only purified scores, "
         f"for its own data too. A label-preserving purifier cannot go below the **label floor** "
         f"(AUC {_f(o['label_floor'])}): what the "
@@ -119,6 +119,11 @@ def _outputs(doc: Document, s: dict) -> None:
         text = f"The model was trained with membership defence **{d['name']}**"
         if d["name"] == "relaxloss":
             text += f" (target loss α = {_f(d.get('relax_alpha'))})"
+        if d["name"] == "selena":
+            text += (
+                f" (self-distillation from {d.get('selena_teachers')} teachers, each member's target from the "
+                f"{d.get('selena_held_out')} that never saw it, true-label share {_f(d.get('selena_label_weight'))})"
+            )
         if d.get("privacy"):
             pv = d["privacy"]
             text += (

@@ -46,7 +46,7 @@ class DefenseKind(str, Enum):
     SELENA = "selena"
 
 
-RECOMMENDED = DefenseKind.RELAXLOSS
+RECOMMENDED = DefenseKind.SELENA
 ALIAS = "recommended"
 NAMES = tuple(k.value for k in DefenseKind) + (ALIAS,)
 SUMMARY = {
