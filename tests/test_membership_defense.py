@@ -4,6 +4,7 @@ bad option values are one-line errors."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from privsplit.cli.main import main
 from privsplit.data import Part
+from privsplit.data.fashion_mnist import DEBIAN_PATH
 from privsplit.errors import ConfigError
 from privsplit.run import RunFolder
 from privsplit.train import TrainConfig, train_run
@@ -89,18 +91,20 @@ def test_dp_sgd_records_a_finite_epsilon_and_shrinks_the_gaps(tmp_path_factory, 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path(DEBIAN_PATH).is_dir(), reason="apt-get install dataset-fashion-mnist to run")
 def test_selena_shrinks_the_member_holdout_gaps(tmp_path_factory):
-    """Self-distillation on a 200-member digits case (4 teachers): members are answered much as unseen records.
+    """Self-distillation on an overfit 200-member Fashion-MNIST case (15 epochs, 4 teachers): members are answered
+    much as unseen records, and the task holds.
 
-    Measured on this case: loss gap 0.068 vs 0.121 undefended, accuracy gap -0.005 vs 0.035, holdout accuracy
-    0.98 vs 0.96 (the teachers alone, label weight 0: loss gap 0.020 but holdout 0.94)."""
+    Measured on this case (1 and 2 torch threads): loss gap 0.35 vs 0.69-0.70 undefended, accuracy gap 0.06-0.085
+    vs 0.24-0.25, members' loss 0.42 vs 0.02-0.07, holdout accuracy 0.76-0.77 vs 0.75-0.76."""
 
     def train(name: str, **defense) -> RunFolder:
-        out = tmp_path_factory.mktemp(f"{name}500") / "run"
+        out = tmp_path_factory.mktemp(f"fm-{name}") / "run"
         config = TrainConfig.unprotected(
-            epochs=EPOCHS, batch_size=BATCH, membership_defense=MembershipDefense.parse(name, **defense)
+            epochs=15, batch_size=BATCH, membership_defense=MembershipDefense.parse(name, **defense)
         )
-        return train_run("digits", out, limit=500, seed=0, config=config, progress=False)
+        return train_run("fashion-mnist", out, limit=500, seed=0, config=config, progress=False)
 
     undefended = _gaps(train("none"))
     run = train("selena", selena_teachers=4)
@@ -109,9 +113,11 @@ def test_selena_shrinks_the_member_holdout_gaps(tmp_path_factory):
 
     shown = _membership_defense(run.path)  # what the report states beside the output probe
     assert shown["name"] == "selena" and shown["selena_teachers"] == 4 and shown["selena_label_weight"] == 0.3
-    assert defended["loss_gap"] < 0.7 * undefended["loss_gap"], (defended, undefended)
-    assert defended["acc_gap"] < undefended["acc_gap"] - 0.02, (defended, undefended)
-    assert defended["holdout_acc"] >= undefended["holdout_acc"] - 0.02  # the task holds
+    assert undefended["acc_gap"] > 0.15 and undefended["member_loss"] < 0.15  # the case overfits
+    assert defended["loss_gap"] < 0.65 * undefended["loss_gap"], (defended, undefended)
+    assert defended["acc_gap"] < 0.5 * undefended["acc_gap"], (defended, undefended)
+    assert defended["member_loss"] > 0.3  # members are no longer fitted to ~0 loss
+    assert defended["holdout_acc"] >= undefended["holdout_acc"] - 0.03  # the task holds
 
 
 def test_selena_teachers_never_see_the_members_they_label(monkeypatch):
