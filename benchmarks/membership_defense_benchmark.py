@@ -32,6 +32,7 @@ Runs are cached under ``benchmarks/results/runs/`` (git-ignored; ``--retrain`` r
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -146,17 +147,23 @@ def defenses_for(target: str, names: list[str], args, seed: int) -> list:
     return out
 
 
+@functools.cache
+def _unseen_images(spec: str, task, private, image_size: int, limit: int, n: int):
+    """The ``n`` images past ``limit`` and their task labels, loaded once per target (every row reads them)."""
+    from privsplit.data import load_dataset
+
+    data = load_dataset(spec, task=task, private=private, image_size=image_size, limit=limit + n)
+    return data.images[limit:], data.task_labels[limit:]
+
+
 def unseen_accuracy(run, target: str) -> dict:
     """Accuracy on the target's ``UNSEEN`` images past its ``limit`` (no model, split or attacker touches them):
     250 holdout images give +-5 points, too coarse for a 1-point goal; 10,000 give +-0.8."""
     n = UNSEEN.get(target)
     if not n:
         return {}
-    from privsplit.data import load_dataset
-
     limit, cfg = TARGETS[target]["limit"], run.config().data
-    data = load_dataset(cfg.spec, task=cfg.task, private=cfg.private, image_size=cfg.image_size, limit=limit + n)
-    images, y = data.images[limit:], data.task_labels[limit:]
+    images, y = _unseen_images(cfg.spec, cfg.task, cfg.private, cfg.image_size, limit, n)
     acc = float((run.load_split_model().scores(images, noise_seed=0).argmax(1) == y).mean())
     return {"accuracy_unseen": acc, "accuracy_unseen_ci": wilson(acc, len(y)), "n_unseen": len(y)}
 
@@ -234,8 +241,9 @@ def bench(args) -> dict:
                 if args.only_train:
                     continue
                 cache = run.file(CACHE)
-                if cache.is_file() and not args.retrain and (read_json(cache).get("purified") or not args.purified):
-                    row = read_json(cache)
+                cached = read_json(cache) if cache.is_file() and not args.retrain else None
+                if cached is not None and (cached.get("purified") or not args.purified):
+                    row = cached
                     if target in UNSEEN and "accuracy_unseen" not in row:  # a row cached before that figure
                         row.update(unseen_accuracy(run, target))
                         save_json(cache, row)

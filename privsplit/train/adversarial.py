@@ -55,18 +55,24 @@ class TrainResult:
 
 
 @torch.no_grad()
-def predict(model: SplitModel, x: torch.Tensor, *, noise_seed: int = 0, batch_size: int = 512) -> np.ndarray:
-    """Task predictions of the deployed system (encoder, seeded channel noise, server layers).
+def task_logits(model: SplitModel, x: torch.Tensor, *, noise_seed: int = 0, batch_size: int = 512) -> torch.Tensor:
+    """Task logits of the deployed system (encoder, seeded channel noise, server layers), on the CPU.
 
     Runs on the model's device; the noise comes from a CPU generator, so it is the same on every device."""
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(noise_seed)
-    out = [
-        model.head(model.features(x[i : i + batch_size].to(device), generator=gen)).argmax(1).cpu()
-        for i in range(0, len(x), batch_size)
-    ]
-    return torch.cat(out).numpy()
+    with torch.no_grad():
+        out = [
+            model.head(model.features(x[i : i + batch_size].to(device), generator=gen)).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    return torch.cat(out)
+
+
+def predict(model: SplitModel, x: torch.Tensor, *, noise_seed: int = 0, batch_size: int = 512) -> np.ndarray:
+    """Task predictions of the deployed system (the argmax of :func:`task_logits`)."""
+    return task_logits(model, x, noise_seed=noise_seed, batch_size=batch_size).argmax(1).numpy()
 
 
 def accuracy(model: SplitModel, x: torch.Tensor, y: torch.Tensor, *, noise_seed: int = 0) -> float:

@@ -29,7 +29,7 @@ import torch
 
 from privsplit.data import Dataset, Part, Split
 from privsplit.models import SplitModel
-from privsplit.train.adversarial import log
+from privsplit.train.adversarial import log, task_logits
 
 __all__ = ["exclusions", "teacher_targets"]
 
@@ -42,19 +42,6 @@ def exclusions(n: int, teachers: int, held_out: int, *, seed: int) -> np.ndarray
     slot = np.empty(n, dtype=np.int64)
     slot[order] = np.arange(n)
     return (slot[:, None] + np.arange(held_out)[None, :]) % teachers
-
-
-def _logits(model: SplitModel, x: torch.Tensor, *, noise_seed: int, batch_size: int = 512) -> torch.Tensor:
-    """The deployed system's task logits (encoder, seeded channel noise, server layers) on ``x``, on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(noise_seed)
-    with torch.no_grad():
-        out = [
-            model.head(model.features(x[i : i + batch_size].to(device), generator=gen)).float().cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    return torch.cat(out)
 
 
 def temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -102,7 +89,7 @@ def teacher_targets(
     members, reference = split[Part.MEMBERS], split[Part.REFERENCE]
     if len(reference) == 0:  # nothing held out to calibrate on: the temperature is fitted on the members
         reference = members
-    y_ref = torch.as_tensor(data.task_labels[reference])
+    x_ref, y_ref = gather(reference), torch.as_tensor(data.task_labels[reference])
     temps: list[float] = []
     out_of = exclusions(len(members), k, held, seed=seed)
     num_classes = data.num_classes(data.task)
@@ -122,14 +109,14 @@ def teacher_targets(
             copy.deepcopy(model), data, sub, plain, seed=seed + 1000 * (t + 1), progress=False, **train_kwargs
         )
         idx = np.flatnonzero(left_out)
-        t_ref = temperature(_logits(teacher.model, gather(reference), noise_seed=seed + 7), y_ref)
-        logits = _logits(teacher.model, gather(members[idx]), noise_seed=seed + 11)
+        t_ref = temperature(task_logits(teacher.model, x_ref, noise_seed=seed + 7).float(), y_ref)
+        logits = task_logits(teacher.model, gather(members[idx]), noise_seed=seed + 11).float()
         sums[idx] += torch.softmax(logits / t_ref, dim=1)
         temps.append(t_ref)
-    onehot = targets[torch.as_tensor(members)]
-    soft = (1 - defense.selena_label_weight) * (sums / held) + defense.selena_label_weight * onehot
-    targets[torch.as_tensor(members)] = soft
-    agree = float(((sums / held).argmax(1).numpy() == data.task_labels[members]).mean())
+    rows, teachers_say = torch.as_tensor(members), sums / held
+    w = defense.selena_label_weight
+    targets[rows] = (1 - w) * teachers_say + w * targets[rows]
+    agree = float((teachers_say.argmax(1).numpy() == data.task_labels[members]).mean())
     log(
         f"selena: soft labels from {k} teachers ({held} per member, temperatures "
         f"{min(temps):.2f}-{max(temps):.2f} on reference): they name the true class for {agree:.3f}",
