@@ -1,8 +1,9 @@
 """Assembling, running and draining the cloud server.
 
 * :func:`create_server` -> ``(CloudServer, port)``: bound (port 0 picks a free one), not started.
-* :meth:`CloudServer.stop` drains: readiness and health go NOT_SERVING, new RPCs are refused,
-  in-flight ones (and every queued request) finish within the grace period.
+* :meth:`CloudServer.stop` drains: readiness and health go NOT_SERVING, calls that already reached the
+  server are still accepted (:mod:`privsplit.cloud.drain`), then new RPCs are refused; in-flight ones
+  (and every queued request) finish within the grace period.
 * :func:`serve` runs until SIGTERM / SIGINT, drains, returns 0 (``privsplit serve``).
 
 Services: ``inference.GRPCInferenceService`` (Open Inference Protocol), ``grpc.health.v1.Health`` and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -25,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from privsplit.cloud.auth import BearerTokenInterceptor, server_credentials
 from privsplit.cloud.batcher import DynamicBatcher
 from privsplit.cloud.config import ServeConfig
+from privsplit.cloud.drain import QUIET_S, WINDOW_MAX_S, ArrivalCounter
 from privsplit.cloud.health_port import HealthListener
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelHost
@@ -55,7 +58,8 @@ class CloudServer:
             on_batch=lambda rows, us: self.metrics.batch(rows=rows, compute_us=us),
             on_depth=self.metrics.queue_depth,
         )
-        interceptors = []
+        self._arrivals = ArrivalCounter()
+        interceptors: list[grpc.ServerInterceptor] = [self._arrivals]
         if config.token is not None:
             interceptors.append(
                 BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED"))
@@ -133,9 +137,12 @@ class CloudServer:
             if self._stopped.is_set():
                 return
             grace = self.config.grace_s if grace is None else grace
+            deadline = time.monotonic() + grace
             self.state.set_ready(False)
             self._health.enter_graceful_shutdown()
-            self._server.stop(grace).wait()
+            # accept what already reached the server (gRPC's stop would cancel it), then refuse new calls
+            self._arrivals.wait_quiet(limit_s=min(grace, WINDOW_MAX_S) if grace > QUIET_S else 0.0)
+            self._server.stop(max(deadline - time.monotonic(), 0.0)).wait()
             if self._health_listener is not None:
                 self._health_listener.stop(0)
             self.batcher.close(timeout=max(grace, 1.0))
