@@ -239,3 +239,57 @@ def test_unknown_defence_name_is_an_argparse_error(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'hamp'" in err and "recommended" in err
+
+
+# ---- the membership benchmark's across-seed summary and figure ---------------------------------------------
+def _bench_module(name: str):
+    import importlib.util
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # its sibling imports (privacy_frontier's interval)
+    spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(options, seed, auc, acc, drop, purified_auc=None):
+    row = {
+        "defense": options.split(" ")[0],
+        "options": options,
+        "seed": seed,
+        "best_auc": auc,
+        "label_floor": 0.55,
+        "accuracy_judged": acc,
+        "accuracy_unseen": acc,
+        "accuracy_members": 0.9,
+        "accuracy_drop_points": drop,
+        "privacy": {"epsilon": 7.99} if options.startswith("dp") else None,
+    }
+    if purified_auc is not None:
+        row["purified"] = {"best_auc": purified_auc, "distortion_pct": 20.0}
+    return row
+
+
+def test_the_benchmark_summary_averages_seeds_with_t_intervals_and_draws_the_goal(tmp_path):
+    plot = _bench_module("membership_defense_plot")
+    rows = [_row("none", s, a, 0.79, 0.0, 0.62) for s, a in enumerate((0.90, 0.92, 0.88))]
+    rows += [_row("dp-sgd (dp-epsilon=8)", s, a, 0.50, 29.0) for s, a in enumerate((0.52, 0.54, 0.53))]
+    report = {"goals": {"auc": {"fashion-mnist": 0.54}, "max_drop_points": 1.0}}
+    report["targets"] = [{"target": "fashion-mnist", "rows": rows}]
+    summary = {e["options"]: e for e in plot.summarize(report)}
+    none, dp = summary["none"], summary["dp-sgd (dp-epsilon=8)"]
+    assert none["seeds"] == [0, 1, 2] and none["best_auc"]["mean"] == pytest.approx(0.90)
+    # sd 0.02 over 3 seeds: half width t(0.975, 2) * 0.02 / sqrt(3) = 4.303 * 0.01155
+    lo, hi = none["best_auc"]["ci95"]
+    assert (hi - lo) / 2 == pytest.approx(4.3027 * 0.02 / math.sqrt(3), rel=1e-3)
+    assert none["best_auc_purified"]["mean"] == pytest.approx(0.62)
+    assert "best_auc_purified" not in dp and dp["epsilon"] == 7.99  # no purified rows: no purified mean
+    assert dp["accuracy_drop_points"]["mean"] == pytest.approx(29.0)
+    text = plot.summary_table(plot.summarize(report))
+    assert "0.900 +-0.050" in text and "dp-sgd (dp-epsilon=8)" in text
+    figure = plot.plot_defences(report, tmp_path / "defences.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
