@@ -290,8 +290,9 @@ def bench(args) -> dict:
 
 
 def table(report: dict) -> str:
+    w = max([28, *(len(r["options"]) for t in report["targets"] for r in t["rows"])])
     head = (
-        f"{'target':14} {'defence':28} {'seed':>4} {'best AUC [95% CI]':>22} {'attack':>16} {'floor':>6} "
+        f"{'target':14} {'defence':{w}} {'seed':>4} {'best AUC [95% CI]':>22} {'attack':>16} {'floor':>6} "
         f"{'TPR@1%':>6} {'holdout acc [95% CI]':>22} {'unseen acc [95% CI]':>22} {'drop pt':>7} "
         f"{'member acc':>10} {'eps':>6}  goal"
     )
@@ -310,7 +311,7 @@ def table(report: dict) -> str:
             goal = ("Y" if r["meets_goal"] else "n") if "meets_goal" in r else "-"
             goal += " (chosen on reference)" if r.get("selected_on_reference") else ""
             lines.append(
-                f"{t['target']:14} {r['options']:28} {r['seed']:4d} {r['best_auc']:.3f} [{lo:.3f}, {hi:.3f}]   "
+                f"{t['target']:14} {r['options']:{w}} {r['seed']:4d} {r['best_auc']:.3f} [{lo:.3f}, {hi:.3f}]   "
                 f"{r['best_attack']:>16} {r['label_floor']:6.3f} {r['tpr_at_1pct_fpr']:6.3f} "
                 f"{r['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}] {unseen:>22}   {drop} "
                 f"{r['accuracy_members']:10.3f} {eps}  {goal}"
@@ -319,7 +320,7 @@ def table(report: dict) -> str:
                 pur = r["purified"]
                 plo, phi = pur["best_auc_ci"]
                 lines.append(
-                    f"{'':14} {'  + default purifier':28} {r['seed']:4d} {pur['best_auc']:.3f} [{plo:.3f}, {phi:.3f}] "
+                    f"{'':14} {'  + default purifier':{w}} {r['seed']:4d} {pur['best_auc']:.3f} [{plo:.3f}, {phi:.3f}] "
                     f"{pur['best_attack']:>16} {pur['label_floor']:6.3f} {pur['tpr_at_1pct_fpr']:6.3f} "
                     f"{pur['accuracy']:.3f} (label agreement {pur['label_agreement']:.3f}, "
                     f"distortion {pur['distortion_pct']:.1f}%)  {'Y' if pur.get('meets_goal') else 'n'}"

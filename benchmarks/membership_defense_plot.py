@@ -7,7 +7,7 @@ attack AUC against judged accuracy, every seed a small marker and the mean a lar
 purified (filled) joined by a line; the undefended label floor, the AUC goal and 1 point under the
 undefended accuracy are drawn, so the goal region (lower right) shows.
 
-    python benchmarks/membership_defense_plot.py REPORT.json [OUT.png]   # redraw from a saved report
+    python benchmarks/membership_defense_plot.py REPORT.json [MORE.json ...] [--out OUT.png]   # redraw, merged
 """
 
 from __future__ import annotations
@@ -127,8 +127,34 @@ def plot_defences(report: dict, path: Path) -> Path:
     return save(fig, path)
 
 
+def merge(reports: list[dict]) -> dict:
+    """One report from several (e.g. one process per defence): rows joined per target; a (setting, seed) row
+    given twice is kept once, the later file's."""
+    merged: dict = {"goals": reports[0]["goals"], "targets": []}
+    by_target: dict[str, dict] = {}
+    for report in reports:
+        for t in report["targets"]:
+            entry = by_target.setdefault(t["target"], {**t, "rows": {}})
+            for r in t["rows"]:
+                entry["rows"][(r["options"], r["seed"])] = r
+    for entry in by_target.values():
+        merged["targets"].append({**entry, "rows": sorted(entry["rows"].values(), key=lambda r: r["seed"])})
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Redraw (and merge) membership_defense_benchmark.py reports.")
+    parser.add_argument("reports", nargs="+", type=Path, help="report JSON files (rows of several are merged)")
+    parser.add_argument("--out", type=Path, help="figure path (default: the first report's, .png)")
+    args = parser.parse_args(argv)
+    report = merge([read_json(p) for p in args.reports])
+    report["summary"] = summarize(report)
+    print(summary_table(report["summary"]))
+    print(plot_defences(report, args.out or args.reports[0].with_suffix(".png")))
+    return 0
+
+
 if __name__ == "__main__":
-    report = read_json(Path(sys.argv[1]))
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(sys.argv[1]).with_suffix(".png")
-    print(summary_table(summarize(report)))
-    print(plot_defences(report, out))
+    sys.exit(main())
