@@ -126,6 +126,13 @@ def reference_criterion(run) -> dict:
     return {"reference_accuracy": float(correct.mean()), "reference_loss_auc": float(auc)}
 
 
+def setting(defense, args) -> str:
+    """A defence's setting across seeds: RelaxLoss's alpha set from each seed's reference loss is one setting."""
+    if defense.name == "relaxloss" and args.relax_alpha == "reference":
+        return "relaxloss (relax-alpha = the undefended run's reference loss)"
+    return defense.describe()
+
+
 def defenses_for(target: str, names: list[str], args, seed: int) -> list:
     from privsplit.train.membership_defense import MembershipDefense
 
@@ -260,6 +267,7 @@ def bench(args) -> dict:
                     row.update(unseen_accuracy(run, target))
                     row["seconds"] = round(time.perf_counter() - t0, 1)
                     save_json(cache, row)
+                row["setting"] = setting(defense, args)  # what the summary averages over seeds
                 rows.append(row)
                 print(
                     f"[{target} s{seed}] {defense.describe()}: best AUC {row['best_auc']:.3f} "

@@ -22,6 +22,11 @@ from privacy_frontier import interval  # the benchmarks' one across-seed interva
 from privsplit.results import read_json
 
 
+def _setting(row: dict) -> str:
+    """The setting a row belongs to across seeds (reports before ``setting`` was written: its options)."""
+    return row.get("setting") or row["options"]
+
+
 def _mean(values: list[float]) -> dict:
     mean, lo, hi = interval(values)
     return {"mean": mean, "ci95": [lo, hi], "n": len(values)}
@@ -33,7 +38,7 @@ def summarize(report: dict) -> list[dict]:
     for t in report["targets"]:
         groups: dict[str, list[dict]] = defaultdict(list)
         for r in t["rows"]:
-            groups[r["options"]].append(r)
+            groups[_setting(r)].append(r)
         for options, rows in groups.items():
             entry = {
                 "target": t["target"],
@@ -93,7 +98,7 @@ def plot_defences(report: dict, path: Path) -> Path:
     for ax, t in zip(axes[0], targets):
         groups: dict[str, list[dict]] = defaultdict(list)
         for r in t["rows"]:
-            groups[r["options"]].append(r)
+            groups[_setting(r)].append(r)
         colours = plt.get_cmap("tab10")
         for k, (options, rows) in enumerate(groups.items()):
             c = colours(k % 10)
