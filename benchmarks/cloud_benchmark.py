@@ -406,7 +406,8 @@ def goals(
         client, server = get(name, 32, "client_cpu_us_per_req"), get(name, 32, "server_cpu_us_per_req")
         return None if client is None or server is None else cores * 1e6 / (client + server)
 
-    echo32, client32 = get("echo", 32), get("serve", 32, "client_cpu_us_per_req")
+    echo32, echo_cpu32 = get("echo", 32), get("echo", 32, "server_cpu_us_per_req")
+    client32 = get("serve", 32, "client_cpu_us_per_req")
     out = {
         "serve_vs_echo_c32": _goal(
             ratio(get("serve", 32), get("echo", 32)),
@@ -419,8 +420,8 @@ def goals(
             server_cpu_us_measured=get("serve", 32, "server_cpu_us_per_req"),
             model_cpu_us_per_row=round(model_row_us),
             echo_ceiling=None
-            if echo32 is None or client32 is None or get("echo", 32, "server_cpu_us_per_req") is None
-            else round(cores * 1e6 / (client32 + get("echo", 32, "server_cpu_us_per_req") + model_row_us) / echo32, 3),
+            if echo32 is None or client32 is None or echo_cpu32 is None
+            else round(cores * 1e6 / (client32 + echo_cpu32 + model_row_us) / echo32, 3),
         ),
         "workers2_vs_serve_c32": _goal(
             ratio(get("serve-w2", 32), get("serve", 32)),

@@ -83,11 +83,14 @@ def ensure_run(target: str, defense, seed: int, args):
 
     t = TARGETS[target]
     epochs = epochs_for(target, defense, args)
-    tag = f"-a{defense.relax_alpha:g}" if defense.name == "relaxloss" else ""
-    if defense.is_dp:
+    if defense.name == "relaxloss":
+        tag = f"-a{defense.relax_alpha:g}"
+    elif defense.is_dp:
         tag = f"-eps{defense.dp_epsilon:g}-lr{args.dp_lr:g}"
-    if defense.name == "selena":
+    elif defense.name == "selena":
         tag = f"-k{defense.selena_teachers}l{defense.selena_held_out}w{defense.selena_label_weight:g}"
+    else:
+        tag = ""
     out = args.runs / f"{target}-{defense.name}{tag}-e{epochs}-s{seed}"
     if args.retrain or not RunFolder(out).has("metrics.json"):
         lr = {"lr": args.dp_lr} if defense.is_dp else {}

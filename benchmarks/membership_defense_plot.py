@@ -27,6 +27,14 @@ def _setting(row: dict) -> str:
     return row.get("setting") or row["options"]
 
 
+def _groups(target: dict) -> dict[str, list[dict]]:
+    """A target's rows by setting, in first-seen order."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in target["rows"]:
+        groups[_setting(r)].append(r)
+    return groups
+
+
 def _mean(values: list[float]) -> dict:
     mean, lo, hi = interval(values)
     return {"mean": mean, "ci95": [lo, hi], "n": len(values)}
@@ -36,10 +44,7 @@ def summarize(report: dict) -> list[dict]:
     """One entry per (target, defence setting): means over its seeds with 95 % t-intervals."""
     out = []
     for t in report["targets"]:
-        groups: dict[str, list[dict]] = defaultdict(list)
-        for r in t["rows"]:
-            groups[_setting(r)].append(r)
-        for options, rows in groups.items():
+        for options, rows in _groups(t).items():
             entry = {
                 "target": t["target"],
                 "defense": rows[0]["defense"],
@@ -96,9 +101,7 @@ def plot_defences(report: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(targets), figsize=(7.0 * len(targets), 5.5), squeeze=False)
     goals = report["goals"]
     for ax, t in zip(axes[0], targets):
-        groups: dict[str, list[dict]] = defaultdict(list)
-        for r in t["rows"]:
-            groups[_setting(r)].append(r)
+        groups = _groups(t)
         colours = plt.get_cmap("tab10")
         for k, (options, rows) in enumerate(groups.items()):
             c = colours(k % 10)

@@ -62,11 +62,10 @@ def task_logits(model: SplitModel, x: torch.Tensor, *, noise_seed: int = 0, batc
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(noise_seed)
-    with torch.no_grad():
-        out = [
-            model.head(model.features(x[i : i + batch_size].to(device), generator=gen)).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
+    out = [
+        model.head(model.features(x[i : i + batch_size].to(device), generator=gen)).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out)
 
 
