@@ -9,7 +9,8 @@ It reports per method and strength: task accuracy, the best attacker's balanced 
 floor, reconstruction SSIM with the mean-image SSIM, each as a mean with a 95% t-interval across seeds,
 and whether the issue's goals hold on every seed. Writes ``OUT/privacy_frontier.json`` (privsplit.results),
 prints the table and draws ``OUT/privacy_frontier_<target>.png`` (task accuracy against attacker, one curve
-per method, the unprotected point, floor and chance).
+per method, the unprotected point, floor and chance). ``--null`` adds the probe's null reading: the best of the
+same attackers on features that carry nothing, the chance level of a best-of-all headline on that holdout.
 
 Every step is cached in ``OUT/cache/TARGET/METHOD/STRENGTH/seedS`` (a finished step is not re-run), so an
 interrupted sweep resumes where it stopped.
@@ -97,6 +98,7 @@ def seed_row(probe: Mapping) -> dict:
         "chance": float(att["chance"]),
         "ssim": None if rec is None else float(rec["ssim"]),
         "mean_ssim": None if rec is None else float(rec["baseline_ssim"]),
+        "null": att.get("null_balanced_accuracy"),  # the best attacker's chance level (probe --null), or None
         "features_from": probe["data"].get("features_from", "torch"),
     }
 
@@ -117,8 +119,8 @@ def goals(row: Mapping, baseline: Mapping | None, target: Target) -> dict[str, b
 def aggregate(seeds: Mapping[int, Mapping], baselines: Mapping[int, Mapping], target: Target) -> dict:
     """Mean and 95% interval across seeds of every figure, plus each seed's goals and whether all seeds meet them."""
     out: dict = {"seeds": sorted(seeds), "per_seed": {str(s): dict(seeds[s]) for s in sorted(seeds)}}
-    for key in ("task_accuracy", "attacker", "floor", "chance", "ssim", "mean_ssim"):
-        values = [seeds[s][key] for s in sorted(seeds) if seeds[s][key] is not None]
+    for key in ("task_accuracy", "attacker", "floor", "chance", "null", "ssim", "mean_ssim"):
+        values = [seeds[s][key] for s in sorted(seeds) if seeds[s].get(key) is not None]
         out[key] = None if not values else dict(zip(("mean", "low", "high"), interval(values)))
     checks = {str(s): goals(seeds[s], baselines.get(s), target) for s in sorted(seeds)}
     out["goals"] = checks
@@ -141,7 +143,7 @@ def table(rows: Sequence[Mapping]) -> str:
     """Rows ``{target, method, strength, **aggregate(...)}`` as text: mean ± half-width of the 95% interval."""
     head = (
         f"{'target':<7} {'method':<12} {'strength':<13} {'seeds':>5} {'task acc':>14} {'best attacker':>14} "
-        f"{'floor':>6} {'chance':>6} {'SSIM':>14} {'mean-img':>8}  goals (task/attacker/SSIM)"
+        f"{'floor':>6} {'chance':>6} {'null':>6} {'SSIM':>14} {'mean-img':>8}  goals (task/attacker/SSIM)"
     )
     lines = [head, "-" * len(head)]
     mark = {True: "yes", False: "NO", None: "-"}
@@ -150,7 +152,8 @@ def table(rows: Sequence[Mapping]) -> str:
         lines.append(
             f"{r['target']:<7} {r['method']:<12} {r['strength']:<13} {len(r['seeds']):>5} "
             f"{_cell(r['task_accuracy']):>14} {_cell(r['attacker']):>14} {r['floor']['mean']:>6.3f} "
-            f"{r['chance']['mean']:>6.3f} {_cell(r['ssim']):>14} "
+            f"{r['chance']['mean']:>6.3f} "
+            f"{'n/a' if r.get('null') is None else format(r['null']['mean'], '.3f'):>6} {_cell(r['ssim']):>14} "
             f"{'n/a' if r['mean_ssim'] is None else format(r['mean_ssim']['mean'], '.3f'):>8}  "
             + "/".join(mark[met[k]] for k in ("task_within_1pt", "attacker_within_limit", "ssim_within_limit"))
         )
@@ -225,12 +228,20 @@ def run_one(target: Target, flags: Sequence[str], seed: int, folder: Path, args:
             "--quiet",
             log=log,
         )
+    if (
+        probe.is_file()
+        and args.null
+        and read_json(probe, what="a feature-leakage result")["attribute"].get("null_balanced_accuracy") is None
+    ):
+        probe.unlink()  # probed before --null: again, with the null reading
     if not probe.is_file():
         cmd = ["probe", "features", str(run), "--bundle", str(export), "--json", str(probe), "--seed", str(seed)]
         if args.probe_epochs:
             cmd += ["--epochs", str(args.probe_epochs)]
         if args.curve:
             cmd += ["--curve", args.curve]
+        if args.null:
+            cmd.append("--null")
         _cli(*cmd, log=log)
     row = seed_row(read_json(probe, what="a feature-leakage result"))
     print(
@@ -286,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--probe-epochs", type=int, help="attacker epochs (default: the probe's own)")
     parser.add_argument("--curve", help="probe learning-curve fractions (default: the probe's 0.25,0.5,1)")
+    parser.add_argument(
+        "--null",
+        action="store_true",
+        help="probe with --null: beside each best attacker, the best of the same attackers on noise features "
+        "(its chance level on the holdout; doubles the attackers' time)",
+    )
     parser.add_argument("--quick", action="store_true", help="digits, seed 0, 4 epochs, small probe: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -309,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_flags": args.train_flags,
         "probe_epochs": args.probe_epochs,
         "curve": args.curve,
+        "null": args.null,
         "rows": rows,
     }
     print(f"wrote {save_json(args.out / 'privacy_frontier.json', report)}", file=sys.stderr)

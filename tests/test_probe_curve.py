@@ -31,6 +31,7 @@ def curve_result() -> FeatureLeakageResult:
         logistic_cs=(0.1,),
         gbm_max_iter=40,
         reconstruction=False,
+        null=True,  # the same attackers on noise features: the headline's chance level
         seed=0,
     )
     return probe_features(torch_encoder_fn(model, noise=False), data, split, spec=spec, progress=False)
@@ -69,6 +70,21 @@ def test_learning_curve_and_gbm_beat_chance_on_unprotected_digits(curve_result):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_null_reading_is_the_best_of_the_same_attackers_on_noise(curve_result):
+    att = curve_result.attribute
+    # 8 attackers (2 families x 4 training sets) on features that carry nothing, scored on 120 holdout images:
+    # each about chance +- 0.045, their best above chance by the winner's curse, and far under the real
+    # encoder's leak (slant survives the unprotected encoder)
+    assert att.null_balanced_accuracy is not None and att.null_best in att.attackers
+    assert att.chance - 0.02 <= att.null_balanced_accuracy <= att.chance + 0.15, curve_result.summary()
+    assert att.balanced_accuracy >= att.null_balanced_accuracy + 0.1, curve_result.summary()
+    text = curve_result.summary()
+    assert f"{att.null_balanced_accuracy:.3f} ({att.null_best})" in text and "reads by chance" in text
+    data = curve_result.to_json()["attribute"]
+    assert data["null_balanced_accuracy"] == att.null_balanced_accuracy and data["null_best"] == att.null_best
+
+
 def test_curve_result_round_trips_and_draws_its_learning_curve(curve_result, tmp_path):
     data = json.loads(json.dumps(curve_result.to_json()))
     assert data["schema_version"] == 2 and data["data"]["features_from"] == "torch"
@@ -88,6 +104,7 @@ def test_schema_1_results_still_load_as_one_point_curves():
     scores = att.attackers
     assert att.curve() == {"logistic": {"attacker": scores["logistic"]}, "mlp": {"attacker": scores["mlp"]}}
     assert att.best == "mlp" and att.balanced_accuracy == 0.64 and att.task_floor_ci is None
+    assert att.null_balanced_accuracy is None and "null" not in r.summary()  # written before the null reading
     assert r.features_from == "torch"
     assert "best attacker: mlp 0.640" in r.summary()
     assert r.to_json()["schema_version"] == 2
@@ -172,6 +189,13 @@ def test_frontier_aggregate_intervals_and_goals_on_fixed_numbers():
     assert len(lines) == 2 + 3
     assert "0.985 ±0.013" in lines[2]  # unprotected: mean 0.9853, half-width 4.3027 * 0.00503 / sqrt(3) = 0.0125
     assert lines[3].rstrip().endswith("yes/yes/-") and lines[4].rstrip().endswith("NO/NO/-")
+    assert "null" in lines[0] and " n/a " in lines[2]  # probed without --null
+    # with the probe's null reading (--null): its mean across seeds beside the attacker, the goals unchanged
+    nulled = {s: {**row, "null": value} for (s, row), value in zip(good.items(), (0.53, 0.55, 0.54))}
+    with_null = fr.aggregate(nulled, base, digits)
+    assert with_null["null"]["mean"] == pytest.approx(0.54) and with_null["goals_met"] == ok["goals_met"]
+    text = fr.table([{"target": "digits", "method": "adversary", "strength": "w3", **with_null}])
+    assert " 0.540 " in text.splitlines()[2]
 
 
 def test_frontier_plot_on_fixed_numbers(tmp_path):

@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip the attackers trained on members+reference+attacker (the largest and slowest training set)",
     )
     feats.add_argument(
+        "--null",
+        action="store_true",
+        help="also train every attacker on features that carry nothing (noise) and report the best: the chance "
+        "level of the best-of-all headline on this holdout (doubles the attackers' time)",
+    )
+    feats.add_argument(
         "--bundle",
         type=Path,
         metavar="DIR",

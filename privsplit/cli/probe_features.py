@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         spec = replace(spec, curve=args.curve)
     if args.no_pool:
         spec = replace(spec, pooled=False)
+    if args.null:
+        spec = replace(spec, null=True)
     if args.bundle is not None:
         result = probe_bundle_features(folder, args.bundle, spec, encoder=args.encoder, progress=True, device=device)
         written = [folder.file(f"probe_features.{args.encoder}.json")]

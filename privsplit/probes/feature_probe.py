@@ -4,7 +4,8 @@ Fresh attackers are trained *after* training on the frozen encoder's features an
 attribute inference (logistic regression, MLP, CNN, gradient boosting) beside chance and the task floor,
 and reconstruction beside the mean-image baseline. A real cloud operator owns more labelled images than
 our ``attacker`` part, so each attacker follows a learning curve (25/50/100% of ``attacker``, then
-``members + reference + attacker``) and the headline is the best over all of them.
+``members + reference + attacker``) and the headline is the best over all of them. With ``spec.null`` the
+same attackers also run on noise features: the best of them is the headline's chance level on this holdout.
 
 The encoder is any function ``uint8 (N, H, W, C) -> features (N, C, h, w)``, so the same probe runs
 on the torch model (:func:`torch_encoder_fn`) and on exported TFLite/ONNX artefacts. The function must
@@ -17,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -172,6 +174,25 @@ def _training_sets(
     return sets
 
 
+def _with_null(
+    attribute: AttributeLeakage,
+    attack: Callable[[np.ndarray, np.ndarray, np.ndarray], AttributeLeakage],
+    f_big: np.ndarray,
+    f_hold: np.ndarray,
+    n_attacker: int,
+    *,
+    seed: int,
+) -> AttributeLeakage:
+    """``attribute`` with the null reading: every attacker again, on standard Gaussian features of the same shapes
+    (same training sets, labels and holdout), the best of them recorded. The pooled set starts with the attacker
+    part, so the attacker part's null features are its first rows, as for the real ones."""
+    rng = np.random.default_rng([seed, 0x6E756C6C])
+    z_big = rng.standard_normal(f_big.shape).astype(np.float32)
+    z_hold = rng.standard_normal(f_hold.shape).astype(np.float32)
+    null = attack(z_big[:n_attacker], z_big, z_hold)
+    return replace(attribute, null_balanced_accuracy=null.balanced_accuracy, null_best=null.best)
+
+
 def probe_features(
     encode: Encoder,
     data: Dataset,
@@ -230,19 +251,25 @@ def probe_features(
 
     attribute = None
     if data.private is not None:
-        attribute = attack_attribute(
-            _training_sets(spec, f_att, attacker.private_labels, f_big, big.private_labels),
-            (attacker.task_labels, attacker.private_labels),
-            f_hold,
-            holdout.private_labels,
-            holdout.task_labels,
-            name=data.private,
-            classes=tuple(data.classes[data.private]),
-            num_task_classes=data.num_classes(data.task),
-            spec=spec,
-            progress=progress,
-            device=device,
-        )
+
+        def attack(f_att: np.ndarray, f_big: np.ndarray, f_hold: np.ndarray) -> AttributeLeakage:
+            return attack_attribute(
+                _training_sets(spec, f_att, attacker.private_labels, f_big, big.private_labels),
+                (attacker.task_labels, attacker.private_labels),
+                f_hold,
+                holdout.private_labels,
+                holdout.task_labels,
+                name=data.private,
+                classes=tuple(data.classes[data.private]),
+                num_task_classes=data.num_classes(data.task),
+                spec=spec,
+                progress=progress,
+                device=device,
+            )
+
+        attribute = attack(f_att, f_big, f_hold)
+        if spec.null:
+            attribute = _with_null(attribute, attack, f_big, f_hold, len(f_att), seed=spec.seed)
     reconstruction = None
     if spec.reconstruction:  # the decoder learns from the largest training set
         reconstruction = attack_reconstruction(

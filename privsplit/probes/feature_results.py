@@ -57,7 +57,9 @@ class AttributeLeakage:
 
     ``chance`` is the balanced accuracy of guessing (1/K); ``task_floor`` is the balanced accuracy an
     attacker reaches from the true task label alone (the server learns the task anyway), so leakage
-    *beyond the task* is the best attacker's margin over ``task_floor``.
+    *beyond the task* is the best attacker's margin over ``task_floor``. ``null_balanced_accuracy`` (None unless
+    the probe ran with ``null``) is the best of the same attackers on features that carry nothing, scored on the
+    same holdout (``null_best`` names it): what the best-of-all headline reads by chance on this holdout.
     """
 
     name: str
@@ -67,6 +69,8 @@ class AttributeLeakage:
     task_floor: float
     task_floor_auc: float | None
     task_floor_ci: tuple[float, float] | None = None  # 95% binomial interval of the floor's balanced accuracy
+    null_balanced_accuracy: float | None = None
+    null_best: str | None = None
 
     def __post_init__(self) -> None:
         if not self.attackers:
@@ -110,6 +114,8 @@ class AttributeLeakage:
                 "task_floor_auc": self.task_floor_auc,
                 "task_floor_ci": self.task_floor_ci,
                 "best_ci": [self.best_score.ci_low, self.best_score.ci_high],
+                "null_balanced_accuracy": self.null_balanced_accuracy,
+                "null_best": self.null_best,
                 "attackers": self.attackers,
             }
         )

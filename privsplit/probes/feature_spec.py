@@ -46,6 +46,11 @@ class FeatureProbeSpec:
     of all of them. The cost grows with the data: about ``sum(curve) + 4`` times one pass over the
     attacker part with the default 0.4/0.2/0.2/0.2 split (``curve=(1.0,)``, ``pooled=False`` is the
     cheapest probe).
+
+    ``null``: also train every attacker, on the same training sets and labels, on features that carry nothing
+    (Gaussian noise of the features' shape) and score them on the same holdout. A best-of-N headline on a
+    finite holdout reads above chance even then (the winner's curse); the best of that null run is the
+    headline's chance level, recorded beside it. It doubles the attribute attackers' cost.
     """
 
     attackers: tuple[AttributeAttacker, ...] = (
@@ -75,6 +80,7 @@ class FeatureProbeSpec:
     num_samples: int = 16  # holdout reconstructions kept for the grid plot
     encode_batch_size: int = 256
     seed: int = 0
+    null: bool = False  # also the best of the same attackers on noise features: the headline's chance level
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attackers", tuple(AttributeAttacker(a) for a in self.attackers))

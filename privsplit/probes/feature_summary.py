@@ -60,6 +60,14 @@ def summary_text(result: FeatureLeakageResult) -> str:
             f"  task floor (from the true task label alone)  {_f(att.task_floor)} "
             f"{_ci(*(att.task_floor_ci or (None, None)))}, AUC {_f(att.task_floor_auc)}",
             f"  chance: {_f(att.chance)}, AUC 0.500",
+        ]
+        if att.null_balanced_accuracy is not None:
+            lines.append(
+                f"  null (the best of the same {len(att.attackers)} attackers on features that carry nothing): "
+                f"{_f(att.null_balanced_accuracy)} ({att.null_best}): what the best-of-all headline reads by chance "
+                "on this holdout"
+            )
+        lines += [
             f"  leakage beyond the task: {att.balanced_accuracy - att.task_floor:+.3f} "
             "balanced accuracy over the floor",
         ]
