@@ -193,8 +193,11 @@ def _cli(*argv: str, log: Path) -> None:
         raise SystemExit(f"privacy_frontier: `privsplit {' '.join(argv[:2])}` failed, see {log}")
 
 
-def run_one(target: Target, flags: Sequence[str], seed: int, folder: Path, args: argparse.Namespace) -> dict:
-    """Train, export (tflite-int8) and probe one (method, strength, seed); every finished step is kept."""
+def run_one(
+    target: Target, flags: Sequence[str], seed: int, folder: Path, args: argparse.Namespace, *, null: bool = False
+) -> dict:
+    """Train, export (tflite-int8) and probe one (method, strength, seed); every finished step is kept. ``null``:
+    probe with ``--null`` (a cached probe without the null reading is probed again)."""
     run, export, probe = folder / "run", folder / "export", folder / "probe.json"
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.txt"
@@ -230,7 +233,7 @@ def run_one(target: Target, flags: Sequence[str], seed: int, folder: Path, args:
         )
     if (
         probe.is_file()
-        and args.null
+        and null
         and read_json(probe, what="a feature-leakage result")["attribute"].get("null_balanced_accuracy") is None
     ):
         probe.unlink()  # probed before --null: again, with the null reading
@@ -240,7 +243,7 @@ def run_one(target: Target, flags: Sequence[str], seed: int, folder: Path, args:
             cmd += ["--epochs", str(args.probe_epochs)]
         if args.curve:
             cmd += ["--curve", args.curve]
-        if args.null:
+        if null:
             cmd.append("--null")
         _cli(*cmd, log=log)
     row = seed_row(read_json(probe, what="a feature-leakage result"))
@@ -266,7 +269,9 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                 for seed in args.seeds:
                     slug = strength.replace(" ", "_").replace("(", "").replace(")", "")
                     folder = args.out / "cache" / name / method / slug / f"seed{seed}"
-                    seeds[seed] = run_one(target, flags, seed, folder, args)
+                    # the null reading for the protected recipes (the baseline's attacker is far above any null)
+                    null = args.null and method != UNPROTECTED
+                    seeds[seed] = run_one(target, flags, seed, folder, args, null=null)
                 if method == UNPROTECTED:
                     baselines = dict(seeds)
                 rows.append(
@@ -300,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--null",
         action="store_true",
-        help="probe with --null: beside each best attacker, the best of the same attackers on noise features "
-        "(its chance level on the holdout; doubles the attackers' time)",
+        help="probe the protected recipes with --null: beside each best attacker, the best of the same attackers "
+        "on noise features (its chance level on the holdout; doubles the attackers' time)",
     )
     parser.add_argument("--quick", action="store_true", help="digits, seed 0, 4 epochs, small probe: a smoke run")
     args = parser.parse_args(argv)
