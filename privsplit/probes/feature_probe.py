@@ -252,11 +252,11 @@ def probe_features(
     attribute = None
     if data.private is not None:
 
-        def attack(f_att: np.ndarray, f_big: np.ndarray, f_hold: np.ndarray) -> AttributeLeakage:
+        def attack(z_att: np.ndarray, z_big: np.ndarray, z_hold: np.ndarray) -> AttributeLeakage:
             return attack_attribute(
-                _training_sets(spec, f_att, attacker.private_labels, f_big, big.private_labels),
+                _training_sets(spec, z_att, attacker.private_labels, z_big, big.private_labels),
                 (attacker.task_labels, attacker.private_labels),
-                f_hold,
+                z_hold,
                 holdout.private_labels,
                 holdout.task_labels,
                 name=data.private,
