@@ -202,6 +202,7 @@ def purified(run, view, spec) -> dict:
         "tpr_at_1pct_fpr": b.tpr_at_1pct_fpr,
         "label_floor": m.label_floor,
         "attacks": {k: v.auc for k, v in m.attacks.items()},
+        "null_best_auc": [m.null_best_auc, m.null_best_auc_q95],  # the best AUC's chance level (labels redrawn)
         "accuracy": result.accuracy_purified,
         "label_agreement": result.label_agreement,
         "distortion_pct": result.distortion_pct,
@@ -212,7 +213,7 @@ def measure(run, seed: int, *, with_purifier: bool = False) -> dict:
     """Every attack on the run's raw scores (adaptive shadows), with intervals; with ``with_purifier`` also on
     the purified scores (``purified``)."""
     from privsplit.probes.membership import run_attacks
-    from privsplit.probes.mia_metrics import label_floor
+    from privsplit.probes.mia_metrics import best_auc_null, label_floor
     from privsplit.probes.output_probe import OutputProbeSpec, observe
 
     spec = OutputProbeSpec(seed=seed, progress=False)
@@ -231,6 +232,8 @@ def measure(run, seed: int, *, with_purifier: bool = False) -> dict:
         "best_auc_ci": hanley_mcneil(m.auc, m.n_members, m.n_nonmembers),
         "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr,
         "label_floor": label_floor(float(view.members.correct.mean()), float(view.nonmembers.correct.mean())),
+        # the best of the ten AUCs when membership says nothing (labels redrawn): its chance level, mean and 95%
+        "null_best_auc": list(best_auc_null({k: o.scores for k, o in outcomes.items()}, m.n_members, seed=seed)),
         "attacks": {k: v.auc for k, v in aucs.items()},
         "n_members": m.n_members,
         "n_nonmembers": m.n_nonmembers,
@@ -300,10 +303,16 @@ def bench(args) -> dict:
     return report
 
 
+def _null(row: dict) -> str:
+    """The mean best AUC by chance (labels redrawn), or '-' for a row measured before the null was."""
+    null = row.get("null_best_auc")
+    return f"{null[0]:5.3f}" if null and null[0] is not None else f"{'-':>5}"
+
+
 def table(report: dict) -> str:
     w = max([28, *(len(r["options"]) for t in report["targets"] for r in t["rows"])])
     head = (
-        f"{'target':14} {'defence':{w}} {'seed':>4} {'best AUC [95% CI]':>22} {'attack':>16} {'floor':>6} "
+        f"{'target':14} {'defence':{w}} {'seed':>4} {'best AUC [95% CI]':>22} {'attack':>16} {'floor':>6} {'null':>5} "
         f"{'TPR@1%':>6} {'holdout acc [95% CI]':>22} {'unseen acc [95% CI]':>22} {'drop pt':>7} "
         f"{'member acc':>10} {'eps':>6}  goal"
     )
@@ -323,7 +332,7 @@ def table(report: dict) -> str:
             goal += " (chosen on reference)" if r.get("selected_on_reference") else ""
             lines.append(
                 f"{t['target']:14} {r['options']:{w}} {r['seed']:4d} {r['best_auc']:.3f} [{lo:.3f}, {hi:.3f}]   "
-                f"{r['best_attack']:>16} {r['label_floor']:6.3f} {r['tpr_at_1pct_fpr']:6.3f} "
+                f"{r['best_attack']:>16} {r['label_floor']:6.3f} {_null(r)} {r['tpr_at_1pct_fpr']:6.3f} "
                 f"{r['accuracy']:.3f} [{alo:.3f}, {ahi:.3f}] {unseen:>22}   {drop} "
                 f"{r['accuracy_members']:10.3f} {eps}  {goal}"
             )
@@ -332,14 +341,15 @@ def table(report: dict) -> str:
                 plo, phi = pur["best_auc_ci"]
                 lines.append(
                     f"{'':14} {'  + default purifier':{w}} {r['seed']:4d} {pur['best_auc']:.3f} [{plo:.3f}, {phi:.3f}] "
-                    f"{pur['best_attack']:>16} {pur['label_floor']:6.3f} {pur['tpr_at_1pct_fpr']:6.3f} "
+                    f"{pur['best_attack']:>16} {pur['label_floor']:6.3f} {_null(pur)} {pur['tpr_at_1pct_fpr']:6.3f} "
                     f"{pur['accuracy']:.3f} (label agreement {pur['label_agreement']:.3f}, "
                     f"distortion {pur['distortion_pct']:.1f}%)  {'Y' if pur.get('meets_goal') else 'n'}"
                 )
         lines.append("")
     lines.append(
         f"goal: best AUC <= {AUC_GOALS} at <= {MAX_DROP_POINTS} point accuracy drop vs none "
-        "(on the unseen images where the target has them, else on holdout)"
+        "(on the unseen images where the target has them, else on holdout); null: the best of the ten AUCs by "
+        "chance, membership labels redrawn 2,000 times (mean)"
     )
     return "\n".join(lines)
 

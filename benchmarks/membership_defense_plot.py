@@ -62,6 +62,9 @@ def summarize(report: dict) -> list[dict]:
             if len(purified) == len(rows):
                 entry["best_auc_purified"] = _mean([p["best_auc"] for p in purified])
                 entry["distortion_pct"] = _mean([p["distortion_pct"] for p in purified])
+            nulls = [(r.get("purified") or r).get("null_best_auc") for r in rows]
+            if nulls and all(n and n[0] is not None for n in nulls):  # the served scores' where purified
+                entry["null_best_auc"] = _mean([n[0] for n in nulls])
             eps = [r["privacy"]["epsilon"] for r in rows if r.get("privacy")]
             if eps:
                 entry["epsilon"] = max(eps)
@@ -79,17 +82,22 @@ def summary_table(summary: list[dict]) -> str:
     w = max([7, *(len(e["options"]) for e in summary)])
     head = (
         f"{'target':14} {'defence':{w}} {'seeds':>5} {'best AUC raw':>15} {'+ purifier':>15} "
-        f"{'floor':>13} {'accuracy':>15} {'drop pt':>12} {'members':>6}"
+        f"{'floor':>13} {'null':>13} {'accuracy':>15} {'drop pt':>12} {'members':>6}"
     )
     lines = [head, "-" * len(head)]
     for e in summary:
         pur = _fmt(e["best_auc_purified"]) if "best_auc_purified" in e else "-"
         drop = _fmt(e["accuracy_drop_points"], 2) if "accuracy_drop_points" in e else "-"
+        null = _fmt(e["null_best_auc"]) if "null_best_auc" in e else "-"
         lines.append(
             f"{e['target']:14} {e['options']:{w}} {len(e['seeds']):5d} {_fmt(e['best_auc']):>15} {pur:>15} "
-            f"{_fmt(e['label_floor']):>13} {_fmt(e['accuracy']):>15} {drop:>12} {e['accuracy_members']['mean']:6.3f}"
+            f"{_fmt(e['label_floor']):>13} {null:>13} {_fmt(e['accuracy']):>15} {drop:>12} "
+            f"{e['accuracy_members']['mean']:6.3f}"
         )
-    lines.append("(means over seeds, +- half the 95% Student-t interval across seeds)")
+    lines.append(
+        "(means over seeds, +- half the 95% Student-t interval across seeds; null: the best attack's AUC by chance, "
+        "membership labels redrawn, on the served scores)"
+    )
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privsplit.errors import ConfigError
-from privsplit.probes.mia_metrics import label_floor, mia_metrics, roc, tpr_at_fpr
+from privsplit.probes.mia_metrics import best_auc_null, label_floor, mia_metrics, roc, tpr_at_fpr
 
 
 def _labels(n_members: int, n_nonmembers: int) -> np.ndarray:
@@ -164,3 +164,24 @@ def test_sampling_intervals_match_their_formulas():
     assert m.to_json()["auc_ci95"] == list(m.auc_ci95)
     with pytest.raises(ConfigError):
         auc_interval(0.6, 0, 10)
+
+
+def test_best_auc_null_is_the_winners_curse_of_a_best_of_n():
+    rng = np.random.default_rng(0)
+    n = 250  # a side, as the Fashion-MNIST benchmark: one AUC's sd under the null is sqrt(501 / (12 n^2)) = 0.0258
+    sd = np.sqrt((2 * n + 1) / (12 * n * n))
+    one = {"a": rng.normal(size=2 * n)}
+    mean, q95 = best_auc_null(one, n, permutations=4000, seed=1)
+    assert mean == pytest.approx(0.5, abs=0.003) and q95 == pytest.approx(0.5 + 1.645 * sd, abs=0.005)
+    # ten copies of one attack are one attack: the shared relabelling keeps their correlation
+    assert best_auc_null({str(k): one["a"] for k in range(10)}, n, permutations=4000, seed=1) == (mean, q95)
+    # ten independent attacks: the expected best of ten standard normals is 1.539 sd over 0.5
+    ten = {str(k): rng.normal(size=2 * n) for k in range(10)}
+    mean10, q95_10 = best_auc_null(ten, n, permutations=4000, seed=1)
+    assert mean10 == pytest.approx(0.5 + 1.539 * sd, abs=0.004) and q95_10 > mean10 + sd
+    # what the attacks actually score does not enter: the null reads only how the records rank
+    assert best_auc_null({k: 5 * v + 3 for k, v in ten.items()}, n, permutations=4000, seed=1) == (mean10, q95_10)
+    with pytest.raises(ConfigError, match="at least one attack"):
+        best_auc_null({}, n)
+    with pytest.raises(ConfigError, match="NaN"):
+        best_auc_null({"a": np.full(2 * n, np.nan)}, n)

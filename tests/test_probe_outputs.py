@@ -87,6 +87,12 @@ def test_cli_purifier_and_probe_on_an_overfit_target(overfit_run, tmp_path, caps
     assert data["mia"]["best"]["auc"] > 0.6
     assert data["mia"]["best"]["auc"] > data["mia"]["label_floor"] + 0.05
     assert data["mia"]["attacks"]["label_only"]["auc"] == pytest.approx(data["mia"]["label_floor"])
+    # the best attack's chance level (labels redrawn): above 0.5 (a best of ten), far under the overfit leak
+    for side in ("mia", "mia_purified"):
+        null, q95 = data[side]["null_best_auc"], data[side]["null_best_auc_q95"]
+        assert 0.5 < null < q95 < 0.66, (side, null, q95)  # 90 a side: one AUC's sd is 0.043
+    assert data["mia"]["best"]["auc"] > data["mia"]["null_best_auc"] + 0.03
+    assert "best AUC by chance" in out
     # the purifier keeps every label and removes most of the excess leakage (adaptive attacker)
     assert data["label_agreement"] == 1.0 and data["accuracy_purified"] == data["accuracy"]
     assert data["mia_purified"]["excess_auc"] < 0.5 * data["mia"]["excess_auc"]

@@ -113,6 +113,33 @@ def mia_metrics(is_member: np.ndarray, scores: np.ndarray) -> MIAMetrics:
     )
 
 
+def best_auc_null(
+    scores: dict[str, np.ndarray], n_members: int, *, permutations: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """The best of these attacks' AUCs when membership says nothing: the member/non-member labels of the same
+    records drawn again at random (one draw shared by every attack, so their correlation is kept),
+    ``permutations`` times. Returns the mean and the 95th percentile of the best AUC: the best of several attacks
+    on a few hundred records reads above 0.5 by chance (the winner's curse), and this is its chance level.
+
+    ``scores``: each attack's scores on the same records, members first (``n_members``), then non-members.
+    """
+    from scipy.stats import rankdata
+
+    if not scores:
+        raise ConfigError("the permutation null needs at least one attack's scores")
+    ranks = np.stack(
+        [rankdata(_check(np.r_[np.ones(n_members), np.zeros(len(v) - n_members)], v)[1]) for v in scores.values()]
+    )
+    n = ranks.shape[1]
+    n_neg = n - n_members
+    rng = np.random.default_rng([seed, 0x6E756C6C])
+    best = np.empty(permutations)
+    for i in range(permutations):
+        members = rng.choice(n, size=n_members, replace=False)
+        best[i] = ((ranks[:, members].sum(1) - n_members * (n_members + 1) / 2) / (n_members * n_neg)).max()
+    return float(best.mean()), float(np.quantile(best, 0.95))
+
+
 Z95 = 1.959963984540054
 
 

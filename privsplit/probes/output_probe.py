@@ -34,7 +34,7 @@ from privsplit.probes._fit import use_device
 from privsplit.probes.calibrated_attacks import DEFAULT_AUGMENTATIONS, augment
 from privsplit.probes.inversion import invert
 from privsplit.probes.membership import ExtraQueries, ScoredRecords, ShadowData, run_attacks
-from privsplit.probes.mia_metrics import label_floor
+from privsplit.probes.mia_metrics import best_auc_null, label_floor
 from privsplit.probes.output_results import MIAReport, OutputArrays, OutputProbeResult, OutputProbeSpec
 from privsplit.train.shadow import train_shadow
 
@@ -170,8 +170,10 @@ def _mia(view: ServiceView, spec: OutputProbeSpec, device: torch.device) -> tupl
         device=device,
     )
     floor = label_floor(float(view.members.correct.mean()), float(view.nonmembers.correct.mean()))
-    report = MIAReport.from_metrics(floor, {a.value: o.metrics for a, o in outcomes.items()})
-    return report, {a.value: o.scores for a, o in outcomes.items()}
+    scores = {a.value: o.scores for a, o in outcomes.items()}
+    null = best_auc_null(scores, len(view.members), seed=spec.seed)
+    report = MIAReport.from_metrics(floor, {a.value: o.metrics for a, o in outcomes.items()}, null=null)
+    return report, scores
 
 
 def _inversion(view: ServiceView, spec: OutputProbeSpec, device: torch.device):

@@ -54,11 +54,18 @@ class OutputProbeSpec:
 
 @dataclass(frozen=True)
 class MIAReport:
-    """Every attack's metrics on one setting (raw or purified), the best one and the label floor."""
+    """Every attack's metrics on one setting (raw or purified), the best one and the label floor.
+
+    ``null_best_auc`` / ``null_best_auc_q95``: the mean and 95th percentile of the best AUC when the same records'
+    membership labels are drawn at random (:func:`~privsplit.probes.mia_metrics.best_auc_null`): the best-of-all
+    figure's chance level on this many records. None in results written before it.
+    """
 
     label_floor: float
     attacks: dict[str, MIAMetrics]
     best_attack: str
+    null_best_auc: float | None = None
+    null_best_auc_q95: float | None = None
 
     @property
     def best(self) -> MIAMetrics:
@@ -77,9 +84,14 @@ class MIAReport:
         return max(names, key=lambda n: self.attacks[n].auc) if names else None
 
     @classmethod
-    def from_metrics(cls, floor: float, attacks: dict[str, MIAMetrics]) -> MIAReport:
+    def from_metrics(
+        cls, floor: float, attacks: dict[str, MIAMetrics], *, null: tuple[float, float] | None = None
+    ) -> MIAReport:
         best = max(attacks, key=lambda name: (attacks[name].auc, attacks[name].advantage))
-        return cls(label_floor=floor, attacks=dict(attacks), best_attack=best)
+        mean, q95 = null if null is not None else (None, None)
+        return cls(
+            label_floor=floor, attacks=dict(attacks), best_attack=best, null_best_auc=mean, null_best_auc_q95=q95
+        )
 
     def to_json(self) -> dict[str, Any]:
         return to_dict(
@@ -91,6 +103,8 @@ class MIAReport:
                 if self.best_label_only is None
                 else {"attack": self.best_label_only, **self.attacks[self.best_label_only].to_json()},
                 "attacks": {k: v.to_json() for k, v in self.attacks.items()},
+                "null_best_auc": self.null_best_auc,
+                "null_best_auc_q95": self.null_best_auc_q95,
             }
         )
 
@@ -100,6 +114,8 @@ class MIAReport:
             label_floor=float(data["label_floor"]),
             attacks={k: MIAMetrics.from_json(v) for k, v in data["attacks"].items()},
             best_attack=data["best"]["attack"],
+            null_best_auc=data.get("null_best_auc"),
+            null_best_auc_q95=data.get("null_best_auc_q95"),
         )
 
 
@@ -256,6 +272,14 @@ class OutputProbeResult:
         rows.append(("best attack", self.mia.best_attack, self.mia_purified.best_attack))
         add("best AUC", self.mia.best.auc, self.mia_purified.best.auc)
         add("best AUC - label floor", self.mia.excess_auc, self.mia_purified.excess_auc, "{:+.3f}")
+        if self.mia.null_best_auc is not None and self.mia_purified.null_best_auc is not None:
+            rows.append(
+                (
+                    "best AUC by chance (labels redrawn): mean / 95%",
+                    f"{self.mia.null_best_auc:.3f} / {self.mia.null_best_auc_q95:.3f}",
+                    f"{self.mia_purified.null_best_auc:.3f} / {self.mia_purified.null_best_auc_q95:.3f}",
+                )
+            )
         add("best advantage", self.mia.best.advantage, self.mia_purified.best.advantage)
         add("inversion MSE (members / non-members)", self.inversion.mse, self.inversion_purified.mse, "{:.4f}")
         rows[-1] = (
