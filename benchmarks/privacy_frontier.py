@@ -339,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for name in args.targets:
         first = next(r for r in rows if r["target"] == name)
+        nulls = [r["null"]["mean"] for r in rows if r["target"] == name and r.get("null")]
         path = plot_frontier(
             frontier_points(rows, name),
             args.out / f"privacy_frontier_{name}.png",
@@ -347,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             title=f"{name}: task accuracy against the best post-hoc attacker (INT8 TFLite features, "
             f"{len(args.seeds)} seeds, 95% intervals)",
             baseline=UNPROTECTED,
+            null=sum(nulls) / len(nulls) if nulls else None,
         )
         print(f"wrote {path}", file=sys.stderr)
     return 0

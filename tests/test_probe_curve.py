@@ -212,4 +212,18 @@ def test_frontier_plot_on_fixed_numbers(tmp_path):
 
     path = plot_frontier(points, tmp_path / "frontier.png", floor=0.52, chance=0.5, title="digits")
     assert path.stat().st_size > 5000
+    nulled = plot_frontier(points, tmp_path / "frontier-null.png", floor=0.52, chance=0.5, title="digits", null=0.55)
+    assert nulled.read_bytes() != path.read_bytes()
+    # the null line: the best attacker's chance level, labelled, only when measured
+    import matplotlib.pyplot as plt
+
+    from privsplit.report.feature_plots import _null_line
+
+    fig, ax = plt.subplots()
+    _null_line(ax, None, horizontal=False)
+    assert ax.get_lines() == []
+    _null_line(ax, 0.552, horizontal=False)
+    (line,) = ax.get_lines()
+    assert line.get_label() == "best attacker by chance 0.552" and list(line.get_xdata()) == [0.552, 0.552]
+    plt.close(fig)
     assert fr.frontier_points(rows, "celeba") == []

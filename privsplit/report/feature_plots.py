@@ -72,11 +72,20 @@ def plot_attribute_leakage(result: FeatureLeakageResult, path: str | Path) -> Pa
         ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
     ax.axhline(att.chance, color="gray", linestyle=":", label=f"chance {att.chance:.3f}")
     ax.axhline(att.task_floor, color="black", linestyle="--", label=f"task floor {att.task_floor:.3f}")
+    _null_line(ax, att.null_balanced_accuracy, horizontal=True)
     ax.set_ylim(min(att.chance, min(values)) - 0.05, 1.0)
     ax.set_ylabel("holdout balanced accuracy")
     ax.set_title(f"Inferring {att.name} from the features (n={result.holdout_size})", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     return save(fig, path, dpi=120)
+
+
+def _null_line(ax, null: float | None, *, horizontal: bool) -> None:
+    """The probe's null reading (best of the same attackers on features that carry nothing), when measured."""
+    if null is None:
+        return
+    line = ax.axhline if horizontal else ax.axvline
+    line(null, color="tab:purple", linestyle="-.", label=f"best attacker by chance {null:.3f}")
 
 
 def plot_learning_curve(result: FeatureLeakageResult, path: str | Path) -> Path:
@@ -113,6 +122,7 @@ def plot_learning_curve(result: FeatureLeakageResult, path: str | Path) -> Path:
     ax.axhline(att.task_floor, color="black", linestyle="--", label=f"task floor {att.task_floor:.3f}")
     if att.task_floor_ci is not None:
         ax.axhspan(*att.task_floor_ci, color="black", alpha=0.08)
+    _null_line(ax, att.null_balanced_accuracy, horizontal=True)
     ax.set_xscale("log")
     ax.set_xlabel("attacker training images (25/50/100% of attacker, then members+reference+attacker)", fontsize=8)
     ax.set_ylabel("holdout balanced accuracy")
@@ -149,9 +159,11 @@ def plot_frontier(
     chance: float,
     title: str = "privacy-utility frontier",
     baseline: str = "unprotected",
+    null: float | None = None,
 ) -> Path:
     """Task accuracy against the best attacker: one curve per method (ordered by attacker), the ``baseline``
-    method's point(s) as a star, the task floor and chance as vertical lines. Up and left is better."""
+    method's point(s) as a star, the task floor and chance as vertical lines, and ``null`` (the probe's
+    ``--null`` reading, when given) as the best attacker's chance level. Up and left is better."""
     if not points:
         raise RunError("no frontier points to draw")
     plt = _pyplot()
@@ -179,6 +191,7 @@ def plot_frontier(
                 )
     ax.axvline(floor, color="black", linestyle="--", label=f"task floor {floor:.3f}")
     ax.axvline(chance, color="gray", linestyle=":", label=f"chance {chance:.3f}")
+    _null_line(ax, null, horizontal=False)
     ax.set_xlabel("best post-hoc attacker, holdout balanced accuracy (left = more private)")
     ax.set_ylabel("task accuracy (holdout)")
     ax.set_title(title, fontsize=8)
