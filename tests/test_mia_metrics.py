@@ -185,3 +185,7 @@ def test_best_auc_null_is_the_winners_curse_of_a_best_of_n():
         best_auc_null({}, n)
     with pytest.raises(ConfigError, match="NaN"):
         best_auc_null({"a": np.full(2 * n, np.nan)}, n)
+    with pytest.raises(ConfigError, match="same 500 records"):
+        best_auc_null({"a": np.zeros(2 * n), "b": np.zeros(n)}, n)
+    with pytest.raises(ConfigError, match="members and non-members both"):
+        best_auc_null({"a": np.zeros(2 * n)}, 2 * n)

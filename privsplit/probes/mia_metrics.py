@@ -127,10 +127,13 @@ def best_auc_null(
 
     if not scores:
         raise ConfigError("the permutation null needs at least one attack's scores")
-    ranks = np.stack(
-        [rankdata(_check(np.r_[np.ones(n_members), np.zeros(len(v) - n_members)], v)[1]) for v in scores.values()]
-    )
-    n = ranks.shape[1]
+    columns = [np.asarray(v, dtype=np.float64).ravel() for v in scores.values()]
+    n = len(columns[0])
+    if any(len(c) != n for c in columns) or not 0 < n_members < n:
+        raise ConfigError(f"the attacks' scores must cover the same {n} records, members and non-members both")
+    if not all(np.isfinite(c).all() for c in columns):
+        raise ConfigError("attack scores contain NaN or infinity")
+    ranks = np.stack([rankdata(c) for c in columns])  # ties share their mean rank, as the AUC counts them
     n_neg = n - n_members
     rng = np.random.default_rng([seed, 0x6E756C6C])
     best = np.empty(permutations)
