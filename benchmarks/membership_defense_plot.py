@@ -63,7 +63,7 @@ def summarize(report: dict) -> list[dict]:
                 entry["best_auc_purified"] = _mean([p["best_auc"] for p in purified])
                 entry["distortion_pct"] = _mean([p["distortion_pct"] for p in purified])
             nulls = [(r.get("purified") or r).get("null_best_auc") for r in rows]
-            if nulls and all(n and n[0] is not None for n in nulls):  # the served scores' where purified
+            if all(n and n[0] is not None for n in nulls):  # the served scores' where purified
                 entry["null_best_auc"] = _mean([n[0] for n in nulls])
             eps = [r["privacy"]["epsilon"] for r in rows if r.get("privacy")]
             if eps:

@@ -231,13 +231,8 @@ def run_one(
             "--quiet",
             log=log,
         )
-    if (
-        probe.is_file()
-        and null
-        and read_json(probe, what="a feature-leakage result")["attribute"].get("null_balanced_accuracy") is None
-    ):
-        probe.unlink()  # probed before --null: again, with the null reading
-    if not probe.is_file():
+    cached = read_json(probe, what="a feature-leakage result") if probe.is_file() else None
+    if cached is None or (null and cached["attribute"].get("null_balanced_accuracy") is None):
         cmd = ["probe", "features", str(run), "--bundle", str(export), "--json", str(probe), "--seed", str(seed)]
         if args.probe_epochs:
             cmd += ["--epochs", str(args.probe_epochs)]
@@ -245,8 +240,9 @@ def run_one(
             cmd += ["--curve", args.curve]
         if null:
             cmd.append("--null")
-        _cli(*cmd, log=log)
-    row = seed_row(read_json(probe, what="a feature-leakage result"))
+        _cli(*cmd, log=log)  # --json overwrites a probe cached before --null
+        cached = read_json(probe, what="a feature-leakage result")
+    row = seed_row(cached)
     print(
         f"  {folder}: task {row['task_accuracy']:.4f}, attacker {row['attacker']:.3f} "
         f"({time.perf_counter() - t0:.0f} s)",
