@@ -6,6 +6,8 @@ Every message names the problem and, where there is one, the fix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class PrivsplitError(Exception):
     """Base class of every error privsplit raises on purpose."""
@@ -64,3 +66,28 @@ def require(module: str, *, package: str, extra: str | None = None):
 
 class ResultError(RunError):
     """A result file is missing, damaged, or written in another schema version."""
+
+
+@dataclass(frozen=True)
+class ExitCode:
+    """One documented exit code of the ``privsplit`` command: the number and what it means to a user."""
+
+    code: int
+    meaning: str
+
+
+# The one table of exit codes: ``privsplit --help`` and the generated CLI reference read it. Every ``exit_code`` set
+# on an error class above or elsewhere in the kit appears here (tests/test_structure.py-style checks keep it so).
+EXIT_CODES: tuple[ExitCode, ...] = (
+    ExitCode(0, "success"),
+    ExitCode(1, "another privsplit error"),
+    ExitCode(2, "bad option or dataset; run folder or run file missing, incomplete or damaged (re-train)"),
+    ExitCode(3, "bundle missing, damaged, tampered, unsigned or signed by an untrusted key (re-export)"),
+    ExitCode(4, "an optional package is not installed (the message names the pip package)"),
+    ExitCode(5, "no exported format passed parity"),
+    ExitCode(6, "the server refused a request (gRPC status named in the message)"),
+    ExitCode(7, "the server could not be reached within the retry budget"),
+    ExitCode(8, "a flash failed; the device's current release is unchanged"),
+    ExitCode(75, "training stopped after a checkpoint; run the same command again to resume"),
+    ExitCode(130, "interrupted"),
+)
