@@ -23,6 +23,7 @@ from privsplit.proto.wire import (
     FEATURES,
     LABEL,
     LABEL_ONLY,
+    MANIFEST_HASH,
     OUTPUTS,
     PROBS,
     QUEUE_US,
@@ -183,6 +184,7 @@ def parse_infer(request: InferRequest, spec: ModelSpec, limits: BatchConfig) -> 
             "the device runs an encoder from another export; flash the edge bundle exported with this cloud bundle",
             field=hash_field,
         )
+    _check_manifest_hash(request, tensor, spec)
 
     label_only, lo_field = _param(request, tensor, LABEL_ONLY)
     if label_only is not None and not isinstance(label_only, bool):
@@ -203,6 +205,28 @@ def parse_infer(request: InferRequest, spec: ModelSpec, limits: BatchConfig) -> 
     else:
         outputs = (LABEL,) if label_only else OUTPUTS
     return InferJob(request_id=request.id, features=_dequantize(request, tensor), outputs=outputs)
+
+
+def _check_manifest_hash(request: InferRequest, tensor: Tensor, spec: ModelSpec) -> None:
+    """The device's signed edge manifest must be one the cloud bundle lists (``accepted_manifest_hashes``).
+
+    A request without ``manifest_hash`` (a client older than the parameter) is judged by ``encoder_hash`` alone,
+    which stays required; a cloud bundle exported before manifests were listed checks no manifest hash."""
+    manifest_hash, hash_field = _param(request, tensor, MANIFEST_HASH)
+    if manifest_hash is None:
+        return
+    if not isinstance(manifest_hash, str):
+        raise invalid(hash_field, f"must be a string (sha256 hex), got {type(manifest_hash).__name__}")
+    if spec.accepted_manifest_hashes and manifest_hash.lower() not in spec.accepted_manifest_hashes:
+        accepted = ", ".join(h[:16] + "..." for h in sorted(spec.accepted_manifest_hashes))
+        raise ProtocolError(
+            Code.FAILED_PRECONDITION,
+            f"edge manifest {manifest_hash[:16]!r}... is not accepted by model {spec.name!r} version "
+            f"{spec.version!r} (it accepts {accepted}): the device's manifest.json was edited or comes from "
+            "another export (noise, quantization or preprocessing differ); flash the edge bundle exported with "
+            "this cloud bundle",
+            field=hash_field,
+        )
 
 
 def build_response(

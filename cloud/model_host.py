@@ -33,6 +33,8 @@ class ModelSpec:
     classes: tuple[str, ...]
     features: FeatureSpec  # the wire spec the edge quantizes with
     accepted_encoder_hashes: frozenset[str]
+    # sha256 of the signed edge manifests whose features are served (empty: a bundle exported before they were listed)
+    accepted_manifest_hashes: frozenset[str] = frozenset()
     purifier: bool
 
     @property
@@ -142,6 +144,7 @@ class ModelHost:
             classes=classes,
             features=features,
             accepted_encoder_hashes=frozenset(str(h).lower() for h in hashes),
+            accepted_manifest_hashes=frozenset(str(h).lower() for h in manifest.get("accepted_manifest_hashes") or []),
             purifier=self._purifier is not None,
         )
 

@@ -8,8 +8,11 @@ Device layout::
     TARGET/.privsplit-history           activated versions, oldest first (for --rollback)
     TARGET/.privsplit-recent            releases by last activation, oldest first (what --keep keeps)
     TARGET/.privsplit-lock/             held while a flash or rollback runs (``mkdir`` is atomic)
+    TARGET/trust/                       trust root, revocations, newest release (:mod:`~privsplit.edge.trust`)
 
-:func:`flash` verifies the bundle here (hashes; signature with a trusted key), uploads it into a
+:func:`flash` verifies the bundle here against the device's trust root (signature first, then hashes;
+the first ``--trust-key`` installs the root; a release older than the newest installed is refused
+unless ``allow_downgrade``), uploads it into a
 fresh ``releases/.incoming-*`` folder, verifies every hash *on the device*, moves it to
 ``releases/<version>`` and only then switches ``current`` with one ``rename(2)`` of a new symlink over
 the old one (atomic). A transfer that fails, is interrupted or arrives corrupted never touches
@@ -34,13 +37,23 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from privsplit.bundle import MANIFEST, SIGNATURE, BundleKind, load_bundle, sha256_file
-from privsplit.errors import ConfigError, PrivsplitError
+from privsplit.bundle import MANIFEST, SIGNATURE, Bundle, BundleKind, load_bundle, sha256_file
+from privsplit.edge.trust import (
+    FIX_UNSIGNED,
+    ROOT_KEY,
+    TRUST_DIR,
+    TrustState,
+    as_public_key,
+    check_signer,
+    key_id_of,
+    public_pem,
+)
+from privsplit.errors import BundleError, ConfigError, PrivsplitError
 from privsplit.results import check_schema, from_dict, save_json, to_dict
 
 FLASH_RESULT_SCHEMA_VERSION = 1
@@ -362,6 +375,7 @@ class FlashResult:
     kept: tuple[str, ...]
     removed: tuple[str, ...]
     seconds: float
+    trust: str = ""  # how the signature was checked (and a trust root installed or rotated)
 
     def to_json(self) -> dict:
         return {"schema_version": FLASH_RESULT_SCHEMA_VERSION, **to_dict(self), "seconds": round(self.seconds, 3)}
@@ -383,9 +397,10 @@ class FlashResult:
         }[self.action]
         prev = f" (was {self.previous})" if self.previous and self.previous != self.version else ""
         gone = f"; removed {', '.join(self.removed)}" if self.removed else ""
+        trust = f"; {self.trust}" if self.trust else ""
         return (
             f"{self.target}: current -> releases/{self.version}{prev}: {how} in {self.seconds:.1f} s; "
-            f"kept {', '.join(self.kept)}{gone}"
+            f"kept {', '.join(self.kept)}{gone}{trust}"
         )
 
 
@@ -416,40 +431,173 @@ def _plan(state: DeviceState, version: str, keep: int) -> tuple[list[str], list[
     return history, recent, [r for r in state.releases if r not in recent]
 
 
-def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=None) -> FlashResult:
-    """Install ``bundle`` (an edge bundle folder) on ``target`` and make it current; see the module doc."""
+_TRUST_READ = """set -u
+cd -- "$1" 2>/dev/null || exit 0
+if [ -f trust/root.pub ]; then echo "root<<"; cat trust/root.pub; echo ">>root"; fi
+if [ -f trust/revoked ]; then while IFS= read -r l; do echo "revoked=$l"; done < trust/revoked; fi
+if [ -f trust/newest-release ]; then echo "newest=$(cat trust/newest-release)"; fi
+if [ -n "$2" ] && [ -f "releases/$2/manifest.sig" ]; then
+  echo "signer=$(sed -n 's/.*"key_id": *"\\([0-9a-f]*\\)".*/\\1/p' "releases/$2/manifest.sig")"
+fi
+"""
+
+
+def read_trust(target: Target | str | Path, *, release: str = "") -> tuple[TrustState, str | None]:
+    """The device's trust state, and (with ``release``) the key id that release's manifest.sig names."""
+    target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
+    out = _sh(target, _TRUST_READ, str(target.path), release)
+    root, revoked, newest, signer, pem = None, [], "", None, None
+    for line in out.splitlines():
+        if pem is not None:
+            if line == ">>root":
+                root, pem = "".join(pem), None
+            else:
+                pem.append(line + "\n")
+        elif line == "root<<":
+            pem = []
+        elif line.startswith("revoked="):
+            revoked.append(line[8:])
+        elif line.startswith("newest="):
+            newest = line[7:]
+        elif line.startswith("signer="):
+            signer = line[7:] or None
+    try:
+        state = TrustState.parse(root=root, revoked="\n".join(revoked), newest=newest, where=f"{target}/{TRUST_DIR}")
+    except BundleError as exc:
+        raise FlashError(str(exc)) from None
+    return state, signer
+
+
+def _trust_script(state: TrustState, token: str) -> str:
+    lines = [f"mkdir -p {TRUST_DIR}"]
+    for name, content in state.files().items():
+        tmp = f"{TRUST_DIR}/.{name}-{token}"
+        lines += [
+            f"cat > {_q(tmp)} <<'PRIVSPLIT_TRUST'\n{content}PRIVSPLIT_TRUST",
+            f"mv -f {_q(tmp)} {TRUST_DIR}/{name}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def authorize(
+    bundle: str | Path,
+    state: TrustState,
+    *,
+    device: str,
+    trust_key=None,
+    allow_unsigned: bool = False,
+    allow_downgrade: bool = False,
+) -> tuple[Bundle, TrustState, str]:
+    """Verify an edge bundle for a device with ``state``: (the verified bundle, the device's trust state once
+    it is installed, a note on how it was checked). Signature first (against the device's root, a key the
+    root endorsed, or ``trust_key`` which becomes the root of a device without one), then every file's hash,
+    then the anti-rollback rule. Raises BundleError / FlashError naming the file and the fix."""
+    explicit = None if trust_key is None else as_public_key(trust_key)
+    if allow_unsigned:
+        if explicit is not None:
+            raise ConfigError("--allow-unsigned skips the signature check: do not pass --trust-key with it")
+        bundle_ = load_bundle(bundle, kind=BundleKind.EDGE)
+        new, note = state, "signature NOT checked (--allow-unsigned, development only)"
+    elif state.root_pem is None:
+        if explicit is None:
+            raise BundleError(
+                f"{device} has no trust root ({TRUST_DIR}/{ROOT_KEY}): pass --trust-key PREFIX.pub to install it "
+                f"with this flash (the bundle must be signed by it), or pass {FIX_UNSIGNED}"
+            )
+        bundle_ = load_bundle(bundle, trust_key=explicit, kind=BundleKind.EDGE)
+        new = replace(state, root_pem=public_pem(explicit))
+        note = f"signature verified; trust root {key_id_of(explicit)} installed"
+    else:
+        if explicit is not None and key_id_of(explicit) != state.root_id:
+            raise BundleError(
+                f"--trust-key {trust_key} is key {key_id_of(explicit)}, but {device} trusts {state.root_id}: "
+                "rotate keys with an endorsement (`privsplit keys endorse`, `privsplit export --endorsement`)"
+            )
+        check = check_signer(Path(bundle), state, device=device)
+        bundle_ = load_bundle(bundle, trust_key=check.key, kind=BundleKind.EDGE)
+        new = check.state
+        note = f"signature verified (key {check.signer})"
+        if check.rotated:
+            note += f"; trust root rotated {state.root_id} -> {check.signer}"
+    newest = state.newest_release
+    if newest is not None and bundle_.release < newest and not allow_downgrade:
+        raise FlashError(
+            f"{bundle_.root / MANIFEST}: release {bundle_.release} is older than {device}'s newest {newest} "
+            "(downgrade refused): flash a newer export, `--rollback` to a release still on the device, "
+            "or pass --allow-downgrade"
+        )
+    return bundle_, replace(new, newest_release=max(newest or 0, bundle_.release)), note
+
+
+def flash(
+    bundle: str | Path,
+    target: Target | str,
+    *,
+    keep: int = 3,
+    trust_key=None,
+    allow_unsigned: bool = False,
+    allow_downgrade: bool = False,
+) -> FlashResult:
+    """Install ``bundle`` (an edge bundle folder) on ``target`` and make it current; see the module doc.
+
+    ``trust_key`` (PREFIX.pub or a key object): installed as the device's trust root when it has none, else it
+    must be that root. ``allow_unsigned``: skip the signature check (development). ``allow_downgrade``: install
+    a release older than the newest the device has had."""
     started = time.perf_counter()
     if keep < 1:
         raise ConfigError(f"--keep must be >= 1, got {keep}")
     target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
-    verified = load_bundle(bundle, trust_key=trust_key, kind=BundleKind.EDGE)
-    version = verified.version
-    if not _SAFE_NAME.match(version):
-        raise FlashError(
-            f"bundle version {version!r} cannot name a release folder "
-            "(letters, digits, ._+- only): re-export with --version"
-        )
-    root = verified.root
-    files = sorted(verified.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (root / SIGNATURE).is_file() else [])
-    if any("\n" in f or "\\" in f for f in files):
-        raise FlashError("a bundle file name holds a newline or backslash: re-export the bundle")
-    digests = {f: verified.manifest["files"][f]["sha256"] for f in verified.manifest["files"]}
-    digests.update({f: sha256_file(root / f) for f in (MANIFEST, SIGNATURE) if f in files})
-    sums = "".join(f"{digests[f]}  {f}\n" for f in files)
-
+    load_bundle(bundle, kind=BundleKind.EDGE)  # a damaged bundle is named before the device is touched
     with _DeviceLock(target, create=True):
-        return _install(target, root, files, sums, version, keep, started)
+        state, _ = read_trust(target)
+        verified, trust, note = authorize(
+            bundle,
+            state,
+            device=str(target),
+            trust_key=trust_key,
+            allow_unsigned=allow_unsigned,
+            allow_downgrade=allow_downgrade,
+        )
+        version = verified.version
+        if not _SAFE_NAME.match(version):
+            raise FlashError(
+                f"bundle version {version!r} cannot name a release folder "
+                "(letters, digits, ._+- only): re-export with --version"
+            )
+        root = verified.root
+        files = sorted(verified.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (root / SIGNATURE).is_file() else [])
+        if any("\n" in f or "\\" in f for f in files):
+            raise FlashError("a bundle file name holds a newline or backslash: re-export the bundle")
+        digests = {f: verified.manifest["files"][f]["sha256"] for f in verified.manifest["files"]}
+        digests.update({f: sha256_file(root / f) for f in (MANIFEST, SIGNATURE) if f in files})
+        sums = "".join(f"{digests[f]}  {f}\n" for f in files)
+        trust_change = trust if trust != state else None
+        result = _install(target, root, files, sums, version, keep, started, trust_change)
+        return replace(result, trust=note)
 
 
 def _install(
-    target: Target, root: Path, files: list[str], sums: str, version: str, keep: int, started: float
+    target: Target,
+    root: Path,
+    files: list[str],
+    sums: str,
+    version: str,
+    keep: int,
+    started: float,
+    trust: TrustState | None = None,
 ) -> FlashResult:
+    """Signature and hashes are verified (:func:`authorize`); here: upload, verify every hash on the device,
+    [acceptance hook], then write the trust state and switch ``current``."""
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     staging = f".incoming-{token}"
     history, kept, remove = _plan(state, version, keep)
     reused = bool(state.existing_ok)
+    prelude = f"set -eu\ncd -- {_q(str(target.path))}\n"
+    trust_lines = "" if trust is None else _trust_script(trust, token)
     if reused and state.current == version:
+        if trust_lines:
+            _sh(target, prelude + trust_lines)
         return FlashResult(
             str(target),
             version,
@@ -460,7 +608,7 @@ def _install(
             (),
             time.perf_counter() - started,
         )
-    replace = (
+    replace_current = (
         ""
         if state.current != version
         # re-flash of the current version: current must never dangle
@@ -471,9 +619,9 @@ def _install(
             "{ echo 'copying the release on the device failed; current points at the new copy' >&2; exit 3; }\n"
         )
     )
-    source = staging if not replace else ".copy-" + token
+    source = staging if not replace_current else ".copy-" + token
     sent = 0
-    script = f"set -eu\ncd -- {_q(str(target.path))}\n"
+    script = prelude
     if not reused:
         sent = _upload(target, root, files, staging)
         script += (
@@ -482,7 +630,7 @@ def _install(
             f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
             "  echo 'the copy on the device does not match the bundle hashes "
             "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
-            + replace
+            + replace_current
             + f"if [ -e releases/{_q(version)} ]; "
             f"then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
             f"mv -- releases/{_q(source)} releases/{_q(version)}\n"
@@ -495,23 +643,26 @@ def _install(
             f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
             f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n"
         )
+    _sh(target, script)  # releases/<version> holds the verified files; current is not switched yet
+    # (the on-device acceptance check of releases/<version> runs here, before the switch)
     cleanup = f"rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n" if not reused else ""
-    _sh(target, script + _activation(version, token, history, kept, remove) + cleanup)
+    _sh(target, prelude + trust_lines + _activation(version, token, history, kept, remove) + cleanup)
     action = FlashAction.SWITCHED if reused else FlashAction.INSTALLED
     return FlashResult(
         str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started
     )
 
 
-def rollback(target: Target | str) -> FlashResult:
-    """Switch ``current`` back to the release activated before it (verified on the device first)."""
+def rollback(target: Target | str, *, allow_unsigned: bool = False) -> FlashResult:
+    """Switch ``current`` back to the release activated before it (verified on the device first; on a device with
+    a trust root, that release must be signed by the root: a release signed by a rotated-out key is refused)."""
     started = time.perf_counter()
     target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
     with _DeviceLock(target, create=False):
-        return _roll_back(target, started)
+        return _roll_back(target, started, allow_unsigned)
 
 
-def _roll_back(target: Target, started: float) -> FlashResult:
+def _roll_back(target: Target, started: float, allow_unsigned: bool) -> FlashResult:
     state = DeviceState.read(target)
     if state.current is None:
         raise FlashError(f"{target} has no current release: flash one first")
@@ -523,6 +674,24 @@ def _roll_back(target: Target, started: float) -> FlashResult:
             f"{target}: no earlier release to roll back to (history: {', '.join(state.history) or 'empty'})"
         )
     previous = before[-1]
+    trust, signer = read_trust(target, release=previous)
+    note = "signature NOT checked (--allow-unsigned, development only)"
+    if not allow_unsigned:
+        where = f"{target}/releases/{previous}/{SIGNATURE}"
+        if trust.root_pem is None:
+            raise BundleError(
+                f"{target} has no trust root, so release {previous} cannot be checked: flash a signed bundle with "
+                f"--trust-key PREFIX.pub first, or pass {FIX_UNSIGNED}"
+            )
+        if signer is None:
+            raise BundleError(f"{where} missing: release {previous} is unsigned; flash a signed bundle instead")
+        if signer != trust.root_id:
+            why = trust.revoked.get(signer, "not the trust root")
+            raise BundleError(
+                f"{where}: release {previous} is signed by key {signer} ({why}); the device trusts "
+                f"{trust.root_id}: flash a bundle signed by it instead"
+            )
+        note = f"signature key {signer} is the device's trust root"
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     script = (
         f"set -eu\ncd -- {_q(str(target.path))}\n"
@@ -541,6 +710,7 @@ def _roll_back(target: Target, started: float) -> FlashResult:
         tuple(state.releases),
         (),
         time.perf_counter() - started,
+        trust=note,
     )
 
 

@@ -155,6 +155,7 @@ def _payload(
     request = features_request(
         wire.data,
         encoder_hash=wire.encoder_hash,
+        manifest_hash=wire.manifest_hash,
         scale=wire.scale,
         zero_point=wire.zero_point,
         model_name=model_name,

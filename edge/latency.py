@@ -250,6 +250,7 @@ def run_bench(
             features_request(
                 q,
                 encoder_hash=pipe.encoder_hash,
+                manifest_hash=pipe.manifest_hash,
                 scale=pipe.wire.scale,
                 zero_point=pipe.wire.zero_point,
                 model_name=model,
@@ -282,7 +283,9 @@ def run_bench(
         c, h, w = pipe.wire.shape
         z = np.zeros((1, c, h, w), np.float32)
         float_bytes = len(
-            features_request(z, encoder_hash=pipe.encoder_hash, model_name=model, request_id="0")
+            features_request(
+                z, encoder_hash=pipe.encoder_hash, manifest_hash=pipe.manifest_hash, model_name=model, request_id="0"
+            )
             .to_proto()
             .SerializeToString()
         )

@@ -63,6 +63,7 @@ class WireFeatures:
     zero_point: int
     encoder_hash: str
     timing_ms: dict[str, float] = field(default_factory=dict)  # preprocess / encode / quantize, whole batch
+    manifest_hash: str | None = None  # sha256 of the signed manifest.json: the bundle's identity on the wire
 
     def dequantize(self) -> np.ndarray:
         return ((self.data.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(
@@ -123,6 +124,7 @@ class EdgePipeline:
         self.bundle = bundle
         self.encoder = encoder
         self.encoder_hash = str(entry["sha256"])
+        self.manifest_hash = bundle.manifest_sha256 or None
         self.runtime = runtime
         self.input: TensorSpec = in_spec
         self.output: TensorSpec = out_spec
@@ -243,6 +245,7 @@ class EdgePipeline:
             zero_point=self.wire.zero_point,
             encoder_hash=self.encoder_hash,
             timing_ms=timing,
+            manifest_hash=self.manifest_hash,
         )
 
     def encode(self, inputs: Sequence[str | Path] | np.ndarray) -> tuple[list[Item], WireFeatures]:
@@ -252,7 +255,11 @@ class EdgePipeline:
         c, h, w = self.wire.shape
         if not good:
             return items, WireFeatures(
-                np.zeros((0, c, h, w), np.int8), self.wire.scale, self.wire.zero_point, self.encoder_hash
+                np.zeros((0, c, h, w), np.int8),
+                self.wire.scale,
+                self.wire.zero_point,
+                self.encoder_hash,
+                manifest_hash=self.manifest_hash,
             )
         return items, self.encode_pixels(np.stack(good))
 
@@ -264,6 +271,7 @@ class EdgePipeline:
             "runtime": self.runtime.name.value,
             "threads": self.runtime.threads,
             "encoder_hash": self.encoder_hash,
+            "manifest_hash": self.manifest_hash,
             "signed": self.bundle.signed,
             "verified_key_id": self.bundle.verified_key_id,
             "noise_sigma": self.wire.noise_sigma if self.noise else 0.0,

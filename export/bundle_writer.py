@@ -8,6 +8,7 @@ same check a device runs.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,18 @@ def file_entries(root: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def default_release() -> int:
+    """The release number of an export that names none: the Unix time in seconds (monotone across exports)."""
+    return int(time.time())
+
+
+def _release(body: Mapping[str, Any], release: int | None) -> int:
+    value = release if release is not None else body.get("release", default_release())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ExportError(f"release must be an integer >= 0, got {value!r}")
+    return value
+
+
 def write_bundle(
     root: Path,
     *,
@@ -35,12 +48,14 @@ def write_bundle(
     version: str,
     body: Mapping[str, Any],
     sign_key=None,
+    release: int | None = None,
 ) -> Bundle:
     """Write the manifest of the files already in ``root`` (+ the signature) and verify the result.
 
     ``body`` holds the kind-specific keys (classes, features, preprocess/encoders or server/purifier);
     ``sign_key`` is an Ed25519 private key object; the signature just written is verified with its
-    public key.
+    public key. ``release`` (the anti-rollback number) defaults to ``body["release"]``, else the current Unix
+    time in seconds: it grows with every export made on a machine with a sane clock.
     """
     from privsplit.export.signing import sign_bytes
 
@@ -50,9 +65,10 @@ def write_bundle(
         "schema_version": BUNDLE_SCHEMA_VERSION,
         "kind": kind.value,
         "version": version,
+        "release": _release(body, release),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": file_entries(root),
-        **body,
+        **{k: v for k, v in body.items() if k != "release"},
     }
     for key in ("schema_version", "kind", "version", "created", "files"):
         if key in body:

@@ -5,6 +5,10 @@ OUT/cloud/     server.onnx, purifier.onnx (when the run has one) + manifest.json
 OUT/parity.json   the parity report (every requested format, shipped or not)
 OUT/rejected/  artefacts that failed parity, kept for inspection (never in a bundle)
 OUT/triton/    with ``triton=True``: a Triton model repository of the cloud bundle (:mod:`privsplit.export.triton`)
+
+Everything is built in a staging folder ``OUT/.export-staging-*`` and moved into place only at the end (the
+previous export first moved aside, then removed): a re-export (``--force``) that fails leaves the previous
+bundles as they were. A re-export where no format passes parity writes its report to OUT/parity-failed.json.
 """
 
 from __future__ import annotations
@@ -19,11 +23,20 @@ from pathlib import Path
 
 import numpy as np
 
-from privsplit.bundle import Bundle, BundleKind, FeatureSpec, PreprocessSpec, sha256_file
+from privsplit.bundle import (
+    ENDORSEMENTS,
+    Bundle,
+    BundleKind,
+    Endorsement,
+    FeatureSpec,
+    PreprocessSpec,
+    load_bundle,
+    sha256_file,
+)
 from privsplit.errors import ConfigError, ExportError, PrivsplitError
 from privsplit.export import measure
 from privsplit.export.artefacts import EncoderFactory, check_purifier_parity, load_run_purifier, make_cloud
-from privsplit.export.bundle_writer import write_bundle
+from privsplit.export.bundle_writer import default_release, write_bundle
 from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
@@ -56,13 +69,43 @@ def _log(msg: str, enabled: bool) -> None:
         print(f"privsplit export: {msg}", file=sys.stderr, flush=True)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    taken = [out / n for n in ("edge", "cloud", "parity.json", "rejected", "triton") if (out / n).exists()]
+OUTPUTS = ("edge", "cloud", "parity.json", "rejected", "triton")
+FAILED_PARITY = "parity-failed.json"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Refuse an existing export unless ``overwrite``; return a fresh staging folder inside ``out``."""
+    taken = [out / n for n in OUTPUTS if (out / n).exists()]
     if taken and not overwrite:
         raise ConfigError(f"{taken[0]} already exists: choose another --out or pass --force to replace the export")
-    for path in taken:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".export-staging-", dir=out))
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Move the staged export into ``out``: the previous one aside first, back again if a move fails."""
+    previous = Path(tempfile.mkdtemp(prefix=".export-previous-", dir=out))
+    staged = [n for n in OUTPUTS if (stage / n).exists()]
+    moved_aside, moved_in = [], []
+    try:
+        for name in OUTPUTS:
+            if (out / name).exists():
+                (out / name).rename(previous / name)
+                moved_aside.append(name)
+        for name in staged:
+            (stage / name).rename(out / name)
+            moved_in.append(name)
+    except OSError as exc:
+        for name in moved_in:
+            (out / name).rename(stage / name)
+        for name in moved_aside:
+            (previous / name).rename(out / name)
+        raise ExportError(
+            f"moving the new export into {out} failed ({exc}); the previous export is unchanged"
+        ) from None
+    (out / FAILED_PARITY).unlink(missing_ok=True)
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def _format_row(fmt, factory, holdout, wire, server_session, shape, progress) -> tuple[FormatParity, object | None]:
@@ -136,14 +179,18 @@ def export_run(
     triton: bool = False,
     triton_model_name: str = DEFAULT_MODEL_NAME,
     ship_collapsed: bool = False,
+    release: int | None = None,
+    endorsements: tuple[str | Path, ...] = (),
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
     None skips it. ``tolerance``: the largest task-accuracy drop a shipped format may have (0.01 = 1 point).
     ``triton``: also write OUT/triton, a Triton model repository whose ensemble is ``triton_model_name``.
     ``ship_collapsed``: export a run whose protected training collapsed (refused otherwise).
+    ``release``: the bundles' anti-rollback number (default: the Unix time). ``endorsements``: key endorsement
+    files (``privsplit keys endorse``) shipped in the edge bundle, so devices rooted in an older key rotate to
+    ``sign_key``. The cloud bundle lists the sha256 of the edge manifest (``accepted_manifest_hashes``).
     """
-    from privsplit.export.runtime import ort_session
     from privsplit.export.signing import load_private_key
     from privsplit.models import feature_shape
 
@@ -165,12 +212,113 @@ def export_run(
         )
     out = Path(out)
     key = None if sign_key is None else load_private_key(sign_key)
+    endorsed = _endorsement_chain(endorsements, key)
+    if release is not None and (isinstance(release, bool) or not isinstance(release, int) or release < 0):
+        raise ConfigError(f"--release must be an integer >= 0, got {release!r}")
+    release = default_release() if release is None else release
     model = run.load_split_model()
     cfg = model.config
     data, split = run.dataset(), run.split()
     noise_seed = run.eval_noise_seed()  # read (and checked) before anything is written
     shape = feature_shape(cfg)
-    _prepare_out(out, overwrite)
+    stage = _prepare_out(out, overwrite)
+    try:
+        result = _export(
+            run,
+            stage,
+            out,
+            model,
+            cfg,
+            data,
+            split,
+            noise_seed,
+            shape,
+            key,
+            endorsed,
+            release,
+            formats,
+            calibration,
+            tolerance,
+            seed,
+            probe_spec,
+            probe_formats,
+            holdout_limit,
+            version,
+            progress,
+            triton,
+            triton_model_name,
+        )
+    except ExportError as exc:
+        if (stage / "parity.json").is_file() and not (stage / "edge").exists():
+            shutil.copy2(stage / "parity.json", out / FAILED_PARITY)
+            shutil.rmtree(stage, ignore_errors=True)
+            raise ExportError(str(exc).replace(str(stage / "parity.json"), str(out / FAILED_PARITY))) from None
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _swap_in(stage, out)
+    edge = load_bundle(out / "edge", kind=BundleKind.EDGE, trust_key=None if key is None else key.public_key())
+    cloud = load_bundle(out / "cloud", kind=BundleKind.CLOUD, trust_key=None if key is None else key.public_key())
+    repository = None if result.triton is None else replace(result.triton, root=out / "triton")
+    return replace(result, out=out, edge=edge, cloud=cloud, triton=repository)
+
+
+def _endorsement_chain(paths, key) -> bytes | None:
+    """The edge bundle's key-endorsements.json (JSON list), checked to end at the signing key."""
+    if not paths:
+        return None
+    import json
+
+    from privsplit.bundle import key_id
+
+    if key is None:
+        raise ConfigError("--endorsement ships a key rotation: pass --sign-key with the NEW (endorsed) key")
+    items = []
+    for path in paths:
+        try:
+            items.append(json.loads(Path(path).read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"--endorsement {path} cannot be read as JSON ({exc}): write it with `privsplit keys endorse`"
+            ) from None
+        Endorsement.from_json(items[-1], where=str(path))
+    if items[-1]["key_id"] != key_id(key.public_key()):
+        raise ConfigError(
+            f"--endorsement {paths[-1]} endorses key {items[-1]['key_id']}, but --sign-key is key "
+            f"{key_id(key.public_key())}: sign with the endorsed key"
+        )
+    return (json.dumps(items, indent=2) + "\n").encode()
+
+
+def _export(
+    run,
+    out,
+    final,
+    model,
+    cfg,
+    data,
+    split,
+    noise_seed,
+    shape,
+    key,
+    endorsed,
+    release,
+    formats,
+    calibration,
+    tolerance,
+    seed,
+    probe_spec,
+    probe_formats,
+    holdout_limit,
+    version,
+    progress,
+    triton,
+    triton_model_name,
+) -> ExportResult:
+    """Build the whole export in ``out`` (the staging folder); ``final`` is where it will be moved."""
+    from privsplit.export.runtime import ort_session
 
     calib = calibration_set(data, split, count=calibration, seed=seed)
     gen_noise = np.random.default_rng(seed + 1).standard_normal((len(calib), *shape)).astype(np.float32)
@@ -241,6 +389,8 @@ def export_run(
         edge_dir.mkdir()
         for fmt in passed:
             shutil.copy2(work / fmt.filename, edge_dir / fmt.filename)
+        if endorsed is not None:
+            (edge_dir / ENDORSEMENTS).write_bytes(endorsed)
         shutil.copytree(cloud_dir, final_cloud)
         hashes = {fmt: sha256_file(edge_dir / fmt.filename) for fmt in passed}
         digest = hashlib.sha256("".join(sorted(hashes.values()) + [sha256_file(server_path)]).encode()).hexdigest()
@@ -252,6 +402,7 @@ def export_run(
             "task": data.task,
             "private": data.private,
             "model": cfg.to_json(),
+            "release": release,
         }
         preprocess = PreprocessSpec(
             size=cfg.image_size,
@@ -290,14 +441,16 @@ def export_run(
             "accepted_encoder_hashes": sorted(hashes.values()),
         }
     edge = write_bundle(edge_dir, kind=BundleKind.EDGE, version=version, body=edge_body, sign_key=key)
+    # the cloud accepts features only from this edge manifest (its noise, quantization, preprocessing, encoders)
+    cloud_body["accepted_manifest_hashes"] = [edge.manifest_sha256]
     cloud = write_bundle(final_cloud, kind=BundleKind.CLOUD, version=version, body=cloud_body, sign_key=key)
     repository = None
     if triton:
         repository = write_triton_repository(cloud, out / "triton", model_name=triton_model_name)
     _log(
-        f"shipped {', '.join(f.value for f in passed)} (default {default.value}) -> {out}"
+        f"shipped {', '.join(f.value for f in passed)} (default {default.value}) -> {final}"
         + (" (signed)" if key is not None else " (unsigned)")
-        + ("" if repository is None else f"; Triton repository {repository.root}"),
+        + ("" if repository is None else f"; Triton repository {final / 'triton'}"),
         progress,
     )
     return ExportResult(

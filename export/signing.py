@@ -86,3 +86,30 @@ def sign_bytes(private_key, payload: bytes) -> bytes:
         "signature": base64.b64encode(signature).decode("ascii"),
     }
     return (json.dumps(body, indent=2) + "\n").encode()
+
+
+def endorse_key(private_key, new_public: str | Path, *, revokes: tuple[str, ...] = ()) -> bytes:
+    """A key endorsement (JSON bytes): the current root ``private_key`` vouches for the key in ``new_public``
+    (PREFIX.pub) and revokes the key ids in ``revokes``. A device whose trust root is the endorser accepts a
+    bundle signed by the new key when the bundle carries this endorsement, then makes the new key its root.
+    The format and its check live in :mod:`privsplit.edge.trust`."""
+    from privsplit.bundle import endorsement_payload, load_public_key
+
+    ed, ser = _crypto()
+    public = load_public_key(new_public)
+    pem = public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    endorser = key_id(private_key.public_key())
+    new_id = key_id(public)
+    if new_id == endorser:
+        raise ConfigError(f"{new_public} is the endorsing key itself: endorse the NEW public key")
+    if endorser in revokes or new_id in revokes:
+        raise ConfigError("an endorsement cannot revoke its own endorser or the key it endorses")
+    body = {
+        "algorithm": SIGNATURE_ALGORITHM,
+        "endorser": endorser,
+        "key": pem,
+        "key_id": new_id,
+        "revokes": sorted(revokes),
+    }
+    signature = private_key.sign(endorsement_payload(body))
+    return (json.dumps({**body, "signature": base64.b64encode(signature).decode("ascii")}, indent=2) + "\n").encode()

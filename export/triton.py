@@ -13,7 +13,8 @@ return a ``[B]`` tensor (its dims would read ``[B, 1]``). The wire scale and zer
 constants of the server graph. Every ``config.pbtxt`` is Triton's own ``ModelConfig`` protobuf (from the
 installed ``tritonclient``) written with ``text_format``.
 
-Triton does not check ``encoder_hash`` (the accepted hashes are listed in the ensemble's parameters) and
+Triton does not check ``encoder_hash`` or ``manifest_hash`` (the accepted hashes are listed in the ensemble's
+parameters ``privsplit_accepted_encoder_hashes`` / ``privsplit_accepted_manifest_hashes``) and
 ignores the ``scale`` / ``zero_point`` parameters a device sends: the graph uses the bundle's.
 """
 
@@ -227,6 +228,9 @@ def _write(repo: TritonRepository, cloud: Bundle, *, max_batch_size: int, max_qu
             parameters={
                 "privsplit_bundle_version": version,
                 "privsplit_accepted_encoder_hashes": ",".join(cloud.manifest["accepted_encoder_hashes"]),
+                # the signed edge manifests whose features this repository serves (Triton cannot check them:
+                # a gateway in front of it, or `privsplit serve`, does)
+                "privsplit_accepted_manifest_hashes": ",".join(cloud.manifest.get("accepted_manifest_hashes", [])),
                 "privsplit_wire_scale": repr(float(cloud.features.scale)),
                 "privsplit_wire_zero_point": str(cloud.features.zero_point),
             },

@@ -2,8 +2,10 @@
 
 A bundle is a folder written by ``privsplit export``::
 
-    BUNDLE/manifest.json   {"schema_version": 1, "kind": "edge"|"cloud", "version", "created",
+    BUNDLE/manifest.json   {"schema_version": 1, "kind": "edge"|"cloud", "version", "release", "created",
                             "files": {relpath: {"sha256", "size"}}, "classes", "features", ...}
+                           ``release``: an integer that grows with every export (anti-rollback on the
+                           device); bundles written before it existed read as release 0
     BUNDLE/manifest.sig    optional: {"algorithm": "ed25519", "key_id", "signature"} (JSON), where
                            ``signature`` is the base64 Ed25519 signature over the exact bytes of
                            manifest.json and ``key_id`` the first 16 hex digits of the sha256 of the
@@ -247,6 +249,12 @@ class Bundle:
     version: str
     signed: bool  # manifest.sig present
     verified_key_id: str | None  # key id the signature was verified with (None: not checked)
+    manifest_sha256: str = ""  # sha256 hex of the exact manifest.json bytes: the bundle's identity on the wire
+
+    @property
+    def release(self) -> int:
+        """The anti-rollback number (0 for bundles exported before releases were numbered)."""
+        return manifest_release(self.manifest)
 
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
@@ -278,6 +286,27 @@ class Bundle:
     def _need(self, kind: BundleKind, what: str) -> None:
         if self.kind is not kind:
             raise BundleError(f"{self.root} is {self.kind.a}; {what} lives in the {kind.value} bundle")
+
+
+def manifest_release(manifest: Mapping[str, Any]) -> int:
+    """``manifest["release"]`` (0 when absent: written before releases were numbered)."""
+    value = manifest.get("release", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BundleError(f"{MANIFEST}: release {value!r} is not an integer >= 0: re-export the bundle")
+    return value
+
+
+def signer_key_id(root: Path) -> str | None:
+    """The ``key_id`` that ``manifest.sig`` names (None when there is no signature; not verified here)."""
+    sig_path = Path(root) / SIGNATURE
+    if not sig_path.is_file():
+        return None
+    try:
+        return str(json.loads(sig_path.read_bytes())["key_id"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BundleError(
+            f"{sig_path} is malformed: expected JSON with algorithm, key_id and base64 signature"
+        ) from None
 
 
 def _read_manifest(root: Path) -> tuple[bytes, dict]:
@@ -374,6 +403,10 @@ def _check_structure(root: Path, manifest: Mapping[str, Any], kind: BundleKind |
         if key not in manifest:
             raise BundleError(f"{where} lacks {key!r}: re-export the bundle")
     try:
+        manifest_release(manifest)
+    except BundleError as exc:
+        raise BundleError(f"{root / str(exc)}") from None
+    try:
         actual = BundleKind(manifest["kind"])
     except ValueError:
         raise BundleError(f"{where} has unknown kind {manifest['kind']!r}") from None
@@ -440,4 +473,88 @@ def load_bundle(path: str | Path, *, trust_key=None, kind: BundleKind | str | No
         version=str(manifest["version"]),
         signed=(root / SIGNATURE).is_file(),
         verified_key_id=verified,
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+# ---- key endorsements (rotation) -----------------------------------------------------------------
+ENDORSEMENTS = "key-endorsements.json"  # a bundle file: a JSON list of endorsements, oldest first
+
+
+def endorsement_payload(body: Mapping[str, Any]) -> bytes:
+    """The bytes an endorsement's signature covers: its fields but the signature, canonical JSON."""
+    fields = {k: body[k] for k in ("algorithm", "endorser", "key", "key_id", "revokes")}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def public_key_from_pem(pem: bytes | str, *, where: str):
+    serialization = require("cryptography.hazmat.primitives.serialization", package="cryptography", extra="edge")
+    try:
+        key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    except ValueError:
+        raise BundleError(f"{where} does not hold a PEM public key") from None
+    if not isinstance(key, _ed25519().Ed25519PublicKey):
+        raise BundleError(f"{where} holds a key that is not Ed25519")
+    return key
+
+
+@dataclass(frozen=True)
+class Endorsement:
+    """``endorser`` (a key id) vouches for ``key`` (PEM; id ``key_id``) and revokes ``revokes``."""
+
+    endorser: str
+    key_pem: str
+    key_id: str
+    revokes: tuple[str, ...]
+    signature: bytes
+
+    @classmethod
+    def from_json(cls, data: Any, *, where: str) -> Endorsement:
+        try:
+            endorsement = cls(
+                endorser=str(data["endorser"]),
+                key_pem=str(data["key"]),
+                key_id=str(data["key_id"]),
+                revokes=tuple(str(r) for r in data["revokes"]),
+                signature=base64.b64decode(data["signature"], validate=True),
+            )
+            algorithm = data["algorithm"]
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{where} is malformed: write it with `privsplit keys endorse`") from None
+        if algorithm != SIGNATURE_ALGORITHM:
+            raise BundleError(f"{where} uses algorithm {algorithm!r}; only {SIGNATURE_ALGORITHM} is accepted")
+        if key_id(endorsement.public_key(where=where)) != endorsement.key_id:
+            raise BundleError(f"{where}: the endorsed key does not match its key_id {endorsement.key_id}")
+        return endorsement
+
+    def public_key(self, *, where: str):
+        return public_key_from_pem(self.key_pem, where=where)
+
+    def verify(self, endorser_key, *, where: str) -> None:
+        exceptions = require("cryptography.exceptions", package="cryptography", extra="edge")
+        body = {
+            "algorithm": SIGNATURE_ALGORITHM,
+            "endorser": self.endorser,
+            "key": self.key_pem,
+            "key_id": self.key_id,
+            "revokes": list(self.revokes),
+        }
+        try:
+            endorser_key.verify(self.signature, endorsement_payload(body))
+        except exceptions.InvalidSignature:
+            raise BundleError(
+                f"{where}: the endorsement of key {self.key_id} is not signed by key {self.endorser}"
+            ) from None
+
+
+def read_endorsements(root: Path) -> tuple[Endorsement, ...]:
+    """The endorsements a bundle carries (``key-endorsements.json``, listed in its manifest), oldest first."""
+    path = Path(root) / ENDORSEMENTS
+    if not path.is_file():
+        return ()
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        raise BundleError(f"{path} is not valid JSON: re-export with `privsplit export --endorsement`") from None
+    items = data if isinstance(data, list) else [data]
+    return tuple(Endorsement.from_json(item, where=f"{path}[{i}]") for i, item in enumerate(items))

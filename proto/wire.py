@@ -7,7 +7,10 @@ Request (``ModelInfer``):
   input ``features``: ``[B, C, h, w]`` INT8 / UINT8 (with tensor or request parameters ``scale``
   (double) and ``zero_point`` (int64): ``x = (q - zero_point) * scale``) or FP16 / FP32;
   request parameter ``encoder_hash`` (sha256 hex of the edge encoder artefact; the server refuses
-  encoders its bundle does not list), optional ``label_only`` (bool).
+  encoders its bundle does not list), ``manifest_hash`` (sha256 hex of the edge bundle's signed
+  manifest.json: its noise, quantization, preprocessing and encoders; the server refuses manifests its
+  bundle does not list; a client that sends none is judged by ``encoder_hash`` alone), optional
+  ``label_only`` (bool).
 Reply: ``probs`` FP32 ``[B, K]`` (purified when the bundle has a purifier) and ``label`` INT64 ``[B]``
   (argmax of ``probs``); parameters ``compute_us``, ``queue_us`` (the server's own time: batch compute
   and queue wait) and ``batch_size`` (rows in the batch this request ran in).
@@ -29,6 +32,7 @@ LABEL = "label"
 OUTPUTS = (PROBS, LABEL)
 
 ENCODER_HASH = "encoder_hash"
+MANIFEST_HASH = "manifest_hash"
 SCALE = "scale"
 ZERO_POINT = "zero_point"
 LABEL_ONLY = "label_only"
@@ -45,6 +49,7 @@ def features_request(
     features: np.ndarray,
     *,
     encoder_hash: str,
+    manifest_hash: str | None = None,
     scale: float | None = None,
     zero_point: int | None = None,
     model_name: str = DEFAULT_MODEL_NAME,
@@ -64,6 +69,8 @@ def features_request(
     elif features.dtype not in FLOAT_DTYPES:
         raise ValueError(f"features must be int8, uint8, float16 or float32, got {features.dtype}")
     request_params: dict[str, ParamValue] = {ENCODER_HASH: encoder_hash}
+    if manifest_hash is not None:
+        request_params[MANIFEST_HASH] = manifest_hash
     if label_only:
         request_params[LABEL_ONLY] = True
     return InferRequest(

@@ -204,8 +204,15 @@ def test_verify_cli(signed, keys, capsys):
     assert main(["verify", str(signed.root), "--trust-key", str(other.public)]) == 3
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "manifest.sig" in err
-    (signed.root / "encoder-tflite-int8.tflite").write_bytes(b"x")
+    # without a key the signature cannot be checked: that is a failure, not an "ok" (issue 27)
     assert main(["verify", str(signed.root)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "signature cannot be checked" in err and "--trust-key" in err
+    assert main(["verify", str(signed.root), "--allow-unsigned"]) == 0
+    captured = capsys.readouterr()
+    assert "signature NOT checked" in captured.out and "warning: --allow-unsigned" in captured.err
+    (signed.root / "encoder-tflite-int8.tflite").write_bytes(b"x")
+    assert main(["verify", str(signed.root), "--trust-key", str(signer.public)]) == 3
     assert "encoder-tflite-int8.tflite truncated" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from privsplit.cli._common import add_dial_args, dial_token, non_negative_float, positive_int
+from privsplit.cli._trust import add_trust_args, open_verified
 from privsplit.results import dumps
 
 _RUNTIMES = ("litert", "tflite-runtime", "onnxruntime")
@@ -19,12 +20,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
         metavar="BUNDLE",
         help="edge bundle folder (OUT/edge from `privsplit export`, or DEVICE/current)",
     )
-    p.add_argument(
-        "--trust-key",
-        type=Path,
-        metavar="PUB",
-        help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)",
-    )
+    add_trust_args(p)
     p.add_argument(
         "--runtime", choices=_RUNTIMES, help="interpreter (default: the best installed one for the chosen encoder)"
     )
@@ -173,8 +169,7 @@ def run_infer(args: argparse.Namespace) -> int:
     config = client_config(args)
     check_edge_bundle_path(args.bundle)
     pipeline = EdgePipeline.open(
-        args.bundle,
-        trust_key=args.trust_key,
+        open_verified(args, "edge infer"),
         encoder=args.encoder,
         runtime=args.runtime,
         threads=args.threads,
@@ -211,9 +206,8 @@ def run_bench(args: argparse.Namespace) -> int:
         image=None if args.image is None else str(args.image),
         seed=0 if args.seed is None else args.seed,
     )
-    result = bench(
-        args.bundle, spec, trust_key=args.trust_key, client_config=None if args.server is None else client_config(args)
-    )
+    bundle = open_verified(args, "edge bench")
+    result = bench(bundle, spec, client_config=None if args.server is None else client_config(args))
     print(result.summary())
     if args.json is not None:
         result.save(args.json)

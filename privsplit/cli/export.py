@@ -37,6 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sign-key", type=Path, metavar="KEY", help="Ed25519 private key (PREFIX.key from `privsplit keys generate`)"
     )
     p.add_argument(
+        "--release",
+        type=int,
+        metavar="N",
+        help="anti-rollback number in both manifests; devices refuse a release older than their newest "
+        "(default: the Unix time of the export, so each export is newer than the last)",
+    )
+    p.add_argument(
+        "--endorsement",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="key endorsement from `privsplit keys endorse` (repeatable, oldest first): devices rooted in the "
+        "endorsing key accept this bundle signed by --sign-key and rotate to it",
+    )
+    p.add_argument(
         "--tolerance",
         type=non_negative_float,
         default=0.01,
@@ -130,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         triton=args.triton,
         triton_model_name=args.triton_model_name or DEFAULT_MODEL_NAME,
+        release=args.release,
+        endorsements=tuple(args.endorsement),
     )
     print(result.parity.summary())
     print(f"edge bundle  {result.edge.root} ({', '.join(result.shipped)}; default {result.default_encoder})")
