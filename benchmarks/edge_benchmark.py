@@ -98,7 +98,9 @@ def _torch_eager(run: Path, frame, *, threads: int, runs: int) -> dict:
 
 
 def _bench(python: str, bundle: Path, out: Path, args: list[str]) -> dict | None:
-    cmd = [python, "-m", "privsplit.cli.main", "edge", "bench", str(bundle), "--json", str(out), *args]
+    # the benchmark's export is unsigned (a latency measurement, not a deployment): say so explicitly
+    cmd = [python, "-m", "privsplit.cli.main", "edge", "bench", str(bundle), "--allow-unsigned", "--json", str(out)]
+    cmd += args
     env = dict(os.environ, OMP_NUM_THREADS="1", PRIVSPLIT_PROGRESS="0")
     # not from the repository root: there `python -m` would import the source tree, not the installed edge package
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent)

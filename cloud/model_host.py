@@ -33,9 +33,9 @@ class ModelSpec:
     classes: tuple[str, ...]
     features: FeatureSpec  # the wire spec the edge quantizes with
     accepted_encoder_hashes: frozenset[str]
+    purifier: bool
     # sha256 of the signed edge manifests whose features are served (empty: a bundle exported before they were listed)
     accepted_manifest_hashes: frozenset[str] = frozenset()
-    purifier: bool
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:

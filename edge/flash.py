@@ -446,7 +446,10 @@ def read_trust(target: Target | str | Path, *, release: str = "") -> tuple[Trust
     """The device's trust state, and (with ``release``) the key id that release's manifest.sig names."""
     target = parse_target(str(target)) if isinstance(target, (str, Path)) else target
     out = _sh(target, _TRUST_READ, str(target.path), release)
-    root, revoked, newest, signer, pem = None, [], "", None, None
+    root: str | None = None
+    revoked: list[str] = []
+    newest, signer = "", None
+    pem: list[str] | None = None
     for line in out.splitlines():
         if pem is not None:
             if line == ">>root":

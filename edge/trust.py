@@ -142,7 +142,9 @@ def check_signer(bundle_root: Path, state: TrustState, *, device: str) -> Signat
         )
     if signer == root_id:
         return SignatureCheck(key=root_key, signer=signer, state=state)
-    revoked, current_id, current_key, pem = dict(state.revoked), root_id, root_key, None
+    revoked: dict[str, str] = dict(state.revoked)
+    current_id: str = str(root_id)
+    current_key, pem = root_key, None
     endorsements = list(read_endorsements(bundle_root))
     while current_id != signer:
         step = next((e for e in endorsements if e.endorser == current_id and e.key_id not in revoked), None)
@@ -214,6 +216,7 @@ def load_device_bundle(
         return load_bundle(path, trust_key=check.key, kind=kind)
     if explicit is not None:
         return load_bundle(path, trust_key=explicit, kind=kind)
+    load_bundle(path, kind=kind)  # a damaged or tampered bundle is named as such first
     where = f"{device} has no {TRUST_DIR}/{ROOT_KEY}" if device is not None else "no trusted key was given"
     raise BundleError(
         f"{path / MANIFEST}: its signature cannot be checked ({where}): pass --trust-key PREFIX.pub, install "

@@ -243,6 +243,8 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
             "edge",
             "infer",
             str(bundles.edge),
+            "--trust-key",
+            str(bundles.trust_key),
             "--server",
             f"127.0.0.1:{server.port}",
             "--runtime",
@@ -260,7 +262,18 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
         and "not found" in captured.out
     )
     rc = main(
-        ["edge", "infer", str(bundles.edge), "--server", f"127.0.0.1:{free_port()}", "--retries", "1", str(paths[0])]
+        [
+            "edge",
+            "infer",
+            str(bundles.edge),
+            "--trust-key",
+            str(bundles.trust_key),
+            "--server",
+            f"127.0.0.1:{free_port()}",
+            "--retries",
+            "1",
+            str(paths[0]),
+        ]
     )
     assert rc == 1 and "cannot reach the server" in capsys.readouterr().err
 
@@ -272,6 +285,8 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
                 "edge",
                 "bench",
                 str(bundles.edge),
+                "--trust-key",
+                str(bundles.trust_key),
                 "--runtime",
                 runtime,
                 "--threads",
@@ -306,7 +321,12 @@ def test_edge_infer_and_bench_commands(bundles, server, pipe, images, tmp_path, 
             ("bytes_float32_request", zeros.astype(np.float32), "0", {}),
         ):
             request = features_request(
-                features, encoder_hash=pipe.encoder_hash, model_name="privsplit", request_id=rid, **quant
+                features,
+                encoder_hash=pipe.encoder_hash,
+                manifest_hash=pipe.manifest_hash,
+                model_name="privsplit",
+                request_id=rid,
+                **quant,
             )
             assert data[key] == len(request.to_proto().SerializeToString()), key
         assert data["bytes_per_request"] < 0.3 * data["bytes_float32_request"]
@@ -327,8 +347,12 @@ def test_edge_infer_asks_an_unreachable_server_once_and_skips_the_rest(bundles, 
     listener that never answers costs one deadline (20 images <= 1.5x --timeout); one error line."""
     paths = [str(p) for p in write_pngs(images[0][:20], tmp_path / "imgs")]
     closed = f"127.0.0.1:{free_port()}"
-    rc1, one, _, _ = _timed_infer(capsys, [str(bundles.edge), "--server", closed, paths[0]])
-    rc20, twenty, out, err = _timed_infer(capsys, [str(bundles.edge), "--server", closed, *paths])
+    rc1, one, _, _ = _timed_infer(
+        capsys, [str(bundles.edge), "--trust-key", str(bundles.trust_key), "--server", closed, paths[0]]
+    )
+    rc20, twenty, out, err = _timed_infer(
+        capsys, [str(bundles.edge), "--trust-key", str(bundles.trust_key), "--server", closed, *paths]
+    )
     assert rc1 == rc20 == 1 and twenty <= 2 * one, (one, twenty)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"cannot reach the server at {closed}" in lines[0] and "20 input(s) skipped" in lines[0]
@@ -337,7 +361,17 @@ def test_edge_infer_asks_an_unreachable_server_once_and_skips_the_rest(bundles, 
         hung.bind(("127.0.0.1", 0))
         hung.listen(64)
         silent = f"127.0.0.1:{hung.getsockname()[1]}"
-        args = [str(bundles.edge), "--server", silent, "--timeout", "3", "--json", *paths]
+        args = [
+            str(bundles.edge),
+            "--trust-key",
+            str(bundles.trust_key),
+            "--server",
+            silent,
+            "--timeout",
+            "3",
+            "--json",
+            *paths,
+        ]
         rc, elapsed, out, err = _timed_infer(capsys, args)
     report = json.loads(out)
     assert rc == 1 and elapsed <= 1.5 * 3, elapsed
@@ -352,7 +386,10 @@ def test_target_and_bundle_path_errors_say_what_to_pass(bundles, tmp_path, capsy
         ("cloud.example", "HOST:PORT"),
         ("http://cloud.example:80", "HOST:PORT"),
     ):
-        assert main(["edge", "infer", str(bundles.edge), "--server", bad, "x.png"]) == 2
+        assert (
+            main(["edge", "infer", str(bundles.edge), "--trust-key", str(bundles.trust_key), "--server", bad, "x.png"])
+            == 2
+        )
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err and "65535" not in err.replace("1-65535", ""), err
     for good in ("[::1]:8001", "dns:///localhost:8001", "localhost:1"):
@@ -379,7 +416,18 @@ def test_a_bearer_token_never_travels_in_plaintext_unless_asked(bundles, tmp_pat
     assert ServeConfig(bundle=bundles.cloud, host="0.0.0.0", token="t0k", insecure=True).insecure
     token = tmp_path / "token.txt"
     token.write_text("t0k\n")
-    args = ["edge", "infer", str(bundles.edge), "--server", "10.1.2.3:8001", "--token-file", str(token), "x.png"]
+    args = [
+        "edge",
+        "infer",
+        str(bundles.edge),
+        "--trust-key",
+        str(bundles.trust_key),
+        "--server",
+        "10.1.2.3:8001",
+        "--token-file",
+        str(token),
+        "x.png",
+    ]
     assert main(args) == 2
     assert "refusing to send the bearer token in plaintext" in capsys.readouterr().err
     assert main(["serve", str(bundles.cloud), "--host", "0.0.0.0", "--port", "0", "--token-file", str(token)]) == 2
@@ -435,6 +483,8 @@ def test_readme_tls_walkthrough_works_as_written(bundles, pipe, images, tmp_path
                 "edge",
                 "infer",
                 str(bundles.edge),
+                "--trust-key",
+                str(bundles.trust_key),
                 "--server",
                 f"127.0.0.1:{port}",
                 "--tls-ca",

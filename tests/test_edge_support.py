@@ -18,8 +18,9 @@ import numpy as np
 SSHD = Path("/usr/sbin/sshd")
 
 
-def rewrite_bundle(src: Path, dest: Path, *, version: str, **changes) -> Path:
-    """Copy the edge bundle ``src`` to ``dest`` with a new version (and manifest keys), unsigned."""
+def rewrite_bundle(src: Path, dest: Path, *, version: str, sign_key: Path | None = None, **changes) -> Path:
+    """Copy the edge bundle ``src`` to ``dest`` with a new version (and manifest keys), unsigned, or signed with
+    the private key file ``sign_key``."""
     from privsplit.bundle import BundleKind, load_bundle
     from privsplit.export.bundle_writer import write_bundle
 
@@ -31,7 +32,12 @@ def rewrite_bundle(src: Path, dest: Path, *, version: str, **changes) -> Path:
         k: v for k, v in bundle.manifest.items() if k not in ("schema_version", "kind", "version", "created", "files")
     }
     body.update(changes)
-    write_bundle(dest, kind=BundleKind.EDGE, version=version, body=body)
+    key = None
+    if sign_key is not None:
+        from privsplit.export.signing import load_private_key
+
+        key = load_private_key(sign_key)
+    write_bundle(dest, kind=BundleKind.EDGE, version=version, body=body, sign_key=key)
     return dest
 
 

@@ -223,6 +223,9 @@ def test_cli_export_writes_the_repository(bundles, tmp_path, capsys):
     steps = [s.model_name for s in configs["digits"].ensemble_scheduling.step]
     assert steps == ["digits_server", "digits_purifier"]
     assert configs["digits"].parameters["privsplit_bundle_version"].string_value == cloud.version
+    hashes = configs["digits"].parameters["privsplit_accepted_manifest_hashes"].string_value
+    assert hashes.split(",") == cloud.manifest["accepted_manifest_hashes"]  # the edge manifest's sha256, as served
+    assert hashes == load_bundle(out / "edge", kind=BundleKind.EDGE).manifest_sha256
     for name in ("edge", "cloud", "parity.json"):  # a repository left alone still blocks a new export
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     assert main(args) == 2 and "triton already exists" in capsys.readouterr().err

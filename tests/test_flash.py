@@ -17,17 +17,30 @@ from test_edge_support import holdout, rewrite_bundle
 
 from privsplit.bundle import BundleKind, load_bundle
 from privsplit.cli.main import main
-from privsplit.edge.flash import FlashAction, FlashError, LocalTarget, current_release, flash, rollback
+from privsplit.edge import flash as flashing
+from privsplit.edge.flash import FlashAction, FlashError, LocalTarget, current_release, rollback
 from privsplit.edge.pipeline import EdgePipeline
+from privsplit.edge.trust import load_device_bundle
 from privsplit.errors import BundleError
 
 pytestmark = pytest.mark.slow  # the session's bundles (training + export, shared with the other edge tests)
 
 
+_TRUST: dict[str, object] = {}
+
+
+def flash(bundle, target, **kw):
+    """``flash`` with the signer's public key: the first flash of a device installs it as the trust root."""
+    kw.setdefault("trust_key", _TRUST["key"])
+    return flashing.flash(bundle, target, **kw)
+
+
 @pytest.fixture(scope="module")
 def versions(bundles, tmp_path_factory):
     root = tmp_path_factory.mktemp("flash-versions")
-    return {v: rewrite_bundle(bundles.edge, root / v, version=v) for v in ("v1", "v2", "v3", "v4")}
+    _TRUST["key"] = bundles.trust_key
+    signer = bundles.trust_key.with_suffix(".key")
+    return {v: rewrite_bundle(bundles.edge, root / v, version=v, sign_key=signer) for v in ("v1", "v2", "v3", "v4")}
 
 
 def _releases(device) -> list[str]:
@@ -50,7 +63,7 @@ def test_flash_switch_keep_and_rollback(bundles, versions, tmp_path):
     assert _releases(device) == ["v2", "v3"] and _history(device) == ["v2", "v3"]
     assert not (device / "releases" / "v1.sha256").exists()
     # the active release is a verified bundle a device pipeline runs
-    pipe = EdgePipeline.open(device / "current")
+    pipe = EdgePipeline.open(load_device_bundle(device / "current"))  # verified against the device root
     assert pipe.bundle.version == "v3" and current_release(device) == (device / "releases" / "v3").resolve()
     images, _ = holdout(bundles.run, 4)
     np.testing.assert_array_equal(pipe.encode(images)[1].data, EdgePipeline.open(bundles.edge).encode(images)[1].data)
@@ -105,10 +118,10 @@ def test_only_verified_bundles_reach_the_device(bundles, versions, tmp_path):
     device = tmp_path / "device"
     flash(bundles.edge, device.as_posix(), trust_key=bundles.trust_key)
     active = os.readlink(device / "current")
-    with pytest.raises(BundleError, match="signed by key"):
+    with pytest.raises(BundleError, match="is key .*, but .* trusts"):  # the root is not replaced by a flag
         flash(bundles.edge, device.as_posix(), trust_key=bundles.other_key)
     with pytest.raises(BundleError, match="unsigned"):
-        flash(versions["v1"], device.as_posix(), trust_key=bundles.trust_key)
+        flash(rewrite_bundle(bundles.edge, tmp_path / "unsigned", version="v8"), device.as_posix())
     tampered = rewrite_bundle(bundles.edge, tmp_path / "tampered", version="v9")
     with open(tampered / "encoder-onnx-fp32.onnx", "ab") as fh:
         fh.write(b"\0")
@@ -143,13 +156,13 @@ def test_a_flash_killed_at_any_moment_leaves_a_working_current(versions, tmp_pat
     duration = time.perf_counter() - started
     child = (
         "import sys; from privsplit.edge.flash import flash; "
-        "print('go', flush=True); flash(sys.argv[1], sys.argv[2], keep=1)"
+        "print('go', flush=True); flash(sys.argv[1], sys.argv[2], keep=1, trust_key=sys.argv[3])"
     )
     for i, fraction in enumerate(np.linspace(0.0, 1.3, 10)):
         want = "v1" if i % 2 == 0 else "v2"
         before = os.readlink(device / "current")
         proc = subprocess.Popen(
-            [sys.executable, "-c", child, str(versions[want]), str(device)],
+            [sys.executable, "-c", child, str(versions[want]), str(device), str(_TRUST["key"])],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -174,7 +187,9 @@ def test_a_flash_killed_at_any_moment_leaves_a_working_current(versions, tmp_pat
 def test_flash_command(versions, tmp_path, capsys):
     device = tmp_path / "device"
     out = tmp_path / "flash.json"
-    assert main(["flash", str(versions["v1"]), "--to", str(device)]) == 0
+    assert main(["flash", str(versions["v1"]), "--to", str(device)]) == 3  # no trust root yet, no --trust-key
+    assert "--trust-key PREFIX.pub" in capsys.readouterr().err and not (device / "current").exists()
+    assert main(["flash", str(versions["v1"]), "--to", str(device), "--trust-key", str(_TRUST["key"])]) == 0
     assert main(["flash", str(versions["v2"]), "--to", str(device), "--keep", "2", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["action"] == "installed" and "current -> releases/v2" in capsys.readouterr().out
     assert main(["flash", "--rollback", "--to", str(device)]) == 0

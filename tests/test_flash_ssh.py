@@ -16,6 +16,8 @@ from test_edge_support import rewrite_bundle, sshd_unavailable, start_sshd, stop
 from privsplit.bundle import BundleKind, load_bundle
 from privsplit.cli.main import main
 from privsplit.edge.flash import FlashAction, FlashError, flash, parse_target, rollback
+from privsplit.edge.trust import load_device_bundle
+from privsplit.errors import BundleError
 
 pytestmark = [
     pytest.mark.slow,  # the session's bundles (training + export, shared with the other edge tests)
@@ -36,10 +38,19 @@ def _target(sshd, device, **kw):
 
 def test_flash_and_rollback_over_ssh(bundles, sshd, tmp_path):
     device = tmp_path / "device"
-    v2 = rewrite_bundle(bundles.edge, tmp_path / "v2", version="v2")
+    signer = bundles.trust_key.with_suffix(".key")
+    v2 = rewrite_bundle(bundles.edge, tmp_path / "v2", version="v2", sign_key=signer)
+    unsigned = rewrite_bundle(bundles.edge, tmp_path / "v3", version="v3")
+    with pytest.raises(BundleError, match="has no trust root"):
+        flash(bundles.edge, _target(sshd, device))
     first = flash(bundles.edge, _target(sshd, device), trust_key=bundles.trust_key)
     version = first.version
     assert first.action is FlashAction.INSTALLED and os.readlink(device / "current") == f"releases/{version}"
+    # the trust root travelled over ssh and is what later flashes check against
+    assert (device / "trust" / "root.pub").read_bytes() == bundles.trust_key.read_bytes()
+    assert load_device_bundle(device / "current").verified_key_id == bundles.key_id
+    with pytest.raises(BundleError, match="unsigned"):
+        flash(unsigned, _target(sshd, device))
     rc = main(
         [
             "flash",
@@ -65,9 +76,10 @@ def test_flash_and_rollback_over_ssh(bundles, sshd, tmp_path):
 
 def test_an_interrupted_transfer_leaves_the_previous_release_active(bundles, sshd, tmp_path):
     device = tmp_path / "device"
-    v1 = rewrite_bundle(bundles.edge, tmp_path / "v1", version="v1")
-    v2 = rewrite_bundle(bundles.edge, tmp_path / "v2", version="v2")
-    flash(v1, _target(sshd, device))
+    signer = bundles.trust_key.with_suffix(".key")
+    v1 = rewrite_bundle(bundles.edge, tmp_path / "v1", version="v1", sign_key=signer)
+    v2 = rewrite_bundle(bundles.edge, tmp_path / "v2", version="v2", sign_key=signer)
+    flash(v1, _target(sshd, device), trust_key=bundles.trust_key)
     args = [
         "flash",
         str(v2),
@@ -110,9 +122,17 @@ def test_unknown_host_and_wrong_key_are_refused(bundles, sshd, tmp_path):
     empty.write_text("")
     device = tmp_path / "device"
     with pytest.raises(FlashError, match="over ssh: .*[Hh]ost key verification failed"):
-        flash(bundles.edge, parse_target(sshd.url(device), identity=sshd.identity, known_hosts=empty))
+        flash(
+            bundles.edge,
+            parse_target(sshd.url(device), identity=sshd.identity, known_hosts=empty),
+            trust_key=bundles.trust_key,
+        )
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     with pytest.raises(FlashError, match="Permission denied"):
-        flash(bundles.edge, parse_target(sshd.url(device), identity=other, known_hosts=sshd.known_hosts))
+        flash(
+            bundles.edge,
+            parse_target(sshd.url(device), identity=other, known_hosts=sshd.known_hosts),
+            trust_key=bundles.trust_key,
+        )
     assert not device.exists()
