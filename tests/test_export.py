@@ -181,6 +181,9 @@ def test_bundles_follow_the_contract(exported):
     assert cloud.manifest["server"] == {"file": "server.onnx", "input": "features", "output": "probs"}
     assert cloud.manifest["purifier"] == {"file": "purifier.onnx", "input": "probs", "output": "purified"}
     assert set(cloud.manifest["files"]) == {"server.onnx", "purifier.onnx"}
+    # the bundle's identity on the wire, and the anti-rollback number both manifests carry (issue 27)
+    assert cloud.manifest["accepted_manifest_hashes"] == [edge.manifest_sha256]
+    assert edge.release == cloud.release > 1_700_000_000  # default: the Unix time of the export
     parity = result.parity.cloud
     assert parity["server"]["max_abs_err"] < 1e-4 and parity["purifier"]["rows_within_atol"] >= 0.99
 
