@@ -100,6 +100,9 @@ def endorse_key(private_key, new_public: str | Path, *, revokes: tuple[str, ...]
     pem = public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
     endorser = key_id(private_key.public_key())
     new_id = key_id(public)
+    bad = [r for r in revokes if len(r) != 16 or any(c not in "0123456789abcdef" for c in r)]
+    if bad:
+        raise ConfigError(f"--revoke {bad[0]!r} is not a key id (16 hex digits, as `privsplit keys generate` prints)")
     if new_id == endorser:
         raise ConfigError(f"{new_public} is the endorsing key itself: endorse the NEW public key")
     if endorser in revokes or new_id in revokes:

@@ -188,5 +188,6 @@ def test_keys_endorse_cli(keys, tmp_path, capsys):
     )
     assert json.loads(out.read_text())["revokes"] == [keys["d"].key_id]
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main([*args, "--force", "--revoke", "zz"]) == 2 and "is not a key id" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="endorsing key itself"):
         endorse_key(load_private_key(keys["a"].private), keys["a"].public)
