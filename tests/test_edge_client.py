@@ -397,7 +397,7 @@ def test_target_and_bundle_path_errors_say_what_to_pass(bundles, tmp_path, capsy
     device = tmp_path / "device"
     from privsplit.edge.flash import flash
 
-    flash(bundles.edge, device)
+    flash(bundles.edge, device, trust_key=bundles.trust_key)
     missing = "pass OUT/edge (from `privsplit export`) or DEVICE/current"
     for path, words in ((device, f"pass {device / 'current'}"), (tmp_path / "nope", missing)):
         assert main(["edge", "infer", str(path), "--server", "127.0.0.1:8001", "x.png"]) == 3
