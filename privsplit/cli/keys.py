@@ -9,7 +9,7 @@ from privsplit.cli._trust import add_trust_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    keys = sub.add_parser("keys", help="make the Ed25519 key pair that signs bundles")
+    keys = sub.add_parser("keys", help="make the Ed25519 key pair that signs bundles; endorse a new key (rotation)")
     kinds = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     gen = kinds.add_parser(
         "generate",
@@ -61,6 +61,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _endorse(args: argparse.Namespace) -> int:
+    import json
+
     from privsplit.errors import ConfigError
     from privsplit.export.signing import endorse_key, load_private_key
     from privsplit.results import atomic_write
@@ -69,8 +71,6 @@ def _endorse(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.out} already exists: choose another --out or pass --force to replace it")
     data = endorse_key(load_private_key(args.key), args.new, revokes=tuple(args.revoke))
     atomic_write(args.out, data)
-    import json
-
     body = json.loads(data)
     revoked = f"; revokes {', '.join(body['revokes'])}" if body["revokes"] else ""
     print(f"wrote {args.out}: key {body['endorser']} endorses key {body['key_id']}{revoked}")
