@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "PRIVSPLIT_CACHE"
