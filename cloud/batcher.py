@@ -90,7 +90,7 @@ class Ticket:
         at the queue timeout plus :data:`RUN_LIMIT_S` for the model to run the batch (UNAVAILABLE)."""
         if not self.done:
             bounded = timeout is not None
-            wait = max(timeout, 0.0) if bounded else max(self.expires - time.monotonic(), 0.0) + RUN_LIMIT_S
+            wait = max(timeout, 0.0) if timeout is not None else max(self.expires - time.monotonic(), 0.0) + RUN_LIMIT_S
             if not self._gate.acquire(timeout=wait):
                 self.abandoned = True
                 if bounded:

@@ -237,7 +237,7 @@ class InferenceServicer:
         """The serialised reply of a started request (raises its ProtocolError)."""
         if pending.error is not None:
             raise pending.error
-        assert pending.ticket is not None  # a started request holds its error or its ticket
+        assert pending.ticket is not None and pending.job is not None  # a started request: its error or its ticket
         try:
             result = pending.ticket.result(pending.timeout)
             timing = (
