@@ -165,12 +165,18 @@ class InferenceServicer:
         if self.limiter is not None:
             self.limiter.take(who.identity)
 
+    def _who(self, context) -> Who:
+        """The caller; its identity is worked out only when a rate limit needs it."""
+        if self.limiter is None:
+            return Who("", getattr(context, "caller", None))
+        return caller_of(context)
+
     def _gate(self, context) -> None:
         """Admission of a unary call (aborts with the refusal's status)."""
         if self.limiter is None:
             return
         try:
-            self._admit(caller_of(context))
+            self._admit(self._who(context))
         except ProtocolError as exc:
             self.metrics.failure(exc.code.value)
             _abort(context, exc)
@@ -262,7 +268,7 @@ class InferenceServicer:
         return reply
 
     def ModelInfer(self, request, context):
-        pending = self._start(request, _remaining(context), caller_of(context))
+        pending = self._start(request, _remaining(context), self._who(context))
         if pending.ticket is not None and not pending.ticket.done:  # (done: it ran inline)
             context.add_callback(pending.ticket.abandon)  # client gone: skip it if still queued
         try:
@@ -274,7 +280,7 @@ class InferenceServicer:
         """Requests are queued as they arrive (so they batch with others); replies go back in request
         order. A failed request gets a reply with ``error_message``; the stream stays open. At most
         ``stream_window`` requests are read ahead of their replies (backpressure, see the module doc)."""
-        who = caller_of(context)
+        who = self._who(context)
         pending: queue.Queue = queue.Queue(maxsize=self.stream_window)
         ended = threading.Event()  # the RPC is over (finished, cancelled, client gone)
         context.add_callback(ended.set)
