@@ -19,17 +19,30 @@ ITEMSIZE = {"INT8": 1, "UINT8": 1, "BOOL": 1, "FP16": 2, "BF16": 2, "FP32": 4, "
 MAX_BOMB_BYTES = 400_000  # parameter bombs stay under the server's message limit (the limit has its own case)
 
 
+PARAMS = st.one_of(  # built once: a strategy made per draw is validated again each time (slow)
+    st.builds(lambda v: pb.InferParameter(bool_param=v), st.booleans()),
+    st.builds(lambda v: pb.InferParameter(int64_param=v), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda v: pb.InferParameter(uint64_param=v), st.integers(0, 2**64 - 1)),
+    st.builds(lambda v: pb.InferParameter(double_param=v), st.floats()),
+    st.builds(lambda v: pb.InferParameter(string_param=v), st.text(max_size=70)),
+    st.just(pb.InferParameter()),  # no value set
+)
+
+
+CONTENTS = {
+    name: st.lists(values, max_size=40)
+    for name, values in {
+        "int_contents": st.integers(-(2**31), 2**31 - 1),
+        "uint_contents": st.integers(0, 2**32 - 1),
+        "fp32_contents": st.floats(width=32),
+        "int64_contents": st.integers(-(2**63), 2**63 - 1),
+        "bool_contents": st.booleans(),
+    }.items()
+}
+
+
 def _param(draw):
-    return draw(
-        st.one_of(
-            st.builds(lambda v: pb.InferParameter(bool_param=v), st.booleans()),
-            st.builds(lambda v: pb.InferParameter(int64_param=v), st.integers(-(2**63), 2**63 - 1)),
-            st.builds(lambda v: pb.InferParameter(uint64_param=v), st.integers(0, 2**64 - 1)),
-            st.builds(lambda v: pb.InferParameter(double_param=v), st.floats()),
-            st.builds(lambda v: pb.InferParameter(string_param=v), st.text(max_size=70)),
-            st.just(pb.InferParameter()),  # no value set
-        )
-    )
+    return draw(PARAMS)
 
 
 @st.composite
@@ -67,14 +80,7 @@ def requests(draw, spec_version: str, good_hash: str):
             field = draw(
                 st.sampled_from(["int_contents", "uint_contents", "fp32_contents", "int64_contents", "bool_contents"])
             )
-            values = {
-                "int_contents": st.integers(-(2**31), 2**31 - 1),
-                "uint_contents": st.integers(0, 2**32 - 1),
-                "fp32_contents": st.floats(width=32),
-                "int64_contents": st.integers(-(2**63), 2**63 - 1),
-                "bool_contents": st.booleans(),
-            }[field]
-            getattr(t.contents, field).extend(draw(st.lists(values, max_size=40)))
+            getattr(t.contents, field).extend(draw(CONTENTS[field]))
     if use_raw and draw(st.booleans()):
         msg.raw_input_contents.append(b"\x00")  # one too many
     hash_choice = draw(st.sampled_from(["good", "good", "bad", "missing", "typed"]))
@@ -132,9 +138,10 @@ def hostile_requests(draw, spec_version: str, good_hash: str, feature_shape: tup
             for i in range(min(count, budget)):
                 target[f"p{i}"].string_param = value
             target["k" * draw(st.sampled_from([1, 1000, 50_000]))].int64_param = 1
-        elif attack == "outputs":
+        elif attack == "outputs":  # built without a draw per entry (hypothesis's buffer is small)
+            names = ("probs", "label", "probs", "logits")
             for i in range(draw(st.sampled_from([10, 1000, 10_000]))):
-                msg.outputs.add(name=draw(st.sampled_from(["probs", "label", f"o{i}"])))
+                msg.outputs.add(name=names[i % len(names)] if i % 5 else f"o{i}")
         elif attack == "id":
             msg.id = "i" * draw(st.sampled_from([1000, 100_000]))
         elif attack == "both":  # raw contents and typed contents at once

@@ -107,6 +107,12 @@ def test_hostile_requests_and_a_stream_that_never_reads(served):
 
     check()
     assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 30
+    # found by benchmarks/serve_hardening.py: a zero dimension beside huge ones was INTERNAL (numpy's size check)
+    zero = pb.ModelInferRequest(model_name="privsplit")
+    zero.inputs.add(name="features", datatype="INT8", shape=[0, 2**30, 2**30, 2**30])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(zero, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "more elements than" in err.value.details()
     assert srv.metrics.counter("nv_inference_request_failure", "INTERNAL") == failures_before
     # a stream that writes fast and never reads, then goes away: the server lives on
     ok = features_request(
