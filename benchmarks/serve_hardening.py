@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from cloud_benchmark import RESULTS, Target, digits_bundle, feature_request, free_port, serve_cmd  # noqa: E402
+from cloud_benchmark import RESULTS, Target, digits_bundle, feature_request, free_port  # noqa: E402
 
 from privsplit.results import save_json  # noqa: E402
 
@@ -407,7 +407,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     bundle = digits_bundle(args.bundle)
     port = free_port()
-    server = Target.launch("serve-hardening", serve_cmd(bundle, port), port)
+    command = [sys.executable, "-m", "privsplit.cli.main", "serve", str(bundle), "--port", str(port)]  # defaults
+    server = Target.launch("serve-hardening", command, port)
     if server.error or server.proc is None:
         log(f"the server did not start: {server.error}")
         return 1
@@ -415,7 +416,7 @@ def main() -> int:
     try:
         request = feature_request(bundle)
         closed_loop(server.target, request, args.clients, 2.0)  # warm-up
-        report: dict = {"server": " ".join(serve_cmd(bundle, port)), "flood": {}, "fuzz": {}}
+        report: dict = {"server": " ".join(command), "flood": {}, "fuzz": {}}
         parts = {p.strip() for p in args.parts.split(",")}
         if "flood" in parts:
             log(f"flood: {args.rounds} rounds of {args.seconds:g} s, {args.clients} other clients")
