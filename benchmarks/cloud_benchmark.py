@@ -247,7 +247,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def serve_cmd(bundle: Path, port: int, *extra: str, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "privsplit.cli.main", "serve", str(bundle), "--port", str(port), *extra]
+    own = [] if "--engine" in extra else ["--reply-load"]  # queue_us / batch_size in replies: the table reads them
+    return [python, "-m", "privsplit.cli.main", "serve", str(bundle), "--port", str(port), *own, *extra]
 
 
 def start_targets(args, digits: Path, mbv2: Path | None) -> dict[str, Target]:

@@ -1,4 +1,5 @@
-"""Bearer-token authentication (``authorization: Bearer <token>`` metadata) and TLS credentials."""
+"""Bearer-token authentication (``authorization: Bearer <token>`` metadata: one shared token and/or per-device
+tokens, :mod:`privsplit.cloud.devices`) and TLS credentials."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hmac
 import grpc
 
 from privsplit.cloud.config import TlsConfig
+from privsplit.cloud.devices import DeviceTokens, token_digest
 from privsplit.errors import ConfigError
 
 AUTH_HEADER = "authorization"
@@ -30,16 +32,57 @@ def _deny_handler(handler, message: str):
     return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Refuse every RPC (health checks aside) whose metadata lacks ``authorization: Bearer <token>``.
+class Caller:
+    """Who a call comes from, as the token interceptor established it: a device of ``--device-tokens`` (its id
+    and token digest, re-checked on each message of a stream) or None (the shared ``--token-file`` token)."""
 
-    The comparison is constant-time (:func:`hmac.compare_digest`) over the whole header value.
+    __slots__ = ("device", "digest")
+
+    def __init__(self, device: str, digest: str) -> None:
+        self.device, self.digest = device, digest
+
+
+class CallerContext:
+    """A servicer context that also carries the :class:`Caller` (everything else is the gRPC context's)."""
+
+    __slots__ = ("_context", "caller")
+
+    def __init__(self, context, caller: Caller) -> None:
+        self._context, self.caller = context, caller
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+
+def _with_caller(handler, caller: Caller):
+    """``handler`` with its behaviour called on a :class:`CallerContext`."""
+    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+
+            def wrapped(request, context, _behaviour=behaviour):
+                return _behaviour(request, CallerContext(context, caller))
+
+            return handler._replace(**{kind: wrapped})
+    return handler
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Refuse every RPC (health checks aside) whose metadata lacks ``authorization: Bearer <token>`` with the
+    shared ``token`` or a device's token from ``devices`` (:class:`~privsplit.cloud.devices.DeviceTokens`).
+
+    The shared token is compared in constant time (:func:`hmac.compare_digest`) over the whole header value;
+    a device token is looked up by its sha256 (the file holds digests only). A device's calls carry a
+    :class:`Caller` (``context.caller``) for rate limiting, logs and the re-check of streams.
     """
 
-    def __init__(self, token: str, *, on_refuse=None) -> None:
-        if not token:
+    def __init__(self, token: str | None = None, *, devices: DeviceTokens | None = None, on_refuse=None) -> None:
+        if token is None and devices is None:
+            raise ConfigError("token auth needs a --token-file or --device-tokens")
+        if token is not None and not token:
             raise ConfigError("the bearer token is empty")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = None if token is None else f"Bearer {token}".encode()
+        self._devices = devices
         self._on_refuse = on_refuse or (lambda: None)
 
     def intercept_service(self, continuation, handler_call_details):
@@ -48,12 +91,17 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         value = None
         for key, val in handler_call_details.invocation_metadata or ():
             if key == AUTH_HEADER:
-                value = val
+                value = val if isinstance(val, str) else bytes(val).decode("utf-8", "replace")
                 break
-        if value is not None and hmac.compare_digest(
-            value.encode() if isinstance(value, str) else bytes(value), self._expected
-        ):
-            return continuation(handler_call_details)
+        if value is not None:
+            if self._expected is not None and hmac.compare_digest(value.encode(), self._expected):
+                return continuation(handler_call_details)
+            presented = value[7:] if value.startswith("Bearer ") else None
+            if self._devices is not None and presented:
+                device = self._devices.identify(presented)
+                if device is not None:
+                    handler = continuation(handler_call_details)
+                    return None if handler is None else _with_caller(handler, Caller(device, token_digest(presented)))
         handler = continuation(handler_call_details)
         if handler is None:  # unknown method: let gRPC answer UNIMPLEMENTED
             return None
@@ -61,7 +109,14 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if value is None:
             message = f"missing '{AUTH_HEADER}: Bearer <token>' metadata"
         else:
-            message = "invalid bearer token"
+            revoked = None if self._devices is None else self._devices.revoked(value.removeprefix("Bearer "))
+            if revoked is not None:
+                message = (
+                    f"device {revoked!r} was revoked (its line left --device-tokens); "
+                    "issue it a new token with `privsplit devices add` if that was a mistake"
+                )
+            else:
+                message = "invalid bearer token"
         return _deny_handler(handler, message)
 
 

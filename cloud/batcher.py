@@ -10,7 +10,9 @@ thread hand-off: the unloaded round trip stays short). While the model
 computes (onnxruntime releases the GIL) the RPC threads keep queueing. Each request gets its own rows
 back, in order. A full queue refuses at once (RESOURCE_EXHAUSTED); a request that waited longer than
 ``queue_timeout_ms`` (UNAVAILABLE) or past its deadline (DEADLINE_EXCEEDED) is dropped unrun;
-abandoned requests (client gone) are skipped.
+abandoned requests (client gone) are skipped. Once :meth:`DynamicBatcher.close` began, :meth:`~DynamicBatcher.submit`
+refuses (UNAVAILABLE); no request waits forever (see :meth:`Ticket.result`), and a finished request drops its
+features.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import numpy as np
 
 from privsplit.cloud.config import BatchConfig
 from privsplit.proto.status import Code, ProtocolError
+
+RUN_LIMIT_S = 120.0  # a request without a deadline waits at most its queue timeout plus this
+_DROPPED = np.zeros((0,), np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +76,7 @@ class Ticket:
 
     def _finish(self, result: BatchResult | None = None, error: ProtocolError | None = None) -> None:
         self._result, self._error = result, error
+        self.features = _DROPPED  # a finished request keeps only its (small) result
         self.done = True
         self._gate.release()
 
@@ -80,10 +86,19 @@ class Ticket:
             self.abandoned = True
 
     def result(self, timeout: float | None = None) -> BatchResult:
+        """Wait for the rows (``timeout`` s: the RPC's deadline). Without a deadline the wait still ends:
+        at the queue timeout plus :data:`RUN_LIMIT_S` for the model to run the batch (UNAVAILABLE)."""
         if not self.done:
-            if not self._gate.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            bounded = timeout is not None
+            wait = max(timeout, 0.0) if timeout is not None else max(self.expires - time.monotonic(), 0.0) + RUN_LIMIT_S
+            if not self._gate.acquire(timeout=wait):
                 self.abandoned = True
-                raise ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed before the model ran the request")
+                if bounded:
+                    raise ProtocolError(Code.DEADLINE_EXCEEDED, "the deadline passed before the model ran the request")
+                raise ProtocolError(
+                    Code.UNAVAILABLE,
+                    f"the model did not answer within {wait:.0f} s (server stuck); retry another replica",
+                )
             self._gate.release()  # open for good: result() may be asked again
         if self._error is not None:
             raise self._error
@@ -108,8 +123,7 @@ class DynamicBatcher:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._busy = False
-        self._closed = False
-        self._stopping = False
+        self._closed = False  # close() began: submit refuses, the model thread drains the queue and stops
         self._incoming = 0  # requests announced by expect() and not yet submitted
         self._filling = False  # the model thread waits for announced requests
         self._max_delay = config.max_delay_ms / 1e3
@@ -140,13 +154,8 @@ class DynamicBatcher:
 
     def submit(self, features: np.ndarray, *, timeout_s: float | None = None, expected: bool = False) -> Ticket:
         """Queue one request (``timeout_s``: its RPC deadline); wait with ``ticket.result(timeout)``.
-        ``expected``: it was announced with :meth:`expect`."""
-        if self._closed:
-            if expected:
-                self.unexpect()
-            raise ProtocolError(
-                Code.UNAVAILABLE, "the server is draining and takes no new requests; retry another replica"
-            )
+        ``expected``: it was announced with :meth:`expect`. Refused (UNAVAILABLE) once :meth:`close` began:
+        the check and the append happen under one lock, so nothing joins a queue that is being drained."""
         now = time.monotonic()
         deadline = None if timeout_s is None else now + timeout_s
         expires = now + self._queue_timeout if deadline is None else min(now + self._queue_timeout, deadline)
@@ -154,6 +163,12 @@ class DynamicBatcher:
         with self._cond:
             if expected:
                 self._incoming = max(self._incoming - 1, 0)
+            if self._closed:
+                if self._filling:
+                    self._cond.notify()
+                raise ProtocolError(
+                    Code.UNAVAILABLE, "the server is draining and takes no new requests; retry another replica"
+                )
             if len(self._queue) >= self.config.max_queue:
                 if self._filling:
                     self._cond.notify()
@@ -161,7 +176,7 @@ class DynamicBatcher:
                     Code.RESOURCE_EXHAUSTED,
                     f"the request queue is full ({self.config.max_queue} requests waiting); retry with backoff",
                 )
-            inline = not self._queue and not self._busy and self._incoming == 0 and not self._stopping
+            inline = not self._queue and not self._busy and self._incoming == 0
             if inline:  # the model is idle and nothing else is coming: run it here, saving two thread hand-offs
                 self._busy = True
             else:
@@ -183,13 +198,19 @@ class DynamicBatcher:
         return self.submit(features, timeout_s=timeout_s).result(timeout_s)
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish every queued one, then stop the model thread."""
-        self._closed = True
+        """Refuse new requests, finish every queued one, then stop the model thread. What is still queued
+        when ``timeout`` passes (the model thread is stuck or was never started) is refused, UNAVAILABLE:
+        no caller waits for a thread that will not run its request."""
         with self._cond:
-            self._stopping = True
+            self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._cond:
+            left, self._queue = list(self._queue), deque()
+        for ticket in left:
+            if not ticket.done:
+                ticket._finish(error=ProtocolError(Code.UNAVAILABLE, "the server stopped before running the request"))
 
     # ---- model thread -------------------------------------------------------------------------------
     def _expired(self, ticket: Ticket, now: float) -> ProtocolError | None:
@@ -233,7 +254,7 @@ class DynamicBatcher:
         items: list[Ticket] = []
         with self._cond:
             while True:
-                while (not self._queue or self._busy) and not self._stopping:
+                while (not self._queue or self._busy) and not self._closed:
                     self._cond.wait()  # nothing queued, or a request is running inline in its RPC thread
                 while self._busy:  # stopping: let the inline run finish first
                     self._cond.wait(0.01)
@@ -248,7 +269,7 @@ class DynamicBatcher:
                 fill_by = time.monotonic() + self._max_delay
                 self._filling = True
                 try:
-                    while rows < self.config.max_batch and self._incoming > 0 and not self._stopping:
+                    while rows < self.config.max_batch and self._incoming > 0 and not self._closed:
                         if self._queue and rows + self._queue[0].rows > self.config.max_batch:
                             break
                         remaining = fill_by - time.monotonic()

@@ -44,6 +44,21 @@ class BatchConfig:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """``rate`` requests per second per caller identity on average, ``burst`` at once
+    (:mod:`privsplit.cloud.ratelimit`)."""
+
+    rate: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0 or self.rate == float("inf"):
+            raise ConfigError(f"--rate-limit must be a finite number > 0 (requests per second), got {self.rate}")
+        if self.burst < 1:
+            raise ConfigError(f"--rate-burst must be >= 1, got {self.burst}")
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """Server certificate chain and key (PEM); with ``client_ca``, clients must present a certificate
     signed by it (mutual TLS)."""
@@ -62,7 +77,11 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Everything ``privsplit serve`` takes. ``token``: the bearer token clients must send (None: no auth)."""
+    """Everything ``privsplit serve`` takes. ``token``: the shared bearer token clients must send;
+    ``device_tokens``: a file of per-device token digests re-read while serving (either or both; neither: no
+    auth). ``rate_limit``: per caller identity. ``stream_window``: requests of one stream read ahead of its
+    replies (then the server stops reading it: backpressure). ``reply_load``: put ``queue_us`` and
+    ``batch_size`` (other tenants' load) in every reply."""
 
     bundle: Path
     model_name: str = DEFAULT_MODEL_NAME
@@ -71,6 +90,10 @@ class ServeConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     tls: TlsConfig | None = None
     token: str | None = None
+    device_tokens: Path | None = None
+    rate_limit: RateLimit | None = None
+    stream_window: int = 64
+    reply_load: bool = False
     trust_key: Path | None = None
     metrics_port: int | None = None
     health_port: int | None = None  # a plaintext grpc.health.v1-only listener for probes (cloud/health_port.py)
@@ -109,7 +132,10 @@ class ServeConfig:
                 f"--max-concurrent-rpcs must be in 1..--rpc-threads ({self.rpc_threads}): each RPC in flight holds "
                 f"a thread, got {self.max_concurrent_rpcs}"
             )
-        if self.token is not None and self.tls is None and not is_loopback(self.host) and not self.insecure:
+        if not 1 <= self.stream_window <= 100_000:
+            raise ConfigError(f"--stream-window must be in 1..100000 requests, got {self.stream_window}")
+        tokens = self.token is not None or self.device_tokens is not None
+        if tokens and self.tls is None and not is_loopback(self.host) and not self.insecure:
             raise ConfigError(
                 f"refusing to accept bearer tokens in plaintext on {self.host}: add --tls-cert/--tls-key, listen on "
                 "127.0.0.1, or pass --insecure if the network is trusted"

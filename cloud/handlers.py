@@ -58,9 +58,12 @@ class InferJob:
 
 @dataclass(frozen=True)
 class Timing:
+    """The server's time for a reply. ``queue_us`` / ``batch_size`` tell of other tenants' load: None leaves
+    them out of the reply (``privsplit serve`` sends them only with ``--reply-load``)."""
+
     compute_us: int
-    queue_us: int
-    batch_size: int
+    queue_us: int | None = None
+    batch_size: int | None = None
 
 
 def server_metadata() -> ServerMetadata:
@@ -233,10 +236,15 @@ def build_response(
     job: InferJob, spec: ModelSpec, probs: np.ndarray, labels: np.ndarray, timing: Timing
 ) -> InferResponse:
     data = {PROBS: probs, LABEL: labels}
+    parameters = {COMPUTE_US: timing.compute_us}
+    if timing.queue_us is not None:
+        parameters[QUEUE_US] = timing.queue_us
+    if timing.batch_size is not None:
+        parameters[BATCH_SIZE] = timing.batch_size
     return InferResponse(
         model_name=spec.name,
         model_version=spec.version,
         id=job.request_id,
-        parameters={COMPUTE_US: timing.compute_us, QUEUE_US: timing.queue_us, BATCH_SIZE: timing.batch_size},
+        parameters=parameters,
         outputs=tuple(Tensor(name, data[name]) for name in job.outputs),
     )

@@ -7,9 +7,10 @@
 * :func:`serve` runs until SIGTERM / SIGINT, drains, returns 0 (``privsplit serve``).
 
 Services: ``inference.GRPCInferenceService`` (Open Inference Protocol), ``grpc.health.v1.Health`` and
-server reflection; optional TLS / mutual TLS, bearer-token auth, max message size, Prometheus text
-endpoint. The synchronous gRPC server is used on purpose: measured here it costs about half the CPU
-per request of grpc.aio, and the model thread batches across its worker threads.
+server reflection; optional TLS / mutual TLS, bearer-token auth (a shared token and/or per-device tokens
+re-read while serving), a per-caller rate limit, max message size, Prometheus text endpoint. The
+synchronous gRPC server is used on purpose: measured here it costs about half the CPU per request of
+grpc.aio, and the model thread batches across its worker threads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,10 +27,13 @@ from grpc_reflection.v1alpha import reflection
 from privsplit.cloud.auth import BearerTokenInterceptor, server_credentials
 from privsplit.cloud.batcher import DynamicBatcher
 from privsplit.cloud.config import ServeConfig
+from privsplit.cloud.devices import DeviceTokens
 from privsplit.cloud.drain import QUIET_S, WINDOW_MAX_S, ArrivalCounter
 from privsplit.cloud.health_port import HealthListener
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelHost
+from privsplit.cloud.ratelimit import RateLimiter
+from privsplit.cloud.rpc_pool import DaemonThreadPool
 from privsplit.cloud.servicer import SERVICE_NAME, InferenceServicer, ServingState, add_to_server
 from privsplit.errors import ConfigError
 from privsplit.proto.channel import server_keepalive_options
@@ -60,11 +63,15 @@ class CloudServer:
         )
         self._arrivals = ArrivalCounter()
         interceptors: list[grpc.ServerInterceptor] = [self._arrivals]
-        if config.token is not None:
+        self.devices = None if config.device_tokens is None else DeviceTokens(config.device_tokens)
+        if config.token is not None or self.devices is not None:
             interceptors.append(
-                BearerTokenInterceptor(config.token, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED"))
+                BearerTokenInterceptor(
+                    config.token, devices=self.devices, on_refuse=lambda: self.metrics.failure("UNAUTHENTICATED")
+                )
             )
-        self._pool = ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="privsplit-rpc")
+        # daemon threads: an RPC thread still blocked after stop() cannot hold the process open
+        self._pool = DaemonThreadPool(config.rpc_threads, thread_name_prefix="privsplit-rpc")
         limit = config.rpc_limit  # beyond it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing
         self._server = grpc.server(
             self._pool,
@@ -77,8 +84,16 @@ class CloudServer:
                 *server_keepalive_options(),
             ],
         )
-        servicer = InferenceServicer(
-            spec=self.host.spec, batcher=self.batcher, limits=config.batch, metrics=self.metrics, state=self.state
+        self.servicer = servicer = InferenceServicer(
+            spec=self.host.spec,
+            batcher=self.batcher,
+            limits=config.batch,
+            metrics=self.metrics,
+            state=self.state,
+            devices=self.devices,
+            limiter=None if config.rate_limit is None else RateLimiter(config.rate_limit),
+            stream_window=config.stream_window,
+            reply_load=config.reply_load,
         )
         add_to_server(servicer, self._server)
         self._health = health.HealthServicer()
@@ -188,9 +203,15 @@ def serve(config: ServeConfig, *, log=None, on_ready=None) -> int:
     try:
         server.start()
         spec, batch, tls = server.spec, config.batch, config.tls
+        auth = [
+            *(["shared token"] if config.token else []),
+            *([f"{len(server.devices.devices)} device tokens"] if server.devices is not None else []),
+        ]
         security = ("mutual TLS" if tls and tls.client_ca else "TLS" if tls else "plaintext") + (
-            ", token auth" if config.token else ", no auth"
+            f", auth by {' and '.join(auth)}" if auth else ", no auth"
         )
+        if config.rate_limit is not None:
+            security += f", {config.rate_limit.rate:g} requests/s per caller (burst {config.rate_limit.burst})"
         security += f", at most {config.rpc_limit} RPCs at once"
         log(
             f"listening on {config.host}:{port} ({security}); model {spec.name!r} version {spec.version!r}, "

@@ -4,28 +4,42 @@ Thin on purpose: it decodes, calls the pure handlers and the batcher, records me
 :class:`ProtocolError` to its status code. Anything unexpected becomes INTERNAL for that request
 only; the server keeps serving. Bytes that are not the method's message are refused with
 INVALID_ARGUMENT (gRPC alone would answer UNKNOWN).
+
+Admission: every call and every message of a stream is charged to its caller's identity (a device of
+``--device-tokens``, else a mutual-TLS certificate's common name, else the peer's IP address) by the rate
+limiter (RESOURCE_EXHAUSTED), and a stream's device is re-checked on each message (revoked: UNAUTHENTICATED).
+
+A stream is read at most ``stream_window`` requests ahead of its replies: then the reader stops taking
+messages from the client (HTTP/2 flow control holds the rest on the client's side), so a client that
+writes fast and never reads cannot grow the server's memory. Submitted requests keep no features.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from privsplit.cloud import handlers
 from privsplit.cloud.batcher import DynamicBatcher, Ticket
 from privsplit.cloud.config import BatchConfig
+from privsplit.cloud.devices import DeviceTokens
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelSpec
+from privsplit.cloud.ratelimit import RateLimiter
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 from privsplit.proto.messages import InferRequest, ModelRef, ResponseEncoder
 from privsplit.proto.status import Code, ProtocolError
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
+_NO_FEATURES = np.zeros((0,), np.float32)  # what a submitted job keeps: its features live in the batcher only
+_POLL_S = 0.25  # how often a blocked stream reader / writer looks whether its RPC ended
 
 
 class Undecodable:
@@ -62,14 +76,43 @@ class ServingState:
 
 
 class _Started:
-    """A request on its way: the validated job and its batcher ticket, or the error that refused it."""
+    """A request on its way: the validated job (without its features) and its batcher ticket, or the error
+    that refused it."""
 
-    __slots__ = ("started", "job", "ticket", "error", "timeout")
+    __slots__ = ("started", "job", "rows", "ticket", "error", "timeout")
 
     def __init__(
         self, started: float, job=None, ticket: Ticket | None = None, error: ProtocolError | None = None, timeout=None
     ):
-        self.started, self.job, self.ticket, self.error, self.timeout = started, job, ticket, error, timeout
+        self.started, self.ticket, self.error, self.timeout = started, ticket, error, timeout
+        self.rows = 0 if job is None else job.rows
+        self.job = None if job is None else dataclasses.replace(job, features=_NO_FEATURES)
+
+
+class Who:
+    """The caller of an RPC: ``identity`` (rate limiting, messages) and, for a device, its token's entry
+    (``caller``: re-checked on each message of a stream)."""
+
+    __slots__ = ("identity", "caller")
+
+    def __init__(self, identity: str, caller=None) -> None:
+        self.identity, self.caller = identity, caller
+
+
+def caller_of(context) -> Who:
+    """Device id (``--device-tokens``), else the client certificate's common name, else the peer's address."""
+    caller = getattr(context, "caller", None)
+    if caller is not None:
+        return Who(f"device {caller.device}", caller)
+    try:
+        names = context.auth_context().get("x509_common_name")
+    except Exception:  # not every context has TLS details
+        names = None
+    if names:
+        return Who(f"certificate {names[0].decode(errors='replace')}")
+    peer = context.peer() or "unknown"
+    host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    return Who(f"peer {host.split(':', 1)[1] if ':' in host else host}")
 
 
 def _remaining(context) -> float | None:
@@ -86,14 +129,57 @@ class InferenceServicer:
     """Open Inference Protocol methods (synchronous; gRPC runs them on its worker threads)."""
 
     def __init__(
-        self, *, spec: ModelSpec, batcher: DynamicBatcher, limits: BatchConfig, metrics: Metrics, state: ServingState
+        self,
+        *,
+        spec: ModelSpec,
+        batcher: DynamicBatcher,
+        limits: BatchConfig,
+        metrics: Metrics,
+        state: ServingState,
+        devices: DeviceTokens | None = None,
+        limiter: RateLimiter | None = None,
+        stream_window: int = 64,
+        reply_load: bool = False,
     ) -> None:
         self.spec = spec
         self.batcher = batcher
         self.limits = limits
         self.metrics = metrics
         self.state = state
+        self.devices = devices
+        self.limiter = limiter
+        self.stream_window = stream_window
+        self.reply_load = reply_load
+        self.peak_stream_backlog = 0  # most requests one stream had read and not yet answered (tests read it)
         self._encoder = ResponseEncoder()
+
+    # ---- admission ------------------------------------------------------------------------------------
+    def _admit(self, who: Who) -> None:
+        """Raise UNAUTHENTICATED for a device revoked since its stream opened, RESOURCE_EXHAUSTED over its rate."""
+        caller = who.caller
+        if caller is not None and self.devices is not None and not self.devices.active(caller.device, caller.digest):
+            raise ProtocolError(
+                Code.UNAUTHENTICATED,
+                f"device {caller.device!r} was revoked (its line left --device-tokens) while this stream was open",
+            )
+        if self.limiter is not None:
+            self.limiter.take(who.identity)
+
+    def _who(self, context) -> Who:
+        """The caller; its identity is worked out only when a rate limit needs it."""
+        if self.limiter is None:
+            return Who("", getattr(context, "caller", None))
+        return caller_of(context)
+
+    def _gate(self, context) -> None:
+        """Admission of a unary call (aborts with the refusal's status)."""
+        if self.limiter is None:
+            return
+        try:
+            self._admit(self._who(context))
+        except ProtocolError as exc:
+            self.metrics.failure(exc.code.value)
+            _abort(context, exc)
 
     # ---- health and metadata --------------------------------------------------------------------------
     @staticmethod
@@ -103,22 +189,27 @@ class InferenceServicer:
         return request
 
     def ServerLive(self, request, context):
+        self._gate(context)
         self._decoded(request, context)
         return pb.ServerLiveResponse(live=True)
 
     def ServerReady(self, request, context):
+        self._gate(context)
         self._decoded(request, context)
         return pb.ServerReadyResponse(ready=self.state.ready)
 
     def ModelReady(self, request, context):
+        self._gate(context)
         ref = ModelRef.from_proto(self._decoded(request, context))
         return pb.ModelReadyResponse(ready=handlers.model_ready(ref, self.spec, ready=self.state.ready))
 
     def ServerMetadata(self, request, context):
+        self._gate(context)
         self._decoded(request, context)
         return handlers.server_metadata().to_proto()
 
     def ModelMetadata(self, request, context):
+        self._gate(context)
         ref = ModelRef.from_proto(self._decoded(request, context))
         try:
             return handlers.model_metadata(ref, self.spec).to_proto()
@@ -126,11 +217,12 @@ class InferenceServicer:
             _abort(context, exc)
 
     # ---- inference ------------------------------------------------------------------------------------
-    def _start(self, request, timeout: float | None) -> _Started:
+    def _start(self, request, timeout: float | None, who: Who) -> _Started:
         started = time.perf_counter()
         self.batcher.expect()  # lets the model thread wait for this request to join a batch
         submitting = False
         try:
+            self._admit(who)
             if isinstance(request, Undecodable):
                 raise ProtocolError(Code.INVALID_ARGUMENT, request.error)
             job = handlers.parse_infer(InferRequest.from_proto(request), self.spec, self.limits)
@@ -151,11 +243,13 @@ class InferenceServicer:
         """The serialised reply of a started request (raises its ProtocolError)."""
         if pending.error is not None:
             raise pending.error
-        assert pending.ticket is not None  # a started request holds its error or its ticket
+        assert pending.ticket is not None and pending.job is not None  # a started request: its error or its ticket
         try:
             result = pending.ticket.result(pending.timeout)
-            timing = handlers.Timing(
-                compute_us=result.compute_us, queue_us=result.queue_us, batch_size=result.batch_size
+            timing = (
+                handlers.Timing(compute_us=result.compute_us, queue_us=result.queue_us, batch_size=result.batch_size)
+                if self.reply_load
+                else handlers.Timing(compute_us=result.compute_us)  # other tenants' load stays private
             )
             reply = self._encoder.encode(
                 handlers.build_response(pending.job, self.spec, result.probs, result.labels, timing)
@@ -169,12 +263,12 @@ class InferenceServicer:
         self.metrics.success(
             request_us=int((time.perf_counter() - pending.started) * 1e6),
             queue_us=result.queue_us,
-            rows=pending.job.rows,
+            rows=pending.rows,
         )
         return reply
 
     def ModelInfer(self, request, context):
-        pending = self._start(request, _remaining(context))
+        pending = self._start(request, _remaining(context), self._who(context))
         if pending.ticket is not None and not pending.ticket.done:  # (done: it ran inline)
             context.add_callback(pending.ticket.abandon)  # client gone: skip it if still queued
         try:
@@ -184,29 +278,70 @@ class InferenceServicer:
 
     def ModelStreamInfer(self, request_iterator, context):
         """Requests are queued as they arrive (so they batch with others); replies go back in request
-        order. A failed request gets a reply with ``error_message``; the stream stays open."""
-        pending: queue.SimpleQueue = queue.SimpleQueue()
+        order. A failed request gets a reply with ``error_message``; the stream stays open. At most
+        ``stream_window`` requests are read ahead of their replies (backpressure, see the module doc)."""
+        who = self._who(context)
+        pending: queue.Queue = queue.Queue(maxsize=self.stream_window)
+        ended = threading.Event()  # the RPC is over (finished, cancelled, client gone)
+        context.add_callback(ended.set)
+        backlog = [0]  # read and not yet answered
+        lock = threading.Lock()
+
+        def put(item) -> bool:
+            while not ended.is_set():
+                try:
+                    pending.put(item, timeout=_POLL_S)  # blocks while the window is full: reading stops
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def read() -> None:
             try:
                 for request in request_iterator:
-                    pending.put(self._start(request, _remaining(context)))
+                    with lock:
+                        backlog[0] += 1
+                        if backlog[0] > self.peak_stream_backlog:
+                            self.peak_stream_backlog = backlog[0]
+                    item = self._start(request, _remaining(context), who)
+                    if not put(item):
+                        if item.ticket is not None:
+                            item.ticket.abandon()
+                        return
             except Exception:  # the client cancelled or the stream broke: stop reading
                 pass
             finally:
-                pending.put(None)
+                put(None)
 
         threading.Thread(target=read, name="privsplit-stream-reader", daemon=True).start()
-        while True:
-            item = pending.get()
-            if item is None:
-                return
-            try:
-                reply = pb.ModelStreamInferResponse()
-                reply.infer_response.MergeFromString(self._finish(item))
+        try:
+            while True:
+                try:
+                    item = pending.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if ended.is_set():
+                        return
+                    continue
+                if item is None:
+                    return
+                try:
+                    reply = pb.ModelStreamInferResponse()
+                    reply.infer_response.MergeFromString(self._finish(item))
+                except ProtocolError as exc:
+                    reply = pb.ModelStreamInferResponse(error_message=f"{exc.code.value}: {exc}")
+                finally:
+                    with lock:
+                        backlog[0] -= 1
                 yield reply
-            except ProtocolError as exc:
-                yield pb.ModelStreamInferResponse(error_message=f"{exc.code.value}: {exc}")
+        finally:
+            ended.set()
+            while True:  # what the client will never receive: skip it if still queued
+                try:
+                    left = pending.get_nowait()
+                except queue.Empty:
+                    break
+                if left is not None and left.ticket is not None:
+                    left.ticket.abandon()
 
 
 def _serialize(reply) -> bytes:

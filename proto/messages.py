@@ -60,12 +60,13 @@ def params_from_proto(source, where: str) -> dict[str, ParamValue]:
 
 # ---- tensors ------------------------------------------------------------------------------------
 def _element_count(shape: tuple[int, ...], where: str) -> int:
-    count = 1
+    count = spanned = 1  # spanned: the product of the non-zero dimensions (a zero must not hide a huge shape)
     for i, dim in enumerate(shape):
         if dim < 0:
             raise invalid(f"{where}.shape", f"dimension {i} is {dim}; dimensions must be >= 0 (got {list(shape)})")
         count *= dim
-        if count > _MAX_ELEMENTS:
+        spanned *= max(dim, 1)
+        if count > _MAX_ELEMENTS or spanned > _MAX_ELEMENTS:
             raise invalid(f"{where}.shape", f"{list(shape)} has more elements than any message can carry")
     return count
 

@@ -3,11 +3,12 @@ crash), valid ones are answered, and the server keeps serving throughout."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
-import numpy as np
 import pytest
+from cloud_fuzz_strategies import hostile_requests, requests
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from test_cloud_support import wire_features
 
 from privsplit.cloud import BatchConfig, ServeConfig, create_server
@@ -22,7 +23,6 @@ DELIBERATE = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-DATATYPES = ["INT8", "UINT8", "FP16", "FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES", "BF16", "", "int8", "FLOAT"]
 
 
 @pytest.fixture(scope="module")
@@ -40,78 +40,6 @@ def served(bundles, digits_run):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         yield srv, pb_grpc.GRPCInferenceServiceStub(channel), channel, wire
         channel.close()
-
-
-def _param(draw):
-    return draw(
-        st.one_of(
-            st.builds(lambda v: pb.InferParameter(bool_param=v), st.booleans()),
-            st.builds(lambda v: pb.InferParameter(int64_param=v), st.integers(-(2**63), 2**63 - 1)),
-            st.builds(lambda v: pb.InferParameter(uint64_param=v), st.integers(0, 2**64 - 1)),
-            st.builds(lambda v: pb.InferParameter(double_param=v), st.floats()),
-            st.builds(lambda v: pb.InferParameter(string_param=v), st.text(max_size=70)),
-            st.just(pb.InferParameter()),  # no value set
-        )
-    )
-
-
-@st.composite
-def requests(draw, spec_version: str, good_hash: str):
-    msg = pb.ModelInferRequest(
-        model_name=draw(st.sampled_from(["privsplit", "privsplit", "", "other"])),
-        model_version=draw(st.sampled_from(["", "", spec_version, "1"])),
-        id=draw(st.text(max_size=6)),
-    )
-    n_inputs = draw(st.integers(0, 2))
-    use_raw = draw(st.booleans())
-    for _ in range(n_inputs):
-        t = msg.inputs.add(
-            name=draw(st.sampled_from(["features", "features", "image", ""])), datatype=draw(st.sampled_from(DATATYPES))
-        )
-        shape = draw(
-            st.one_of(st.just([draw(st.integers(-1, 3)), 32, 8, 8]), st.lists(st.integers(-2, 40), max_size=5))
-        )
-        t.shape.extend(shape)
-        for key in draw(
-            st.lists(st.sampled_from(["scale", "zero_point", "encoder_hash", "x"]), max_size=3, unique=True)
-        ):
-            t.parameters[key].CopyFrom(_param(draw))
-        if use_raw:
-            size = draw(st.sampled_from(["exact", "random"]))
-            count = int(np.prod([max(d, 0) for d in shape])) if shape else 1
-            itemsize = {"INT8": 1, "UINT8": 1, "BOOL": 1, "FP16": 2, "FP32": 4, "INT32": 4, "FP64": 8, "INT64": 8}.get(
-                t.datatype, 1
-            )
-            length = count * itemsize if size == "exact" and count * itemsize < 200_000 else draw(st.integers(0, 3000))
-            msg.raw_input_contents.append(
-                draw(st.binary(min_size=length, max_size=length)) if length < 5000 else bytes(length)
-            )
-        elif draw(st.booleans()):
-            field = draw(
-                st.sampled_from(["int_contents", "uint_contents", "fp32_contents", "int64_contents", "bool_contents"])
-            )
-            values = {
-                "int_contents": st.integers(-(2**31), 2**31 - 1),
-                "uint_contents": st.integers(0, 2**32 - 1),
-                "fp32_contents": st.floats(width=32),
-                "int64_contents": st.integers(-(2**63), 2**63 - 1),
-                "bool_contents": st.booleans(),
-            }[field]
-            getattr(t.contents, field).extend(draw(st.lists(values, max_size=40)))
-    if use_raw and draw(st.booleans()):
-        msg.raw_input_contents.append(b"\x00")  # one too many
-    hash_choice = draw(st.sampled_from(["good", "good", "bad", "missing", "typed"]))
-    if hash_choice == "good":
-        msg.parameters["encoder_hash"].string_param = good_hash
-    elif hash_choice == "bad":
-        msg.parameters["encoder_hash"].string_param = draw(st.text(max_size=64))
-    elif hash_choice == "typed":
-        msg.parameters["encoder_hash"].CopyFrom(_param(draw))
-    for key in draw(st.lists(st.sampled_from(["scale", "zero_point", "label_only", "other"]), max_size=3, unique=True)):
-        msg.parameters[key].CopyFrom(_param(draw))
-    for name in draw(st.lists(st.sampled_from(["probs", "label", "logits", ""]), max_size=3)):
-        msg.outputs.add(name=name)
-    return msg
 
 
 def test_fuzzed_requests_get_deliberate_statuses(served):
@@ -150,3 +78,55 @@ def test_fuzzed_requests_get_deliberate_statuses(served):
     )
     assert len(stub.ModelInfer(ok.to_proto(), timeout=30).outputs) == 2
     assert srv.metrics.counter("nv_inference_request_failure", "INTERNAL") == 0
+
+
+def test_hostile_requests_and_a_stream_that_never_reads(served):
+    """Huge and deep shapes, mismatched datatypes and byte counts, parameter / output / id bombs: each gets one
+    deliberate refusal (or an answer), never INTERNAL or a hang; a stream that writes and never reads is cut
+    off by the client without harm; the server stays ready throughout."""
+    srv, stub, channel, wire = served
+    seen: dict[grpc.StatusCode, int] = {}
+    failures_before = srv.metrics.counter("nv_inference_request_failure", "INTERNAL")
+
+    @settings(
+        max_examples=120,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )
+    @given(msg=hostile_requests(srv.spec.version, wire.encoder_hash, srv.spec.feature_shape))
+    def check(msg):
+        try:
+            stub.ModelInfer(msg, timeout=30)
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+        assert code in DELIBERATE, f"{code}: {details}"  # DEADLINE_EXCEEDED here would be a hang
+        seen[code] = seen.get(code, 0) + 1
+        assert srv.ready
+
+    check()
+    assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 30
+    # found by benchmarks/serve_hardening.py: a zero dimension beside huge ones was INTERNAL (numpy's size check)
+    zero = pb.ModelInferRequest(model_name="privsplit")
+    zero.inputs.add(name="features", datatype="INT8", shape=[0, 2**30, 2**30, 2**30])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(zero, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "more elements than" in err.value.details()
+    assert srv.metrics.counter("nv_inference_request_failure", "INTERNAL") == failures_before
+    # a stream that writes fast and never reads, then goes away: the server lives on
+    ok = features_request(
+        wire.features[:1], encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point
+    ).to_proto()
+    small_window = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]  # unread replies back up
+    reader_less = grpc.insecure_channel(f"127.0.0.1:{srv.port}", options=small_window)
+    flood = pb_grpc.GRPCInferenceServiceStub(reader_less).ModelStreamInfer(iter([ok] * 5000), timeout=60)
+    deadline = time.monotonic() + 60
+    while srv.servicer.peak_stream_backlog < srv.config.stream_window:
+        assert time.monotonic() < deadline, "the never-reading stream did not fill its window"
+        time.sleep(0.05)
+    flood.cancel()
+    reader_less.close()
+    assert srv.servicer.peak_stream_backlog <= srv.config.stream_window + 1
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live and srv.ready
+    assert len(stub.ModelInfer(ok, timeout=30).outputs) == 2

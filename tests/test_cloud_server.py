@@ -38,6 +38,7 @@ def server(bundles):
         trust_key=bundles.trust_key,
         batch=BatchConfig(max_batch=16, max_delay_ms=1.0, max_request_batch=64),
         max_message_bytes=MAX_MESSAGE,
+        reply_load=True,  # the batching tests read batch_size from replies
     )
     srv, port = create_server(config)
     assert port > 0 and not srv.ready

@@ -161,7 +161,10 @@ def test_cache_hit_returns_identical_arrays_and_edits_invalidate(tmp_path, priva
     write_celeba(tmp_path / "c", SMALL_ROWS)
     spec = f"celeba:{tmp_path / 'c'}"
     first = load_dataset(spec, task="Smiling", image_size=16)
-    assert "cache miss" in caplog.text and len(list(private_cache.glob("celeba-*.npz"))) == 1
+    [entry] = private_cache.glob("celeba-*.npz")
+    assert "cache miss" in caplog.text
+    # decoded faces are private: the folder is 0700, the entry 0600
+    assert (private_cache.stat().st_mode & 0o777, entry.stat().st_mode & 0o777) == (0o700, 0o600)
     caplog.clear()
     second = load_dataset(spec, task="Smiling", image_size=16)
     assert "cache hit" in caplog.text and "cache miss" not in caplog.text
@@ -192,6 +195,11 @@ def test_corrupt_cache_is_rebuilt_and_cache_can_be_switched_off(tmp_path, privat
     assert np.array_equal(good.images, again.images)
     monkeypatch.setenv("PRIVSPLIT_CACHE", "off")
     assert cache_dir() is None
+    monkeypatch.delenv("PRIVSPLIT_CACHE")
+    assert cache_dir() is None  # opt-in: nothing is cached unless PRIVSPLIT_CACHE asks for it
+    monkeypatch.setenv("PRIVSPLIT_CACHE", "on")
+    assert cache_dir() == Path.home() / ".cache" / "privsplit"
+    monkeypatch.setenv("PRIVSPLIT_CACHE", "off")
     off = tmp_path / "off"
     monkeypatch.chdir(tmp_path)
     load_dataset(spec, task="Male", image_size=20)

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "export",
     "keys",
     "serve",
+    "devices",
     "bench",
     "edge",
     "flash",

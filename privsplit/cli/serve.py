@@ -10,6 +10,13 @@ from pathlib import Path
 from privsplit.cli._common import non_negative_float, positive_int
 
 
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
 class Engine(enum.Enum):
     """The server around the bundle: privsplit's own (default) or KServe's ModelServer (the kserve extra)."""
 
@@ -146,6 +153,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="file holding the bearer token clients must send as 'authorization: Bearer <token>'",
     )
     p.add_argument(
+        "--device-tokens",
+        type=Path,
+        metavar="F",
+        help="per-device tokens: lines 'DEVICE-ID SHA256-OF-TOKEN' (no secrets; `privsplit devices add` writes "
+        "them); re-read while serving, so removing a line (`privsplit devices revoke`) refuses that device "
+        "within about 1 s, no restart; may be combined with --token-file",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=positive_float,
+        metavar="R",
+        help="at most R requests/s per caller (device id, else client certificate name, else IP address; each "
+        "stream message counts); more get RESOURCE_EXHAUSTED (default: no limit)",
+    )
+    p.add_argument(
+        "--rate-burst",
+        type=positive_int,
+        metavar="B",
+        help="with --rate-limit: requests a caller may send at once (default: 2 x R, at least 1)",
+    )
+    p.add_argument(
+        "--stream-window",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="read at most N requests of a stream ahead of its replies, then stop reading it (backpressure: a "
+        "client that never reads cannot grow server memory) (default %(default)s)",
+    )
+    p.add_argument(
+        "--reply-load",
+        action="store_true",
+        help="put queue_us and batch_size in every reply (they reveal other tenants' load; off by default, "
+        "compute_us is always sent)",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="allow --token-file without TLS on a non-loopback --host (refused by default: tokens "
@@ -197,7 +239,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from privsplit.cloud.config import BatchConfig, ServeConfig, TlsConfig
+    from privsplit.cloud.config import BatchConfig, RateLimit, ServeConfig, TlsConfig
     from privsplit.errors import ConfigError
     from privsplit.proto.channel import read_token
 
@@ -205,6 +247,16 @@ def build_config(args: argparse.Namespace):
         raise ConfigError("--tls-cert and --tls-key go together")
     if args.client_ca is not None and args.tls_cert is None:
         raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if args.rate_burst is not None and args.rate_limit is None:
+        raise ConfigError("--rate-burst needs --rate-limit (requests per second per caller)")
+    rate = (
+        None
+        if args.rate_limit is None
+        else RateLimit(
+            rate=args.rate_limit,
+            burst=args.rate_burst if args.rate_burst is not None else max(1, round(2 * args.rate_limit)),
+        )
+    )
     tls = None if args.tls_cert is None else TlsConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.client_ca)
     batch = BatchConfig(
         max_batch=args.max_batch,
@@ -221,6 +273,10 @@ def build_config(args: argparse.Namespace):
         batch=batch,
         tls=tls,
         token=None if args.token_file is None else read_token(args.token_file),
+        device_tokens=args.device_tokens,
+        rate_limit=rate,
+        stream_window=args.stream_window,
+        reply_load=args.reply_load,
         trust_key=args.trust_key,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
@@ -240,6 +296,9 @@ _NOT_WITH_KSERVE = {
     "tls_key": "--tls-key",
     "client_ca": "--client-ca",
     "token_file": "--token-file",
+    "device_tokens": "--device-tokens",
+    "rate_limit": "--rate-limit",
+    "rate_burst": "--rate-burst",
     "metrics_port": "--metrics-port",
     "health_port": "--health-port",
     "max_concurrent_rpcs": "--max-concurrent-rpcs",
@@ -257,6 +316,8 @@ _OWN_SERVER_ONLY = {
     "workers": "--workers",
     "rpc_threads": "--rpc-threads",
     "insecure": "--insecure",
+    "stream_window": "--stream-window",
+    "reply_load": "--reply-load",
 }
 
 

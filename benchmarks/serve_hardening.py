@@ -1,0 +1,437 @@
+"""Serving hardening benchmark (issue 27): a hostile-message fuzz and a never-reading stream flood against a
+real `privsplit serve` process.
+
+* **flood**: a client process opens one stream and writes up to ``--flood`` (100,000) requests without ever
+  reading a reply. ``--clients`` other clients send unary requests in a closed loop: on the unloaded server,
+  during the flood's first seconds (``burst``: the writes HTTP/2's buffers still take in, i.e. a client
+  sending at full speed) and once the flood is held by backpressure (``held``: its written count unchanged
+  for 1 s). Rounds interleaved; medians of the p99s. The server's RSS is sampled throughout.
+* **fuzz**: ``--cases`` (10,000) hypothesis examples of malformed and hostile ModelInfer requests
+  (tests/cloud_fuzz_strategies.py: huge and deep shapes, wrong datatypes, mismatched byte counts, parameter,
+  output and id bombs) plus undecodable bytes. Every reply must be a deliberate status; a crash is the server
+  process dying or an INTERNAL / UNKNOWN status; a hang is a call that reaches its 10 s deadline; readiness
+  (ServerReady and grpc.health.v1) is checked every 250 cases. RSS before (after a warm-up) and after.
+
+Goals: fuzz 0 crashes, 0 hangs, ready throughout, RSS growth < 10 %; flood server RSS growth < 50 MB and the
+other clients' p99 within 2x of unloaded. Prints JSON (``--out``) and a table.
+
+    nice -n 10 python benchmarks/serve_hardening.py [--bundle OUT/cloud] [--cases 10000] [--flood 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from cloud_benchmark import RESULTS, Target, digits_bundle, feature_request, free_port  # noqa: E402
+
+from privsplit.results import save_json  # noqa: E402
+
+SCHEMA_VERSION = 1
+GOAL_FUZZ_RSS, GOAL_FLOOD_MB, GOAL_P99_RATIO = 0.10, 50.0, 2.0
+READY_EVERY = 250
+CALL_TIMEOUT_S = 10.0
+
+
+def log(msg: str) -> None:
+    print(f"[serve-hardening] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---- the flooding client (a subprocess: --flood-client) --------------------------------------------------
+def flood_client(target: str, count: int, bundle: Path) -> None:
+    """One stream, ``count`` requests written as fast as gRPC takes them, no reply ever read. Prints how many
+    it has written, once a second, until killed."""
+    import grpc
+
+    from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
+
+    message = feature_request(bundle).to_proto()
+    written = [0]
+
+    def requests():
+        for i in range(count):
+            written[0] = i + 1
+            yield message
+
+    channel = grpc.insecure_channel(target)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    _replies = stub.ModelStreamInfer(requests(), timeout=3600)  # never read
+    while True:
+        print(written[0], flush=True)
+        time.sleep(0.2)
+
+
+# ---- other clients ----------------------------------------------------------------------------------------
+def closed_loop(target: str, request, clients: int, seconds: float) -> dict:
+    import grpc
+
+    from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
+
+    message = request.to_proto()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    end = time.monotonic() + seconds
+
+    def one(k: int) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stub.ModelInfer(message, timeout=30)  # connect first
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                try:
+                    stub.ModelInfer(message, timeout=30)
+                    latencies[k].append(time.perf_counter() - t0)
+                except grpc.RpcError:
+                    errors[k] += 1
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = np.array([x for per in latencies for x in per]) * 1e3
+    return {
+        "requests": int(lat.size),
+        "errors": sum(errors),
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+    }
+
+
+def flood(server: Target, pid: int, request, bundle: Path, args) -> dict:
+    """Rounds of: other clients on the unloaded server; the flood starts and the same clients run at once
+    (``burst``: the flood's first writes, which HTTP/2 buffers on both sides take in); then, once the flood
+    has been held (its written count unchanged for 1 s), the clients again (``held``)."""
+    rounds = []
+    base_rss = rss_mb(pid)
+    peak = base_rss
+    for r in range(args.rounds):
+        unloaded = closed_loop(server.target, request, args.clients, args.seconds)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--flood-client", server.target, str(args.flood), str(bundle)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started = time.monotonic()
+        timeline: list[tuple[float, int]] = [(0.0, 0)]
+
+        def follow(p=proc, box=timeline, t0=started) -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                box.append((time.monotonic() - t0, int(line)))
+
+        samples: list[float] = []
+        stop = threading.Event()
+
+        def sample(stop=stop, samples=samples) -> None:
+            while not stop.wait(0.2):
+                samples.append(rss_mb(pid))
+
+        threading.Thread(target=follow, daemon=True).start()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        burst = closed_loop(server.target, request, args.clients, args.seconds)
+        held_at = None
+        while time.monotonic() - started < args.seconds + 60:
+            now = time.monotonic() - started
+            recent = [n for t, n in timeline if t >= now - 1.0]
+            if len(recent) >= 4 and len(set(recent)) == 1:
+                held_at = now
+                break
+            time.sleep(0.2)
+        held = closed_loop(server.target, request, args.clients, args.seconds)
+        stop.set()
+        sampler.join()
+        written = timeline[-1][1]
+        proc.kill()
+        proc.wait()
+        peak = max([peak, *samples])
+        log(
+            f"round {r + 1}: p99 unloaded {unloaded['p99_ms']:.2f} ms, flood burst {burst['p99_ms']:.2f} ms, "
+            f"flood held {held['p99_ms']:.2f} ms; the flood wrote {written} of {args.flood} (held after "
+            f"{held_at if held_at is None else round(held_at, 1)} s); server RSS peak {max(samples):.1f} MB"
+        )
+        rounds.append(
+            {
+                "unloaded": unloaded,
+                "burst": burst,
+                "held": held,
+                "flood_written": written,
+                "held_after_s": held_at,
+                "rss_peak_mb": max(samples),
+            }
+        )
+    time.sleep(1.0)
+    p99 = {k: statistics.median(r[k]["p99_ms"] for r in rounds) for k in ("unloaded", "burst", "held")}
+    return {
+        "rounds": rounds,
+        "flood_requests": args.flood,
+        "flood_written_max": max(r["flood_written"] for r in rounds),
+        "rss_before_mb": base_rss,
+        "rss_peak_mb": peak,
+        "rss_after_mb": rss_mb(pid),
+        "rss_growth_mb": peak - base_rss,
+        "p99_unloaded_ms": p99["unloaded"],
+        "p99_burst_ms": p99["burst"],
+        "p99_held_ms": p99["held"],
+        "p99_ratio": p99["held"] / p99["unloaded"],
+        "p99_ratio_burst": p99["burst"] / p99["unloaded"],
+        "errors_flooded": sum(r["burst"]["errors"] + r["held"]["errors"] for r in rounds),
+    }
+
+
+# ---- fuzz -------------------------------------------------------------------------------------------------
+def fuzz(server: Target, pid: int, proc: subprocess.Popen, bundle: Path, args) -> dict:
+    import grpc
+    from cloud_fuzz_strategies import hostile_requests, requests
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from privsplit.bundle import load_bundle
+    from privsplit.proto.inference import open_inference_grpc_pb2 as pb
+    from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
+
+    b = load_bundle(bundle)
+    version = b.version
+    good = sorted(b.manifest["accepted_encoder_hashes"])[0]
+    shape = tuple(b.features.shape)
+    channel = grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 64 << 20)])
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    raw = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda x: x, response_deserializer=lambda x: x
+    )
+    codes: dict[str, int] = {}
+    tally = {"cases": 0, "crashes": 0, "hangs": 0, "not_ready": 0, "internal": 0}
+    rss: list[float] = []
+
+    def ready() -> bool:
+        try:
+            ok = stub.ServerReady(pb.ServerReadyRequest(), timeout=CALL_TIMEOUT_S).ready
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S).status
+            return ok and status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def call(send) -> None:
+        try:
+            send()
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+        codes[code.name] = codes.get(code.name, 0) + 1
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            tally["hangs"] += 1
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            tally["internal"] += 1
+        tally["cases"] += 1
+        if tally["cases"] % READY_EVERY == 0:
+            if proc.poll() is not None:
+                tally["crashes"] += 1
+                raise SystemExit(f"the server died (exit {proc.returncode}) after {tally['cases']} cases")
+            if not ready():
+                tally["not_ready"] += 1
+            rss.append(rss_mb(pid))
+            if tally["cases"] % (READY_EVERY * 8) == 0:
+                log(f"fuzz: {tally['cases']} cases, RSS {rss[-1]:.1f} MB, codes {codes}")
+
+    junk = [b"\xff" * 7, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)), b"\x0a" * 1000]
+    strategy = st.one_of(requests(version, good), hostile_requests(version, good, shape))
+
+    def run(n: int) -> None:
+        @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(msg=strategy, junk_index=st.integers(0, 40))
+        def case(msg, junk_index):
+            if junk_index < len(junk):  # about 1 case in 10: bytes that are not a message at all
+                call(lambda: raw(junk[junk_index], timeout=CALL_TIMEOUT_S))
+            else:
+                call(lambda: stub.ModelInfer(msg, timeout=CALL_TIMEOUT_S))
+
+        case()
+
+    log(f"fuzz: warm-up ({args.warmup} cases)")
+    run(args.warmup)
+    warm = dict(tally)
+    tally.update(cases=0, crashes=0, hangs=0, not_ready=0, internal=0)
+    codes.clear()
+    before = rss_mb(pid)
+    start = time.monotonic()
+    log(f"fuzz: {args.cases} cases")
+    while tally["cases"] < args.cases:  # hypothesis may stop a run early; go on until the count is reached
+        run(args.cases - tally["cases"])
+    seconds = time.monotonic() - start
+    after = rss_mb(pid)
+    still_ready = ready() and proc.poll() is None
+    channel.close()
+    return {
+        **tally,
+        "warmup": warm,
+        "codes": codes,
+        "seconds": seconds,
+        "ready_at_end": still_ready,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "rss_max_mb": max([after, *rss]),
+        "rss_growth": (after - before) / before,
+    }
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+def goals(report: dict) -> dict:
+    f, fl = report["fuzz"], report["flood"]
+    out = {}
+    if f:
+        out.update(fuzz_goals(f))
+    if fl:
+        out.update(flood_goals(fl))
+    return out
+
+
+def fuzz_goals(f: dict) -> dict:
+    return {
+        "fuzz_cases": {"value": f["cases"], "goal": ">= 10000", "met": f["cases"] >= 10_000},
+        "fuzz_crashes": {"value": f["crashes"] + f["internal"], "goal": "0", "met": f["crashes"] + f["internal"] == 0},
+        "fuzz_hangs": {"value": f["hangs"], "goal": "0", "met": f["hangs"] == 0},
+        "fuzz_ready": {
+            "value": f["not_ready"],
+            "goal": "0 readiness checks failed",
+            "met": f["not_ready"] == 0 and f["ready_at_end"],
+        },
+        "fuzz_rss_growth": {
+            "value": f["rss_growth"],
+            "goal": f"< {GOAL_FUZZ_RSS:.0%}",
+            "met": f["rss_growth"] < GOAL_FUZZ_RSS,
+        },
+    }
+
+
+def flood_goals(fl: dict) -> dict:
+    return {
+        "flood_rss_growth_mb": {
+            "value": fl["rss_growth_mb"],
+            "goal": f"< {GOAL_FLOOD_MB:g} MB",
+            "met": fl["rss_growth_mb"] < GOAL_FLOOD_MB,
+        },
+        "flood_p99_ratio": {
+            "value": fl["p99_ratio"],
+            "goal": f"<= {GOAL_P99_RATIO:g}x (flood held)",
+            "met": fl["p99_ratio"] <= GOAL_P99_RATIO,
+        },
+    }
+
+
+def table(report: dict) -> str:
+    f, fl = report["fuzz"], report["flood"]
+    rows = []
+    if f:
+        rows += fuzz_rows(f)
+    if fl:
+        rows += flood_rows(fl)
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append("")
+    for name, g in report["goals"].items():
+        value = g["value"]
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:<{width}}  {shown:>10}  goal {g['goal']:<26} {'met' if g['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def fuzz_rows(f: dict) -> list[tuple[str, str]]:
+    return [
+        ("fuzz cases (hostile + malformed + undecodable)", f"{f['cases']} in {f['seconds']:.0f} s"),
+        ("fuzz crashes (server died / INTERNAL / UNKNOWN)", f"{f['crashes']} / {f['internal']}"),
+        ("fuzz hangs (10 s deadline reached)", str(f["hangs"])),
+        ("readiness checks failed (every 250 cases)", f"{f['not_ready']}; ready at end: {f['ready_at_end']}"),
+        (
+            "fuzz server RSS before -> after",
+            f"{f['rss_before_mb']:.1f} -> {f['rss_after_mb']:.1f} MB ({f['rss_growth']:+.1%})",
+        ),
+        ("fuzz status codes", ", ".join(f"{k} {v}" for k, v in sorted(f["codes"].items()))),
+    ]
+
+
+def flood_rows(fl: dict) -> list[tuple[str, str]]:
+    return [
+        ("flood: requests written of attempted (max)", f"{fl['flood_written_max']} of {fl['flood_requests']}"),
+        (
+            "flood server RSS before -> peak -> after",
+            f"{fl['rss_before_mb']:.1f} -> {fl['rss_peak_mb']:.1f} -> {fl['rss_after_mb']:.1f} MB "
+            f"({fl['rss_growth_mb']:+.1f} MB)",
+        ),
+        (
+            "other clients' p99: unloaded / flood burst / flood held",
+            f"{fl['p99_unloaded_ms']:.2f} / {fl['p99_burst_ms']:.2f} ({fl['p99_ratio_burst']:.2f}x) / "
+            f"{fl['p99_held_ms']:.2f} ms ({fl['p99_ratio']:.2f}x); errors {fl['errors_flooded']}",
+        ),
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--flood-client", nargs=3, metavar=("TARGET", "N", "BUNDLE"), help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", type=Path, help="digits cloud bundle (default: train + export one once)")
+    ap.add_argument("--cases", type=int, default=10_000, help="fuzz cases (default %(default)s)")
+    ap.add_argument("--warmup", type=int, default=300, help="fuzz cases before the RSS baseline (default %(default)s)")
+    ap.add_argument(
+        "--flood", type=int, default=100_000, help="requests the flooding stream writes (default %(default)s)"
+    )
+    ap.add_argument("--clients", type=int, default=4, help="other clients during the flood (default %(default)s)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="seconds per flood phase (default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=3, help="unloaded/flooded rounds, interleaved (default %(default)s)")
+    ap.add_argument("--parts", default="flood,fuzz", help="what to run: flood, fuzz or both (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "serve_hardening.json")
+    args = ap.parse_args()
+    if args.flood_client:
+        target, n, bundle = args.flood_client
+        flood_client(target, int(n), Path(bundle))
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    bundle = digits_bundle(args.bundle)
+    port = free_port()
+    command = [sys.executable, "-m", "privsplit.cli.main", "serve", str(bundle), "--port", str(port)]  # defaults
+    server = Target.launch("serve-hardening", command, port)
+    if server.error or server.proc is None:
+        log(f"the server did not start: {server.error}")
+        return 1
+    pid = server.proc.pid
+    try:
+        request = feature_request(bundle)
+        closed_loop(server.target, request, args.clients, 2.0)  # warm-up
+        report: dict = {"server": " ".join(command), "flood": {}, "fuzz": {}}
+        parts = {p.strip() for p in args.parts.split(",")}
+        if "flood" in parts:
+            log(f"flood: {args.rounds} rounds of {args.seconds:g} s, {args.clients} other clients")
+            report["flood"] = flood(server, pid, request, bundle, args)
+        if "fuzz" in parts:
+            report["fuzz"] = fuzz(server, pid, server.proc, bundle, args)
+    finally:
+        server.stop()
+    report["goals"] = goals(report)
+    save_json(args.out, report, version=SCHEMA_VERSION, kind="serve_hardening")
+    print(json.dumps(report["goals"], indent=1))
+    print(table(report))
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
