@@ -165,7 +165,7 @@ def test_privacy_utility_plot_names_every_point_and_holds_the_floor(tmp_path):
     for ax in (attacker_axis, ssim_axis):
         assert [t.get_text() for t in ax.texts] == []
     labels = [t.get_text() for t in attacker_axis.get_legend().get_texts()]
-    for name in ("protected (PyTorch)", "protected as tflite-int8", "protected as onnx-int8", "task floor"):
+    for name in ("protected", "protected as tflite-int8", "protected as onnx-int8", "task floor"):
         assert name in labels
     assert "best attacker by chance (95th pct)" in labels
     # the legend sits below the panel, outside the data area

@@ -52,7 +52,7 @@ def privacy_utility_figure(summary: dict):
         ax.plot(xs, ys, "-", color="tab:blue", alpha=0.5, zorder=2)
         for i, (m, x, y) in enumerate(zip(models, xs, ys)):
             marker = _MODEL_MARKERS[i % len(_MODEL_MARKERS)]
-            ax.scatter([x], [y], marker=marker, s=50, color="tab:blue", zorder=3, label=f"{m['name']} (PyTorch)")
+            ax.scatter([x], [y], marker=marker, s=50, color="tab:blue", zorder=3, label=m["name"])
         lines: list[float] = []
         for j, row in enumerate(r for r in artefacts if r.get(key) is not None and r.get("task_accuracy")):
             marker = _ARTEFACT_MARKERS[j % len(_ARTEFACT_MARKERS)]
