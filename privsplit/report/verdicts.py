@@ -56,11 +56,11 @@ def membership_verdict(raw: dict, purified: dict, attacks: int) -> str:
     ``raw`` and ``purified``: the best attack's ``auc`` with ``null_best_auc`` (mean) and ``null_best_auc_q95``."""
     r, p = raw["auc"], purified["auc"]
     r_in, p_in = inside_null(r, raw.get("null_best_auc_q95")), inside_null(p, purified.get("null_best_auc_q95"))
-    chance = (
-        f"the best-of-{attacks} chance level: mean {_f(raw.get('null_best_auc'))}, 95th percentile "
-        f"{_f(raw.get('null_best_auc_q95'))} without the purifier; {_f(purified.get('null_best_auc'))}, "
-        f"{_f(purified.get('null_best_auc_q95'))} with it"
-    )
+
+    def level(side: dict) -> str:
+        return f"mean {_f(side.get('null_best_auc'))}, 95th percentile {_f(side.get('null_best_auc_q95'))}"
+
+    raw_level, pur_level = f"its chance level ({level(raw)})", f"its chance level ({level(purified)})"
     if r_in is None or p_in is None:
         return (
             f"Best attack AUC {_f(r)} without and {_f(p)} with the purifier. The probe did not record its chance "
@@ -69,22 +69,25 @@ def membership_verdict(raw: dict, purified: dict, attacks: int) -> str:
         )
     if r_in and p_in:
         return (
-            f"**Verdict: {NO_MEMBERSHIP_LEAK}.** The best attack reads {_f(r)} without and {_f(p)} with the "
-            f"purifier, both inside {chance}: the difference ({p - r:+.3f}) is noise, not an effect of the purifier."
+            f"**Verdict: {NO_MEMBERSHIP_LEAK}.** The best of {attacks} attacks reads {_f(r)} without the purifier, "
+            f"inside {raw_level}, and {_f(p)} with it, inside {pur_level}: the difference ({p - r:+.3f}) is noise, "
+            "not an effect of the purifier."
         )
     if not r_in and p_in:
         return (
-            f"**Verdict: membership leaks through the raw scores, not through the purified ones.** The best attack "
-            f"reads {_f(r)} without the purifier, above {chance}; with it {_f(p)}, inside its chance level."
+            f"**Verdict: membership leaks through the raw scores, not through the purified ones.** The best of "
+            f"{attacks} attacks reads {_f(r)} without the purifier, above {raw_level}; with it {_f(p)}, inside "
+            f"{pur_level}."
         )
     if r_in and not p_in:
         return (
-            f"**Verdict: the purified scores leak membership measurably, the raw ones do not.** The best attack reads "
-            f"{_f(r)} without the purifier and {_f(p)} with it; {chance}."
+            f"**Verdict: the purified scores leak membership measurably, the raw ones do not.** The best of {attacks} "
+            f"attacks reads {_f(r)} without the purifier, inside {raw_level}, and {_f(p)} with it, above {pur_level}."
         )
     return (
-        f"**Verdict: membership leaks measurably, with and without the purifier.** The best attack reads {_f(r)} "
-        f"without and {_f(p)} with the purifier ({r - p:+.3f} AUC taken off), both above {chance}."
+        f"**Verdict: membership leaks measurably, with and without the purifier.** The best of {attacks} attacks "
+        f"reads {_f(r)} without the purifier, above {raw_level}, and {_f(p)} with it ({r - p:+.3f} AUC taken off), "
+        f"above {pur_level}."
     )
 
 
