@@ -83,6 +83,12 @@ def test_null_reading_is_the_best_of_the_same_attackers_on_noise(curve_result):
     assert f"{att.null_balanced_accuracy:.3f} ({att.null_best})" in text and "reads by chance" in text
     data = curve_result.to_json()["attribute"]
     assert data["null_balanced_accuracy"] == att.null_balanced_accuracy and data["null_best"] == att.null_best
+    # the permutation null of the same attackers' real predictions (no training): about chance on average, its
+    # 95th percentile above the mean, far under the real leak, and written to the JSON
+    assert att.chance < att.permutation_null_mean < att.chance + 0.1  # best of 8 on 120 records: the winner's curse
+    assert att.permutation_null_mean < att.permutation_null_q95 < att.balanced_accuracy
+    assert data["permutation_null_q95"] == att.permutation_null_q95
+    assert f"95th percentile {att.permutation_null_q95:.3f}" in text
 
 
 def test_curve_result_round_trips_and_draws_its_learning_curve(curve_result, tmp_path):

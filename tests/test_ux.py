@@ -224,8 +224,8 @@ def test_folder_error_names_the_column_taken_as_file_names(digits_folder, tmp_pa
     message = str(err.value)
     assert "column 'digit'" in message and "file column" in message and "named 'file'" in message
     assert "400 of 400" in message
-    readme = (REPO / "README.md").read_text()
-    assert "the column named `file`, `filename` or `image`" in readme
+    guide = (REPO / "docs" / "guides" / "train.md").read_text()
+    assert "the column named `file`, `filename` or `image`" in guide
 
 
 # ---- item 9: messages -----------------------------------------------------------------------------

@@ -60,6 +60,10 @@ class AttributeLeakage:
     *beyond the task* is the best attacker's margin over ``task_floor``. ``null_balanced_accuracy`` (None unless
     the probe ran with ``null``) is the best of the same attackers on features that carry nothing, scored on the
     same holdout (``null_best`` names it): what the best-of-all headline reads by chance on this holdout.
+    ``permutation_null_mean`` / ``permutation_null_q95`` (None in files written before): the mean and 95th
+    percentile of the best of the same attackers' holdout balanced accuracies when the holdout's private labels
+    are permuted (2,000 draws; :func:`~privsplit.probes.attribute_attack.best_balanced_accuracy_null`): the
+    headline's chance level, computed by every probe at no training cost.
     """
 
     name: str
@@ -71,6 +75,8 @@ class AttributeLeakage:
     task_floor_ci: tuple[float, float] | None = None  # 95% binomial interval of the floor's balanced accuracy
     null_balanced_accuracy: float | None = None
     null_best: str | None = None
+    permutation_null_mean: float | None = None
+    permutation_null_q95: float | None = None
 
     def __post_init__(self) -> None:
         if not self.attackers:
@@ -116,6 +122,8 @@ class AttributeLeakage:
                 "best_ci": [self.best_score.ci_low, self.best_score.ci_high],
                 "null_balanced_accuracy": self.null_balanced_accuracy,
                 "null_best": self.null_best,
+                "permutation_null_mean": self.permutation_null_mean,
+                "permutation_null_q95": self.permutation_null_q95,
                 "attackers": self.attackers,
             }
         )

@@ -61,6 +61,11 @@ def summary_text(result: FeatureLeakageResult) -> str:
             f"{_ci(*(att.task_floor_ci or (None, None)))}, AUC {_f(att.task_floor_auc)}",
             f"  chance: {_f(att.chance)}, AUC 0.500",
         ]
+        if att.permutation_null_mean is not None:
+            lines.append(
+                f"  best attacker by chance (holdout labels permuted, 2,000 draws): mean "
+                f"{_f(att.permutation_null_mean)}, 95th percentile {_f(att.permutation_null_q95)}"
+            )
         if att.null_balanced_accuracy is not None:
             lines.append(
                 f"  null (the best of the same {len(att.attackers)} attackers on features that carry nothing): "

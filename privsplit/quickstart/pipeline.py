@@ -225,6 +225,8 @@ def _purify(config, layout, log) -> None:
             result = probe_outputs(folder, OutputProbeSpec(seed=config.seed, progress=config.progress))
             result.save(folder.file("probe_outputs.json"))
         st.detail = f"best attack AUC {result.mia.best.auc:.3f} -> {result.mia_purified.best.auc:.3f} with purifier"
+        if result.mia_purified.null_best_auc_q95 is not None:
+            st.detail += f" (by chance up to {result.mia_purified.null_best_auc_q95:.3f}, 95th percentile)"
 
 
 def _export_and_flash(config, layout, log) -> None:

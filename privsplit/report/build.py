@@ -27,7 +27,42 @@ def _pct(value, digits: int = 1) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f} %"
 
 
+def _probe_text(m0: dict) -> str:
+    """Which attackers and training sets the feature probe ran, and what it left out (read from its spec)."""
+    from privsplit.report.verdicts import ATTACKER_NAMES, join_names
+
+    probe = m0.get("probe") or {}
+    attackers = probe.get("attackers") or []
+    if not attackers:
+        return "The probe's settings were not recorded."
+    sets = [f"{100 * c:g} % of the attacker part" for c in probe.get("curve", []) if c < 1.0]
+    if 1.0 in probe.get("curve", []):
+        sets.append(f"the whole attacker part ({probe.get('attacker_size')} images)")
+    if probe.get("pooled"):
+        sets.append("members + reference + attacker (the encoder's own training images included)")
+    text = (
+        f"The probe that ran: {join_names([ATTACKER_NAMES.get(a, a) for a in attackers])}, each trained on "
+        f"{join_names(sets)}: {m0['attribute_attackers_scored']} attackers, scored on {probe.get('holdout_size')} "
+        "holdout images; the headline is the best of them."
+    )
+    left_out = [ATTACKER_NAMES[a] for a in ("gbm",) if a not in attackers]
+    if [c for c in probe.get("curve", []) if c < 1.0] == [] and len(attackers) > 0:
+        left_out.append("the learning curve's smaller sets")
+    if not probe.get("pooled"):
+        left_out.append("the pooled training set (members + reference + attacker)")
+    if not probe.get("noise_null"):
+        left_out.append("the noise-feature null (every attacker trained again on features that carry nothing)")
+    if left_out:
+        text += (
+            f" Not run in this probe: {join_names(left_out)}; "
+            "`privsplit probe features RUN --null` runs the full probe, whose best attacker reads higher."
+        )
+    return text
+
+
 def _features(doc: Document, s: dict) -> None:
+    from privsplit.report.verdicts import feature_verdict
+
     sec = doc.section("What the device sends: feature leakage")
     models = s["models"]
     if not models:
@@ -35,12 +70,13 @@ def _features(doc: Document, s: dict) -> None:
         return
     m0 = models[0]
     sec.add(
-        f"An attacker who holds the features trains, after the fact, on the `attacker` part "
-        "and is scored on `holdout`: the best of "
-        f"logistic regression, an MLP and a CNN for the private attribute **{m0['attribute']}**, "
-        "and a decoder for the image. "
-        f"Chance is {_f(m0['attribute_chance'])}; the **task floor** ({_f(m0['attribute_task_floor'])}) "
-        "is what the true task label alone "
+        f"An attacker who holds the features trains, after the fact, on its own labelled images and is scored on "
+        f"`holdout`, for the private attribute **{m0['attribute']}**; a decoder tries to rebuild the image. "
+        + _probe_text(m0)
+        + f" Chance is {_f(m0['attribute_chance'])}, but the best of several attackers reads above it by chance: "
+        "its **chance level** (null) is the best of the same attackers' holdout predictions when the holdout's "
+        "labels are permuted (2,000 draws; mean and 95th percentile). "
+        f"The **task floor** ({_f(m0['attribute_task_floor'])}) is what the true task label alone "
         f"gives away (the server learns the task anyway); "
         f"the mean-image baseline SSIM is {_f(m0['reconstruction_baseline_ssim'])}."
     )
@@ -50,6 +86,7 @@ def _features(doc: Document, s: dict) -> None:
             f"{m['feature_channels']} ch, σ {m['noise_sigma']:g}, λ {m['adv_weight']:g}",
             _f(m["task_accuracy"]),
             f"{_f(m['attribute_balanced_accuracy'])} ({m['attribute_attacker']})",
+            f"{_f(m.get('attribute_null_mean'))} / {_f(m.get('attribute_null_q95'))}",
             _f(m["reconstruction_ssim"]),
         ]
         for m in models
@@ -60,12 +97,21 @@ def _features(doc: Document, s: dict) -> None:
                 "model",
                 "encoder (channels, noise, adversary weight)",
                 "task accuracy (with channel noise)",
-                "attribute attacker bal. acc.",
+                "best attribute attacker, bal. acc.",
+                "its chance level: mean / 95th pct",
                 "reconstruction SSIM",
             ],
             rows,
         )
     )
+    noise = [m for m in models if m.get("attribute_noise_null") is not None]
+    if noise:
+        sec.add(
+            "Noise-feature null (the same attackers trained on features that carry nothing, one draw): "
+            + ", ".join(f"{m['name']} {_f(m['attribute_noise_null'])}" for m in noise)
+            + "."
+        )
+    sec.add("\n".join(f"- **{m['name']}**: {feature_verdict(m)}." for m in models))
     if s["artefacts"]:
         rows = [
             [
@@ -105,15 +151,22 @@ def _outputs(doc: Document, s: dict) -> None:
             "No output-leakage probe was found (`privsplit train-purifier RUN` then `privsplit probe outputs RUN`)."
         )
         return
+    from privsplit.report.verdicts import ATTACK_NAMES, join_names, membership_verdict
+
+    attacks = o.get("attacks") or []
+    names = join_names([ATTACK_NAMES.get(a, a) for a in attacks]) if attacks else "the probe's attacks"
     sec.add(
         f"{o['members']} training members against {o['nonmembers']} non-members. "
-        "The attacks (thresholds, ML-Leaks, NSH, label-only, a shadow model, and where the probe ran them "
-        "the label-only augmentation attack and offline LiRA) are fitted on the attacker's own data; "
+        f"{len(attacks) or 'The'} attacks ran ({names}; {o.get('shadows') or 1} shadow model(s)), "
+        "fitted on the attacker's own data; "
         "with the purifier the attacker is **adaptive**: it sees only purified scores, "
         f"for its own data too. A label-preserving purifier cannot go below the **label floor** "
         f"(AUC {_f(o['label_floor'])}): what the "
-        "predicted label says about membership."
+        "predicted label says about membership. The best of several attacks reads above 0.5 by chance: its "
+        "**chance level** is the best AUC when the same records' membership labels are redrawn at random "
+        "(2,000 draws, one shared by every attack; mean and 95th percentile)."
     )
+    sec.add(membership_verdict(o["raw"], o["purified"], len(attacks)))
     d = s.get("membership_defense")
     if d is not None:
         text = f"The model was trained with membership defence **{d['name']}**"
@@ -136,6 +189,11 @@ def _outputs(doc: Document, s: dict) -> None:
         ["task accuracy (holdout)", _f(o["accuracy"]), _f(o["accuracy_purified"])],
         ["best attack", r["attack"], p["attack"]],
         ["best attack AUC (label floor " + _f(o["label_floor"]) + ")", _f(r["auc"]), _f(p["auc"])],
+        [
+            "its chance level: mean / 95th pct",
+            f"{_f(r.get('null_best_auc'))} / {_f(r.get('null_best_auc_q95'))}",
+            f"{_f(p.get('null_best_auc'))} / {_f(p.get('null_best_auc_q95'))}",
+        ],
         ["attacker advantage", _f(r["advantage"]), _f(p["advantage"])],
         ["TPR at 1 % FPR", _f(r["tpr_at_1pct_fpr"]), _f(p["tpr_at_1pct_fpr"])],
         ["TPR at 0.1 % FPR", _f(r["tpr_at_0.1pct_fpr"]), _f(p["tpr_at_0.1pct_fpr"])],
@@ -229,7 +287,7 @@ def _stages(doc: Document, s: dict) -> None:
 _THREAT = (
     "- Feature probe: the attacker holds the features the device sends (an eavesdropper or the cloud itself), knows "
     "the encoder's outputs for its own labelled images (`attacker` part, disjoint from training) and trains any of "
-    "three classifiers and a decoder on them.\n"
+    "the probe's attackers (named in its section) and a decoder on them.\n"
     "- Output probe: the attacker is a client of the deployed service; it knows which of its own records were "
     "training members of a shadow model it trains on its own data, and queries the service for the scores of the "
     "records it tests.\n"

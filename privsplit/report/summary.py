@@ -25,6 +25,20 @@ def _maybe(path: Path, what: str) -> dict | None:
     return _read(path, what) if path.is_file() else None
 
 
+def _probe_settings(probe: dict) -> dict:
+    """What the feature probe that wrote ``probe`` ran: attacker families, training sets, nulls."""
+    spec = probe.get("spec") or {}
+    return {
+        "attackers": list(spec.get("attackers") or []),
+        "curve": list(spec.get("curve") or []),
+        "pooled": bool(spec.get("pooled")),
+        "noise_null": bool(spec.get("null")),
+        "attacker_size": (probe.get("sizes") or {}).get("attacker"),
+        "holdout_size": (probe.get("sizes") or {}).get("holdout"),
+        "features_from": (probe.get("data") or {}).get("features_from", "torch"),
+    }
+
+
 def _feature_row(name: str, probe: dict, metrics: dict, train: dict) -> dict:
     attr, rec = probe.get("attribute") or {}, probe.get("reconstruction") or {}
     return {
@@ -41,6 +55,11 @@ def _feature_row(name: str, probe: dict, metrics: dict, train: dict) -> dict:
         "attribute_auc": attr.get("auc"),
         "attribute_chance": attr.get("chance"),
         "attribute_task_floor": attr.get("task_floor"),
+        "attribute_null_mean": attr.get("permutation_null_mean"),
+        "attribute_null_q95": attr.get("permutation_null_q95"),
+        "attribute_noise_null": attr.get("null_balanced_accuracy"),
+        "attribute_attackers_scored": len(attr.get("attackers") or {}),
+        "probe": _probe_settings(probe),
         "reconstruction_ssim": rec.get("ssim"),
         "reconstruction_psnr": rec.get("psnr"),
         "reconstruction_baseline_ssim": rec.get("baseline_ssim"),
@@ -85,6 +104,8 @@ def _mia(report: dict) -> dict:
         "tpr_at_1pct_fpr": best["tpr_at_1pct_fpr"],
         "tpr_at_0.1pct_fpr": best["tpr_at_0.1pct_fpr"],
         "excess_auc": report["excess_auc"],
+        "null_best_auc": report.get("null_best_auc"),
+        "null_best_auc_q95": report.get("null_best_auc_q95"),
     }
 
 
@@ -99,7 +120,17 @@ def _membership_defense(run: Path) -> dict | None:
 
 
 def _outputs(probe: dict) -> dict:
+    from privsplit.report.verdicts import inside_null
+
     inv, inv_p = probe["inversion"], probe["inversion_purified"]
+    raw, purified = _mia(probe["mia"]), _mia(probe["mia_purified"])
+    measurable = {
+        name: None if inside is None else not inside
+        for name, inside in (
+            ("raw", inside_null(raw["auc"], raw["null_best_auc_q95"])),
+            ("purified", inside_null(purified["auc"], purified["null_best_auc_q95"])),
+        )
+    }
     return {
         "members": probe["n_members"],
         "nonmembers": probe["n_nonmembers"],
@@ -109,8 +140,11 @@ def _outputs(probe: dict) -> dict:
         "label_agreement": probe["label_agreement"],
         "distortion_pct": probe["distortion_pct"],
         "label_floor": probe["mia"]["label_floor"],
-        "raw": _mia(probe["mia"]),
-        "purified": _mia(probe["mia_purified"]),
+        "attacks": list(probe["mia"]["attacks"]),
+        "shadows": (probe.get("spec") or {}).get("shadows"),
+        "raw": raw,
+        "purified": purified,
+        "leak_measurable": measurable,  # best AUC above the null's 95th percentile (None: no null recorded)
         "inversion_mse": inv["mse"],
         "inversion_mse_purified": inv_p["mse"],
         "inversion_mse_ratio": probe["inversion_mse_ratio"],
