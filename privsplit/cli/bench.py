@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import add_dial_args, add_json_out, dial_token, non_negative_float, positive_int
+from privsplit.cli._common import add_dial_args, add_json_out, dial_token, non_negative_float, positive_int, seed_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -20,23 +20,54 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+# The old spelling, kept as an alias for one release (0.x): it works and prints a one-line deprecation note.
+DEPRECATED = {"bench cloud": "cloud bench"}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench",
-        help="load probes (bench cloud: concurrency sweep against a server)",
-        description="Load probes. `privsplit bench cloud` measures a running server.",
-    )
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="TARGET")
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
-    c = bench_sub.add_parser(
         "cloud",
-        help="concurrency sweep against a running `privsplit serve` (throughput, p50/p90/p99)",
+        help="cloud side: load probe of a running server (cloud bench); serve it with `privsplit serve`",
+        description="The cloud side of privsplit, beside `privsplit edge`. `privsplit cloud bench` measures a "
+        "running `privsplit serve`.",
+    )
+    cloud_sub = p.add_subparsers(dest="cloud_command", metavar="ACTION")
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    _add_cloud_bench(cloud_sub, "bench", deprecated=False)
+
+    old = sub.add_parser(
+        "bench",
+        help="deprecated spelling of `privsplit cloud bench` (bench cloud), kept for one release",
+        description="Deprecated: `privsplit bench cloud` is now `privsplit cloud bench` (beside `privsplit edge "
+        "bench`); this spelling still works for one release and says so on stderr.",
+    )
+    bench_sub = old.add_subparsers(dest="bench_command", metavar="TARGET")
+    old.set_defaults(handler=lambda args: (old.print_help(), 2)[1])
+    _add_cloud_bench(bench_sub, "cloud", deprecated=True)
+    # Other areas add `privsplit bench <target>` from privsplit/cli/bench_<target>.py (``register(bench_sub)``).
+    import importlib
+    import pkgutil
+
+    import privsplit.cli
+
+    for info in sorted(pkgutil.iter_modules(privsplit.cli.__path__), key=lambda m: m.name):
+        if info.name.startswith("bench_"):
+            importlib.import_module(f"privsplit.cli.{info.name}").register(bench_sub)
+
+
+def _add_cloud_bench(sub: argparse._SubParsersAction, name: str, *, deprecated: bool) -> None:
+    c = sub.add_parser(
+        name,
+        help=("deprecated: use `privsplit cloud bench`" if deprecated else "")
+        + "concurrency sweep (closed loop) or request-rate probe (--rate, open loop) against a running "
+        "`privsplit serve` (throughput, p50/p90/p99)",
         description="Like Triton's perf_analyzer: for each concurrency C, C closed-loop clients send ModelInfer "
         "(or keep one ModelStreamInfer stream each with --stream) for --duration seconds after a warm-up; "
         "reports throughput, latency percentiles and the server's own compute/queue time. Requests carry "
         "random int8 features of the model's shape, quantized as the bundle says, with an accepted encoder "
         "hash: from --bundle, or --encoder-hash (the shape is then read from ModelMetadata).",
     )
+    c.set_defaults(deprecated_spelling="bench cloud" if deprecated else None)
     c.add_argument(
         "--target",
         required=True,
@@ -88,18 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--label-only", action="store_true", help="ask for the label only")
     add_dial_args(c)
-    c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
+    c.add_argument("--seed", type=seed_int, default=0, help="seed of the random features (default %(default)s)")
     add_json_out(c)
     c.set_defaults(handler=run_cloud)
-    # Other areas add `privsplit bench <target>` from privsplit/cli/bench_<target>.py (``register(bench_sub)``).
-    import importlib
-    import pkgutil
-
-    import privsplit.cli
-
-    for info in sorted(pkgutil.iter_modules(privsplit.cli.__path__), key=lambda m: m.name):
-        if info.name.startswith("bench_"):
-            importlib.import_module(f"privsplit.cli.{info.name}").register(bench_sub)
 
 
 def _request_spec(args, dial):

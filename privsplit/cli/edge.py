@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import add_dial_args, dial_token, non_negative_float, positive_int
+from privsplit.cli._common import add_dial_args, dial_token, non_negative_int, positive_float, positive_int, seed_int
 from privsplit.results import dumps
 
 _RUNTIMES = ("litert", "tflite-runtime", "onnxruntime")
@@ -38,7 +38,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         metavar="N",
         help="seed of the channel noise (default: OS entropy; set only to reproduce results)",
     )
@@ -57,14 +57,14 @@ def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=non_negative_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="deadline of each call in seconds, its retries included (default %(default)s)",
     )
     p.add_argument(
         "--retries",
-        type=int,
+        type=non_negative_int,
         default=4,
         metavar="N",
         help="retries on UNAVAILABLE, with exponential backoff and jitter (default %(default)s)",
@@ -110,12 +110,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _pipeline_args(b)
     _client_args(b, required=False)
     b.add_argument(
-        "--warmup", type=int, default=10, metavar="N", help="unmeasured runs after the first (default %(default)s)"
+        "--warmup",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="unmeasured runs after the first (default %(default)s)",
     )
     b.add_argument("--runs", type=positive_int, default=100, metavar="N", help="measured runs (default %(default)s)")
     b.add_argument(
         "--max-seconds",
-        type=non_negative_float,
+        type=positive_float,
         metavar="S",
         help="stop measuring after S seconds even if fewer runs were made",
     )
@@ -143,7 +147,7 @@ def client_config(args: argparse.Namespace):
         target=args.server,
         tls=tls,
         token=token,
-        timeout_s=args.timeout or 10.0,
+        timeout_s=args.timeout,
         retry=RetryPolicy(attempts=args.retries + 1),
         model_name=args.model_name,
         insecure=args.insecure,
@@ -205,7 +209,7 @@ def run_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         warmup=args.warmup,
         runs=args.runs,
-        max_seconds=args.max_seconds or None,
+        max_seconds=args.max_seconds,
         server=args.server,
         input=InputKind.FRAME if args.frames else InputKind.FILE,
         image=None if args.image is None else str(args.image),
