@@ -221,7 +221,6 @@ def _error_classes():
     import importlib
     import pkgutil
 
-    import privsplit
     from privsplit.errors import PrivsplitError
 
     # The namespace's parts (edge/, cloud/, export/, proto/ are mapped into it), then every module in each.
