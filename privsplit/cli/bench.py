@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import add_dial_args, add_json_out, dial_token, non_negative_float, positive_int, seed_int
+from privsplit.cli._common import (
+    add_dial_args,
+    add_json_out,
+    dial_token,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -22,6 +30,16 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 # The old spelling, kept as an alias for one release (0.x): it works and prints a one-line deprecation note.
 DEPRECATED = {"bench cloud": "cloud bench"}
+
+
+def _rate_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of request rates") from None
+    if not values or not all(0 < v <= 100_000 for v in values):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: give request rates per second in (0, 100000], e.g. 50,200")
+    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,13 +96,20 @@ def _add_cloud_bench(sub: argparse._SubParsersAction, name: str, *, deprecated: 
     c.add_argument(
         "--concurrency",
         type=_int_list,
-        default=(1, 8, 32),
         metavar="N,N,...",
-        help="concurrency levels (default 1,8,32)",
+        help="closed loop: concurrency levels (default 1,8,32)",
+    )
+    c.add_argument(
+        "--rate",
+        type=_rate_list,
+        metavar="R,R,...",
+        help="open loop instead (perf_analyzer's request-rate mode): send R requests per second at fixed times, "
+        "whether or not replies came back, and measure each latency from its scheduled send time (no "
+        "coordinated omission); one level per rate",
     )
     c.add_argument(
         "--duration",
-        type=non_negative_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="seconds measured per level (default %(default)s)",
@@ -182,6 +207,8 @@ def run_cloud(args: argparse.Namespace) -> int:
     from privsplit.proto.channel import ChannelTls, DialConfig, UnavailableRetry, parse_target
     from privsplit.proto.wire import features_request
 
+    if args.rate and args.concurrency:
+        raise ConfigError("--rate (open loop) and --concurrency (closed loop) pick the mode: give one of them")
     target = parse_target(args.target, flag="--target")
     token = dial_token(args)
     tls = (
@@ -204,7 +231,8 @@ def run_cloud(args: argparse.Namespace) -> int:
     )
     spec = LoadSpec(
         target=args.target,
-        concurrency=args.concurrency,
+        concurrency=args.concurrency or (1, 8, 32),
+        rate=args.rate or (),
         duration_s=args.duration,
         warmup_s=args.warmup,
         stream=args.stream,
@@ -212,14 +240,17 @@ def run_cloud(args: argparse.Namespace) -> int:
     )
 
     def show(point):
+        level = (
+            f"rate {point.offered_rate:g}/s" if point.offered_rate is not None else f"concurrency {point.concurrency}"
+        )
         print(
-            f"concurrency {point.concurrency}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
+            f"{level}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
             f"p99 {point.p99_ms:.3f} ms, errors {point.errors}",
             file=sys.stderr,
             flush=True,
         )
 
-    result = run_load(spec, request, dial=dial, label="bench cloud", progress=show)
+    result = run_load(spec, request, dial=dial, label="cloud bench", progress=show)
     print(result.summary())
     if args.json is not None:
         result.save(args.json)

@@ -198,10 +198,26 @@ def run_infer(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
+# Options of the connection to the server: meaningless (and refused, not ignored) without --server.
+_DIAL_FLAGS = (
+    ("--token-file", "token_file"),
+    ("--tls-ca", "tls_ca"),
+    ("--tls-cert", "tls_cert"),
+    ("--tls-key", "tls_key"),
+    ("--tls-server-name", "tls_server_name"),
+)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from privsplit.edge.latency import BenchSpec, InputKind
     from privsplit.edge.latency import run_bench as bench
 
+    if args.server is None:
+        from privsplit.errors import ConfigError
+
+        given = [flag for flag, dest in _DIAL_FLAGS if getattr(args, dest) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} is for the round trip to a server: add --server HOST:PORT or drop it")
     check_edge_bundle_path(args.bundle)
     spec = BenchSpec(
         runtime=args.runtime,
