@@ -75,7 +75,9 @@ def test_exif_orientation_gives_the_same_tensor_and_label(bundles, tmp_path, fmt
     ],
 )
 def test_zero_and_absurd_numbers_are_refused_in_one_line(argv, needle, capsys):
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "--help" in err, err
 

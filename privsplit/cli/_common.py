@@ -68,7 +68,7 @@ def add_json_out(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dial_args(parser: argparse.ArgumentParser) -> None:
-    """The client's token and TLS flags (``privsplit edge ...`` and ``privsplit bench cloud``)."""
+    """The client's token and TLS flags (``privsplit edge ...`` and ``privsplit cloud bench``)."""
     parser.add_argument(
         "--token-file",
         type=Path,

@@ -1,4 +1,5 @@
-"""``privsplit bench``: load probes. ``bench cloud`` sweeps concurrency against a running server."""
+"""``privsplit cloud bench``: the load probe of a running server (closed-loop concurrency sweep or open-loop --rate);
+``privsplit bench cloud`` is its deprecated spelling, kept for one release."""
 
 from __future__ import annotations
 

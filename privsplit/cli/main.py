@@ -130,10 +130,7 @@ def _os_error_line(exc: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     silence_startup_noise()  # before any command imports TensorFlow, LiteRT, torch or torchao
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, a usage error (already one line on stderr)
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parser.parse_args(argv)  # --help, --version and a usage error (one line) exit here, as argparse does
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
