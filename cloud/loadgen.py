@@ -396,9 +396,12 @@ def run_load(spec: LoadSpec, request, *, dial: DialConfig | None = None, label: 
     dial = dataclasses.replace(dial, max_message_bytes=max(dial.max_message_bytes, 2 * len(payload)))
     rows = int(request.inputs[0].data.shape[0])
     points = []
-    levels = [(_rate_level, r) for r in spec.rate] or [(_level, c) for c in spec.concurrency]
-    for run_level, level in levels:
-        point = asyncio.run(run_level(spec, dial, payload, level, rows))
+    levels: list[float] = list(spec.rate) if spec.open_loop else list(spec.concurrency)
+    for level in levels:
+        if spec.open_loop:
+            point = asyncio.run(_rate_level(spec, dial, payload, level, rows))
+        else:
+            point = asyncio.run(_level(spec, dial, payload, int(level), rows))
         points.append(point)
         if progress is not None:
             progress(point)

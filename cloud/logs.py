@@ -48,7 +48,12 @@ class _Json(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        body = {"time": stamp, "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        body: dict[str, object] = {
+            "time": stamp,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if self.worker is not None:
             body.update(worker=self.worker, pid=os.getpid())
         if record.exc_info:
