@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(args: argparse.Namespace) -> str:
     """The subcommand as typed, e.g. ``edge bench`` (for the error line)."""
     words = [args.command] + [
-        str(v) for k, v in sorted(vars(args).items()) if k.endswith("_command") and k != "command" and v
+        str(v) for k, v in sorted(vars(args).items()) if k.endswith(("_command", "_kind")) and k != "command" and v
     ]
     return " ".join(w for w in words if w)
 
