@@ -190,7 +190,9 @@ def build_model(config: KServeConfig) -> Any:
 
 def serve_kserve(config: KServeConfig, *, log=None) -> int:
     """Run KServe's ModelServer with the bundle until SIGTERM / SIGINT (KServe's own handling); return 0."""
-    log = log or (lambda msg: print(f"privsplit serve: {msg}", file=sys.stderr, flush=True))
+    from privsplit.cloud.logs import logger
+
+    log = log or logger.info
     model = build_model(config)
     kserve, _servicer = _kserve()
     spec = model.spec

@@ -11,6 +11,12 @@ its calls over them with gRPC's ``round_robin`` (see :mod:`privsplit.proto.chann
 :class:`DialConfig` an ``UnavailableRetry`` so gRPC re-sends a call that a dying replica refused.
 ``connections``: TCP connections per level (each channel has its own); a ``privsplit serve --workers N``
 server balances per connection (SO_REUSEPORT), so give it several per worker (e.g. 4 N).
+
+``rate`` (open loop, like perf_analyzer's request-rate mode): for each offered rate R, request i is sent at the
+scheduled time ``t0 + i / R`` whether or not earlier ones have come back, and its latency is measured from that
+scheduled time, not from when the client got round to sending it. A closed loop sends the next request only
+after the last reply, so a server that stalls for a second delays (and hides) the requests that would have
+queued behind the stall: coordinated omission, which flatters p99. The open loop records them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from privsplit.results import check_schema, from_dict, read_json, save_json, to_
 
 LOAD_SCHEMA_VERSION = 1
 SAMPLE_CAP = 2000  # latencies kept per level for histograms
+MAX_RATE = 100_000.0  # requests per second one asyncio client can schedule at all
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,17 @@ class LoadSpec:
     timeout_s: float = 30.0
     parse_replies: bool = True  # False: count replies without reading them (for a bare echo baseline)
     connections: int | None = None  # TCP connections per level (None: 1 per 16 workers, at most 4)
+    rate: tuple[float, ...] = ()  # offered request rates (open loop); empty: the closed-loop concurrency sweep
+
+    @property
+    def open_loop(self) -> bool:
+        return bool(self.rate)
 
     def __post_init__(self) -> None:
+        if self.rate and (min(self.rate) <= 0 or max(self.rate) > MAX_RATE):
+            raise ConfigError(f"--rate needs request rates in (0, {MAX_RATE:g}] per second, got {list(self.rate)}")
+        if self.rate and self.stream:
+            raise ConfigError("--rate sends unary calls at scheduled times: drop --stream")
         if self.connections is not None and self.connections < 1:
             raise ConfigError(f"--connections must be >= 1, got {self.connections}")
         if not self.concurrency or min(self.concurrency) < 1:
@@ -78,6 +94,8 @@ class LoadPoint:
     batch_size_mean: float
     error_codes: dict[str, int] = field(default_factory=dict)
     latency_sample_ms: tuple[float, ...] = ()  # up to SAMPLE_CAP client latencies, evenly spaced over the level
+    offered_rate: float | None = None  # open loop: the scheduled requests per second (None: closed loop)
+    send_lag_ms_p99: float | None = None  # open loop: p99 of (actual send - scheduled send); large = client-bound
 
 
 @dataclass(frozen=True)
@@ -110,13 +128,16 @@ class LoadResult:
             f"{self.label + ': ' if self.label else ''}{self.spec.target} {'stream' if self.spec.stream else 'unary'}, "
             f"{self.request_bytes} B requests of {self.rows_per_request} row(s), {self.spec.duration_s:g} s per level"
         )
+        if self.spec.open_loop:
+            head = head.replace(" unary,", " unary open loop (latency from the scheduled send),")
         rows = [
-            f"{'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'srv compute us':>15} "
-            f"{'srv queue us':>13} {'batch':>6} {'errors':>7}"
+            f"{'rate' if self.spec.open_loop else 'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+            f"{'srv compute us':>15} {'srv queue us':>13} {'batch':>6} {'errors':>7}"
         ]
         for p in self.points:
+            level = f"{p.offered_rate:>5g}" if p.offered_rate is not None else f"{p.concurrency:>5}"
             rows.append(
-                f"{p.concurrency:>5} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
+                f"{level} {p.throughput:>9.1f} {p.p50_ms:>8.3f} {p.p90_ms:>8.3f} {p.p99_ms:>8.3f} "
                 f"{p.server_compute_us_p50:>15.0f} {p.server_queue_us_p50:>13.0f} "
                 f"{p.batch_size_mean:>6.1f} {p.errors:>7}"
             )
@@ -210,8 +231,97 @@ async def _stream_worker(
         rec.error("DEADLINE_EXCEEDED")
 
 
+def schedule(rate: float, count: int, start: float = 0.0) -> np.ndarray:
+    """The open loop's send times: request ``i`` at ``start + i / rate`` (a constant interval, as perf_analyzer's
+    default request distribution)."""
+    return start + np.arange(count, dtype=np.float64) / float(rate)
+
+
+async def open_loop(
+    call,
+    payload: bytes,
+    *,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    timeout: float,
+    metadata=None,
+    parse: bool = True,
+    clock=time.perf_counter,
+) -> tuple[_Recorder, list[float], int]:
+    """Send ``payload`` with ``call`` at ``rate`` per second for ``warmup_s + duration_s``; record the requests
+    scheduled inside the measured window, each latency from its scheduled send time. Returns the recorder, the
+    send lags (actual - scheduled, seconds) of the recorded requests and the peak number in flight."""
+    import grpc
+
+    rec, lags = _Recorder(), []
+    in_flight, peak = [0], [0]
+    rec.recording = True  # recording is decided per request, by its scheduled time
+
+    async def one(scheduled: float, measured: bool) -> None:
+        lag = clock() - scheduled
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            raw = await call(payload, timeout=timeout, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if measured:
+                rec.error(exc.code().name)
+            return
+        finally:
+            in_flight[0] -= 1
+        done = clock()
+        if measured:
+            stats = _reply_stats(raw, False, parse)
+            rec.ok(done - scheduled, stats) if stats[0] else rec.error(stats[1])
+            lags.append(lag)
+
+    count = int(round((warmup_s + duration_s) * rate))
+    t0 = clock()
+    window = (t0 + warmup_s, t0 + warmup_s + duration_s)
+    tasks = []
+    for at in schedule(rate, count, t0):
+        wait = at - clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.ensure_future(one(float(at), window[0] <= at < window[1])))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return rec, lags, peak[0]
+
+
 def _pct(values, q) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+async def _rate_level(spec: LoadSpec, dial: DialConfig, payload: bytes, rate: float, rows: int) -> LoadPoint:
+    from privsplit.proto.channel import dial_aio, stub
+
+    n_channels = spec.connections or 1
+    channels = [dial_aio(dial) for _ in range(n_channels)]
+    calls = [stub(ch, raw=True, raw_replies=True).ModelInfer for ch in channels]
+    turn = [0]
+
+    async def call(payload, **kw):
+        turn[0] += 1
+        return await calls[turn[0] % n_channels](payload, **kw)
+
+    try:
+        rec, lags, peak = await open_loop(
+            call,
+            payload,
+            rate=rate,
+            warmup_s=spec.warmup_s,
+            duration_s=spec.duration_s,
+            timeout=spec.timeout_s,
+            metadata=dial.metadata or None,
+            parse=spec.parse_replies,
+        )
+    finally:
+        for ch in channels:
+            await ch.close()
+    point = _point(spec, rec, spec.duration_s, peak, rows)
+    lag_p99 = _pct(np.asarray(lags) * 1e3, 99) if lags else None
+    return dataclasses.replace(point, offered_rate=rate, send_lag_ms_p99=lag_p99)
 
 
 async def _level(spec: LoadSpec, dial: DialConfig, payload: bytes, concurrency: int, rows: int) -> LoadPoint:
@@ -243,6 +353,10 @@ async def _level(spec: LoadSpec, dial: DialConfig, payload: bytes, concurrency: 
     finally:
         for ch in channels:
             await ch.close()
+    return _point(spec, rec, elapsed, concurrency, rows)
+
+
+def _point(spec: LoadSpec, rec: _Recorder, elapsed: float, concurrency: int, rows: int) -> LoadPoint:
     lat_ms = np.asarray(rec.latency) * 1e3
     n = len(lat_ms)
     return LoadPoint(
@@ -282,8 +396,12 @@ def run_load(spec: LoadSpec, request, *, dial: DialConfig | None = None, label: 
     dial = dataclasses.replace(dial, max_message_bytes=max(dial.max_message_bytes, 2 * len(payload)))
     rows = int(request.inputs[0].data.shape[0])
     points = []
-    for c in spec.concurrency:
-        point = asyncio.run(_level(spec, dial, payload, c, rows))
+    levels: list[float] = list(spec.rate) if spec.open_loop else list(spec.concurrency)
+    for level in levels:
+        if spec.open_loop:
+            point = asyncio.run(_rate_level(spec, dial, payload, level, rows))
+        else:
+            point = asyncio.run(_level(spec, dial, payload, int(level), rows))
         points.append(point)
         if progress is not None:
             progress(point)

@@ -16,7 +16,6 @@ grpc.aio, and the model thread batches across its worker threads.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 
@@ -190,7 +189,9 @@ def serve(config: ServeConfig, *, log=None, on_ready=None) -> int:
     """Serve until SIGTERM / SIGINT, then drain and return 0. Logs the bound address to stderr;
     ``on_ready(server)`` is called once it serves (a worker process reports to its supervisor there).
     ``config.workers`` is ignored here: :func:`privsplit.cloud.workers.supervise` runs several."""
-    log = log or (lambda msg: print(f"privsplit serve: {msg}", file=sys.stderr, flush=True))
+    from privsplit.cloud.logs import logger
+
+    log = log or logger.info
     server, port = create_server(config)
     stop = threading.Event()
     received: list[str] = []

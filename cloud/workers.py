@@ -17,10 +17,12 @@ The supervisor (the ``privsplit serve`` process itself):
 * restarts a worker that dies (logged with its exit status), unless :data:`MAX_RESTARTS` happened within
   :data:`RESTART_WINDOW_S` (a crash loop): then it stops the others and exits 1.
 
-Workers log to the same stderr with their index and pid. Health and metrics are per worker: a health
-check is answered by the worker its connection landed on; ``--metrics-port P`` gives worker K the port
-P+K (0: each picks a free port; every worker logs its metrics address). Workers run in their own session
-(a terminal's Ctrl-C reaches only the supervisor, which forwards it) and stop if the supervisor dies.
+Workers log to the same stderr with their index and pid. Health is per worker: a health check is answered
+by the worker its connection landed on. Metrics are one endpoint: with ``--metrics-port P`` the supervisor
+serves ``/metrics`` on P, the sum over every worker (prometheus_client's multiprocess mode; each worker
+writes its counts to the folder in ``PROMETHEUS_MULTIPROC_DIR``, which the supervisor prepares). Workers run
+in their own session (a terminal's Ctrl-C reaches only the supervisor, which forwards it) and stop if the
+supervisor dies.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class WorkerInfo:
 class _Worker:
     """One worker process and the reader of its report line."""
 
-    def __init__(self, index: int, config: ServeConfig) -> None:
+    def __init__(self, index: int, config: ServeConfig, *, env: dict[str, str] | None = None) -> None:
         self.index = index
         self.info: WorkerInfo | None = None
         self.proc = subprocess.Popen(
@@ -71,6 +73,7 @@ class _Worker:
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True, name=f"privsplit-worker-{index}").start()
@@ -151,13 +154,14 @@ def _offset_port(base: int | None, index: int, flag: str) -> int | None:
 
 
 def worker_config(config: ServeConfig, index: int, port: int) -> ServeConfig:
-    """Worker ``index``: the shared port, and its own metrics and health ports (``--metrics-port P`` -> P + index)."""
+    """Worker ``index``: the shared port and its own health port (``--health-port P`` -> P + index); no metrics
+    port (the supervisor serves every worker's metrics on ``--metrics-port``)."""
     return replace(
         config,
         port=port,
         workers=1,
         reuse_port=True,
-        metrics_port=_offset_port(config.metrics_port, index, "--metrics-port"),
+        metrics_port=None,
         health_port=_offset_port(config.health_port, index, "--health-port"),
     )
 
@@ -182,7 +186,10 @@ def _stop_all(workers: dict[int, _Worker], grace: float, log) -> bool:
 
 def supervise(config: ServeConfig, *, log=None) -> int:
     """Run ``config.workers`` worker processes on one port until SIGTERM / SIGINT; 0 when all drained."""
-    log = log or (lambda msg: print(f"privsplit serve: {msg}", file=sys.stderr, flush=True))
+    from privsplit.cloud.logs import logger
+
+    warn = log or logger.warning
+    log = log or logger.info
     reservation, port = reserve_port(config.host, config.port)
     stop, received = threading.Event(), []
 
@@ -193,10 +200,17 @@ def supervise(config: ServeConfig, *, log=None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: dict[int, _Worker] = {}
     failed = False
+    metrics_dir, httpd, env = None, None, None
     try:
         configs = [worker_config(config, k, port) for k in range(config.workers)]
+        if config.metrics_port is not None:  # one /metrics: every worker writes to metrics_dir, we add them up
+            from privsplit.cloud.metrics import MULTIPROC_ENV, multiprocess_dir, serve_multiprocess
+
+            metrics_dir = multiprocess_dir()
+            env = {MULTIPROC_ENV: str(metrics_dir)}
+            httpd, metrics_port = serve_multiprocess(metrics_dir, config.host, config.metrics_port)
         for k, worker_cfg in enumerate(configs):  # all load their model at once
-            workers[k] = _Worker(k, worker_cfg)
+            workers[k] = _Worker(k, worker_cfg, env=env)
         for w in workers.values():
             w.await_ready(stop)
         reservation.close()
@@ -206,6 +220,8 @@ def supervise(config: ServeConfig, *, log=None) -> int:
                 f"listening on {config.host}:{port} with {config.workers} worker processes (pids {pids}; "
                 "SO_REUSEPORT spreads connections over them)"
             )
+            if httpd is not None:
+                log(f"metrics on http://{config.host}:{metrics_port}/metrics (the sum over all workers)")
         restarts: collections.deque[float] = collections.deque()
         while not stop.wait(0.2):
             for k, w in list(workers.items()):
@@ -217,17 +233,21 @@ def supervise(config: ServeConfig, *, log=None) -> int:
                 while now - restarts[0] > RESTART_WINDOW_S:
                     restarts.popleft()
                 what = f"worker {k} (pid {w.proc.pid}) died ({describe_exit(code)})"
+                if metrics_dir is not None:
+                    from privsplit.cloud.metrics import worker_gone
+
+                    worker_gone(metrics_dir, w.proc.pid)
                 if len(restarts) > MAX_RESTARTS:
-                    log(f"{what}; {MAX_RESTARTS} restarts within {RESTART_WINDOW_S:g} s: stopping")
+                    warn(f"{what}; {MAX_RESTARTS} restarts within {RESTART_WINDOW_S:g} s: stopping")
                     failed = True
                     stop.set()
                     break
-                log(f"{what}; restarting it")
-                workers[k] = _Worker(k, configs[k])
+                warn(f"{what}; restarting it")
+                workers[k] = _Worker(k, configs[k], env=env)
                 try:
                     info = workers[k].await_ready(stop)
                 except PrivsplitError as exc:
-                    log(f"worker {k} did not restart: {exc}; stopping")
+                    warn(f"worker {k} did not restart: {exc}; stopping")
                     failed = True
                     stop.set()
                     break
@@ -237,9 +257,16 @@ def supervise(config: ServeConfig, *, log=None) -> int:
             log(f"{received[0]}: draining {len(workers)} workers (up to {config.grace_s:g} s for in-flight requests)")
     finally:
         reservation.close()
-        clean = _stop_all(workers, config.grace_s, log)
+        clean = _stop_all(workers, config.grace_s, warn)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if metrics_dir is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # our temporary folder
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if failed or not clean:
         return 1
     log("all workers drained; bye")
@@ -260,10 +287,10 @@ def _worker_main(index: int) -> int:
 
     silence_startup_noise()
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    prefix = f"privsplit serve worker {index} (pid {os.getpid()})"
+    from privsplit.cloud.logs import logger, setup_logging
 
-    def log(msg: str) -> None:
-        print(f"{prefix}: {msg}", file=sys.stderr, flush=True)
+    setup_logging(worker=index)  # the supervisor's --log-format and --log-level, from the environment
+    log = logger.info
 
     serving: list[WorkerInfo] = []
 
@@ -277,7 +304,7 @@ def _worker_main(index: int) -> int:
         return serve(config, log=log, on_ready=report)
     except PrivsplitError as exc:
         if serving:  # the supervisor no longer reads the reports: say it here
-            log(f"error: {exc}")
+            logger.error(str(exc))
         else:  # the supervisor raises it (one line from the command, not one per worker)
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}), flush=True)
         return exc.exit_code

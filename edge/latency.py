@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privsplit.errors import ConfigError
+from privsplit.errors import ConfigError, DataError
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
 BENCH_SCHEMA_VERSION = 1
@@ -195,6 +195,26 @@ def _jpeg_bytes(pixels: np.ndarray) -> int:
     return len(buf.getvalue())
 
 
+def _read_image_file(path: Path) -> bytes:
+    """The bytes of ``--image``, checked to decode as an image now (a one-line DataError, not a traceback later)."""
+    from PIL import Image
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"--image {path}: no such file: pass an existing JPEG or PNG file") from None
+    except IsADirectoryError:
+        raise DataError(f"--image {path} is a folder: pass one image file") from None
+    except OSError as exc:
+        raise DataError(f"--image {path}: cannot read it ({exc.strerror or exc}): check its permissions") from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError and more on bad files
+        raise DataError(f"--image {path}: not an image Pillow can decode ({exc}): pass a JPEG or PNG file") from None
+    return data
+
+
 def run_bench(
     bundle, spec: BenchSpec = BenchSpec(), *, trust_key=None, client_config=None, progress=None
 ) -> BenchResult:
@@ -211,17 +231,21 @@ def run_bench(
     pre = pipe.preprocessor
     size, channels = pre.spec.size, pre.spec.channels
     if spec.image is not None:
-        data = Path(spec.image).read_bytes()
+        data = _read_image_file(Path(spec.image))
         desc = f"{Path(spec.image).name} ({len(data)} bytes)"
     else:
         data = synthetic_jpeg(size, channels, seed=spec.seed)
         desc = f"synthetic {size}x{size} JPEG ({len(data)} bytes)"
     frame = None
     if spec.input is InputKind.FRAME:
-        from PIL import Image
+        from PIL import Image, ImageOps
 
-        with Image.open(io.BytesIO(data)) as img:
-            frame = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+        name = "the synthetic JPEG" if spec.image is None else spec.image
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                frame = np.asarray(ImageOps.exif_transpose(img).convert("RGB" if channels == 3 else "L"))
+        except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+            raise DataError(f"--image {name}: cannot decode it as an image ({exc}): pass a JPEG or PNG file") from None
         desc = f"{frame.shape[1]}x{frame.shape[0]} uint8 frame from {desc}"
 
     client, connect_ms = None, None

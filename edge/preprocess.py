@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from privsplit.bundle import PreprocessSpec, TensorSpec
 from privsplit.errors import BundleError, DataError
@@ -26,6 +26,17 @@ def _square(img: Image.Image) -> Image.Image:
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
     return img.crop((left, top, left + s, top + s)) if (w, h) != (s, s) else img
+
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera sets instead of rotating the pixels
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (phone photos are stored sideways with that tag);
+    an image without the tag, or with orientation 1, is returned as is."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) in (0, 1):
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 @dataclass(frozen=True)
@@ -76,13 +87,16 @@ class Preprocessor:
         return arr[..., None] if arr.ndim == 2 else arr
 
     def decode(self, path: str | Path) -> np.ndarray:
-        """An image file -> ``uint8 (size, size, channels)``; unreadable files raise :class:`DataError`."""
+        """An image file -> ``uint8 (size, size, channels)``, upright as its EXIF orientation says; unreadable
+        files raise :class:`DataError`."""
         path = Path(path)
         try:
             with Image.open(path) as img:
-                return self._fit(img)
+                return self._fit(upright(img))
         except FileNotFoundError:
             raise DataError(f"image file {path} not found") from None
+        except IsADirectoryError:
+            raise DataError(f"{path} is a folder, not an image file") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"cannot decode {path}: {type(exc).__name__}: {exc}") from None
 
@@ -91,7 +105,7 @@ class Preprocessor:
 
         try:
             with Image.open(io.BytesIO(data)) as img:
-                return self._fit(img)
+                return self._fit(upright(img))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"cannot decode {name}: {type(exc).__name__}: {exc}") from None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector  # imported before any test sets its folder
 from test_cloud_cli import Served, _cli, _wait_for
 from test_cloud_support import REPO, wire_features
 
@@ -53,6 +54,15 @@ def _metrics_url(served: Served, worker: int | None = None) -> str:
 def _successes(url: str) -> int:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     return int(float(re.search(r"^nv_inference_request_success\{[^}]*\} (\S+)$", text, re.M).group(1)))
+
+
+def _worker_successes(folder: Path, pid: int) -> int:
+    """One worker's own count, read from the files it wrote to the multiprocess folder (prometheus_client's merge)."""
+    files = [str(f) for f in folder.glob(f"*_{pid}.db")]
+    for family in MultiProcessCollector.merge(files):
+        if family.name == "nv_inference_request_success":
+            return int(sum(s.value for s in family.samples if s.name.endswith("_total")))
+    return 0
 
 
 def _replica(bundles) -> Served:
@@ -165,7 +175,9 @@ def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire):
+def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire, tmp_path, monkeypatch):
+    metrics_dir = tmp_path / "metrics"  # the user's PROMETHEUS_MULTIPROC_DIR: the test reads each worker's files
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     served = Served(_cli("serve", bundles.cloud, "--port", 0, "--workers", 2, "--metrics-port", 0, "--grace", 5))
     try:
         _wait_for(lambda: any("with 2 worker processes" in line for line in served.lines), "the supervisor's line")
@@ -182,7 +194,8 @@ def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire):
         request = features_request(
             wire.features[:1], encoder_hash=wire.encoder_hash, scale=wire.scale, zero_point=wire.zero_point
         ).to_proto()
-        urls = [_metrics_url(served, k) for k in range(2)]
+        url = _metrics_url(served)  # the supervisor's one endpoint
+        assert "(the sum over all workers)" in "".join(served.lines)
 
         def on_new_connection(n: int) -> list[int]:
             labels = []
@@ -193,8 +206,9 @@ def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire):
             return labels
 
         labels = on_new_connection(32)
-        counts = [_successes(u) for u in urls]
+        counts = [_worker_successes(metrics_dir, pid) for pid in pids]
         assert sum(counts) == 32 and min(counts) > 0, counts  # both processes served (P(all on one) = 2**-31)
+        assert _successes(url) == 32  # one scrape: the sum of both workers
         assert len(set(labels)) == 1  # the same features: the same answer from either process
 
         # the load probe's --connections are distinct TCP connections, spread over both processes
@@ -209,8 +223,9 @@ def test_serve_workers_share_one_port_restart_and_stop_cleanly(bundles, wire):
             cwd=REPO,
         )
         assert bench.returncode == 0, bench.stderr
-        grown = [_successes(u) - c for u, c in zip(urls, counts)]
+        grown = [_worker_successes(metrics_dir, pid) - c for pid, c in zip(pids, counts)]
         assert min(grown) > 10, grown
+        assert _successes(url) == sum(_worker_successes(metrics_dir, pid) for pid in pids)
 
         # a worker that dies is restarted on the same port
         os.kill(pids[0], signal.SIGKILL)

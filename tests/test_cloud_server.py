@@ -346,7 +346,8 @@ def test_metrics_endpoint(server, stub, wire):
 
     assert values[f"nv_inference_request_success{{{labels}}}"] == server.metrics.counter("nv_inference_request_success")
     assert added("nv_inference_request_success") == 1
-    invalid = f'nv_inference_request_failure{{{labels},reason="INVALID_ARGUMENT"}}'
+    version = f'version="{server.spec.version}"'  # prometheus_client writes labels sorted by name
+    invalid = f'nv_inference_request_failure{{model="privsplit",reason="INVALID_ARGUMENT",{version}}}'
     assert values[invalid] - before.get(invalid, 0.0) == 1
     assert added("nv_inference_count") == 4 and added("nv_inference_exec_count") == 1
     assert added("privsplit_batch_size_count") == 1 and added("privsplit_batch_size_sum") == 4
@@ -354,7 +355,8 @@ def test_metrics_endpoint(server, stub, wire):
     assert added("nv_inference_request_duration_us") > added("nv_inference_queue_duration_us")
     assert values[f"privsplit_batch_size_count{{{labels}}}"] == values[f"nv_inference_exec_count{{{labels}}}"]
     assert values[f"privsplit_ready{{{labels}}}"] == 1.0
-    assert "# TYPE nv_inference_request_success counter" in text
+    # Triton's sample names exactly (prometheus_client would suffix a typed counter with _total)
+    assert "# TYPE nv_inference_request_success untyped" in text and "nv_inference_request_success_total" not in text
 
 
 def test_official_triton_client(server, wire):

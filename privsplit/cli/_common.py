@@ -5,24 +5,61 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Counts, sizes and seeds above these are refused at parse time (they overflow C ints or numpy seeds downstream).
+MAX_INT = 2**31 - 1
+MAX_SEED = 2**32 - 1
 
-def positive_int(text: str) -> int:
+
+def _int(text: str, *, low: int, high: int = MAX_INT) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= {low}" if low != 1 else f"{text!r} must be > 0")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large (at most {high})")
     return value
 
 
-def non_negative_float(text: str) -> float:
+def positive_int(text: str) -> int:
+    """An integer in 1..2**31-1."""
+    return _int(text, low=1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer in 0..2**31-1 (zero means zero)."""
+    return _int(text, low=0)
+
+
+def seed_int(text: str) -> int:
+    """A seed in 0..2**32-1 (what numpy and torch accept)."""
+    return _int(text, low=0, high=MAX_SEED)
+
+
+def _float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0 or value != value:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (zero means zero)."""
+    value = _float(text)
+    if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0: for durations and deadlines, where 0 would mean "nothing" (refused, not "default")."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
     return value
 
 
@@ -31,7 +68,7 @@ def add_json_out(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dial_args(parser: argparse.ArgumentParser) -> None:
-    """The client's token and TLS flags (``privsplit edge ...`` and ``privsplit bench cloud``)."""
+    """The client's token and TLS flags (``privsplit edge ...`` and ``privsplit cloud bench``)."""
     parser.add_argument(
         "--token-file",
         type=Path,

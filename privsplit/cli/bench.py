@@ -1,4 +1,5 @@
-"""``privsplit bench``: load probes. ``bench cloud`` sweeps concurrency against a running server."""
+"""``privsplit cloud bench``: the load probe of a running server (closed-loop concurrency sweep or open-loop --rate);
+``privsplit bench cloud`` is its deprecated spelling, kept for one release."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import json
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import add_dial_args, add_json_out, dial_token, non_negative_float, positive_int
+from privsplit.cli._common import (
+    add_dial_args,
+    add_json_out,
+    dial_token,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -20,23 +29,64 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+# The old spelling, kept as an alias for one release (0.x): it works and prints a one-line deprecation note.
+DEPRECATED = {"bench cloud": "cloud bench"}
+
+
+def _rate_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of request rates") from None
+    if not values or not all(0 < v <= 100_000 for v in values):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r}: give request rates per second in (0, 100000], e.g. 50,200")
+    return values
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench",
-        help="load probes (bench cloud: concurrency sweep against a server)",
-        description="Load probes. `privsplit bench cloud` measures a running server.",
-    )
-    bench_sub = p.add_subparsers(dest="bench_command", metavar="TARGET")
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
-    c = bench_sub.add_parser(
         "cloud",
-        help="concurrency sweep against a running `privsplit serve` (throughput, p50/p90/p99)",
+        help="cloud side: load probe of a running server (cloud bench); serve it with `privsplit serve`",
+        description="The cloud side of privsplit, beside `privsplit edge`. `privsplit cloud bench` measures a "
+        "running `privsplit serve`.",
+    )
+    cloud_sub = p.add_subparsers(dest="cloud_command", metavar="ACTION")
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+    _add_cloud_bench(cloud_sub, "bench", deprecated=False)
+
+    old = sub.add_parser(
+        "bench",
+        help="deprecated spelling of `privsplit cloud bench` (bench cloud), kept for one release",
+        description="Deprecated: `privsplit bench cloud` is now `privsplit cloud bench` (beside `privsplit edge "
+        "bench`); this spelling still works for one release and says so on stderr.",
+    )
+    bench_sub = old.add_subparsers(dest="bench_command", metavar="TARGET")
+    old.set_defaults(handler=lambda args: (old.print_help(), 2)[1])
+    _add_cloud_bench(bench_sub, "cloud", deprecated=True)
+    # Other areas add `privsplit bench <target>` from privsplit/cli/bench_<target>.py (``register(bench_sub)``).
+    import importlib
+    import pkgutil
+
+    import privsplit.cli
+
+    for info in sorted(pkgutil.iter_modules(privsplit.cli.__path__), key=lambda m: m.name):
+        if info.name.startswith("bench_"):
+            importlib.import_module(f"privsplit.cli.{info.name}").register(bench_sub)
+
+
+def _add_cloud_bench(sub: argparse._SubParsersAction, name: str, *, deprecated: bool) -> None:
+    c = sub.add_parser(
+        name,
+        help=("deprecated: use `privsplit cloud bench`" if deprecated else "")
+        + "concurrency sweep (closed loop) or request-rate probe (--rate, open loop) against a running "
+        "`privsplit serve` (throughput, p50/p90/p99)",
         description="Like Triton's perf_analyzer: for each concurrency C, C closed-loop clients send ModelInfer "
         "(or keep one ModelStreamInfer stream each with --stream) for --duration seconds after a warm-up; "
         "reports throughput, latency percentiles and the server's own compute/queue time. Requests carry "
         "random int8 features of the model's shape, quantized as the bundle says, with an accepted encoder "
         "hash: from --bundle, or --encoder-hash (the shape is then read from ModelMetadata).",
     )
+    c.set_defaults(deprecated_spelling="bench cloud" if deprecated else None)
     c.add_argument(
         "--target",
         required=True,
@@ -47,13 +97,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--concurrency",
         type=_int_list,
-        default=(1, 8, 32),
         metavar="N,N,...",
-        help="concurrency levels (default 1,8,32)",
+        help="closed loop: concurrency levels (default 1,8,32)",
+    )
+    c.add_argument(
+        "--rate",
+        type=_rate_list,
+        metavar="R,R,...",
+        help="open loop instead (perf_analyzer's request-rate mode): send R requests per second at fixed times, "
+        "whether or not replies came back, and measure each latency from its scheduled send time (no "
+        "coordinated omission); one level per rate",
     )
     c.add_argument(
         "--duration",
-        type=non_negative_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="seconds measured per level (default %(default)s)",
@@ -88,18 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--label-only", action="store_true", help="ask for the label only")
     add_dial_args(c)
-    c.add_argument("--seed", type=int, default=0, help="seed of the random features (default %(default)s)")
+    c.add_argument("--seed", type=seed_int, default=0, help="seed of the random features (default %(default)s)")
     add_json_out(c)
     c.set_defaults(handler=run_cloud)
-    # Other areas add `privsplit bench <target>` from privsplit/cli/bench_<target>.py (``register(bench_sub)``).
-    import importlib
-    import pkgutil
-
-    import privsplit.cli
-
-    for info in sorted(pkgutil.iter_modules(privsplit.cli.__path__), key=lambda m: m.name):
-        if info.name.startswith("bench_"):
-            importlib.import_module(f"privsplit.cli.{info.name}").register(bench_sub)
 
 
 def _request_spec(args, dial):
@@ -160,6 +208,8 @@ def run_cloud(args: argparse.Namespace) -> int:
     from privsplit.proto.channel import ChannelTls, DialConfig, UnavailableRetry, parse_target
     from privsplit.proto.wire import features_request
 
+    if args.rate and args.concurrency:
+        raise ConfigError("--rate (open loop) and --concurrency (closed loop) pick the mode: give one of them")
     target = parse_target(args.target, flag="--target")
     token = dial_token(args)
     tls = (
@@ -182,7 +232,8 @@ def run_cloud(args: argparse.Namespace) -> int:
     )
     spec = LoadSpec(
         target=args.target,
-        concurrency=args.concurrency,
+        concurrency=args.concurrency or (1, 8, 32),
+        rate=args.rate or (),
         duration_s=args.duration,
         warmup_s=args.warmup,
         stream=args.stream,
@@ -190,14 +241,17 @@ def run_cloud(args: argparse.Namespace) -> int:
     )
 
     def show(point):
+        level = (
+            f"rate {point.offered_rate:g}/s" if point.offered_rate is not None else f"concurrency {point.concurrency}"
+        )
         print(
-            f"concurrency {point.concurrency}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
+            f"{level}: {point.throughput:.1f} req/s, p50 {point.p50_ms:.3f} ms, "
             f"p99 {point.p99_ms:.3f} ms, errors {point.errors}",
             file=sys.stderr,
             flush=True,
         )
 
-    result = run_load(spec, request, dial=dial, label="bench cloud", progress=show)
+    result = run_load(spec, request, dial=dial, label="cloud bench", progress=show)
     print(result.summary())
     if args.json is not None:
         result.save(args.json)

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from privsplit.cli._common import add_dial_args, dial_token, non_negative_float, positive_int
+from privsplit.cli._common import (
+    add_dial_args,
+    dial_token,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from privsplit.cli._trust import add_trust_args, open_verified
 from privsplit.results import dumps
 
@@ -34,7 +41,7 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         metavar="N",
         help="seed of the channel noise (default: OS entropy; set only to reproduce results)",
     )
@@ -53,14 +60,14 @@ def _client_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=non_negative_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="deadline of each call in seconds, its retries included (default %(default)s)",
     )
     p.add_argument(
         "--retries",
-        type=int,
+        type=non_negative_int,
         default=4,
         metavar="N",
         help="retries on UNAVAILABLE, with exponential backoff and jitter (default %(default)s)",
@@ -106,12 +113,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _pipeline_args(b)
     _client_args(b, required=False)
     b.add_argument(
-        "--warmup", type=int, default=10, metavar="N", help="unmeasured runs after the first (default %(default)s)"
+        "--warmup",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="unmeasured runs after the first (default %(default)s)",
     )
     b.add_argument("--runs", type=positive_int, default=100, metavar="N", help="measured runs (default %(default)s)")
     b.add_argument(
         "--max-seconds",
-        type=non_negative_float,
+        type=positive_float,
         metavar="S",
         help="stop measuring after S seconds even if fewer runs were made",
     )
@@ -139,7 +150,7 @@ def client_config(args: argparse.Namespace):
         target=args.server,
         tls=tls,
         token=token,
-        timeout_s=args.timeout or 10.0,
+        timeout_s=args.timeout,
         retry=RetryPolicy(attempts=args.retries + 1),
         model_name=args.model_name,
         insecure=args.insecure,
@@ -189,10 +200,26 @@ def run_infer(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
+# Options of the connection to the server: meaningless (and refused, not ignored) without --server.
+_DIAL_FLAGS = (
+    ("--token-file", "token_file"),
+    ("--tls-ca", "tls_ca"),
+    ("--tls-cert", "tls_cert"),
+    ("--tls-key", "tls_key"),
+    ("--tls-server-name", "tls_server_name"),
+)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from privsplit.edge.latency import BenchSpec, InputKind
     from privsplit.edge.latency import run_bench as bench
 
+    if args.server is None:
+        from privsplit.errors import ConfigError
+
+        given = [flag for flag, dest in _DIAL_FLAGS if getattr(args, dest) is not None]
+        if given:
+            raise ConfigError(f"{given[0]} is for the round trip to a server: add --server HOST:PORT or drop it")
     check_edge_bundle_path(args.bundle)
     spec = BenchSpec(
         runtime=args.runtime,
@@ -200,7 +227,7 @@ def run_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         warmup=args.warmup,
         runs=args.runs,
-        max_seconds=args.max_seconds or None,
+        max_seconds=args.max_seconds,
         server=args.server,
         input=InputKind.FRAME if args.frames else InputKind.FILE,
         image=None if args.image is None else str(args.image),

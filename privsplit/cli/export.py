@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privsplit.cli._common import non_negative_float, positive_int
+from privsplit.cli._common import non_negative_float, positive_int, seed_int
 
 _FORMATS = "tflite-fp32,tflite-fp16,tflite-dynamic,tflite-int8,onnx-fp32,onnx-int8"
 
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         default=0,
         help="seed of calibration sampling, the holdout subset and probe attackers "
         "(default %(default)s); the holdout's channel noise is the run's own, as in train and probe",

@@ -6,7 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from privsplit.cli._common import add_json_out, add_probe_device, positive_int
+from privsplit.cli._common import add_json_out, add_probe_device, positive_int, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     feats.add_argument(
         "--seed",
-        type=int,
+        type=seed_int,
         default=0,
         help="seed of the attackers and of their features' noise "
         "(the task accuracy uses the run's own noise seed, as train and export do)",
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     outs.add_argument(
         "--plots", type=Path, metavar="DIR", help="write ROC curves, histograms and an inversion grid here"
     )
-    outs.add_argument("--seed", type=int, default=0, help="seed of the attackers")
+    outs.add_argument("--seed", type=seed_int, default=0, help="seed of the attackers")
     add_probe_device(outs, what="the shadow models and the attackers")
     outs.add_argument(
         "--shadows",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privsplit.cli._common import add_probe_device, non_negative_float, positive_int, probe_device
+from privsplit.cli._common import add_probe_device, non_negative_float, positive_int, probe_device, seed_int
 
 # privsplit.train.purifier_modes.PurifierMode (a test keeps them equal), without importing torch here: the CLI
 # parser is built by torch-free installs too (edge, cloud, KServe)
@@ -77,7 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fix the clamp instead of calibrating it (vectors whose runner-up is below exp(-C) x top collapse)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the purifier, its adversaries and the noise (default %(default)s)"
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="seed of the purifier, its adversaries and the noise (default %(default)s)",
     )
     add_probe_device(p, what="the purifier (and, with --mode adversarial, the defender's shadow model)")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privsplit.cli._common import non_negative_float, positive_int
+from privsplit.cli._common import positive_float, positive_int, seed_int
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=positive_int, metavar="N", help="resize images to N x N (default per dataset)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N images")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of split, training, noise and attackers (default %(default)s)"
+        "--seed", type=seed_int, default=0, help="seed of split, training, noise and attackers (default %(default)s)"
     )
     p.add_argument(
         "--epochs", type=positive_int, metavar="N", help="training epochs of every model (default: the recipes' own)"
@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--load-seconds",
-        type=non_negative_float,
+        type=positive_float,
         default=3.0,
         metavar="S",
         help="seconds of cloud load per concurrency level (default %(default)s)",
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             curve_weights=args.curve,
             purifier_epochs=args.purifier_epochs,
             edge_runs=args.edge_runs,
-            load_seconds=args.load_seconds or 3.0,
+            load_seconds=args.load_seconds,
             **options,
         )
     changes = {"epochs": args.epochs, "probe_epochs": args.probe_epochs}

@@ -122,8 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="server processes sharing the port (SO_REUSEPORT) so N cores are used despite the GIL; the "
-        "command supervises them: signals are forwarded, a worker that dies is restarted; health and "
-        "metrics are per worker (--metrics-port P: worker K on P+K) (default %(default)s)",
+        "command supervises them: signals are forwarded, a worker that dies is restarted; health is per "
+        "worker (--health-port P: worker K on P+K); --metrics-port serves the sum over all workers "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--rpc-threads",
@@ -234,6 +235,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=8080,
         metavar="P",
         help="with --engine kserve: KServe's REST port (default %(default)s; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="server log on stderr: text lines, or one JSON object per line for a log collector (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe server log lines shown (default %(default)s)",
     )
     p.set_defaults(handler=run)
 
@@ -353,6 +366,9 @@ def build_kserve_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from privsplit.cloud.logs import setup_logging
+
+    setup_logging(args.log_format, args.log_level)
     if args.engine is Engine.KSERVE:
         from privsplit.errors import MissingDependencyError
 

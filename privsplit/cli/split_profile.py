@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privsplit.cli._common import add_json_out, non_negative_float, positive_int
+from privsplit.cli._common import add_json_out, non_negative_float, non_negative_int, positive_int, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=non_negative_int,
         default=10,
         metavar="N",
         help="unmeasured runs per module before timing (default %(default)s)",
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="holdout images for the leakage indicator (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and projections (default %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sample and projections (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_json_out(p)
     p.set_defaults(handler=run)

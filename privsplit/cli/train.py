@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from privsplit.cli._common import DEVICES, non_negative_float, positive_int
+from privsplit.cli._common import DEVICES, non_negative_float, positive_int, seed_int
 
 # privsplit.train.membership_defense.NAMES (a test keeps them equal), without importing torch here
 DEFENSES = ("none", "relaxloss", "dp-sgd", "selena", "recommended")
@@ -61,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fractions members,reference,holdout,attacker (default %(default)s)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the split, initialisation, batches and noise (default %(default)s)"
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="seed of the split, initialisation, batches and noise (default %(default)s)",
     )
     p.add_argument(
         "--unprotected",

@@ -363,7 +363,13 @@ def _device_latency(config, layout, log, target, public_key) -> None:
                 "--json",
                 str(out),
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise RunError(
+                    f"privsplit edge bench --runtime {runtime} did not finish within 600 s: "
+                    "run it alone to see where it stalls, or lower --edge-runs"
+                ) from None
             if proc.returncode != 0:
                 tail = " | ".join(proc.stderr.strip().splitlines()[-2:]) or f"exit status {proc.returncode}"
                 raise RunError(f"privsplit edge bench --runtime {runtime} failed: {tail}")
