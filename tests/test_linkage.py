@@ -73,11 +73,12 @@ def test_identities_are_disjoint_and_pairs_are_what_they_say():
     assert len(probes) == len(test_ids) - people
 
 
-def test_result_round_trips_through_json():
+def test_result_round_trips_through_json(tmp_path):
     x, ids = _people(n_people=60, signal=0.5)
     result = probe_linkage(x, ids)
     again = LinkageResult.from_json(result.to_json())
     assert again == result
+    assert LinkageResult.load(result.save(tmp_path / "linkage.json")) == result
     assert "identity linkage on" in result.summary() and "rank-1" in result.summary()
 
 
@@ -95,3 +96,45 @@ def test_bad_input_is_named():
         probe_linkage(bad, ids)
     with pytest.raises(ConfigError):
         LinkageSpec(negatives_per_positive=0)
+
+
+def test_averaging_frames_recovers_the_noise_free_reading():
+    from privsplit.probes.frames import averaged_encoder
+
+    rng = np.random.default_rng(7)
+    ids = np.repeat(np.arange(200), 3)
+    codes = rng.standard_normal((200, 32))[ids]  # what an image shows, the same in every frame of it
+    draws = np.random.default_rng(8)
+
+    def noisy(index):  # the device: fresh channel noise (sigma 4) on every call
+        return codes[index] + 4.0 * draws.standard_normal((len(index), 32))
+
+    index = np.arange(len(ids))
+    spec = LinkageSpec(seed=0, null=False)
+    clean = probe_linkage(codes + 0.5 * rng.standard_normal(codes.shape), ids, spec).best.auc
+    aucs = [probe_linkage(averaged_encoder(noisy, k)(index), ids, spec).best.auc for k in (1, 4, 64)]
+    assert aucs[0] < aucs[1] < aucs[2]
+    assert aucs[0] < clean - 0.2
+    assert abs(aucs[2] - clean) < 0.03
+
+
+def test_frames_must_be_a_positive_whole_number():
+    from privsplit.probes.frames import averaged_encoder, check_frames
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="frames"):
+            check_frames(bad)
+    encode = lambda x: x  # noqa: E731
+    assert averaged_encoder(encode, 1) is encode
+
+
+def test_cli_refuses_identity_without_identities_and_frames_zero(digits_run, capsys):
+    from privsplit.cli.main import main
+
+    assert main(["probe", "features", str(digits_run), "--identity"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--identity needs identities" in err[0] and "drop --identity" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["probe", "features", str(digits_run), "--frames", "0"])
+    assert exc.value.code == 2
+    assert "--frames" in capsys.readouterr().err

@@ -56,6 +56,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "level of the best-of-all headline on this holdout (doubles the attackers' time)",
     )
     feats.add_argument(
+        "--identity",
+        action="store_true",
+        help="also measure identity linkage (can two requests be tied to one person?): cosine and LDA-metric "
+        "attackers fitted on half the people, scored on the other half's non-member images: verification AUC, "
+        "TPR at 1%% and 0.1%% FPR, rank-1 identification, each beside its null; writes RUN/probe_linkage[.ENCODER]"
+        "[.framesK].json. Needs a dataset with identities (CelebA)",
+    )
+    feats.add_argument(
+        "--frames",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="attack the mean of K noisy draws of each image, as an operator averaging a streamed scene would "
+        "(default 1: one frame); the attribute result goes to RUN/probe_features[.ENCODER].framesK.json",
+    )
+    feats.add_argument(
         "--bundle",
         type=Path,
         metavar="DIR",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def probe_bundle_features(
-    folder, bundle: Path, spec, *, encoder: str = "tflite-int8", progress: bool = True, device=None
+    folder, bundle: Path, spec, *, encoder: str = "tflite-int8", progress: bool = True, device=None, frames: int = 1
 ):
     """The probe on an export's ``encoder`` as the device runs it: int8 wire features, device noise included.
 
@@ -29,6 +29,7 @@ def probe_bundle_features(
     from privsplit.edge.pipeline import EdgePipeline
     from privsplit.errors import ConfigError
     from privsplit.probes.feature_probe import probe_features
+    from privsplit.probes.frames import averaged_encoder
 
     bundle = Path(bundle)
     edge_dir, cloud_dir = bundle / "edge", bundle / "cloud"
@@ -50,7 +51,7 @@ def probe_bundle_features(
             correct += int((labels == holdout.task_labels[start : start + 256]).sum())
         accuracy = correct / len(holdout)
         result = probe_features(
-            lambda images: probe_pipe.encode_pixels(images).data,
+            averaged_encoder(lambda images: probe_pipe.encode_pixels(images).data, frames),
             data,
             split,
             spec=spec,
@@ -60,15 +61,48 @@ def probe_bundle_features(
     finally:
         probe_pipe.close()
         task_pipe.close()
-    result = replace(result, features_from=f"{encoder} {bundle}").with_task_accuracy(
+    averaging = "" if frames == 1 else f" (mean of {frames} noisy frames)"
+    result = replace(result, features_from=f"{encoder} {bundle}{averaging}").with_task_accuracy(
         accuracy, noise_sigma=float(probe_pipe.wire.noise_sigma), noise_seed=folder.eval_noise_seed()
     )
-    result.save(folder.file(f"probe_features.{encoder}.json"))
+    result.save(folder.file(f"probe_features.{encoder}{_frames_tag(frames)}.json"))
     return result
+
+
+def _frames_tag(frames: int) -> str:
+    return "" if frames == 1 else f".frames{frames}"
+
+
+def probe_identity_linkage(folder, args, spec, *, device=None):
+    """``--identity``: the linkage probe on the same features the attribute attackers saw (torch or --bundle)."""
+    from privsplit.probes.feature_probe import torch_encoder_fn
+    from privsplit.probes.linkage import LinkageSpec, probe_encoder_linkage
+
+    linkage_spec = LinkageSpec(seed=spec.seed)
+    data, split = folder.dataset(), folder.split()
+    if args.bundle is not None:
+        from privsplit.edge.pipeline import EdgePipeline
+
+        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=spec.seed + 2)
+        try:
+            result = probe_encoder_linkage(
+                lambda images: pipe.encode_pixels(images).data, data, split, linkage_spec, frames=args.frames
+            )
+        finally:
+            pipe.close()
+        source, name = f"{args.encoder} {args.bundle}", f"probe_linkage.{args.encoder}"
+    else:
+        model = folder.load_split_model()
+        encode = torch_encoder_fn(model, seed=spec.seed + 2)
+        result = probe_encoder_linkage(encode, data, split, linkage_spec, frames=args.frames)
+        source, name = "torch", "probe_linkage"
+    result = replace(result, features_from=source)
+    return result, result.save(folder.file(f"{name}{_frames_tag(args.frames)}.json"))
 
 
 def run(args: argparse.Namespace) -> int:
     from privsplit.cli._common import probe_device
+    from privsplit.errors import ConfigError
     from privsplit.probes.feature_probe import FeatureProbeSpec, probe_run_features
     from privsplit.run import RunFolder
 
@@ -83,13 +117,25 @@ def run(args: argparse.Namespace) -> int:
         spec = replace(spec, pooled=False)
     if args.null:
         spec = replace(spec, null=True)
+    if args.identity and "identity" not in folder.dataset().labels:
+        raise ConfigError(
+            f"--identity needs identities and {folder.path}'s dataset has none (CelebA with identity_CelebA.txt has)"
+            "; drop --identity"
+        )
+    tag = _frames_tag(args.frames)
     if args.bundle is not None:
-        result = probe_bundle_features(folder, args.bundle, spec, encoder=args.encoder, progress=True, device=device)
-        written = [folder.file(f"probe_features.{args.encoder}.json")]
+        result = probe_bundle_features(
+            folder, args.bundle, spec, encoder=args.encoder, progress=True, device=device, frames=args.frames
+        )
+        written = [folder.file(f"probe_features.{args.encoder}{tag}.json")]
     else:
-        result = probe_run_features(folder, spec, progress=True, device=device)
-        written = [folder.file("probe_features.json")]
+        result = probe_run_features(folder, spec, progress=True, device=device, frames=args.frames)
+        written = [folder.file(f"probe_features{tag}.json")]
     print(result.summary())
+    if args.identity:
+        linkage, path = probe_identity_linkage(folder, args, spec, device=device)
+        print(linkage.summary())
+        written.append(path)
     if args.json is not None:
         written.append(result.save(args.json))
     if args.plots is not None:

@@ -23,7 +23,8 @@ Three readings per attacker on the test half:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ import numpy as np
 from privsplit.errors import ConfigError, DataError
 
 LINKAGE_ATTACKERS = ("cosine", "lda")
+LINKAGE_SCHEMA_VERSION = 1
+LINKAGE_KIND = "identity-linkage"
 _NULL_SALT = 0x11AE  # the null's noise draws come from their own stream, apart from the pair sampling
 _ROC_POINTS = 200
 
@@ -101,6 +104,8 @@ class LinkageResult:
     negative_pairs: int
     gallery: int
     probes: int
+    frames: int = 1
+    features_from: str = ""
 
     @property
     def best(self) -> LinkageScore:
@@ -131,6 +136,8 @@ class LinkageResult:
             "negative_pairs": self.negative_pairs,
             "gallery": self.gallery,
             "probes": self.probes,
+            "frames": self.frames,
+            "features_from": self.features_from,
             "best_attacker": self.best.attacker,
             "best_auc": self.best.auc,
             "null_auc": self.null_auc,
@@ -147,13 +154,29 @@ class LinkageResult:
             negative_pairs=int(data["negative_pairs"]),
             gallery=int(data["gallery"]),
             probes=int(data["probes"]),
+            frames=int(data.get("frames", 1)),
+            features_from=str(data.get("features_from", "")),
         )
 
+    def save(self, path: str | Path) -> Path:
+        from privsplit.results import save_json
+
+        return save_json(path, self.to_json(), version=LINKAGE_SCHEMA_VERSION, kind=LINKAGE_KIND)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinkageResult:
+        from privsplit.results import check_schema, read_json
+
+        data = read_json(path, what="an identity-linkage result", hint="run `privsplit probe features RUN --identity`")
+        return cls.from_json(check_schema(data, version=LINKAGE_SCHEMA_VERSION, kind=LINKAGE_KIND, source=str(path)))
+
     def summary(self) -> str:
+        frames = "" if self.frames == 1 else f", each the mean of {self.frames} noisy frames"
         null = "" if self.null_auc is None else f"; null (same attackers on noise) {self.null_auc:.3f}"
         lines = [
             f"identity linkage on {self.test_identities} unseen people ({self.positive_pairs} same-person pairs, "
-            f"{self.negative_pairs} different-person pairs; attackers fitted on {self.train_identities} others)",
+            f"{self.negative_pairs} different-person pairs; attackers fitted on {self.train_identities} others"
+            f"{frames})",
             f"  best verification AUC {self.best.auc:.3f} ({self.best.attacker}), chance 0.500{null}",
         ]
         for s in self.scores:
@@ -265,9 +288,18 @@ def _read(z: np.ndarray, pairs: np.ndarray, same: np.ndarray, gallery: np.ndarra
 
 
 def probe_linkage(
-    features: np.ndarray, identities: np.ndarray, spec: LinkageSpec = LinkageSpec(), *, attackers=LINKAGE_ATTACKERS
+    features: np.ndarray,
+    identities: np.ndarray,
+    spec: LinkageSpec = LinkageSpec(),
+    *,
+    testable: np.ndarray | None = None,
+    attackers=LINKAGE_ATTACKERS,
 ) -> LinkageResult:
-    """Measure identity linkage of ``features`` (N, ...) whose rows show people ``identities`` (N,)."""
+    """Measure identity linkage of ``features`` (N, ...) whose rows show people ``identities`` (N,).
+
+    ``testable`` (boolean, N) limits the test side to some rows (e.g. images the encoder never trained on); the
+    attackers still fit on every row of the other half's people.
+    """
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     ids = np.asarray(identities)
     if len(ids) != len(x):
@@ -275,6 +307,8 @@ def probe_linkage(
     if not np.isfinite(x).all():
         raise DataError("the features hold NaN or infinite values; the linkage probe needs finite features")
     train, test = split_identities(ids, spec)
+    if testable is not None:
+        test = test & np.asarray(testable, dtype=bool)
     test_index = np.flatnonzero(test)
     test_ids = ids[test_index]
     pairs, same = verification_pairs(test_ids, spec)
@@ -310,3 +344,24 @@ def probe_linkage(
         gallery=len(gallery),
         probes=len(probes),
     )
+
+
+def probe_encoder_linkage(
+    encode, data, split, spec: LinkageSpec = LinkageSpec(), *, frames: int = 1, progress: bool = True
+) -> LinkageResult:
+    """Linkage of an encoder's features over a run's data: fitted on every image of half the people, scored on the
+    other half's images outside ``members`` (never trained on). ``frames`` > 1 averages that many noisy draws."""
+    from privsplit.data import Part
+    from privsplit.probes.feature_probe import encode_images
+    from privsplit.probes.frames import averaged_encoder
+
+    if "identity" not in data.labels:
+        raise DataError(
+            f"--identity needs an identity label and {data.source} has none (CelebA has one when its folder holds "
+            "identity_CelebA.txt); drop --identity for this dataset"
+        )
+    features = encode_images(averaged_encoder(encode, frames), data.images, desc="encode (linkage)", progress=progress)
+    testable = np.ones(len(data), dtype=bool)
+    testable[split[Part.MEMBERS]] = False
+    result = probe_linkage(features, np.asarray(data.labels["identity"]), spec, testable=testable)
+    return replace(result, frames=frames)
