@@ -134,6 +134,9 @@ def test_cli_refuses_identity_without_identities_and_frames_zero(digits_run, cap
     assert main(["probe", "features", str(digits_run), "--identity"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--identity needs identities" in err[0] and "drop --identity" in err[0]
+    assert main(["probe", "features", str(digits_run), "--attributes", "Bald"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Bald is not a two-class label" in err[0]
     with pytest.raises(SystemExit) as exc:
         main(["probe", "features", str(digits_run), "--frames", "0"])
     assert exc.value.code == 2

@@ -64,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "[.framesK].json. Needs a dataset with identities (CelebA)",
     )
     feats.add_argument(
+        "--attributes",
+        metavar="all|A,B",
+        default=None,
+        help="also measure every other attribute (or the named ones): for each, logistic-regression and MLP "
+        "attackers on the attacker part and on the pooled set, read as excess = best - max(chance, its own task "
+        "floor, null); writes RUN/probe_attributes[.ENCODER][.framesK].json",
+    )
+    feats.add_argument(
         "--frames",
         type=positive_int,
         default=1,

@@ -73,31 +73,57 @@ def _frames_tag(frames: int) -> str:
     return "" if frames == 1 else f".frames{frames}"
 
 
-def probe_identity_linkage(folder, args, spec, *, device=None):
-    """``--identity``: the linkage probe on the same features the attribute attackers saw (torch or --bundle)."""
-    from privsplit.probes.feature_probe import torch_encoder_fn
-    from privsplit.probes.linkage import LinkageSpec, probe_encoder_linkage
-
-    linkage_spec = LinkageSpec(seed=spec.seed)
-    data, split = folder.dataset(), folder.split()
+def _with_encoder(folder, args, seed: int, measure):
+    """``measure(encode)`` on the run's torch model or, with --bundle, the shipped encoder as the device runs it;
+    returns its result and the source it names (``torch`` or ``FORMAT BUNDLE``)."""
     if args.bundle is not None:
         from privsplit.edge.pipeline import EdgePipeline
 
-        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=spec.seed + 2)
+        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=seed)
         try:
-            result = probe_encoder_linkage(
-                lambda images: pipe.encode_pixels(images).data, data, split, linkage_spec, frames=args.frames
-            )
+            return measure(lambda images: pipe.encode_pixels(images).data), f"{args.encoder} {args.bundle}"
         finally:
             pipe.close()
-        source, name = f"{args.encoder} {args.bundle}", f"probe_linkage.{args.encoder}"
-    else:
-        model = folder.load_split_model()
-        encode = torch_encoder_fn(model, seed=spec.seed + 2)
-        result = probe_encoder_linkage(encode, data, split, linkage_spec, frames=args.frames)
-        source, name = "torch", "probe_linkage"
+    from privsplit.probes.feature_probe import torch_encoder_fn
+
+    return measure(torch_encoder_fn(folder.load_split_model(), seed=seed)), "torch"
+
+
+def _result_name(stem: str, args) -> str:
+    encoder = "" if args.bundle is None else f".{args.encoder}"
+    return f"{stem}{encoder}{_frames_tag(args.frames)}.json"
+
+
+def probe_identity_linkage(folder, args, spec):
+    """``--identity``: the linkage probe on the same kind of features the attribute attackers saw."""
+    from privsplit.probes.linkage import LinkageSpec, probe_encoder_linkage
+
+    data, split = folder.dataset(), folder.split()
+    result, source = _with_encoder(
+        folder,
+        args,
+        spec.seed + 2,
+        lambda encode: probe_encoder_linkage(encode, data, split, LinkageSpec(seed=spec.seed), frames=args.frames),
+    )
     result = replace(result, features_from=source)
-    return result, result.save(folder.file(f"{name}{_frames_tag(args.frames)}.json"))
+    return result, result.save(folder.file(_result_name("probe_linkage", args)))
+
+
+def probe_other_attributes(folder, args, spec, *, device=None):
+    """``--attributes``: every other (or each named) attribute's excess over chance, its task floor and null."""
+    from privsplit.probes.attribute_sweep import probe_attribute_sweep, resolve_attributes, sweep_spec
+
+    data, split = folder.dataset(), folder.split()
+    names = resolve_attributes(data, args.attributes)
+    sweep = sweep_spec(seed=spec.seed, epochs=args.epochs)
+    result, source = _with_encoder(
+        folder,
+        args,
+        spec.seed + 3,
+        lambda encode: probe_attribute_sweep(encode, data, split, names, spec=sweep, frames=args.frames, device=device),
+    )
+    result = replace(result, features_from=source)
+    return result, result.save(folder.file(_result_name("probe_attributes", args)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
             f"--identity needs identities and {folder.path}'s dataset has none (CelebA with identity_CelebA.txt has)"
             "; drop --identity"
         )
+    if args.attributes is not None:
+        from privsplit.probes.attribute_sweep import resolve_attributes
+
+        resolve_attributes(folder.dataset(), args.attributes)  # a bad name fails before any attacker trains
     tag = _frames_tag(args.frames)
     if args.bundle is not None:
         result = probe_bundle_features(
@@ -133,8 +163,12 @@ def run(args: argparse.Namespace) -> int:
         written = [folder.file(f"probe_features{tag}.json")]
     print(result.summary())
     if args.identity:
-        linkage, path = probe_identity_linkage(folder, args, spec, device=device)
+        linkage, path = probe_identity_linkage(folder, args, spec)
         print(linkage.summary())
+        written.append(path)
+    if args.attributes is not None:
+        sweep, path = probe_other_attributes(folder, args, spec, device=device)
+        print(sweep.summary())
         written.append(path)
     if args.json is not None:
         written.append(result.save(args.json))
