@@ -141,3 +141,32 @@ def test_cli_refuses_identity_without_identities_and_frames_zero(digits_run, cap
         main(["probe", "features", str(digits_run), "--frames", "0"])
     assert exc.value.code == 2
     assert "--frames" in capsys.readouterr().err
+
+
+def test_plots_draw_saved_results(tmp_path):
+    from PIL import Image
+
+    from privsplit.errors import RunError
+    from privsplit.probes.attribute_sweep import AttributeExcess, AttributeSweepResult
+    from privsplit.report.unforeseen_plots import plot_attribute_excess, plot_leakage_against_frames, plot_linkage_roc
+
+    x, ids = _people(n_people=80, signal=0.7)
+    linked = LinkageResult.load(probe_linkage(x, ids).save(tmp_path / "l.json"))
+    rows = tuple(
+        AttributeExcess(f"A{i}", 0.6 + 0.01 * i, "logistic@pooled", 0.5, 0.55, 0.52, 0.5, 0.7) for i in range(5)
+    )
+    sweeps = {
+        "unprotected": AttributeSweepResult(rows, task="T"),
+        "protected": AttributeSweepResult(rows[:3], task="T"),
+    }
+    paths = [
+        plot_linkage_roc({"protected": linked}, tmp_path / "roc.png"),
+        plot_attribute_excess(sweeps, tmp_path / "excess.png"),
+        plot_leakage_against_frames({"Male": [(1, 0.56), (4, 0.6), (16, 0.68)]}, tmp_path / "k.png", baseline=0.58),
+    ]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+    for plot in (plot_linkage_roc, plot_attribute_excess, plot_leakage_against_frames):
+        with pytest.raises(RunError):
+            plot({}, tmp_path / "none.png")

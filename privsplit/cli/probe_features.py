@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         result = probe_run_features(folder, spec, progress=True, device=device, frames=args.frames)
         written = [folder.file(f"probe_features{tag}.json")]
     print(result.summary())
+    linkage = sweep = None
     if args.identity:
         linkage, path = probe_identity_linkage(folder, args, spec)
         print(linkage.summary())
@@ -176,6 +177,17 @@ def run(args: argparse.Namespace) -> int:
         from privsplit.report.feature_plots import write_feature_plots
 
         written += write_feature_plots(result, args.plots)
+        from privsplit.report.unforeseen_plots import plot_attribute_excess, plot_linkage_roc
+
+        tag = _frames_tag(args.frames)
+        if linkage is not None:
+            written.append(
+                plot_linkage_roc({linkage.features_from: linkage}, Path(args.plots) / f"linkage_roc{tag}.png")
+            )
+        if sweep is not None:
+            written.append(
+                plot_attribute_excess({sweep.features_from: sweep}, Path(args.plots) / f"attribute_excess{tag}.png")
+            )
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
