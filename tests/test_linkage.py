@@ -118,12 +118,19 @@ def test_averaging_frames_recovers_the_noise_free_reading():
     assert abs(aucs[2] - clean) < 0.03
 
 
-def test_frames_must_be_a_positive_whole_number():
-    from privsplit.probes.frames import averaged_encoder, check_frames
+def test_frames_must_be_a_positive_whole_number_or_the_noise_free_limit():
+    from privsplit.probes.frames import Frames, averaged_encoder, check_frames
 
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="frames"):
             check_frames(bad)
+    for text in ("0", "-3", "many", "2.5"):
+        with pytest.raises(ConfigError, match="--frames"):
+            Frames.parse(text)
+    assert Frames.parse("16") == Frames(16) and Frames(16).tag == ".frames16" and Frames().tag == ""
+    assert Frames.parse("inf").noise_free and Frames.parse("inf").tag == ".noisefree"
+    with pytest.raises(ConfigError, match="noise-free"):
+        Frames(4, noise_free=True)
     encode = lambda x: x  # noqa: E731
     assert averaged_encoder(encode, 1) is encode
 

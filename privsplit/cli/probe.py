@@ -73,11 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     feats.add_argument(
         "--frames",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="attack the mean of K noisy draws of each image, as an operator averaging a streamed scene would "
-        "(default 1: one frame); the attribute result goes to RUN/probe_features[.ENCODER].framesK.json",
+        type=_frames,
+        default="1",
+        metavar="K|inf",
+        help="attack the mean of K noisy draws of each image, as an operator averaging a streamed scene would, or "
+        "with 'inf' the noise-free features (the limit of averaging); default 1. Results go to "
+        "RUN/probe_*[.ENCODER].framesK.json (.noisefree.json)",
     )
     feats.add_argument(
         "--bundle",
@@ -136,3 +137,13 @@ def _lazy(module: str):
         return importlib.import_module(module).run(args)
 
     return handler
+
+
+def _frames(text: str):
+    from privsplit.errors import ConfigError
+    from privsplit.probes.frames import Frames
+
+    try:
+        return Frames.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

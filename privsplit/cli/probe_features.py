@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def probe_bundle_features(
-    folder, bundle: Path, spec, *, encoder: str = "tflite-int8", progress: bool = True, device=None, frames: int = 1
+    folder, bundle: Path, spec, *, encoder: str = "tflite-int8", progress: bool = True, device=None, frames=None
 ):
     """The probe on an export's ``encoder`` as the device runs it: int8 wire features, device noise included.
 
@@ -29,14 +29,16 @@ def probe_bundle_features(
     from privsplit.edge.pipeline import EdgePipeline
     from privsplit.errors import ConfigError
     from privsplit.probes.feature_probe import probe_features
-    from privsplit.probes.frames import averaged_encoder
+    from privsplit.probes.frames import Frames, averaged_encoder
+
+    frames = frames or Frames()
 
     bundle = Path(bundle)
     edge_dir, cloud_dir = bundle / "edge", bundle / "cloud"
     if not (edge_dir.is_dir() and cloud_dir.is_dir()):
         raise ConfigError(f"{bundle} holds no edge/ and cloud/ bundles: give --bundle the --out of `privsplit export`")
     data, split = folder.dataset(), folder.split()
-    probe_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=spec.seed + 1)
+    probe_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=spec.seed + 1, noise=not frames.noise_free)
     task_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=folder.eval_noise_seed())
     host = ModelHost.open(cloud_dir, name="probe")
     try:
@@ -61,16 +63,11 @@ def probe_bundle_features(
     finally:
         probe_pipe.close()
         task_pipe.close()
-    averaging = "" if frames == 1 else f" (mean of {frames} noisy frames)"
-    result = replace(result, features_from=f"{encoder} {bundle}{averaging}").with_task_accuracy(
+    result = replace(result, features_from=f"{encoder} {bundle}{frames.described}").with_task_accuracy(
         accuracy, noise_sigma=float(probe_pipe.wire.noise_sigma), noise_seed=folder.eval_noise_seed()
     )
-    result.save(folder.file(f"probe_features.{encoder}{_frames_tag(frames)}.json"))
+    result.save(folder.file(f"probe_features.{encoder}{frames.tag}.json"))
     return result
-
-
-def _frames_tag(frames: int) -> str:
-    return "" if frames == 1 else f".frames{frames}"
 
 
 def _with_encoder(folder, args, seed: int, measure):
@@ -79,19 +76,20 @@ def _with_encoder(folder, args, seed: int, measure):
     if args.bundle is not None:
         from privsplit.edge.pipeline import EdgePipeline
 
-        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=seed)
+        noise = not args.frames.noise_free
+        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=seed, noise=noise)
         try:
             return measure(lambda images: pipe.encode_pixels(images).data), f"{args.encoder} {args.bundle}"
         finally:
             pipe.close()
     from privsplit.probes.feature_probe import torch_encoder_fn
 
-    return measure(torch_encoder_fn(folder.load_split_model(), seed=seed)), "torch"
+    return measure(torch_encoder_fn(folder.load_split_model(), seed=seed, noise=not args.frames.noise_free)), "torch"
 
 
 def _result_name(stem: str, args) -> str:
     encoder = "" if args.bundle is None else f".{args.encoder}"
-    return f"{stem}{encoder}{_frames_tag(args.frames)}.json"
+    return f"{stem}{encoder}{args.frames.tag}.json"
 
 
 def probe_identity_linkage(folder, args, spec):
@@ -152,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         from privsplit.probes.attribute_sweep import resolve_attributes
 
         resolve_attributes(folder.dataset(), args.attributes)  # a bad name fails before any attacker trains
-    tag = _frames_tag(args.frames)
+    tag = args.frames.tag
     if args.bundle is not None:
         result = probe_bundle_features(
             folder, args.bundle, spec, encoder=args.encoder, progress=True, device=device, frames=args.frames
@@ -179,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         written += write_feature_plots(result, args.plots)
         from privsplit.report.unforeseen_plots import plot_attribute_excess, plot_linkage_roc
 
-        tag = _frames_tag(args.frames)
+        tag = args.frames.tag
         if linkage is not None:
             written.append(
                 plot_linkage_roc({linkage.features_from: linkage}, Path(args.plots) / f"linkage_roc{tag}.png")

@@ -97,6 +97,7 @@ class AttributeSweepResult:
     task: str
     features_from: str = ""
     frames: int = 1
+    noise_free: bool = False
 
     def row(self, name: str) -> AttributeExcess:
         for r in self.rows:
@@ -120,6 +121,7 @@ class AttributeSweepResult:
             "task": self.task,
             "features_from": self.features_from,
             "frames": self.frames,
+            "noise_free": self.noise_free,
             "rows": [r.to_json() for r in self.rows],
             "median_excess": self.median_excess,
             "worst": self.worst.name,
@@ -132,6 +134,7 @@ class AttributeSweepResult:
             task=str(data["task"]),
             features_from=str(data.get("features_from", "")),
             frames=int(data.get("frames", 1)),
+            noise_free=bool(data.get("noise_free", False)),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -147,7 +150,9 @@ class AttributeSweepResult:
         return cls.from_json(check_schema(data, version=SWEEP_SCHEMA_VERSION, kind=SWEEP_KIND, source=str(path)))
 
     def summary(self) -> str:
-        frames = "" if self.frames == 1 else f", mean of {self.frames} noisy frames"
+        from privsplit.probes.frames import Frames
+
+        frames = Frames(self.frames, self.noise_free).described
         lines = [
             f"every other attribute ({len(self.rows)}; task {self.task}{frames}): excess = best - max(chance, "
             f"task floor, null); median {self.median_excess:+.3f}, over 0.05: {len(self.over(0.05))}, "
@@ -202,15 +207,16 @@ def probe_attribute_sweep(
     names: str | Sequence[str] = "all",
     *,
     spec: FeatureProbeSpec | None = None,
-    frames: int = 1,
+    frames=None,
     progress: bool = True,
     device=None,
 ) -> AttributeSweepResult:
     """Run the probe's attackers once per attribute on features encoded once (``frames`` noisy draws averaged)."""
     from privsplit.probes.feature_probe import encode_images, probe_features
-    from privsplit.probes.frames import averaged_encoder
+    from privsplit.probes.frames import Frames, averaged_encoder
     from privsplit.progress import progress_bar
 
+    frames = frames or Frames()
     attributes = resolve_attributes(data, names)
     spec = spec or sweep_spec()
     features = encode_images(
@@ -235,4 +241,4 @@ def probe_attribute_sweep(
                 ci_high=best.ci_high,
             )
         )
-    return AttributeSweepResult(rows=tuple(rows), task=data.task, frames=frames)
+    return AttributeSweepResult(rows=tuple(rows), task=data.task, frames=frames.count, noise_free=frames.noise_free)

@@ -105,6 +105,7 @@ class LinkageResult:
     gallery: int
     probes: int
     frames: int = 1
+    noise_free: bool = False
     features_from: str = ""
 
     @property
@@ -137,6 +138,7 @@ class LinkageResult:
             "gallery": self.gallery,
             "probes": self.probes,
             "frames": self.frames,
+            "noise_free": self.noise_free,
             "features_from": self.features_from,
             "best_attacker": self.best.attacker,
             "best_auc": self.best.auc,
@@ -155,6 +157,7 @@ class LinkageResult:
             gallery=int(data["gallery"]),
             probes=int(data["probes"]),
             frames=int(data.get("frames", 1)),
+            noise_free=bool(data.get("noise_free", False)),
             features_from=str(data.get("features_from", "")),
         )
 
@@ -171,7 +174,9 @@ class LinkageResult:
         return cls.from_json(check_schema(data, version=LINKAGE_SCHEMA_VERSION, kind=LINKAGE_KIND, source=str(path)))
 
     def summary(self) -> str:
-        frames = "" if self.frames == 1 else f", each the mean of {self.frames} noisy frames"
+        from privsplit.probes.frames import Frames
+
+        frames = Frames(self.frames, self.noise_free).described
         null = "" if self.null_auc is None else f"; null (same attackers on noise) {self.null_auc:.3f}"
         lines = [
             f"identity linkage on {self.test_identities} unseen people ({self.positive_pairs} same-person pairs, "
@@ -370,13 +375,16 @@ def probe_linkage(
 
 
 def probe_encoder_linkage(
-    encode, data, split, spec: LinkageSpec = LinkageSpec(), *, frames: int = 1, progress: bool = True
+    encode, data, split, spec: LinkageSpec = LinkageSpec(), *, frames=None, progress: bool = True
 ) -> LinkageResult:
     """Linkage of an encoder's features over a run's data: fitted on every image of half the people, scored on the
-    other half's images outside ``members`` (never trained on). ``frames`` > 1 averages that many noisy draws."""
+    other half's images outside ``members`` (never trained on). ``frames`` (:class:`Frames`) > 1 averages that many
+    noisy draws; with ``noise_free`` the caller's encoder adds no noise and this records it."""
     from privsplit.data import Part
     from privsplit.probes.feature_probe import encode_images
-    from privsplit.probes.frames import averaged_encoder
+    from privsplit.probes.frames import Frames, averaged_encoder
+
+    frames = frames or Frames()
 
     if "identity" not in data.labels:
         raise DataError(
@@ -387,4 +395,4 @@ def probe_encoder_linkage(
     testable = np.ones(len(data), dtype=bool)
     testable[split[Part.MEMBERS]] = False
     result = probe_linkage(features, np.asarray(data.labels["identity"]), spec, testable=testable)
-    return replace(result, frames=frames)
+    return replace(result, frames=frames.count, noise_free=frames.noise_free)
