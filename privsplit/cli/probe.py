@@ -56,6 +56,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "level of the best-of-all headline on this holdout (doubles the attackers' time)",
     )
     feats.add_argument(
+        "--identity",
+        action="store_true",
+        help="also measure identity linkage (can two requests be tied to one person?): cosine and LDA-metric "
+        "attackers fitted on half the people, scored on the other half's non-member images: verification AUC, "
+        "TPR at 1%% and 0.1%% FPR, rank-1 identification, each beside its null; writes RUN/probe_linkage[.ENCODER]"
+        "[.framesK].json. Needs a dataset with identities (CelebA)",
+    )
+    feats.add_argument(
+        "--attributes",
+        metavar="all|A,B",
+        default=None,
+        help="also measure every other attribute (or the named ones): for each, logistic-regression and MLP "
+        "attackers on the attacker part and on the pooled set, read as excess = best - max(chance, its own task "
+        "floor, null); writes RUN/probe_attributes[.ENCODER][.framesK].json",
+    )
+    feats.add_argument(
+        "--frames",
+        type=_frames,
+        default="1",
+        metavar="K|inf",
+        help="attack the mean of K noisy draws of each image, as an operator averaging a streamed scene would, or "
+        "with 'inf' the noise-free features (the limit of averaging); default 1. Results go to "
+        "RUN/probe_*[.ENCODER].framesK.json (.noisefree.json)",
+    )
+    feats.add_argument(
         "--bundle",
         type=Path,
         metavar="DIR",
@@ -112,3 +137,13 @@ def _lazy(module: str):
         return importlib.import_module(module).run(args)
 
     return handler
+
+
+def _frames(text: str):
+    from privsplit.errors import ConfigError
+    from privsplit.probes.frames import Frames
+
+    try:
+        return Frames.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def probe_bundle_features(
-    folder, bundle: Path, spec, *, encoder: str = "tflite-int8", progress: bool = True, device=None
+    folder, bundle: Path, spec, *, encoder: str = "tflite-int8", progress: bool = True, device=None, frames=None
 ):
     """The probe on an export's ``encoder`` as the device runs it: int8 wire features, device noise included.
 
@@ -29,13 +29,16 @@ def probe_bundle_features(
     from privsplit.edge.pipeline import EdgePipeline
     from privsplit.errors import ConfigError
     from privsplit.probes.feature_probe import probe_features
+    from privsplit.probes.frames import Frames, averaged_encoder
+
+    frames = frames or Frames()
 
     bundle = Path(bundle)
     edge_dir, cloud_dir = bundle / "edge", bundle / "cloud"
     if not (edge_dir.is_dir() and cloud_dir.is_dir()):
         raise ConfigError(f"{bundle} holds no edge/ and cloud/ bundles: give --bundle the --out of `privsplit export`")
     data, split = folder.dataset(), folder.split()
-    probe_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=spec.seed + 1)
+    probe_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=spec.seed + 1, noise=not frames.noise_free)
     task_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=folder.eval_noise_seed())
     host = ModelHost.open(cloud_dir, name="probe")
     try:
@@ -50,7 +53,7 @@ def probe_bundle_features(
             correct += int((labels == holdout.task_labels[start : start + 256]).sum())
         accuracy = correct / len(holdout)
         result = probe_features(
-            lambda images: probe_pipe.encode_pixels(images).data,
+            averaged_encoder(lambda images: probe_pipe.encode_pixels(images).data, frames),
             data,
             split,
             spec=spec,
@@ -60,15 +63,70 @@ def probe_bundle_features(
     finally:
         probe_pipe.close()
         task_pipe.close()
-    result = replace(result, features_from=f"{encoder} {bundle}").with_task_accuracy(
+    result = replace(result, features_from=f"{encoder} {bundle}{frames.described}").with_task_accuracy(
         accuracy, noise_sigma=float(probe_pipe.wire.noise_sigma), noise_seed=folder.eval_noise_seed()
     )
-    result.save(folder.file(f"probe_features.{encoder}.json"))
+    result.save(folder.file(f"probe_features.{encoder}{frames.tag}.json"))
     return result
+
+
+def _with_encoder(folder, args, seed: int, measure):
+    """``measure(encode)`` on the run's torch model or, with --bundle, the shipped encoder as the device runs it;
+    returns its result and the source it names (``torch`` or ``FORMAT BUNDLE``)."""
+    if args.bundle is not None:
+        from privsplit.edge.pipeline import EdgePipeline
+
+        noise = not args.frames.noise_free
+        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=seed, noise=noise)
+        try:
+            return measure(lambda images: pipe.encode_pixels(images).data), f"{args.encoder} {args.bundle}"
+        finally:
+            pipe.close()
+    from privsplit.probes.feature_probe import torch_encoder_fn
+
+    return measure(torch_encoder_fn(folder.load_split_model(), seed=seed, noise=not args.frames.noise_free)), "torch"
+
+
+def _result_name(stem: str, args) -> str:
+    encoder = "" if args.bundle is None else f".{args.encoder}"
+    return f"{stem}{encoder}{args.frames.tag}.json"
+
+
+def probe_identity_linkage(folder, args, spec):
+    """``--identity``: the linkage probe on the same kind of features the attribute attackers saw."""
+    from privsplit.probes.linkage import LinkageSpec, probe_encoder_linkage
+
+    data, split = folder.dataset(), folder.split()
+    result, source = _with_encoder(
+        folder,
+        args,
+        spec.seed + 2,
+        lambda encode: probe_encoder_linkage(encode, data, split, LinkageSpec(seed=spec.seed), frames=args.frames),
+    )
+    result = replace(result, features_from=source)
+    return result, result.save(folder.file(_result_name("probe_linkage", args)))
+
+
+def probe_other_attributes(folder, args, spec, *, device=None):
+    """``--attributes``: every other (or each named) attribute's excess over chance, its task floor and null."""
+    from privsplit.probes.attribute_sweep import probe_attribute_sweep, resolve_attributes, sweep_spec
+
+    data, split = folder.dataset(), folder.split()
+    names = resolve_attributes(data, args.attributes)
+    sweep = sweep_spec(seed=spec.seed, epochs=args.epochs)
+    result, source = _with_encoder(
+        folder,
+        args,
+        spec.seed + 3,
+        lambda encode: probe_attribute_sweep(encode, data, split, names, spec=sweep, frames=args.frames, device=device),
+    )
+    result = replace(result, features_from=source)
+    return result, result.save(folder.file(_result_name("probe_attributes", args)))
 
 
 def run(args: argparse.Namespace) -> int:
     from privsplit.cli._common import probe_device
+    from privsplit.errors import ConfigError
     from privsplit.probes.feature_probe import FeatureProbeSpec, probe_run_features
     from privsplit.run import RunFolder
 
@@ -83,19 +141,51 @@ def run(args: argparse.Namespace) -> int:
         spec = replace(spec, pooled=False)
     if args.null:
         spec = replace(spec, null=True)
+    if args.identity and "identity" not in folder.dataset().labels:
+        raise ConfigError(
+            f"--identity needs identities and {folder.path}'s dataset has none (CelebA with identity_CelebA.txt has)"
+            "; drop --identity"
+        )
+    if args.attributes is not None:
+        from privsplit.probes.attribute_sweep import resolve_attributes
+
+        resolve_attributes(folder.dataset(), args.attributes)  # a bad name fails before any attacker trains
+    tag = args.frames.tag
     if args.bundle is not None:
-        result = probe_bundle_features(folder, args.bundle, spec, encoder=args.encoder, progress=True, device=device)
-        written = [folder.file(f"probe_features.{args.encoder}.json")]
+        result = probe_bundle_features(
+            folder, args.bundle, spec, encoder=args.encoder, progress=True, device=device, frames=args.frames
+        )
+        written = [folder.file(f"probe_features.{args.encoder}{tag}.json")]
     else:
-        result = probe_run_features(folder, spec, progress=True, device=device)
-        written = [folder.file("probe_features.json")]
+        result = probe_run_features(folder, spec, progress=True, device=device, frames=args.frames)
+        written = [folder.file(f"probe_features{tag}.json")]
     print(result.summary())
+    linkage = sweep = None
+    if args.identity:
+        linkage, path = probe_identity_linkage(folder, args, spec)
+        print(linkage.summary())
+        written.append(path)
+    if args.attributes is not None:
+        sweep, path = probe_other_attributes(folder, args, spec, device=device)
+        print(sweep.summary())
+        written.append(path)
     if args.json is not None:
         written.append(result.save(args.json))
     if args.plots is not None:
         from privsplit.report.feature_plots import write_feature_plots
 
         written += write_feature_plots(result, args.plots)
+        from privsplit.report.unforeseen_plots import plot_attribute_excess, plot_linkage_roc
+
+        tag = args.frames.tag
+        if linkage is not None:
+            written.append(
+                plot_linkage_roc({linkage.features_from: linkage}, Path(args.plots) / f"linkage_roc{tag}.png")
+            )
+        if sweep is not None:
+            written.append(
+                plot_attribute_excess({sweep.features_from: sweep}, Path(args.plots) / f"attribute_excess{tag}.png")
+            )
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -35,6 +35,7 @@ from privsplit.probes.feature_results import (
     ReconstructionSamples,
 )
 from privsplit.probes.feature_spec import POOLED, AttributeAttacker, FeatureProbeSpec, curve_label
+from privsplit.probes.frames import Frames, averaged_encoder
 from privsplit.probes.reconstruction_attack import attack_reconstruction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -297,8 +298,13 @@ def probe_run_features(
     *,
     progress: bool = True,
     device: torch.device | str | None = None,
+    frames: Frames = Frames(),
 ) -> FeatureLeakageResult:
     """The probe on a run folder's torch model, as deployed (channel noise on), with its task accuracy.
+
+    ``frames``: the attackers see the mean of that many noisy draws of each image (a streamed scene), or the
+    noise-free features (the limit); such a result goes to ``RUN/probe_features.framesK.json`` (or
+    ``.noisefree.json``) beside the one-frame result.
 
     The model encodes and the attackers train on ``device`` (default the CPU, the reference).
 
@@ -323,9 +329,13 @@ def probe_run_features(
             flush=True,
         )
     accuracy = torch_task_accuracy(model, data.subset(split[Part.HOLDOUT]), seed=noise_seed)
-    encode = torch_encoder_fn(model, seed=spec.seed + 1)
+    encode = averaged_encoder(torch_encoder_fn(model, seed=spec.seed + 1, noise=not frames.noise_free), frames)
     result = probe_features(encode, data, split, spec=spec, progress=progress, device=device).with_task_accuracy(
         accuracy, noise_sigma=float(model.config.noise_sigma), noise_seed=noise_seed
     )
-    result.save(folder.path)
+    if frames.tag:
+        result = replace(result, features_from=f"{result.features_from}{frames.described}")
+        result.save(folder.file(f"probe_features{frames.tag}.json"))
+    else:
+        result.save(folder.path)
     return result
