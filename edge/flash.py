@@ -362,6 +362,7 @@ class FlashResult:
     kept: tuple[str, ...]
     removed: tuple[str, ...]
     seconds: float
+    acceptance: str = ""  # the on-device acceptance check's verdict (privsplit.edge.acceptance)
 
     def to_json(self) -> dict:
         return {"schema_version": FLASH_RESULT_SCHEMA_VERSION, **to_dict(self), "seconds": round(self.seconds, 3)}
@@ -383,9 +384,10 @@ class FlashResult:
         }[self.action]
         prev = f" (was {self.previous})" if self.previous and self.previous != self.version else ""
         gone = f"; removed {', '.join(self.removed)}" if self.removed else ""
+        check = f"\n{self.acceptance}" if self.acceptance else ""
         return (
             f"{self.target}: current -> releases/{self.version}{prev}: {how} in {self.seconds:.1f} s; "
-            f"kept {', '.join(self.kept)}{gone}"
+            f"kept {', '.join(self.kept)}{gone}{check}"
         )
 
 
@@ -438,11 +440,11 @@ def flash(bundle: str | Path, target: Target | str, *, keep: int = 3, trust_key=
     sums = "".join(f"{digests[f]}  {f}\n" for f in files)
 
     with _DeviceLock(target, create=True):
-        return _install(target, root, files, sums, version, keep, started)
+        return _install(target, root, files, sums, version, keep, started, trust_key=trust_key)
 
 
 def _install(
-    target: Target, root: Path, files: list[str], sums: str, version: str, keep: int, started: float
+    target: Target, root: Path, files: list[str], sums: str, version: str, keep: int, started: float, *, trust_key=None
 ) -> FlashResult:
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
@@ -476,14 +478,17 @@ def _install(
     script = f"set -eu\ncd -- {_q(str(target.path))}\n"
     if not reused:
         sent = _upload(target, root, files, staging)
-        script += (
-            f"cat > releases/{_q(staging + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
+        _sh(
+            target,
+            script + f"cat > releases/{_q(staging + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
             f"if ! (cd releases/{_q(staging)} && sumcheck ../{_q(staging + '.sha256')}); then\n"
             f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
             "  echo 'the copy on the device does not match the bundle hashes "
-            "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
-            + replace
-            + f"if [ -e releases/{_q(version)} ]; "
+            "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n",
+        )
+        verdict = _accept(target, staging, trust_key, cleanup=[staging, staging + ".sha256"])
+        script += (
+            replace + f"if [ -e releases/{_q(version)} ]; "
             f"then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
             f"mv -- releases/{_q(source)} releases/{_q(version)}\n"
             f"cp -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
@@ -495,12 +500,36 @@ def _install(
             f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
             f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n"
         )
+        _sh(target, script)
+        verdict = _accept(target, version, trust_key, cleanup=[])
+        script = f"set -eu\ncd -- {_q(str(target.path))}\n"
     cleanup = f"rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n" if not reused else ""
     _sh(target, script + _activation(version, token, history, kept, remove) + cleanup)
     action = FlashAction.SWITCHED if reused else FlashAction.INSTALLED
     return FlashResult(
-        str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started
+        str(target),
+        version,
+        state.current,
+        action,
+        sent,
+        tuple(kept),
+        tuple(remove),
+        time.perf_counter() - started,
+        acceptance=verdict,
     )
+
+
+def _accept(target: Target, release: str, trust_key, *, cleanup: list[str]) -> str:
+    """Run the acceptance check on ``releases/<release>`` on the device (before ``current`` moves); return its
+    verdict line. Different bits: remove ``cleanup`` (the staged copy) and raise FlashError; current is unchanged."""
+    from privsplit.edge.acceptance import device_check
+
+    verdict, ok = device_check(target, f"{target.path}/releases/{release}", trust_key=trust_key)
+    if not ok:
+        if cleanup:
+            _sh(target, f"cd -- {_q(str(target.path))}\nrm -rf -- " + " ".join(f"releases/{_q(c)}" for c in cleanup))
+        raise FlashError(f"{target}: refused, the active release is unchanged: {verdict}")
+    return verdict
 
 
 def rollback(target: Target | str) -> FlashResult:

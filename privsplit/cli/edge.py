@@ -128,6 +128,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON to FILE")
     b.set_defaults(handler=run_bench)
 
+    s = edge_sub.add_parser(
+        "selftest",
+        help="on-device acceptance check: the bundle's reference vectors, int8 features bit for bit",
+        description="Verify the edge bundle (hashes; signature with --trust-key), then run every shipped encoder "
+        "this device has a runtime for on the bundle's reference vectors (inputs and expected int8 wire features "
+        "written by export) without channel noise, and compare bit for bit. Exits 9 when any value differs "
+        "(naming how many and the largest difference); a bundle without vectors passes with a note.",
+    )
+    s.add_argument("bundle", type=Path, metavar="BUNDLE", help="DEVICE/current or an edge bundle folder")
+    s.add_argument(
+        "--trust-key",
+        type=Path,
+        metavar="PUB",
+        help="refuse the bundle unless signed by this Ed25519 public key (PREFIX.pub)",
+    )
+    s.add_argument("--json", action="store_true", help="print the result as JSON instead of one line")
+    s.set_defaults(handler=run_selftest)
+
 
 def client_config(args: argparse.Namespace):
     from privsplit.edge.client import ClientConfig, ClientTls, RetryPolicy
@@ -217,4 +235,15 @@ def run_bench(args: argparse.Namespace) -> int:
     print(result.summary())
     if args.json is not None:
         result.save(args.json)
+    return 0
+
+
+def run_selftest(args: argparse.Namespace) -> int:
+    from privsplit.edge.acceptance import AcceptanceError, check_bundle
+
+    check_edge_bundle_path(args.bundle)
+    result = check_bundle(args.bundle, trust_key=args.trust_key)
+    print(dumps(result.to_json()) if args.json else result.summary(), end="" if args.json else "\n")
+    if not result.ok:
+        raise AcceptanceError(result.summary())
     return 0
