@@ -238,7 +238,7 @@ def build(*, force: bool = False, progress=print) -> Image:
         run(
             "debootstrap second stage",
             ["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"],
-            timeout=2400,
+            timeout=5400,
             log=log,
         )
         step("wheels")
