@@ -241,6 +241,7 @@ def build(*, force: bool = False, progress=print) -> Image:
             timeout=5400,
             log=log,
         )
+        unmount_under(root)  # nothing of the host's /proc or /sys may go into the image
         step("wheels")
         wheels = download_wheels(work / "wheels", log)
         if not any(w.startswith("ai_edge_litert") for w in wheels) or not any(
@@ -262,7 +263,9 @@ def build(*, force: bool = False, progress=print) -> Image:
             timeout=600,
             log=log,
         )
-        shutil.rmtree(root)
+        # the tree stays beside the image: tests run it under qemu-user (tools/emulated_pi/qemu_user.py)
+        root.rename(work / "qemu-user-root")
+        (work / "qemu-user-root" / ".privsplit-extracted").write_text("ok\n")
         step("done")
         info = {
             "recipe": recipe_hash(),
@@ -286,7 +289,19 @@ def build(*, force: bool = False, progress=print) -> Image:
     return Image(final)
 
 
+def unmount_under(root: Path) -> None:
+    """Unmount whatever is mounted under ``root`` (a killed second stage leaves its /proc and /sys mounted)."""
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    prefix = str(root.resolve()) + "/"
+    for point in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+
+
 def _keep_log(work: Path, final: Path) -> None:
+    unmount_under(work)
     try:
         if (work / "build.log").is_file():
             shutil.copy2(work / "build.log", final.parent / f"{final.name}.failed-build.log")

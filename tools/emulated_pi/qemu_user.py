@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from image import GUEST_WHEELS, Image, PiError, run
+from image import GUEST_WHEELS, Image, PiError, run, unmount_under
 
 VENV = "/opt/privsplit"
 
@@ -25,6 +25,7 @@ def extract_root(image: Image, cpuinfo: str) -> Path:
     root = image.folder / "qemu-user-root"
     marker = root / ".privsplit-extracted"
     if not marker.is_file():
+        unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir()
         top = ["/etc", "/opt", "/root", "/usr", "/var"]
