@@ -14,16 +14,21 @@ import shutil
 
 import pytest
 from test_edge_support import rewrite_bundle
-from test_emulated_pi_support import ARM_CPUINFO, project_wheel, require_image
+from test_emulated_pi_support import ARM_CPUINFO, gated, project_wheel, require_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, gated]  # gated: skips before any training when the gate is unset
+
+
+@pytest.fixture(scope="session")
+def pi_image():
+    return require_image()  # session scope, listed first: a missing image fails before minutes of training
 
 
 @pytest.fixture(scope="module")
-def arm_root(tmp_path_factory):
+def arm_root(pi_image, tmp_path_factory):
     import qemu_user
 
-    image = require_image()
+    image = pi_image
     root = qemu_user.extract_root(image, ARM_CPUINFO)
     qemu_user.install(root, project_wheel(tmp_path_factory.mktemp("wheel")))
     yield root
@@ -38,7 +43,7 @@ def _selftest(root, bundle, cpu):
     )
 
 
-def test_selftest_refuses_qemu_user_max_and_accepts_a_pinned_cortex_a72(bundles, arm_root, tmp_path):
+def test_selftest_refuses_qemu_user_max_and_accepts_a_pinned_cortex_a72(pi_image, arm_root, bundles, tmp_path):
     import qemu_user
 
     inside = arm_root / "tmp" / "digits-edge"

@@ -30,15 +30,19 @@ ARM_CPUINFO = "".join(
 )
 
 
+GATE_REASON = (
+    f"emulated Raspberry Pi tests run when {GATE}=1 (.ci/run sets it after `python tools/emulated_pi build`; "
+    "needs qemu-system-arm, qemu-user-static, debootstrap, root)"
+)
+gated = pytest.mark.skipif(not os.environ.get(GATE), reason=GATE_REASON)
+
+
 def require_image():
     """The built image, or skip (gate unset) / FAIL (gate set, image missing or broken)."""
     import image as pi_image
 
     if not os.environ.get(GATE):
-        pytest.skip(
-            f"emulated Raspberry Pi tests run when {GATE}=1 (.ci/run sets it after `python tools/emulated_pi build`; "
-            "needs qemu-system-arm, qemu-user-static, debootstrap, root)"
-        )
+        pytest.skip(GATE_REASON)
     found = pi_image.find_image()
     if found is None:
         pytest.fail(

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_edge_support import holdout, write_pngs
-from test_emulated_pi_support import TOOL, project_wheel, require_image
+from test_emulated_pi_support import TOOL, gated, project_wheel, require_image
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, gated]  # gated: skips before any training when the gate is unset
 
 DEVICE = "/srv/privsplit"
 IMAGES = 8  # inputs sent through infer
@@ -125,14 +125,19 @@ def _x86(name: str, result, run_dir: Path, work: Path, served: Served) -> Export
     )
 
 
+@pytest.fixture(scope="session")
+def pi_image():
+    return require_image()  # session scope, listed first: a missing image fails before minutes of training
+
+
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory, digits_run, celeba_dir):
+def emulated(pi_image, tmp_path_factory, digits_run, celeba_dir):
     """The image, the project's wheel, two signed exports (digits; 64 px CelebA, briefly trained) and their
     x86 references, each served by `privsplit serve` on this host."""
     from privsplit.export import generate_keys
     from privsplit.train import TrainConfig, train_run
 
-    image = require_image()
+    image = pi_image
     work = tmp_path_factory.mktemp("emulated-pi")
     wheel = project_wheel(work / "wheel")
     keys = generate_keys(work / "keys" / "signer")
