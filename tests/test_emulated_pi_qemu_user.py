@@ -2,7 +2,8 @@
 to user space) LiteRT's XNNPACK gives wrong INT8 features, and the selftest must refuse; with the CPU pinned to a
 Pi 4's (``QEMU_CPU=cortex-a72``) it must accept. A flash refused on ``max`` leaves the previous release active.
 
-Runs the image's arm64 tree in a chroot under qemu-user (no VM boot; an ARM /proc/cpuinfo and /sys cpu files
+Runs an arm64 Debian tree (tools/emulated_pi: debootstrap, unpacked on the host) in a chroot under
+qemu-user (no VM boot; an ARM /proc/cpuinfo and /sys cpu files
 in place), with privsplit[edge] installed there offline from aarch64 wheels. Gate: see test_emulated_pi_support.
 """
 
@@ -14,22 +15,21 @@ import shutil
 
 import pytest
 from test_edge_support import rewrite_bundle
-from test_emulated_pi_support import ARM_CPUINFO, gated, project_wheel, require_image
+from test_emulated_pi_support import ARM_CPUINFO, gated, project_wheel, require_user_root
 
 pytestmark = [pytest.mark.slow, gated]  # gated: skips before any training when the gate is unset
 
 
 @pytest.fixture(scope="session")
-def pi_image():
-    return require_image()  # session scope, listed first: a missing image fails before minutes of training
+def user_root():
+    return require_user_root()  # session scope, listed first: a missing root fails before minutes of training
 
 
 @pytest.fixture(scope="module")
-def arm_root(pi_image, tmp_path_factory):
+def arm_root(user_root, tmp_path_factory):
     import qemu_user
 
-    image = pi_image
-    root = qemu_user.extract_root(image, ARM_CPUINFO)
+    root = qemu_user.prepare_root(user_root, ARM_CPUINFO)
     qemu_user.install(root, project_wheel(tmp_path_factory.mktemp("wheel")))
     yield root
     qemu_user.unmount(root)
@@ -43,7 +43,7 @@ def _selftest(root, bundle, cpu):
     )
 
 
-def test_selftest_refuses_qemu_user_max_and_accepts_a_pinned_cortex_a72(pi_image, arm_root, bundles, tmp_path):
+def test_selftest_refuses_qemu_user_max_and_accepts_a_pinned_cortex_a72(user_root, arm_root, bundles, tmp_path):
     import qemu_user
 
     inside = arm_root / "tmp" / "digits-edge"

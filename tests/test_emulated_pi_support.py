@@ -56,6 +56,21 @@ def require_image():
     return found
 
 
+def require_user_root() -> Path:
+    """The qemu-user root (``python tools/emulated_pi build`` makes it first), or skip / FAIL like require_image."""
+    import image as pi_image
+
+    if not os.environ.get(GATE):
+        pytest.skip(GATE_REASON)
+    found = pi_image.find_user_root()
+    if found is None:
+        pytest.fail(
+            f"{GATE} is set but there is no qemu-user root at {pi_image.user_root_folder()}: "
+            "run `python tools/emulated_pi build`"
+        )
+    return found
+
+
 def project_wheel(tmp: Path) -> Path:
     """The project's own wheel (what a user pip-installs on the Pi)."""
     given = os.environ.get(WHEEL_ENV)

@@ -243,7 +243,10 @@ def run_selftest(args: argparse.Namespace) -> int:
 
     check_edge_bundle_path(args.bundle)
     result = check_bundle(args.bundle, trust_key=args.trust_key)
-    print(dumps(result.to_json()) if args.json else result.summary(), end="" if args.json else "\n")
+    if args.json:
+        print(dumps(result.to_json()), end="")
     if not result.ok:
-        raise AcceptanceError(result.summary())
+        raise AcceptanceError(result.summary())  # one line on stderr, exit 9
+    if not args.json:
+        print(result.summary())
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from image import PiError, build, find_image, image_folder  # noqa: E402
+from image import PiError, build, build_user_root, find_image, image_folder  # noqa: E402
 from vm import EmulatedPi  # noqa: E402
 
 
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the image unless it is cached")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
+    b.add_argument("--user-only", action="store_true", help="only the qemu-user root (about a minute)")
     sub.add_parser("status", help="the cached image, if any")
     s = sub.add_parser("boot", help="boot the image and wait (Ctrl-C powers it off)")
     s.add_argument("--cpu", default="cortex-a72", help="qemu CPU model: cortex-a72 (Pi 4), cortex-a76 (Pi 5)")
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             started = time.monotonic()
+            root = build_user_root(progress=lambda m: print(m, file=sys.stderr, flush=True))
+            print(f"{root} (qemu-user root, {time.monotonic() - started:.0f} s)", flush=True)
+            if args.user_only:
+                return 0
             image = build(force=args.force, progress=lambda m: print(m, file=sys.stderr, flush=True))
             print(f"{image.folder} ({time.monotonic() - started:.0f} s)")
         elif args.command == "status":

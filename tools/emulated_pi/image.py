@@ -349,3 +349,68 @@ def _configure(root: Path, work: Path, wheels: list[str]) -> None:
                 elif child.suffix == ".deb":
                     child.unlink()
     (root / "usr/bin/qemu-aarch64-static").unlink(missing_ok=True)
+
+
+# ---- the qemu-user root: no second stage, no emulated maintainer scripts -------------------------------------
+USER_PACKAGES = ("python3", "python3-venv", "python3-pip")
+
+
+def user_root_folder() -> Path:
+    return cache_root() / f"{recipe_hash()}-user"
+
+
+def find_user_root() -> Path | None:
+    folder = user_root_folder()
+    return folder / "root" if (folder / "ready").is_file() else None
+
+
+def build_user_root(*, progress=print) -> Path:
+    """An arm64 tree with Python 3.11 and the aarch64 wheels, for qemu-user runs (tests/test_emulated_pi_qemu_user.py).
+
+    ``debootstrap --foreign`` downloads and unpacks the base; the Python packages are unpacked with the host's
+    ``dpkg-deb -x`` (no maintainer script runs under emulation): about a minute where the full image takes many."""
+    found = find_user_root()
+    if found is not None:
+        return found
+    _check_tools()
+    if os.geteuid() != 0:
+        raise PiError("permissions", "debootstrap and chroot need root: run as root (CI does)")
+    final = user_root_folder()
+    work = final.parent / f"{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = work / "build.log"
+    root = work / "root"
+    try:
+        progress("emulated-pi: qemu-user root: debootstrap --foreign")
+        run(
+            "qemu-user root: debootstrap",
+            ["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", f"--include={','.join(USER_PACKAGES)}"]
+            + [SUITE, str(root), MIRROR],
+            timeout=900,
+            log=log,
+        )
+        debs = sorted((root / "var/cache/apt/archives").glob("*.deb"))
+        for deb in debs:
+            run("qemu-user root: dpkg-deb -x", ["dpkg-deb", "-x", str(deb), str(root)], timeout=120)
+            deb.unlink()
+        shutil.copy2("/usr/bin/qemu-aarch64-static", root / "usr/bin/qemu-aarch64-static")
+        _binfmt(log)
+        progress("emulated-pi: qemu-user root: wheels")
+        wheels = download_wheels(work / "wheels", log)
+        dest = root / GUEST_WHEELS.lstrip("/")
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in wheels:
+            shutil.copy2(work / "wheels" / name, dest / name)
+        shutil.rmtree(work / "wheels")
+        (work / "ready").write_text(json.dumps({"recipe": recipe_hash(), "debs": len(debs), "wheels": wheels}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except PiError:
+        _keep_log(work, final)
+        raise
+    except (OSError, KeyboardInterrupt) as exc:
+        _keep_log(work, final)
+        raise PiError("qemu-user root", f"{type(exc).__name__}: {exc}") from None
+    return final / "root"

@@ -1,4 +1,4 @@
-"""The image's root tree under qemu-user (no VM boot): fast ARM runs in a chroot, with a chosen CPU model.
+"""An arm64 root (image.build_user_root) under qemu-user, no VM boot: fast ARM runs in a chroot, CPU model chosen.
 
 qemu-user emulates one process on the host kernel, so the guest reads the host's ``/proc`` and ``/sys``. The
 root prepared here has plain files in their place, as ../shared/docs/toolchain.md measured: an ARM
@@ -15,25 +15,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from image import GUEST_WHEELS, Image, PiError, run, unmount_under
+from image import GUEST_WHEELS, PiError
 
 VENV = "/opt/privsplit"
 
 
-def extract_root(image: Image, cpuinfo: str) -> Path:
-    """The image's file tree in ``image.folder/qemu-user-root`` (extracted once with debugfs, no mount)."""
-    root = image.folder / "qemu-user-root"
-    marker = root / ".privsplit-extracted"
-    if not marker.is_file():
-        unmount_under(root)
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir()
-        top = ["/etc", "/opt", "/root", "/usr", "/var"]
-        run("extract root", ["debugfs", "-R", f"rdump {' '.join(top)} {root}", str(image.disk)], timeout=900)
-        for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")):
-            if not (root / link).exists():
-                (root / link).symlink_to(target)
-        marker.write_text("ok\n")
+def prepare_root(root: Path, cpuinfo: str) -> Path:
+    """Plain files in place of the host's /proc/cpuinfo and /sys cpu lists; /tmp; /dev/null and random."""
     (root / "proc").mkdir(exist_ok=True)
     (root / "proc/cpuinfo").write_text(cpuinfo)
     cpu = root / "sys/devices/system/cpu"
@@ -56,7 +44,18 @@ def chroot(root: Path, argv: list[str], *, cpu: str | None, timeout: float, step
         env["QEMU_CPU"] = cpu
     try:
         return subprocess.run(
-            ["nice", "-n", "10", "chroot", str(root), *argv], capture_output=True, text=True, timeout=timeout, env=env
+            [
+                shutil.which("nice") or "/usr/bin/nice",
+                "-n",
+                "10",
+                shutil.which("chroot") or "/usr/sbin/chroot",
+                str(root),
+            ]
+            + argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise PiError(step, f"`{' '.join(argv)[:80]}` did not finish within {timeout:g} s under qemu-user") from None
@@ -69,11 +68,11 @@ def install(root: Path, wheel: Path) -> None:
     dest.mkdir(parents=True)
     shutil.copy2(wheel, dest / wheel.name)
     if not (root / VENV.lstrip("/") / "bin/python").exists():
-        proc = chroot(root, ["python3", "-m", "venv", "--without-pip", VENV], cpu="cortex-a72", timeout=300,
+        proc = chroot(root, ["/usr/bin/python3", "-m", "venv", "--without-pip", VENV], cpu="cortex-a72", timeout=300,
                       step="venv under qemu-user")  # fmt: skip
         if proc.returncode != 0:
             raise PiError("venv under qemu-user", proc.stderr.strip()[-300:])
-    pip = ["python3", "-m", "pip", "--python", f"{VENV}/bin/python", "install", "--quiet", "--no-compile",
+    pip = ["/usr/bin/python3", "-m", "pip", "--python", f"{VENV}/bin/python", "install", "--quiet", "--no-compile",
            "--no-index", "--find-links", GUEST_WHEELS, "--find-links", "/tmp/wheel"]  # fmt: skip
     # the dependencies once (kept in the root), then this checkout's wheel every time (same version number)
     for extra in (
