@@ -376,6 +376,7 @@ class FlashResult:
     removed: tuple[str, ...]
     seconds: float
     trust: str = ""  # how the signature was checked (and a trust root installed or rotated)
+    acceptance: str = ""  # the on-device acceptance check's verdict (privsplit.edge.acceptance)
 
     def to_json(self) -> dict:
         return {"schema_version": FLASH_RESULT_SCHEMA_VERSION, **to_dict(self), "seconds": round(self.seconds, 3)}
@@ -398,9 +399,10 @@ class FlashResult:
         prev = f" (was {self.previous})" if self.previous and self.previous != self.version else ""
         gone = f"; removed {', '.join(self.removed)}" if self.removed else ""
         trust = f"; {self.trust}" if self.trust else ""
+        check = f"\n{self.acceptance}" if self.acceptance else ""
         return (
             f"{self.target}: current -> releases/{self.version}{prev}: {how} in {self.seconds:.1f} s; "
-            f"kept {', '.join(self.kept)}{gone}{trust}"
+            f"kept {', '.join(self.kept)}{gone}{trust}{check}"
         )
 
 
@@ -589,8 +591,8 @@ def _install(
     started: float,
     trust: TrustState | None = None,
 ) -> FlashResult:
-    """Signature and hashes are verified (:func:`authorize`); here: upload, verify every hash on the device,
-    [acceptance hook], then write the trust state and switch ``current``."""
+    """Signature and hashes are verified (:func:`authorize`); here: upload, verify every hash on the device, run the
+    reference vectors there (:func:`_accept`), then write the trust state and switch ``current``."""
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     staging = f".incoming-{token}"
@@ -624,36 +626,64 @@ def _install(
     )
     source = staging if not replace_current else ".copy-" + token
     sent = 0
-    script = prelude
     if not reused:
         sent = _upload(target, root, files, staging)
-        script += (
-            f"cat > releases/{_q(staging + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
+        _sh(
+            target,
+            prelude + f"cat > releases/{_q(staging + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
             f"if ! (cd releases/{_q(staging)} && sumcheck ../{_q(staging + '.sha256')}); then\n"
             f"  rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n"
             "  echo 'the copy on the device does not match the bundle hashes "
-            "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n"
-            + replace_current
-            + f"if [ -e releases/{_q(version)} ]; "
+            "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n",
+        )
+        # the verified files run their reference vectors on the device before anything moves
+        verdict = _accept(target, staging, cleanup=[staging, staging + ".sha256"])
+        script = (
+            prelude + replace_current + f"if [ -e releases/{_q(version)} ]; "
             f"then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
             f"mv -- releases/{_q(source)} releases/{_q(version)}\n"
             f"cp -- releases/{_q(staging + '.sha256')} releases/{_q(version + '.sha256')}\n"
             f"rm -rf -- releases/{_q('.trash-' + token)}\n"
         )
     else:
-        script += (
-            f"cat > releases/{_q(version + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
+        _sh(
+            target,
+            prelude + f"cat > releases/{_q(version + '.sha256')} <<'PRIVSPLIT_SUMS'\n{sums}PRIVSPLIT_SUMS\n"
             f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
-            f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n"
+            f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n",
         )
-    _sh(target, script)  # releases/<version> holds the verified files; current is not switched yet
-    # (the on-device acceptance check of releases/<version> runs here, before the switch)
+        verdict = _accept(target, version, cleanup=[])
+        script = prelude
     cleanup = f"rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n" if not reused else ""
-    _sh(target, prelude + trust_lines + _activation(version, token, history, kept, remove) + cleanup)
+    _sh(target, script + trust_lines + _activation(version, token, history, kept, remove) + cleanup)
     action = FlashAction.SWITCHED if reused else FlashAction.INSTALLED
     return FlashResult(
-        str(target), version, state.current, action, sent, tuple(kept), tuple(remove), time.perf_counter() - started
+        str(target),
+        version,
+        state.current,
+        action,
+        sent,
+        tuple(kept),
+        tuple(remove),
+        time.perf_counter() - started,
+        acceptance=verdict,
     )
+
+
+def _accept(target: Target, release: str, *, cleanup: list[str]) -> str:
+    """Run the acceptance check on ``releases/<release>`` on the device (before ``current`` moves); return its
+    verdict line. Different bits: remove ``cleanup`` (the staged copy) and raise FlashError; current is unchanged.
+
+    The signature was checked on the host against the device's trust state (:func:`authorize`) and every hash on
+    the device, so this step runs the reference vectors only."""
+    from privsplit.edge.acceptance import device_check
+
+    verdict, ok = device_check(target, f"{target.path}/releases/{release}")
+    if not ok:
+        if cleanup:
+            _sh(target, f"cd -- {_q(str(target.path))}\nrm -rf -- " + " ".join(f"releases/{_q(c)}" for c in cleanup))
+        raise FlashError(f"{target}: refused, the active release is unchanged: {verdict}")
+    return verdict
 
 
 def rollback(target: Target | str, *, allow_unsigned: bool = False) -> FlashResult:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from privsplit.edge.acceptance import machine_record
 from privsplit.errors import ConfigError, DataError
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
@@ -136,6 +137,8 @@ class BenchResult:
         return cls.from_json(read_json(path, what="an edge bench result", hint=_HINT), source=str(path))
 
     def summary(self) -> str:
+        where = f"{self.platform.get('machine', '?')} {self.platform.get('cpu', '')}".strip()
+        emulated = self.platform.get("emulated")
         lines = [
             f"edge bench: {self.encoder} on {self.runtime}, {self.spec.threads} thread(s), "
             f"bundle {self.bundle_version}, "
@@ -152,6 +155,10 @@ class BenchResult:
             f"device overhead (all but encode, p50) {100 * self.overhead_share:.1f} % of encode; bytes/request "
             f"{self.bytes_per_request} "
             f"(float32 features {self.bytes_float32_request}, input JPEG {self.bytes_input_jpeg})"
+        )
+        lines.append(
+            f"machine: {where}"
+            + (f"; EMULATED ({emulated}): these timings are not the latency of real hardware" if emulated else "")
         )
         return "\n".join(lines)
 
@@ -320,8 +327,10 @@ def run_bench(
     totals = [sum(v for k, v in r.items() if k != "server") for r in rows]
     total = StageStats.of(totals)
     stages = {name: StageStats.of([r[name] for r in rows]) for name in STAGES if name in rows[0]}
+    machine = machine_record()  # machine, CPU model, and the emulator when tools/emulated_pi says so
     info = {
-        "machine": platform.machine(),
+        **machine,
+        "timings": "emulated: not the latency of real hardware" if machine["emulated"] else "native",
         "system": platform.system(),
         "python": platform.python_version(),
         "numpy": np.__version__,

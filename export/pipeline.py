@@ -40,6 +40,7 @@ from privsplit.export.bundle_writer import default_release, write_bundle
 from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
+from privsplit.export.reference_vectors import VECTORS_KEY, write_reference_vectors
 from privsplit.export.triton import TritonRepository, check_model_name, write_triton_repository
 from privsplit.export.triton_config import model_config_pb2
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
@@ -433,6 +434,10 @@ def _export(
             },
             "default_encoder": default.value,
         }
+        # the on-device acceptance check's inputs and expected wire features (signed with the bundle)
+        edge_body[VECTORS_KEY] = write_reference_vectors(
+            edge_dir, {f: arts[f] for f in passed}, holdout.images, preprocess=preprocess, wire=wire
+        )
         cloud_body = {
             **common,
             "server": {"file": "server.onnx", "input": "features", "output": "probs"},

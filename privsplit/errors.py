@@ -88,6 +88,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(6, "the server refused a request (gRPC status named in the message)"),
     ExitCode(7, "the server could not be reached within the retry budget"),
     ExitCode(8, "a flash failed; the device's current release is unchanged"),
+    ExitCode(9, "on-device acceptance check failed: int8 features differ from the bundle's reference"),
     ExitCode(75, "training stopped after a checkpoint; run the same command again to resume"),
     ExitCode(130, "interrupted"),
 )

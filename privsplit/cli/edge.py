@@ -135,6 +135,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON to FILE")
     b.set_defaults(handler=run_bench)
 
+    s = edge_sub.add_parser(
+        "selftest",
+        help="on-device acceptance check: the bundle's reference vectors, int8 features bit for bit",
+        description="Verify the edge bundle (hashes, and the signature against the device's trust root or "
+        "--trust-key), then run every shipped encoder "
+        "this device has a runtime for on the bundle's reference vectors (inputs and expected int8 wire features "
+        "written by export) without channel noise, and compare bit for bit. Exits 9 when any value differs "
+        "(naming how many and the largest difference); a bundle without vectors passes with a note.",
+    )
+    s.add_argument("bundle", type=Path, metavar="BUNDLE", help="DEVICE/current or an edge bundle folder")
+    add_trust_args(s)
+    s.add_argument("--json", action="store_true", help="print the result as JSON instead of one line")
+    s.set_defaults(handler=run_selftest)
+
 
 def client_config(args: argparse.Namespace):
     from privsplit.edge.client import ClientConfig, ClientTls, RetryPolicy
@@ -238,4 +252,18 @@ def run_bench(args: argparse.Namespace) -> int:
     print(result.summary())
     if args.json is not None:
         result.save(args.json)
+    return 0
+
+
+def run_selftest(args: argparse.Namespace) -> int:
+    from privsplit.edge.acceptance import AcceptanceError, check_bundle
+
+    check_edge_bundle_path(args.bundle)
+    result = check_bundle(open_verified(args, "edge selftest"))  # the signature first, then the vectors
+    if args.json:
+        print(dumps(result.to_json()), end="")
+    if not result.ok:
+        raise AcceptanceError(result.summary())  # one line on stderr, exit 9
+    if not args.json:
+        print(result.summary())
     return 0

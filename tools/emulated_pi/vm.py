@@ -1,0 +1,209 @@
+"""Boot a built image under qemu-system-aarch64 with a pinned CPU model and reach it over SSH.
+
+``with EmulatedPi(image, cpu="cortex-a72") as pi:`` boots (``-snapshot``: the image is never written, every
+boot starts clean), waits for a real ``ssh true`` and gives ``pi.ssh(cmd)``, ``pi.put(src, dest)`` and the
+``ssh://`` URL, identity and known_hosts file ``privsplit flash`` needs. In the guest the host's loopback
+services are at 10.0.2.2 (qemu user networking), and every ssh session has ``PRIVSPLIT_EMULATED`` set.
+Pi 4 = ``cortex-a72``, Pi 5 = ``cortex-a76``. Every wait has a deadline; failures are one-line PiErrors.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from image import Image, PiError
+
+CPU_MODELS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
+HOST_FROM_GUEST = "10.0.2.2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmulatedPi:
+    def __init__(
+        self,
+        image: Image,
+        *,
+        cpu: str = "cortex-a72",
+        smp: int = 2,
+        memory_mb: int = 2048,
+        workdir: Path,
+        boot_timeout: float = 180.0,
+    ) -> None:
+        image.check()
+        self.image, self.cpu, self.smp, self.memory_mb = image, CPU_MODELS.get(cpu, cpu), smp, memory_mb
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.boot_timeout = boot_timeout
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.console = self.workdir / f"console-{self.cpu}.log"
+        self.known_hosts = self.workdir / "known_hosts"
+        self.identity = self.workdir / "id_ed25519"
+        self.boot_seconds = 0.0
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        img = self.image
+        return [
+            "nice", "-n", "10", "qemu-system-aarch64",
+            "-M", "virt", "-cpu", self.cpu, "-smp", str(self.smp), "-m", str(self.memory_mb),
+            "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.console}",
+            "-kernel", str(img.kernel), "-initrd", str(img.initrd),
+            "-append", f"root=/dev/vda rw console=ttyAMA0 init=/sbin/privsplit-init privsplit.cpu={self.cpu} quiet",
+            "-drive", f"file={img.disk},format=raw,if=none,id=hd,snapshot=on",
+            "-device", "virtio-blk-device,drive=hd",
+            "-netdev", f"user,id=n,hostfwd=tcp:127.0.0.1:{self.port}-:22",
+            "-device", "virtio-net-device,netdev=n",
+        ]  # fmt: skip
+
+    def start(self) -> EmulatedPi:
+        started = time.monotonic()
+        self.port = free_port()
+        # ssh refuses a private key others can read: a copy with mode 0600 in the work folder
+        self.identity.write_bytes(self.image.key.read_bytes())
+        self.identity.chmod(0o600)
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.image.host_key}\n")
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise PiError("boot", "qemu-system-aarch64 not found (apt-get install qemu-system-arm)") from None
+        deadline = started + self.boot_timeout
+        while True:
+            if self.proc.poll() is not None:
+                err = (self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else "").strip()
+                raise PiError("boot", f"qemu exited {self.proc.returncode}: {err or self._console_tail()}")
+            # the forwarded port accepts before sshd runs: only a real command proves the guest is up
+            if self._try_ssh():
+                break
+            if time.monotonic() > deadline:
+                tail = self._console_tail()
+                self.stop()
+                raise PiError("boot", f"no ssh answer within {self.boot_timeout:g} s (console: {tail})")
+            time.sleep(2)
+        self.boot_seconds = time.monotonic() - started
+        return self
+
+    def _try_ssh(self) -> bool:
+        try:
+            proc = subprocess.run(
+                [*self.ssh_base(connect_timeout=5), "true"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return proc.returncode == 0
+
+    def _console_tail(self) -> str:
+        try:
+            lines = [ln for ln in self.console.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no console output"
+        return " | ".join(lines[-3:]) or "no console output"
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if not self.boot_seconds:  # never answered: nothing to power off cleanly
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            return
+        try:
+            subprocess.run(
+                [*self.ssh_base(connect_timeout=3), "echo o > /proc/sysrq-trigger"],
+                capture_output=True,
+                timeout=10,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> EmulatedPi:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- access -----------------------------------------------------------------------------------------
+    @property
+    def ssh_options(self) -> list[str]:
+        return [
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR", "-i", str(self.identity),
+        ]  # fmt: skip
+
+    def ssh_base(self, *, connect_timeout: int = 15) -> list[str]:
+        return ["ssh", *self.ssh_options, "-o", f"ConnectTimeout={connect_timeout}", "-p", str(self.port),
+                "root@127.0.0.1"]  # fmt: skip
+
+    def url(self, path: str) -> str:
+        return f"ssh://root@127.0.0.1:{self.port}{path}"
+
+    def ssh(self, command: str, *, timeout: float = 300.0, step: str = "ssh", check: bool = True):
+        """Run ``command`` in the guest (a login-less shell); PiError naming ``step`` on failure or timeout."""
+        try:
+            proc = subprocess.run(
+                [*self.ssh_base(), command], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired:
+            raise PiError(step, f"`{command[:80]}` did not finish within {timeout:g} s in the guest") from None
+        if check and proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            raise PiError(step, f"`{command[:80]}` exited {proc.returncode}: {' | '.join(lines[-3:])}")
+        return proc
+
+    def put(self, sources: list[Path], dest: str, *, timeout: float = 300.0) -> None:
+        cmd = ["scp", "-q", "-r", *self.ssh_options, "-P", str(self.port), *map(str, sources), f"root@127.0.0.1:{dest}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise PiError("scp", f"copying to the guest did not finish within {timeout:g} s") from None
+        if proc.returncode != 0:
+            raise PiError("scp", f"scp exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+
+    def get(self, source: str, dest: Path, *, timeout: float = 120.0) -> None:
+        cmd = ["scp", "-q", *self.ssh_options, "-P", str(self.port), f"root@127.0.0.1:{source}", str(dest)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise PiError("scp", f"scp from the guest exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+
+
+def install_privsplit(pi: EmulatedPi, wheel: Path, *, venv: str = "/opt/privsplit") -> float:
+    """``pip install privsplit[edge]`` in the guest, offline, from the project's wheel and the image's aarch64
+    wheels (a venv without its own pip, driven by the system pip: 3x faster than a plain venv + pip under
+    emulation); ``privsplit`` goes on the PATH of ssh sessions. Returns the seconds it took."""
+    from image import GUEST_WHEELS
+
+    started = time.monotonic()
+    pi.put([wheel], "/tmp/")
+    pi.ssh(
+        f"python3 -m venv --without-pip {venv} && python3 -m pip --python {venv}/bin/python install --quiet "
+        f"--no-compile --no-index --find-links {GUEST_WHEELS} --find-links /tmp "
+        f"{shlex.quote(f'privsplit[edge] @ file:///tmp/{wheel.name}')} "
+        f"&& ln -sf {venv}/bin/privsplit /usr/local/bin/privsplit",
+        timeout=600,
+        step="pip install privsplit[edge] in the guest",
+    )
+    return time.monotonic() - started
