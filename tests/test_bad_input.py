@@ -184,7 +184,13 @@ def test_cases_cover_every_subcommand():
 def test_bad_input_is_one_line(argv, value, files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative value ("bogus", "") lands here, never in the checkout
     fresh = iter(range(1000))
-    argv = [str(tmp_path / f"fresh-{next(fresh)}") if a == FRESH else files.get(a, a) for a in argv]
+    # a missing path is this case's own: a command that creates what it is given (devices add) cannot make it exist
+    # for a later case
+    local = {FRESH: None, MISSING: str(tmp_path / "missing.png")}
+    argv = [
+        str(tmp_path / f"fresh-{next(fresh)}") if a == FRESH else local[a] if a in local else files.get(a, a)
+        for a in argv
+    ]
     err, out = io.StringIO(), io.StringIO()
 
     def hang(*_):

@@ -87,7 +87,8 @@ def test_zero_means_zero(bundles, capsys, tmp_path):
     import json
 
     out = tmp_path / "bench.json"
-    argv = ["edge", "bench", str(bundles.edge), "--warmup", "0", "--runs", "3", "--json", str(out)]
+    argv = ["edge", "bench", str(bundles.edge), "--trust-key", str(bundles.trust_key), "--warmup", "0", "--runs", "3"]
+    argv += ["--json", str(out)]
     assert main(argv) == 0
     spec = json.loads(out.read_text())["spec"]
     assert spec["warmup"] == 0 and spec["runs"] == 3

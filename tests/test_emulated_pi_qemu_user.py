@@ -40,7 +40,7 @@ def _selftest(root, bundle, cpu):
 
     return qemu_user.chroot(
         root,
-        ["privsplit", "edge", "selftest", bundle, "--json", "--allow-unsigned"],
+        ["privsplit", "edge", "selftest", bundle, "--json", "--trust-key", "/tmp/signer.pub"],
         cpu=cpu,
         timeout=600,
         step="selftest",
@@ -53,6 +53,7 @@ def test_selftest_refuses_qemu_user_max_and_accepts_a_pinned_cortex_a72(user_roo
     inside = arm_root / "tmp" / "digits-edge"
     shutil.rmtree(inside, ignore_errors=True)
     shutil.copytree(bundles.edge, inside)
+    shutil.copy(bundles.trust_key, arm_root / "tmp" / "signer.pub")  # the signature first, then the vectors
 
     pinned = _selftest(arm_root, "/tmp/digits-edge", "cortex-a72")
     assert pinned.returncode == 0, pinned.stderr
@@ -74,13 +75,13 @@ def test_selftest_refuses_qemu_user_max_and_accepts_a_pinned_cortex_a72(user_roo
     assert len(err) == 1 and f"{checks['tflite-int8']['mismatched']} of" in err[0] and "largest by" in err[0]
 
     # flash on the device itself (a local target in the chroot): accepted on cortex-a72, refused on max
-    v2 = rewrite_bundle(bundles.edge, arm_root / "tmp" / "digits-v2", version="v2")
+    v2 = rewrite_bundle(
+        bundles.edge, arm_root / "tmp" / "digits-v2", version="v2", sign_key=bundles.trust_key.with_suffix(".key")
+    )
     device = arm_root / "tmp" / "device"
     shutil.rmtree(device, ignore_errors=True)
-    first = qemu_user.chroot(
-        arm_root, ["privsplit", "flash", "/tmp/digits-edge", "--to", "/tmp/device"], cpu="cortex-a72", timeout=600,
-        step="flash",
-    )  # fmt: skip
+    flash_first = ["privsplit", "flash", "/tmp/digits-edge", "--to", "/tmp/device", "--trust-key", "/tmp/signer.pub"]
+    first = qemu_user.chroot(arm_root, flash_first, cpu="cortex-a72", timeout=600, step="flash")
     assert first.returncode == 0 and "acceptance check passed" in first.stdout, first.stderr
     previous = os.readlink(device / "current")
     refused = qemu_user.chroot(

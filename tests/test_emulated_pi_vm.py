@@ -54,6 +54,7 @@ class Served:
     """`privsplit serve` of a cloud bundle on 127.0.0.1, port chosen by the server."""
 
     def __init__(self, cloud: Path, trust_key: Path) -> None:
+        self.trust_key = trust_key
         self.proc = subprocess.Popen(
             _cli("serve", cloud, "--port", 0, "--host", "127.0.0.1", "--trust-key", trust_key),
             stderr=subprocess.PIPE,
@@ -114,7 +115,17 @@ def _x86(name: str, result, run_dir: Path, work: Path, served: Served) -> Export
     with np.load(wire) as npz:
         x86_wire = {k: npz[k] for k in npz.files if not k.startswith("runtime/")}
     infer = subprocess.run(
-        _cli("edge", "infer", result.edge.root, *pngs, "--server", f"127.0.0.1:{served.port}", "--json"),
+        _cli(
+            "edge",
+            "infer",
+            result.edge.root,
+            *pngs,
+            "--server",
+            f"127.0.0.1:{served.port}",
+            "--json",
+            "--trust-key",
+            served.trust_key,
+        ),  # fmt: skip
         capture_output=True,
         text=True,
     )
