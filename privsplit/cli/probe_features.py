@@ -92,11 +92,11 @@ def _result_name(stem: str, args) -> str:
     return f"{stem}{encoder}{args.frames.tag}.json"
 
 
-def probe_identity_linkage(folder, args, spec):
+def probe_identity_linkage(folder, data, args, spec):
     """``--identity``: the linkage probe on the same kind of features the attribute attackers saw."""
     from privsplit.probes.linkage import LinkageSpec, probe_encoder_linkage
 
-    data, split = folder.dataset(), folder.split()
+    split = folder.split()
     result, source = _with_encoder(
         folder,
         args,
@@ -107,11 +107,11 @@ def probe_identity_linkage(folder, args, spec):
     return result, result.save(folder.file(_result_name("probe_linkage", args)))
 
 
-def probe_other_attributes(folder, args, spec, *, device=None):
+def probe_other_attributes(folder, data, args, spec, *, device=None):
     """``--attributes``: every other (or each named) attribute's excess over chance, its task floor and null."""
     from privsplit.probes.attribute_sweep import probe_attribute_sweep, resolve_attributes, sweep_spec
 
-    data, split = folder.dataset(), folder.split()
+    split = folder.split()
     names = resolve_attributes(data, args.attributes)
     sweep = sweep_spec(seed=spec.seed, epochs=args.epochs)
     result, source = _with_encoder(
@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
         spec = replace(spec, pooled=False)
     if args.null:
         spec = replace(spec, null=True)
-    if args.identity and "identity" not in folder.dataset().labels:
+    # the dataset is loaded once for the extra probes (a bad name or a missing label fails before any attacker trains)
+    extra = folder.dataset() if args.identity or args.attributes is not None else None
+    if args.identity and "identity" not in extra.labels:
         raise ConfigError(
             f"--identity needs identities and {folder.path}'s dataset has none (CelebA with identity_CelebA.txt has)"
             "; drop --identity"
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.attributes is not None:
         from privsplit.probes.attribute_sweep import resolve_attributes
 
-        resolve_attributes(folder.dataset(), args.attributes)  # a bad name fails before any attacker trains
+        resolve_attributes(extra, args.attributes)
     tag = args.frames.tag
     if args.bundle is not None:
         result = probe_bundle_features(
@@ -162,11 +164,11 @@ def run(args: argparse.Namespace) -> int:
     print(result.summary())
     linkage = sweep = None
     if args.identity:
-        linkage, path = probe_identity_linkage(folder, args, spec)
+        linkage, path = probe_identity_linkage(folder, extra, args, spec)
         print(linkage.summary())
         written.append(path)
     if args.attributes is not None:
-        sweep, path = probe_other_attributes(folder, args, spec, device=device)
+        sweep, path = probe_other_attributes(folder, extra, args, spec, device=device)
         print(sweep.summary())
         written.append(path)
     if args.json is not None:
