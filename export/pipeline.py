@@ -43,6 +43,7 @@ from privsplit.export.parity import FormatParity, ParityReport, TorchReference
 from privsplit.export.reference_vectors import VECTORS_KEY, write_reference_vectors
 from privsplit.export.triton import TritonRepository, check_model_name, write_triton_repository
 from privsplit.export.triton_config import model_config_pb2
+from privsplit.noise_keying import NoiseKeying
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
 from privsplit.run import RunFolder, noise_note
 
@@ -182,6 +183,7 @@ def export_run(
     ship_collapsed: bool = False,
     release: int | None = None,
     endorsements: tuple[str | Path, ...] = (),
+    noise_keying: NoiseKeying = NoiseKeying.FRESH,
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
@@ -191,6 +193,7 @@ def export_run(
     ``release``: the bundles' anti-rollback number (default: the Unix time). ``endorsements``: key endorsement
     files (``privsplit keys endorse``) shipped in the edge bundle, so devices rooted in an older key rotate to
     ``sign_key``. The cloud bundle lists the sha256 of the edge manifest (``accepted_manifest_hashes``).
+    ``noise_keying``: how devices seed the channel noise (:mod:`privsplit.noise_keying`), in the manifest.
     """
     from privsplit.export.signing import load_private_key
     from privsplit.models import feature_shape
@@ -248,6 +251,7 @@ def export_run(
             progress=progress,
             triton=triton,
             triton_model_name=triton_model_name,
+            noise_keying=NoiseKeying.parse(noise_keying),
         )
     except ExportError as exc:
         if (stage / "parity.json").is_file() and not (stage / "edge").exists():
@@ -318,6 +322,7 @@ def _export(
     progress,
     triton,
     triton_model_name,
+    noise_keying,
 ) -> ExportResult:
     """Build the whole export in ``out`` (the staging folder); ``final`` is where it will be moved."""
     from privsplit.export.runtime import ort_session
@@ -325,7 +330,13 @@ def _export(
     calib = calibration_set(data, split, count=calibration, seed=seed)
     gen_noise = np.random.default_rng(seed + 1).standard_normal((len(calib), *shape)).astype(np.float32)
     scale, zero_point = wire_quantization(measure.torch_features(model, calib.images) + cfg.noise_sigma * gen_noise)
-    wire = FeatureSpec(shape=shape, scale=scale, zero_point=zero_point, noise_sigma=float(cfg.noise_sigma))
+    wire = FeatureSpec(
+        shape=shape,
+        scale=scale,
+        zero_point=zero_point,
+        noise_sigma=float(cfg.noise_sigma),
+        noise_keying=noise_keying,
+    )
     holdout = measure.holdout_reference(model, data, split, seed=seed + 2, noise_seed=noise_seed, limit=holdout_limit)
     _log(
         f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "

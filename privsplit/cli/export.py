@@ -106,6 +106,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing export in DIR; also ship a run whose protected training collapsed",
     )
+    p.add_argument(
+        "--noise-keying",
+        choices=("fresh", "frame"),
+        default="fresh",
+        help="how devices seed the channel noise: fresh = a new draw per request (averages away over repeated "
+        "frames), frame = keyed on a device secret and the exact frame, so an exact repeat gets the same noise "
+        "(the secret is DEVICE/trust/noise.key, made on first use); default %(default)s",
+    )
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.errors import ConfigError
     from privsplit.export.formats import parse_formats
     from privsplit.export.pipeline import export_run
+    from privsplit.noise_keying import NoiseKeying
     from privsplit.proto.wire import DEFAULT_MODEL_NAME
 
     if args.triton_model_name is not None and not args.triton:
@@ -148,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         triton_model_name=args.triton_model_name or DEFAULT_MODEL_NAME,
         release=args.release,
         endorsements=tuple(args.endorsement),
+        noise_keying=NoiseKeying.parse(args.noise_keying),
     )
     print(result.parity.summary())
     print(f"edge bundle  {result.edge.root} ({', '.join(result.shipped)}; default {result.default_encoder})")

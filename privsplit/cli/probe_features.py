@@ -28,6 +28,7 @@ def probe_bundle_features(
     from privsplit.data import Part
     from privsplit.edge.pipeline import EdgePipeline
     from privsplit.errors import ConfigError
+    from privsplit.noise_keying import stand_in_key
     from privsplit.probes.feature_probe import probe_features
     from privsplit.probes.frames import Frames, averaged_encoder
 
@@ -38,8 +39,11 @@ def probe_bundle_features(
     if not (edge_dir.is_dir() and cloud_dir.is_dir()):
         raise ConfigError(f"{bundle} holds no edge/ and cloud/ bundles: give --bundle the --out of `privsplit export`")
     data, split = folder.dataset(), folder.split()
-    probe_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=spec.seed + 1, noise=not frames.noise_free)
-    task_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=folder.eval_noise_seed())
+    key = stand_in_key(spec.seed)  # frame-keyed bundles: any key the operator lacks reads the same
+    probe_pipe = EdgePipeline.open(
+        edge_dir, encoder=encoder, seed=spec.seed + 1, noise=not frames.noise_free, noise_key=key
+    )
+    task_pipe = EdgePipeline.open(edge_dir, encoder=encoder, seed=folder.eval_noise_seed(), noise_key=key)
     host = ModelHost.open(cloud_dir, name="probe")
     try:
         size = probe_pipe.preprocessor.spec.size
@@ -53,7 +57,7 @@ def probe_bundle_features(
             correct += int((labels == holdout.task_labels[start : start + 256]).sum())
         accuracy = correct / len(holdout)
         result = probe_features(
-            averaged_encoder(lambda images: probe_pipe.encode_pixels(images).data, frames),
+            averaged_encoder(lambda images: probe_pipe.encode_pixels(images).data, frames, seed=spec.seed + 4),
             data,
             split,
             spec=spec,
@@ -75,9 +79,12 @@ def _with_encoder(folder, args, seed: int, measure):
     returns its result and the source it names (``torch`` or ``FORMAT BUNDLE``)."""
     if args.bundle is not None:
         from privsplit.edge.pipeline import EdgePipeline
+        from privsplit.noise_keying import stand_in_key
 
         noise = not args.frames.noise_free
-        pipe = EdgePipeline.open(Path(args.bundle) / "edge", encoder=args.encoder, seed=seed, noise=noise)
+        pipe = EdgePipeline.open(
+            Path(args.bundle) / "edge", encoder=args.encoder, seed=seed, noise=noise, noise_key=stand_in_key(seed)
+        )
         try:
             return measure(lambda images: pipe.encode_pixels(images).data), f"{args.encoder} {args.bundle}"
         finally:
@@ -131,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.run import RunFolder
 
     device = probe_device(args)
+    if args.frame_jitter:
+        args.frames = replace(args.frames, jitter=args.frame_jitter)  # checked by Frames: one line if out of range
     folder = RunFolder(args.run).check()
     spec = FeatureProbeSpec(seed=args.seed)
     if args.epochs is not None:
