@@ -126,6 +126,7 @@ class EdgePipeline:
         seed: int | None = None,
         noise: bool = True,
         noise_key: bytes | None = None,
+        noise_keying: NoiseKeying | None = None,
     ) -> None:
         entry = bundle.manifest["encoders"][encoder]
         path, in_spec, out_spec = bundle.encoder(encoder)
@@ -141,7 +142,8 @@ class EdgePipeline:
         self.preprocessor = Preprocessor.from_manifest(bundle.manifest, in_spec)
         self.noise = noise
         self.rng = np.random.default_rng(seed)
-        self.noise_keying = NoiseKeying(self.wire.noise_keying)
+        # ``noise_keying`` overrides the manifest's for measurements only (e.g. reading the seeded holdout draw)
+        self.noise_keying = NoiseKeying(noise_keying or self.wire.noise_keying)
         self._noise_key = noise_key
         if self.noise_keying is NoiseKeying.FRAME and noise and self.wire.noise_sigma > 0 and noise_key is None:
             self._noise_key = device_noise_key(find_device(bundle.root))
@@ -164,6 +166,7 @@ class EdgePipeline:
         seed: int | None = None,
         noise: bool = True,
         noise_key: bytes | None = None,
+        noise_keying: NoiseKeying | None = None,
     ) -> EdgePipeline:
         """Verify the bundle (signature with ``trust_key``), pick encoder and backend, open the artefact."""
         if not isinstance(bundle, Bundle):
@@ -175,7 +178,9 @@ class EdgePipeline:
         rt = open_runtime(
             path, artefact=_entry_family(name, bundle.manifest["encoders"][name]), runtime=backend, threads=threads
         )
-        return cls(bundle, encoder=name, runtime=rt, seed=seed, noise=noise, noise_key=noise_key)
+        return cls(
+            bundle, encoder=name, runtime=rt, seed=seed, noise=noise, noise_key=noise_key, noise_keying=noise_keying
+        )
 
     # ---- inputs -----------------------------------------------------------------------------------
     def expand(self, inputs: Iterable[str | Path] | np.ndarray, *, bgr: bool = False) -> list[Item]:

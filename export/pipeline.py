@@ -183,7 +183,7 @@ def export_run(
     ship_collapsed: bool = False,
     release: int | None = None,
     endorsements: tuple[str | Path, ...] = (),
-    noise_keying: NoiseKeying = NoiseKeying.FRESH,
+    noise_keying: NoiseKeying = NoiseKeying.FRAME,
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);

@@ -109,10 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--noise-keying",
         choices=("fresh", "frame"),
-        default="fresh",
-        help="how devices seed the channel noise: fresh = a new draw per request (averages away over repeated "
-        "frames), frame = keyed on a device secret and the exact frame, so an exact repeat gets the same noise "
-        "(the secret is DEVICE/trust/noise.key, made on first use); default %(default)s",
+        default="frame",
+        help="how devices seed the channel noise: frame = keyed on a device secret and the exact frame, so an exact "
+        "repeat gets the same noise and averaging repeats gains nothing (the secret is DEVICE/trust/noise.key, made "
+        "on first use; off a device $PRIVSPLIT_NOISE_KEY or ~/.config/privsplit/noise.key); fresh = a new draw per "
+        "request, which averages away over repeated frames; default %(default)s",
     )
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
     p.add_argument("--quiet", action="store_true", help="no progress output")
