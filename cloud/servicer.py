@@ -90,29 +90,39 @@ class _Started:
 
 
 class Who:
-    """The caller of an RPC: ``identity`` (rate limiting, messages) and, for a device, its token's entry
-    (``caller``: re-checked on each message of a stream)."""
+    """The caller of an RPC: ``identity`` (rate limiting, messages), for a device its token's entry (``caller``:
+    re-checked on each message of a stream), and the ``flow`` the batcher shares its model time by."""
 
-    __slots__ = ("identity", "caller")
+    __slots__ = ("identity", "caller", "flow")
 
-    def __init__(self, identity: str, caller=None) -> None:
-        self.identity, self.caller = identity, caller
+    def __init__(self, identity: str, caller=None, flow=None) -> None:
+        self.identity, self.caller, self.flow = identity, caller, flow
+
+
+def flow_of(context) -> str:
+    """The batcher's fairness unit (:mod:`privsplit.cloud.batcher`): a device of ``--device-tokens`` (however many
+    connections it opens), else the connection (peer address and port)."""
+    caller = getattr(context, "caller", None)
+    if caller is not None:
+        return f"device {caller.device}"
+    return f"connection {context.peer()}"
 
 
 def caller_of(context) -> Who:
     """Device id (``--device-tokens``), else the client certificate's common name, else the peer's address."""
+    flow = flow_of(context)
     caller = getattr(context, "caller", None)
     if caller is not None:
-        return Who(f"device {caller.device}", caller)
+        return Who(f"device {caller.device}", caller, flow)
     try:
         names = context.auth_context().get("x509_common_name")
     except Exception:  # not every context has TLS details
         names = None
     if names:
-        return Who(f"certificate {names[0].decode(errors='replace')}")
+        return Who(f"certificate {names[0].decode(errors='replace')}", flow=flow)
     peer = context.peer() or "unknown"
     host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
-    return Who(f"peer {host.split(':', 1)[1] if ':' in host else host}")
+    return Who(f"peer {host.split(':', 1)[1] if ':' in host else host}", flow=flow)
 
 
 def _remaining(context) -> float | None:
@@ -168,7 +178,7 @@ class InferenceServicer:
     def _who(self, context) -> Who:
         """The caller; its identity is worked out only when a rate limit needs it."""
         if self.limiter is None:
-            return Who("", getattr(context, "caller", None))
+            return Who("", getattr(context, "caller", None), flow_of(context))
         return caller_of(context)
 
     def _gate(self, context) -> None:
@@ -228,7 +238,10 @@ class InferenceServicer:
             job = handlers.parse_infer(InferRequest.from_proto(request), self.spec, self.limits)
             submitting = True
             return _Started(
-                started, job, self.batcher.submit(job.features, timeout_s=timeout, expected=True), timeout=timeout
+                started,
+                job,
+                self.batcher.submit(job.features, timeout_s=timeout, expected=True, flow=who.flow),
+                timeout=timeout,
             )
         except ProtocolError as exc:
             error = exc
