@@ -11,7 +11,10 @@ limiter (RESOURCE_EXHAUSTED), and a stream's device is re-checked on each messag
 
 A stream is read at most ``stream_window`` requests ahead of its replies: then the reader stops taking
 messages from the client (HTTP/2 flow control holds the rest on the client's side), so a client that
-writes fast and never reads cannot grow the server's memory. Submitted requests keep no features.
+writes fast and never reads cannot grow the server's memory. Submitted requests keep no features. With a
+rate limit a stream is also read no faster than its caller's rate: once the caller's bucket is empty the
+reader waits for a token (at most :data:`PACE_MAX_S` at a time) before it takes the next message, so a
+flooding stream costs the server its rate's worth of work, not a refusal per message it manages to write.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
 _NO_FEATURES = np.zeros((0,), np.float32)  # what a submitted job keeps: its features live in the batcher only
 _POLL_S = 0.25  # how often a blocked stream reader / writer looks whether its RPC ended
+PACE_MAX_S = 1.0  # a rate-limited stream's reader waits at most this long for a token; then the message is refused
 
 
 class Undecodable:
@@ -321,6 +325,10 @@ class InferenceServicer:
                         if item.ticket is not None:
                             item.ticket.abandon()
                         return
+                    if self.limiter is not None:  # pace: take the next message when the caller may send it
+                        pause = self.limiter.delay(who.identity)
+                        if pause > 0 and ended.wait(min(pause, PACE_MAX_S)):
+                            return
             except Exception:  # the client cancelled or the stream broke: stop reading
                 pass
             finally:
@@ -338,8 +346,7 @@ class InferenceServicer:
                 if item is None:
                     return
                 try:
-                    reply = pb.ModelStreamInferResponse()
-                    reply.infer_response.MergeFromString(self._finish(item))
+                    reply = _stream_reply(self._finish(item))
                 except ProtocolError as exc:
                     reply = pb.ModelStreamInferResponse(error_message=f"{exc.code.value}: {exc}")
                 finally:
@@ -357,8 +364,19 @@ class InferenceServicer:
                     left.ticket.abandon()
 
 
+def _stream_reply(response: bytes) -> bytes:
+    """A serialised ModelStreamInferResponse holding the serialised ModelInferResponse ``response`` (field 2,
+    length-delimited): written directly rather than parsed into a message and serialised again."""
+    head, n = bytearray(b"\x12"), len(response)
+    while n > 0x7F:
+        head.append(0x80 | (n & 0x7F))
+        n >>= 7
+    head.append(n)
+    return bytes(head) + response
+
+
 def _serialize(reply) -> bytes:
-    """ModelInfer replies come serialised already (:class:`ResponseEncoder`); others are messages."""
+    """ModelInfer and stream replies come serialised already (:class:`ResponseEncoder`); others are messages."""
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 

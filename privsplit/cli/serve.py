@@ -166,7 +166,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_float,
         metavar="R",
         help="at most R requests/s per caller (device id, else client certificate name, else IP address; each "
-        "stream message counts); more get RESOURCE_EXHAUSTED (default: no limit)",
+        "stream message counts): more calls get RESOURCE_EXHAUSTED, a faster stream is read at R/s (default: no "
+        "limit)",
     )
     p.add_argument(
         "--rate-burst",
