@@ -119,8 +119,11 @@ def auth(token: str | None) -> tuple:
 
 
 # ---- other clients ----------------------------------------------------------------------------------------
-def closed_loop(target: str, request, clients: int, seconds: float, tokens: list[str] | None = None) -> dict:
-    """``clients`` threads, each its own connection (and device, with ``tokens``), one request at a time."""
+def closed_loop(
+    target: str, request, clients: int, seconds: float, tokens: list[str] | None = None, rate: float | None = None
+) -> dict:
+    """``clients`` threads, each its own connection (and device, with ``tokens``), one request at a time; with
+    ``rate``, at most that many a second each (a camera's frame rate: a late request goes at once)."""
     import grpc
 
     from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
@@ -135,7 +138,11 @@ def closed_loop(target: str, request, clients: int, seconds: float, tokens: list
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             stub.ModelInfer(message, timeout=30, metadata=md)  # connect first
+            slot = time.monotonic()
             while time.monotonic() < end:
+                if rate:
+                    slot = max(slot + 1.0 / rate, time.monotonic() - 1.0 / rate)
+                    time.sleep(max(slot - time.monotonic(), 0.0))
                 t0 = time.perf_counter()
                 try:
                     stub.ModelInfer(message, timeout=30, metadata=md)
@@ -169,7 +176,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
     peak = base_rss
     for r in range(args.rounds):
         load = os.getloadavg()[0]
-        unloaded = closed_loop(server.target, request, args.clients, args.seconds, clients)
+        unloaded = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
         proc = subprocess.Popen(
             [sys.executable, __file__, "--flood-client", server.target, str(args.flood), str(bundle), flood_token],
             stdout=subprocess.PIPE,
@@ -193,7 +200,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
         threading.Thread(target=follow, daemon=True).start()
         sampler = threading.Thread(target=sample)
         sampler.start()
-        burst = closed_loop(server.target, request, args.clients, args.seconds, clients)
+        burst = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
         held_at = None
         while time.monotonic() - started < args.seconds + 60:
             now = time.monotonic() - started
@@ -202,7 +209,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
                 held_at = now
                 break
             time.sleep(0.2)
-        held = closed_loop(server.target, request, args.clients, args.seconds, clients)
+        held = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
         stop.set()
         sampler.join()
         written = timeline[-1][1]
@@ -451,6 +458,9 @@ def main() -> int:
         "--flood", type=int, default=100_000, help="requests the flooding stream writes (default %(default)s)"
     )
     ap.add_argument("--clients", type=int, default=4, help="other clients during the flood (default %(default)s)")
+    ap.add_argument(
+        "--client-rate", type=float, help="requests/s each other client sends at most (default: as fast as answered)"
+    )
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per flood phase (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="unloaded/flooded rounds, interleaved (default %(default)s)")
     ap.add_argument("--parts", default="flood,fuzz", help="what to run: flood, fuzz or both (default %(default)s)")
@@ -491,7 +501,13 @@ def main() -> int:
     try:
         request = feature_request(bundle)
         closed_loop(server.target, request, args.clients, 2.0, tokens)  # warm-up
-        report: dict = {"server": " ".join(command), "flood": {}, "fuzz": {}}
+        report: dict = {
+            "server": " ".join(command),
+            "clients": args.clients,
+            "client_rate": args.client_rate,
+            "flood": {},
+            "fuzz": {},
+        }
         if "flood" in parts:
             log(f"flood: {args.rounds} rounds of {args.seconds:g} s, {args.clients} other clients")
             report["flood"] = flood(server, pid, request, bundle, args, tokens)
