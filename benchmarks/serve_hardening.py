@@ -2,10 +2,13 @@
 real `privsplit serve` process.
 
 * **flood**: a client process opens one stream and writes up to ``--flood`` (100,000) requests without ever
-  reading a reply. ``--clients`` other clients send unary requests in a closed loop: on the unloaded server,
-  during the flood's first seconds (``burst``: the writes HTTP/2's buffers still take in, i.e. a client
-  sending at full speed) and once the flood is held by backpressure (``held``: its written count unchanged
-  for 1 s). Rounds interleaved; medians of the p99s. The server's RSS is sampled throughout.
+  reading a reply. ``--clients`` other clients, each its own connection, send unary requests one at a time (as
+  fast as answered, or ``--client-rate`` a second, like a camera): on the unloaded server, during the flood's
+  first seconds (``burst``: the writes HTTP/2's buffers still take in, i.e. a client sending at full speed)
+  and once the flood is held (its written count unchanged for 1 s, or after 60 s). Rounds interleaved; each
+  round's p99 ratios to its own unloaded p99, medians over rounds (the machine's load drifts). The server's
+  RSS is sampled throughout. ``--rate-limit R`` serves with ``--rate-limit`` and ``--device-tokens``: each
+  client and the flood are then devices of their own. ``--serve-args`` passes more ``privsplit serve`` options.
 * **fuzz**: ``--cases`` (10,000) hypothesis examples of malformed and hostile ModelInfer requests
   (tests/cloud_fuzz_strategies.py: huge and deep shapes, wrong datatypes, mismatched byte counts, parameter,
   output and id bombs) plus undecodable bytes. Every reply must be a deliberate status; a crash is the server
@@ -13,9 +16,10 @@ real `privsplit serve` process.
   (ServerReady and grpc.health.v1) is checked every 250 cases. RSS before (after a warm-up) and after.
 
 Goals: fuzz 0 crashes, 0 hangs, ready throughout, RSS growth < 10 %; flood server RSS growth < 50 MB and the
-other clients' p99 within 2x of unloaded. Prints JSON (``--out``) and a table.
+other clients' p99 within 2x of unloaded, burst and held alike. Prints JSON (``--out``) and a table.
 
     nice -n 10 python benchmarks/serve_hardening.py [--bundle OUT/cloud] [--cases 10000] [--flood 100000]
+    nice -n 10 python benchmarks/serve_hardening.py --parts flood --client-rate 50 --rate-limit 60 --rate-burst 60
 """
 
 from __future__ import annotations
