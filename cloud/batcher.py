@@ -7,14 +7,16 @@ where ``V`` is the tag of the request last taken, and the smallest tag goes firs
 arrival order; across flows every backlogged flow gets the same share of rows, so a caller that floods the
 queue cannot push another caller's request back by more than about one request of each other flow
 (:meth:`DynamicBatcher.submit` states the bound), and a flow that was idle starts level with ``V`` (no saved-up
-credit). Requests are taken while their rows fit in ``max_batch`` (a request larger than that runs alone). With
+credit). A full queue refuses the caller that holds the most of it: a request from another flow takes the
+place of that flow's newest request, which is refused (RESOURCE_EXHAUSTED). Requests are taken while their rows
+fit in ``max_batch`` (a request larger than that runs alone). With
 ``max_delay_ms > 0`` it waits up to that long for a fuller batch, but only while more requests are
 already arriving (announced with :meth:`DynamicBatcher.expect` by RPC threads still decoding them):
 a lone request never waits, and under load batches fill instead of trickling. A request that finds
 the model idle, the queue empty and nothing else arriving runs at once in its own RPC thread (no
 thread hand-off: the unloaded round trip stays short). While the model
 computes (onnxruntime releases the GIL) the RPC threads keep queueing. Each request gets its own rows
-back, in order. A full queue refuses at once (RESOURCE_EXHAUSTED); a request that waited longer than
+back, in order. A full queue refuses at once (RESOURCE_EXHAUSTED, as above); a request that waited longer than
 ``queue_timeout_ms`` (UNAVAILABLE) or past its deadline (DEADLINE_EXCEEDED) is dropped unrun;
 abandoned requests (client gone) are skipped. Once :meth:`DynamicBatcher.close` began, :meth:`~DynamicBatcher.submit`
 refuses (UNAVAILABLE); no request waits forever (see :meth:`Ticket.result`), and a finished request drops its
@@ -27,6 +29,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -67,6 +70,7 @@ class Ticket:
         "_result",
         "_error",
         "abandoned",
+        "evicted",
     )
 
     def __init__(
@@ -89,6 +93,7 @@ class Ticket:
         self._result: BatchResult | None = None
         self._error: ProtocolError | None = None
         self.abandoned = False  # set by the caller when its client went away: skipped if still queued
+        self.evicted = False  # refused to make room for another flow's request: left in the heap, skipped
 
     def _finish(self, result: BatchResult | None = None, error: ProtocolError | None = None) -> None:
         self._result, self._error = result, error
@@ -122,12 +127,12 @@ class Ticket:
 
 
 class _Flow:
-    """One caller's part of the queue: the tag of its newest request and how many of its requests are queued."""
+    """One caller's part of the queue: the tag of its newest request and its queued requests, oldest first."""
 
-    __slots__ = ("last", "queued")
+    __slots__ = ("last", "tickets")
 
     def __init__(self, last: int) -> None:
-        self.last, self.queued = last, 0
+        self.last, self.tickets = last, deque()
 
 
 class DynamicBatcher:
@@ -145,6 +150,7 @@ class DynamicBatcher:
         self._on_batch = on_batch or (lambda rows, compute_us: None)
         self._on_depth = on_depth or (lambda depth: None)
         self._heap: list[tuple[int, int, Ticket]] = []  # (tag, arrival number, ticket): smallest tag runs first
+        self._queued = 0  # requests in the heap that are not evicted
         self._flows: dict[Hashable, _Flow] = {}  # the flows with queued requests (none kept once drained)
         self._vtime = 0  # V: the tag of the request taken last
         self._arrival = itertools.count()
@@ -160,7 +166,7 @@ class DynamicBatcher:
     @property
     def depth(self) -> int:
         """Requests queued (all flows)."""
-        return len(self._heap)
+        return self._queued
 
     @property
     def flows(self) -> int:
@@ -209,19 +215,20 @@ class DynamicBatcher:
                 raise ProtocolError(
                     Code.UNAVAILABLE, "the server is draining and takes no new requests; retry another replica"
                 )
-            if len(self._heap) >= self.config.max_queue:
+            if self._queued >= self.config.max_queue and not self._make_room(flow):
                 if self._filling:
                     self._cond.notify()
                 raise ProtocolError(
                     Code.RESOURCE_EXHAUSTED,
-                    f"the request queue is full ({self.config.max_queue} requests waiting); retry with backoff",
+                    f"the request queue is full ({self.config.max_queue} requests waiting); this caller has "
+                    f"{len(self._flows[flow].tickets) if flow in self._flows else 0} of them; retry with backoff",
                 )
-            inline = not self._heap and not self._busy and self._incoming == 0
+            inline = not self._queued and not self._busy and self._incoming == 0
             if inline:  # the model is idle and nothing else is coming: run it here, saving two thread hand-offs
                 self._busy = True
             else:
                 self._enqueue(ticket)
-                if len(self._heap) == 1 or self._filling:
+                if self._queued == 1 or self._filling:
                     self._cond.notify()
         if inline:
             try:
@@ -229,7 +236,7 @@ class DynamicBatcher:
             finally:
                 with self._cond:
                     self._busy = False
-                    if self._heap:
+                    if self._queued:
                         self._cond.notify()
         return ticket
 
@@ -248,7 +255,7 @@ class DynamicBatcher:
             self._thread.join(timeout)
         with self._cond:
             left = [ticket for _, _, ticket in self._heap]
-            self._heap, self._flows = [], {}
+            self._heap, self._flows, self._queued = [], {}, 0
         for ticket in left:
             if not ticket.done:
                 ticket._finish(error=ProtocolError(Code.UNAVAILABLE, "the server stopped before running the request"))
@@ -261,18 +268,46 @@ class DynamicBatcher:
         if flow is None:
             flow = self._flows[ticket.flow] = _Flow(self._vtime)
         flow.last = max(flow.last, self._vtime) + ticket.rows
-        flow.queued += 1
+        flow.tickets.append(ticket)
+        self._queued += 1
         heapq.heappush(self._heap, (flow.last, next(self._arrival), ticket))
 
     def _dequeue(self) -> Ticket:
-        """Remove the request with the smallest tag; V moves to its tag; a flow with nothing queued is forgotten."""
+        """Remove the request with the smallest tag (the oldest of its flow); V moves to its tag; a flow with
+        nothing queued is forgotten. An evicted request is only dropped from the heap (counted already)."""
         tag, _, ticket = heapq.heappop(self._heap)
+        if ticket.evicted:
+            return ticket
         self._vtime = max(self._vtime, tag)
         flow = self._flows[ticket.flow]
-        flow.queued -= 1
-        if flow.queued == 0:
+        flow.tickets.popleft()
+        self._queued -= 1
+        if not flow.tickets:
             del self._flows[ticket.flow]
         return ticket
+
+    def _make_room(self, newcomer: Hashable) -> bool:
+        """The queue is full: refuse the newest request of the flow that holds the most of it, unless that is the
+        newcomer's flow or holds at most one more than it (then the newcomer is refused: False)."""
+        biggest = max(self._flows, key=lambda key: len(self._flows[key].tickets))
+        victim, own = self._flows[biggest], self._flows.get(newcomer)
+        if biggest == newcomer or len(victim.tickets) <= (len(own.tickets) if own else 0) + 1:
+            return False
+        ticket = victim.tickets.pop()
+        victim.last -= ticket.rows  # it never ran: its share goes back
+        ticket.evicted = True
+        self._queued -= 1
+        if len(self._heap) > 2 * self.config.max_queue:  # evicted entries wait in the heap until they surface
+            self._heap = [entry for entry in self._heap if not entry[2].evicted]
+            heapq.heapify(self._heap)
+        ticket._finish(
+            error=ProtocolError(
+                Code.RESOURCE_EXHAUSTED,
+                f"the request queue is full ({self.config.max_queue} requests waiting) and this caller holds the "
+                f"most of it ({len(victim.tickets) + 1}); retry with backoff",
+            )
+        )
+        return True
 
     # ---- model thread -------------------------------------------------------------------------------
     def _expired(self, ticket: Ticket, now: float) -> ProtocolError | None:
@@ -292,6 +327,9 @@ class DynamicBatcher:
         heap, limit = self._heap, self.config.max_batch
         while heap:
             ticket = heap[0][2]
+            if ticket.evicted:
+                self._dequeue()
+                continue
             if ticket.abandoned:
                 self._dequeue()
                 if not ticket.done:  # release a caller still waiting (its client went away)
@@ -353,7 +391,7 @@ class DynamicBatcher:
             finally:
                 with self._cond:
                     self._busy = False
-            self._on_depth(len(self._heap))
+            self._on_depth(self._queued)
 
     def _execute(self, items: list[Ticket]) -> None:
         dispatched = time.monotonic()

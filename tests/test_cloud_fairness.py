@@ -13,6 +13,7 @@ import pytest
 
 from privsplit.cloud.batcher import DynamicBatcher
 from privsplit.cloud.config import BatchConfig
+from privsplit.proto.status import Code, ProtocolError
 
 
 class RecordingModel:
@@ -42,9 +43,9 @@ def _rows(request_id: int, rows: int = 1) -> np.ndarray:
 class Held:
     """A batcher whose model is busy (a first request is held at the gate) while the test queues requests."""
 
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, max_queue: int = 10_000) -> None:
         self.model = RecordingModel()
-        self.batcher = DynamicBatcher(self.model, BatchConfig(max_batch=max_batch, max_queue=10_000)).start()
+        self.batcher = DynamicBatcher(self.model, BatchConfig(max_batch=max_batch, max_queue=max_queue)).start()
         self.tickets = []
         self._first = threading.Thread(target=lambda: self.batcher.submit(_rows(-1), flow="warm"), daemon=True)
         self._first.start()
@@ -58,7 +59,10 @@ class Held:
         self.model.gate.set()
         self._first.join(10)
         for ticket in self.tickets:
-            ticket.result(10)
+            try:
+                ticket.result(10)
+            except ProtocolError:  # refused (a full queue): the tests that refuse check it themselves
+                assert ticket.done
         self.batcher.close(timeout=10)
         return self.model.batches[1:]
 
@@ -164,3 +168,43 @@ def test_flows_are_forgotten_once_drained(abandon):
             assert abandon
     assert held.batcher.flows == 0 and held.batcher.depth == 0
     held.batcher.close(timeout=10)
+
+
+def _refused(ticket) -> str:
+    try:
+        ticket.result(10)
+    except ProtocolError as exc:
+        assert exc.code == Code.RESOURCE_EXHAUSTED, exc
+        return str(exc)
+    return ""
+
+
+def test_a_full_queue_refuses_the_caller_that_holds_the_most_of_it():
+    held = Held(max_batch=4, max_queue=10)
+    for k in range(10):
+        held.submit(k, "flood")  # the flood fills the queue
+    with pytest.raises(ProtocolError, match=r"queue is full \(10 requests waiting\); this caller has 10 of them"):
+        held.submit(10, "flood")  # more from the flood: refused
+    for k in range(5):
+        held.submit(100 + k, "other")  # another caller still gets in: each takes the flood's newest place
+    assert held.batcher.depth == 10 and held.batcher.flows == 2
+    with pytest.raises(ProtocolError, match="this caller has 5 of them"):
+        held.submit(105, "other")  # 5 against 5: its fair part, no further
+    flood, other = held.tickets[:10], held.tickets[10:]
+    held.model.gate.set()
+    refusals = [_refused(t) for t in flood]
+    assert [bool(r) for r in refusals] == [False] * 5 + [True] * 5  # the flood's newest five; its oldest kept
+    assert "this caller holds the most of it" in refusals[-1]
+    assert all(_refused(t) == "" for t in other)
+    batches = held.release()
+    assert sorted(v for b in batches for v in b) == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104]
+    assert held.batcher.flows == 0 and held.batcher.depth == 0
+
+
+def test_requests_without_a_flow_are_refused_as_before_when_the_queue_is_full():
+    held = Held(max_batch=4, max_queue=3)
+    for k in range(3):
+        held.submit(k, None)
+    with pytest.raises(ProtocolError, match="queue is full"):
+        held.submit(3, None)
+    assert [v for b in held.release() for v in b] == [0, 1, 2]
