@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=1024,
         metavar="N",
-        help="requests that may wait; more are refused with RESOURCE_EXHAUSTED (default %(default)s)",
+        help="requests that may wait; when full, the caller holding the most of them is refused with "
+        "RESOURCE_EXHAUSTED (default %(default)s)",
     )
     p.add_argument(
         "--queue-timeout-ms",
