@@ -132,7 +132,8 @@ class _Flow:
     __slots__ = ("last", "tickets")
 
     def __init__(self, last: int) -> None:
-        self.last, self.tickets = last, deque()
+        self.last = last
+        self.tickets: deque[Ticket] = deque()
 
 
 class DynamicBatcher:
