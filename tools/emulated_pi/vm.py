@@ -1,9 +1,10 @@
 """Boot a built image under qemu-system-aarch64 with a pinned CPU model and reach it over SSH.
 
 ``with EmulatedPi(image, cpu="cortex-a72") as pi:`` boots (``-snapshot``: the image is never written, every
-boot starts clean), waits for a real ``ssh true`` and gives ``pi.ssh(cmd)``, ``pi.put(src, dest)`` and the
-``ssh://`` URL, identity and known_hosts file ``privsplit flash`` needs. In the guest the host's loopback
-services are at 10.0.2.2 (qemu user networking), and every ssh session has ``PRIVSPLIT_EMULATED`` set.
+boot starts clean), waits until an authenticated ssh connection is up and gives ``pi.ssh(cmd)``,
+``pi.put(src, dest)`` and the ``ssh://`` URL, identity and known_hosts file ``privsplit flash`` needs. In the
+guest the host's loopback services are at 10.0.2.2 (qemu user networking), and every ssh session has
+``PRIVSPLIT_EMULATED`` set.
 Pi 4 = ``cortex-a72``, Pi 5 = ``cortex-a76``. Every wait has a deadline; failures are one-line PiErrors.
 
 Under TCG an ssh handshake costs the guest seconds (sshd re-executes itself, key exchange, signature), so one
