@@ -40,6 +40,7 @@ from privsplit.export.bundle_writer import default_release, write_bundle
 from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
+from privsplit.export.reference_vectors import DEFAULT_COUNT as DEFAULT_REFERENCE_COUNT
 from privsplit.export.reference_vectors import VECTORS_KEY, write_reference_vectors
 from privsplit.export.triton import TritonRepository, check_model_name, write_triton_repository
 from privsplit.export.triton_config import model_config_pb2
@@ -184,6 +185,7 @@ def export_run(
     release: int | None = None,
     endorsements: tuple[str | Path, ...] = (),
     noise_keying: NoiseKeying = NoiseKeying.FRAME,
+    reference_count: int = DEFAULT_REFERENCE_COUNT,
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
@@ -194,6 +196,7 @@ def export_run(
     files (``privsplit keys endorse``) shipped in the edge bundle, so devices rooted in an older key rotate to
     ``sign_key``. The cloud bundle lists the sha256 of the edge manifest (``accepted_manifest_hashes``).
     ``noise_keying``: how devices seed the channel noise (:mod:`privsplit.noise_keying`), in the manifest.
+    ``reference_count``: holdout inputs in the on-device acceptance check's reference vectors.
     """
     from privsplit.export.signing import load_private_key
     from privsplit.models import feature_shape
@@ -205,6 +208,8 @@ def export_run(
         model_config_pb2()  # tritonclient installed? (before minutes of conversion, not after)
     if calibration < 1:
         raise ConfigError(f"--calibration must be >= 1, got {calibration}")
+    if reference_count < 1:
+        raise ConfigError(f"reference_count must be >= 1, got {reference_count}")
     if not 0 <= tolerance < 1:
         raise ConfigError(f"tolerance is a fraction of accuracy in [0, 1), got {tolerance}")
     run = run if isinstance(run, RunFolder) else RunFolder(run)
@@ -252,6 +257,7 @@ def export_run(
             triton=triton,
             triton_model_name=triton_model_name,
             noise_keying=NoiseKeying.parse(noise_keying),
+            reference_count=reference_count,
         )
     except ExportError as exc:
         if (stage / "parity.json").is_file() and not (stage / "edge").exists():
@@ -323,6 +329,7 @@ def _export(
     triton,
     triton_model_name,
     noise_keying,
+    reference_count,
 ) -> ExportResult:
     """Build the whole export in ``out`` (the staging folder); ``final`` is where it will be moved."""
     from privsplit.export.runtime import ort_session
@@ -447,7 +454,12 @@ def _export(
         }
         # the on-device acceptance check's inputs and expected wire features (signed with the bundle)
         edge_body[VECTORS_KEY] = write_reference_vectors(
-            edge_dir, {f: arts[f] for f in passed}, holdout.images, preprocess=preprocess, wire=wire
+            edge_dir,
+            {f: arts[f] for f in passed},
+            holdout.images,
+            preprocess=preprocess,
+            wire=wire,
+            count=reference_count,
         )
         cloud_body = {
             **common,
