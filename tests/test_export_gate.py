@@ -164,3 +164,42 @@ def test_repeated_frames_average_the_device_noise_on_the_wire():
         spread[k] = float(np.std(got - clean))
     assert spread[1] == pytest.approx(0.5, rel=0.1)
     assert spread[16] == pytest.approx(0.5 / 4, rel=0.15)
+
+
+def test_verify_prints_the_record_on_a_device_without_torch(bundles, tmp_path):
+    """``privsplit verify`` in an interpreter where torch, the exporter and the probes cannot be imported: the signed
+    record of a bundle that carries one, and ``none recorded`` for one exported before the gate."""
+    import subprocess
+    import sys
+
+    from test_edge_support import rewrite_bundle
+    from test_edge_torchfree import BLOCKED, CHILD
+
+    record = GateRecord(
+        max_excess=0.1,
+        readings=(GateReading(GateQuestion.PRIVATE, "tflite-int8", 16, 0.64, 0.58, 0.6, "mlp@attacker", 0.1),),
+        measured_on="tflite-int8 (default encoder tflite-int8)",
+    )
+    gated = rewrite_bundle(
+        bundles.edge,
+        tmp_path / "gated",
+        version="gated",
+        sign_key=bundles.trust_key.with_suffix(".key"),
+        **{MANIFEST_KEY: record.to_json()},
+    )
+    commands = [
+        ["verify", str(gated), "--trust-key", str(bundles.trust_key)],
+        ["verify", str(bundles.edge), "--trust-key", str(bundles.trust_key)],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD.format(blocked=BLOCKED), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.rsplit("RESULT ", 1)[1]) == {"codes": [0, 0], "leaked": []}
+    gated_out, plain_out = proc.stdout.split("ok: edge bundle")[1:]
+    assert "leakage gate: max excess 0.1; passed" in gated_out and "private (16 frames)" in gated_out
+    assert "+0.040" in gated_out and "mlp@attacker" in gated_out  # 0.64 - max(0.58, 0.60)
+    assert "leakage gate: none recorded" in plain_out
