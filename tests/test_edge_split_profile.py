@@ -40,7 +40,9 @@ def test_distance_correlation_known_cases():
 
 def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
     cfg = RunFolder(digits_run).config().model
-    spec = SplitProfileSpec(runtime=SplitRuntime.ONNXRUNTIME, runs=5, samples=96, bandwidth_mbps=2.0)
+    spec = SplitProfileSpec(
+        runtime=SplitRuntime.ONNXRUNTIME, runs=5, samples=96, bandwidth_mbps=2.0, attack_samples=150, attack_epochs=5
+    )
     profile = profile_splits(digits_run, spec)
     splits = [r.split for r in profile.rows]
     assert splits == list(range(1, cfg.split + cfg.head_blocks + 1))

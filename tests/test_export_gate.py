@@ -29,8 +29,28 @@ from privsplit.leakage_gate import (
 
 pytestmark = pytest.mark.slow  # the session's trained run
 
-# the cheapest export that still measures: one float format, a small holdout, the probe's attackers at 2 epochs
-ARGS = ["--formats", "onnx-fp32", "--calibration", "16", "--holdout-limit", "64", "--probe-epochs", "2", "--quiet"]
+# the cheapest export that still measures: one float format, a small holdout, the probe's attackers at 1 epoch
+ARGS = ["--formats", "onnx-fp32", "--calibration", "16", "--holdout-limit", "64", "--probe-epochs", "1", "--quiet"]
+
+
+def _export(run, out, max_excess, **kw):
+    """The library's export with a probe that trains nothing here (no private attribute, no reconstruction): the
+    gate's own attackers are what measures."""
+    from privsplit.export import ExportFormat, export_run
+    from privsplit.probes.feature_spec import AttributeAttacker, FeatureProbeSpec
+
+    spec = FeatureProbeSpec(attackers=(AttributeAttacker.LOGISTIC,), curve=(1.0,), pooled=False, reconstruction=False)
+    return export_run(
+        run,
+        out,
+        formats=(ExportFormat.ONNX_FP32,),
+        calibration=16,
+        holdout_limit=64,
+        probe_spec=spec,
+        progress=False,
+        max_excess=max_excess,
+        **kw,
+    )
 
 
 def _snapshot(out):
@@ -47,8 +67,7 @@ def test_the_gate_refuses_a_known_leak_keeps_the_previous_bundles_and_ships_unde
     digits_run, tmp_path, capsys
 ):
     out = tmp_path / "export"
-    assert main(["export", str(digits_run), "--out", str(out), "--max-excess", "off", *ARGS]) == 0
-    edge = load_bundle(out / "edge", kind=BundleKind.EDGE)
+    edge = _export(digits_run, out, None).edge
     off = GateRecord.from_json(edge.manifest[MANIFEST_KEY])
     assert off.max_excess is None and off.readings == () and off.passed  # off: nothing measured, and it says so
     assert "--max-excess off" in off.skipped[0]
@@ -73,10 +92,9 @@ def test_the_gate_refuses_a_known_leak_keeps_the_previous_bundles_and_ships_unde
     assert any("no channel noise" in s for s in failed.skipped)  # sigma 0: 16 frames are one frame
 
     # E = 0.9: the same measurement ships, and the record travels signed-with the bundles and in parity.json
-    rc = main(["export", str(digits_run), "--out", str(out), "--force", "--max-excess", "0.9", *ARGS])
-    printed = capsys.readouterr().out
-    assert rc == 0 and not (out / "parity-failed.json").exists()
-    assert "leakage gate: max excess 0.9; passed" in printed
+    shipped = _export(digits_run, out, 0.9, overwrite=True)
+    assert not (out / "parity-failed.json").exists()
+    assert "leakage gate: max excess 0.9; passed" in shipped.parity.summary()
     for kind in (BundleKind.EDGE, BundleKind.CLOUD):
         record = GateRecord.from_json(load_bundle(out / kind.value, kind=kind).manifest[MANIFEST_KEY])
         assert record.passed and record.max_excess == 0.9
