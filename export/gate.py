@@ -13,11 +13,11 @@ Which artefacts are measured, and why the others are represented:
   (``sigma / scale / sqrt(frames)`` steps): then what tells the two apart is buried under the noise every attacker
   faces. The record names every artefact's agreement figures.
 
-Repeated frames are a camera streaming one still scene: the artefact's noise-free output is computed once and each
-frame adds its own seeded draw of the channel noise before the int8 wire. That is the device's fresh noise, and also
-frame-keyed noise on a real stream, whose frames differ by sensor noise and so key independent draws (the sensor
-noise itself, a grey level or two, is left out: it only blurs what the attacker averages). Exact repeats under
-frame-keyed noise gain the operator nothing; this reading is the stream's.
+Repeated frames (a camera streaming one still scene; the device's fresh noise): the artefact's noise-free output is
+computed once and each of the 16 frames adds its own seeded draw of the channel noise before the int8 wire; the
+attackers read the mean. A wire whose noise is keyed on the frame (``features.noise_keying: frame``) gives exact
+repeats the same noise, so their mean is one frame and there is no separate reading; frames that differ (sensor
+noise) key fresh draws again, which ``privsplit probe features --frames 16 --frame-jitter S`` measures.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class GateBudget:
     noise_share: float = 0.10  # or: RMS code difference within this share of the K-frame noise (noisy wires)
     sweep_attackers: tuple[str, ...] = ("logistic",)  # attackers of the other-attribute sweep (one fit each)
     sweep_max_attacker: int | None = 2000  # cap on the sweep's training images per attribute (seeded subsample)
-    sweep_cs: tuple[float, ...] = (0.01, 0.1, 1.0)  # the sweep's logistic C grid (2-fold CV)
+    sweep_cs: tuple[float, ...] = (0.05,)  # the sweep's logistic C (one value: one fit per attribute, no CV)
     frames_attackers: tuple[str, ...] = ("logistic", "mlp")  # the private attribute's repeated-frames attackers
 
 
@@ -62,6 +62,13 @@ def wire_agreement(a: np.ndarray, b: np.ndarray, noise: np.ndarray, wire) -> tup
     qb = wire.quantize(b + noise).astype(np.int16)
     diff = (qa - qb).astype(np.float64)
     return float(np.mean(diff == 0)), int(np.abs(diff).max()), float(np.sqrt(np.mean(diff**2)))
+
+
+def frame_keyed(wire) -> bool:
+    """Whether the wire's noise is keyed on the frame (``features.noise_keying: frame``): exact repeats then carry
+    the same noise and their mean is one frame. Wires that do not say draw fresh noise."""
+    keying = getattr(wire, "noise_keying", "fresh")
+    return str(getattr(keying, "value", keying)) == "frame"
 
 
 def represents(agreement: tuple[float, int, float], wire, budget: GateBudget, frames: int) -> bool:
@@ -201,9 +208,15 @@ def measure_gate(
     readings: list[GateReading] = []
     skipped: list[str] = []
     noisy = wire.noise_sigma > 0
-    frames = budget.frames if noisy else 1
+    keyed = frame_keyed(wire)
+    frames = budget.frames if noisy and not keyed else 1
     if budget.frames > 1 and not noisy:
         skipped.append(f"{budget.frames} frames: the wire carries no channel noise, so the mean of frames is one frame")
+    elif budget.frames > 1 and keyed:
+        skipped.append(
+            f"{budget.frames} frames: the device keys its noise on the frame, so {budget.frames} exact repeats are one "
+            "frame (a stream whose frames differ: `privsplit probe features --frames 16 --frame-jitter S`)"
+        )
 
     order = [representative] + [f for f in shipped if f is not representative]
     own, notes = [], []

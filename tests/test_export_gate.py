@@ -182,6 +182,13 @@ def test_repeated_frames_average_the_device_noise_on_the_wire():
         spread[k] = float(np.std(got - clean))
     assert spread[1] == pytest.approx(0.5, rel=0.1)
     assert spread[16] == pytest.approx(0.5 / 4, rel=0.15)
+    # a wire whose noise is keyed on the frame gives exact repeats the same noise: no 16-frame reading of its own
+    from types import SimpleNamespace
+
+    from privsplit.export.gate import frame_keyed
+
+    assert not frame_keyed(wire) and frame_keyed(SimpleNamespace(noise_keying="frame"))
+    assert not frame_keyed(SimpleNamespace(noise_keying="fresh"))
 
 
 def test_verify_prints_the_record_on_a_device_without_torch(bundles, tmp_path):
