@@ -65,11 +65,12 @@ class Target:
     attacker_slack: float  # goal: best attacker <= (floor or max(chance, floor)) + slack
     against_chance: bool  # digits: max(chance, floor); CelebA: the floor
     ssim_slack: float | None  # goal: SSIM <= mean-image SSIM + slack (None: no SSIM goal)
+    identities: bool = False  # --unforeseen: the data has identities (linkage) and other attributes (the sweep)
 
 
 TARGETS = {
     "digits": Target("digits", "digits", "digit", "slant", None, 0.03, True, None),
-    "celeba": Target("celeba", "celeba:../shared/data/celeba-10k", "Smiling", "Male", 64, 0.02, False, 0.05),
+    "celeba": Target("celeba", "celeba:../shared/data/celeba-10k", "Smiling", "Male", 64, 0.02, False, 0.05, True),
 }
 
 
@@ -103,6 +104,41 @@ def seed_row(probe: Mapping) -> dict:
     }
 
 
+UNFORESEEN = (
+    "frames16_raise",
+    "linkage_auc",
+    "linkage_excess",
+    "attributes_worst_excess",
+    "attributes_median_excess",
+    "attributes_over_0_05",
+)
+FRAMES = 16
+
+
+def unforeseen_row(run: Path, probe: Mapping) -> dict:
+    """``--unforeseen`` figures of one seed from the probe files in ``run``: what averaging 16 frames adds to the
+    private-attribute attacker, the linkage AUC and its excess over max(0.5, null), every other attribute's
+    worst and median excess and how many exceed 0.05 (None where not measured)."""
+    row: dict = dict.fromkeys(UNFORESEEN)
+    frames = run / f"probe_features.tflite-int8.frames{FRAMES}.json"
+    if frames.is_file():
+        many = read_json(frames, what="a feature-leakage result")["attribute"]["balanced_accuracy"]
+        row["frames16_raise"] = float(many) - float(probe["attribute"]["balanced_accuracy"])
+    linkage = run / "probe_linkage.tflite-int8.json"
+    if linkage.is_file():
+        data = read_json(linkage, what="a linkage result")
+        null = data.get("null_auc")
+        row["linkage_auc"] = float(data["best_auc"])
+        row["linkage_excess"] = float(data["best_auc"]) - max(0.5, null if null is not None else 0.5)
+    sweep = run / "probe_attributes.tflite-int8.json"
+    if sweep.is_file():
+        excess = [float(r["excess"]) for r in read_json(sweep, what="an attribute sweep")["rows"]]
+        row["attributes_worst_excess"] = max(excess)
+        row["attributes_median_excess"] = float(sorted(excess)[len(excess) // 2])
+        row["attributes_over_0_05"] = sum(e > 0.05 for e in excess)
+    return row
+
+
 def goals(row: Mapping, baseline: Mapping | None, target: Target) -> dict[str, bool | None]:
     """The issue's goals on one seed: task within 1 point of the seed's unprotected run, attacker and SSIM limits."""
     limit = (max(row["chance"], row["floor"]) if target.against_chance else row["floor"]) + target.attacker_slack
@@ -119,7 +155,7 @@ def goals(row: Mapping, baseline: Mapping | None, target: Target) -> dict[str, b
 def aggregate(seeds: Mapping[int, Mapping], baselines: Mapping[int, Mapping], target: Target) -> dict:
     """Mean and 95% interval across seeds of every figure, plus each seed's goals and whether all seeds meet them."""
     out: dict = {"seeds": sorted(seeds), "per_seed": {str(s): dict(seeds[s]) for s in sorted(seeds)}}
-    for key in ("task_accuracy", "attacker", "floor", "chance", "null", "ssim", "mean_ssim"):
+    for key in ("task_accuracy", "attacker", "floor", "chance", "null", "ssim", "mean_ssim", *UNFORESEEN):
         values = [seeds[s][key] for s in sorted(seeds) if seeds[s].get(key) is not None]
         out[key] = None if not values else dict(zip(("mean", "low", "high"), interval(values)))
     checks = {str(s): goals(seeds[s], baselines.get(s), target) for s in sorted(seeds)}
@@ -157,6 +193,20 @@ def table(rows: Sequence[Mapping]) -> str:
             f"{'n/a' if r['mean_ssim'] is None else format(r['mean_ssim']['mean'], '.3f'):>8}  "
             + "/".join(mark[met[k]] for k in ("task_within_1pt", "attacker_within_limit", "ssim_within_limit"))
         )
+    extra = [r for r in rows if any(r.get(k) is not None for k in UNFORESEEN)]
+    if extra:
+        head = (
+            f"{'target':<7} {'method':<12} {'strength':<13} {'frames16 raise':>14} {'linkage AUC':>14} "
+            f"{'linkage excess':>14} {'worst attr excess':>17} {'median attr':>14} {'attrs > 0.05':>14}"
+        )
+        lines += ["", head, "-" * len(head)]
+        for r in extra:
+            lines.append(
+                f"{r['target']:<7} {r['method']:<12} {r['strength']:<13} {_cell(r['frames16_raise']):>14} "
+                f"{_cell(r['linkage_auc']):>14} {_cell(r['linkage_excess']):>14} "
+                f"{_cell(r['attributes_worst_excess']):>17} {_cell(r['attributes_median_excess']):>14} "
+                f"{_cell(r['attributes_over_0_05'], '.1f'):>14}"
+            )
     return "\n".join(lines)
 
 
@@ -243,6 +293,16 @@ def run_one(
         _cli(*cmd, log=log)  # --json overwrites a probe cached before --null
         cached = read_json(probe, what="a feature-leakage result")
     row = seed_row(cached)
+    if args.unforeseen:
+        base = ["probe", "features", str(run), "--bundle", str(export), "--seed", str(seed)]
+        if args.probe_epochs:
+            base += ["--epochs", str(args.probe_epochs)]
+        extra = ["--identity", "--attributes", "all"] if target.identities else []
+        if extra and not (run / "probe_linkage.tflite-int8.json").is_file():
+            _cli(*base, *extra, log=log)
+        if not (run / f"probe_features.tflite-int8.frames{FRAMES}.json").is_file():
+            _cli(*base, "--frames", str(FRAMES), log=log)
+        row.update(unforeseen_row(run, cached))
     print(
         f"  {folder}: task {row['task_accuracy']:.4f}, attacker {row['attacker']:.3f} "
         f"({time.perf_counter() - t0:.0f} s)",
@@ -304,6 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="probe the protected recipes with --null: beside each best attacker, the best of the same attackers "
         "on noise features (its chance level on the holdout; doubles the attackers' time)",
     )
+    parser.add_argument(
+        "--unforeseen",
+        action="store_true",
+        help=f"also probe what training never named: the private attribute from the mean of {FRAMES} frames, and "
+        "where the data has them (CelebA) identity linkage and every other attribute; adds their columns, a "
+        "linkage ROC and an attribute-excess chart per target",
+    )
     parser.add_argument("--quick", action="store_true", help="digits, seed 0, 4 epochs, small probe: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -328,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "probe_epochs": args.probe_epochs,
         "curve": args.curve,
         "null": args.null,
+        "unforeseen": args.unforeseen,
         "rows": rows,
     }
     print(f"wrote {save_json(args.out / 'privacy_frontier.json', report)}", file=sys.stderr)
@@ -347,7 +415,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             null=sum(nulls) / len(nulls) if nulls else None,
         )
         print(f"wrote {path}", file=sys.stderr)
+        if args.unforeseen:
+            for path in unforeseen_plots(rows, name, args):
+                print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def unforeseen_plots(rows: Sequence[Mapping], name: str, args: argparse.Namespace) -> list[Path]:
+    """Seed ``args.seeds[0]``'s linkage ROC and attribute-excess bars, one entry per method and strength."""
+    from privsplit.probes.attribute_sweep import AttributeSweepResult
+    from privsplit.probes.linkage import LinkageResult
+    from privsplit.report.unforeseen_plots import plot_attribute_excess, plot_linkage_roc
+
+    linkage, sweeps = {}, {}
+    for r in rows:
+        if r["target"] != name:
+            continue
+        slug = r["strength"].replace(" ", "_").replace("(", "").replace(")", "")
+        run = args.out / "cache" / name / r["method"] / slug / f"seed{args.seeds[0]}" / "run"
+        label = r["method"] if r["strength"] == "-" else f"{r['method']} {r['strength']}"
+        if (run / "probe_linkage.tflite-int8.json").is_file():
+            linkage[label] = LinkageResult.load(run / "probe_linkage.tflite-int8.json")
+        if (run / "probe_attributes.tflite-int8.json").is_file():
+            sweeps[label] = AttributeSweepResult.load(run / "probe_attributes.tflite-int8.json")
+    written = []
+    if linkage:
+        written.append(plot_linkage_roc(linkage, args.out / f"linkage_roc_{name}.png"))
+    if sweeps:
+        written.append(plot_attribute_excess(sweeps, args.out / f"attribute_excess_{name}.png"))
+    return written
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Each identity (a device id from ``--device-tokens``, else the common name of a mutual-TLS client certificate,
 else the peer's IP address) may send ``rate`` requests a second on average and ``burst`` at once; one more is
 refused with RESOURCE_EXHAUSTED naming the identity, the limit and when to retry. Every inference request
-counts (each message of a stream too). The table of buckets is bounded: full buckets are forgotten first.
-With ``--workers N`` each worker process keeps its own buckets (a device's connection stays on one worker).
+counts (each message of a stream too; a stream is also paced: :meth:`RateLimiter.delay`, used by the
+servicer). The table of buckets is bounded: full buckets are forgotten first. With ``--workers N`` each
+worker process keeps its own buckets (a device's connection stays on one worker).
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ class RateLimiter:
             f"rate limit of {identity!r} exceeded: {rate:g} requests/s, burst {self.limit.burst}; "
             f"retry in {wait:.2f} s (or ask the operator for a higher --rate-limit)",
         )
+
+    def delay(self, identity: str) -> float:
+        """Seconds until ``identity`` may send again (0: it may now). Takes nothing."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(identity)
+            if bucket is None:
+                return 0.0
+            tokens = min(float(self.limit.burst), bucket[0] + (now - bucket[1]) * self.limit.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.limit.rate
 
     def _forget_idle(self, now: float) -> None:
         rate, burst = self.limit.rate, float(self.limit.burst)

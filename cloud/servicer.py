@@ -11,7 +11,10 @@ limiter (RESOURCE_EXHAUSTED), and a stream's device is re-checked on each messag
 
 A stream is read at most ``stream_window`` requests ahead of its replies: then the reader stops taking
 messages from the client (HTTP/2 flow control holds the rest on the client's side), so a client that
-writes fast and never reads cannot grow the server's memory. Submitted requests keep no features.
+writes fast and never reads cannot grow the server's memory. Submitted requests keep no features. With a
+rate limit a stream is also read no faster than its caller's rate: once the caller's bucket is empty the
+reader waits for a token (at most :data:`PACE_MAX_S` at a time) before it takes the next message, so a
+flooding stream costs the server its rate's worth of work, not a refusal per message it manages to write.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
 _NO_FEATURES = np.zeros((0,), np.float32)  # what a submitted job keeps: its features live in the batcher only
 _POLL_S = 0.25  # how often a blocked stream reader / writer looks whether its RPC ended
+PACE_MAX_S = 1.0  # a rate-limited stream's reader waits at most this long for a token; then the message is refused
 
 
 class Undecodable:
@@ -90,29 +94,39 @@ class _Started:
 
 
 class Who:
-    """The caller of an RPC: ``identity`` (rate limiting, messages) and, for a device, its token's entry
-    (``caller``: re-checked on each message of a stream)."""
+    """The caller of an RPC: ``identity`` (rate limiting, messages), for a device its token's entry (``caller``:
+    re-checked on each message of a stream), and the ``flow`` the batcher shares its model time by."""
 
-    __slots__ = ("identity", "caller")
+    __slots__ = ("identity", "caller", "flow")
 
-    def __init__(self, identity: str, caller=None) -> None:
-        self.identity, self.caller = identity, caller
+    def __init__(self, identity: str, caller=None, flow=None) -> None:
+        self.identity, self.caller, self.flow = identity, caller, flow
+
+
+def flow_of(context) -> str:
+    """The batcher's fairness unit (:mod:`privsplit.cloud.batcher`): a device of ``--device-tokens`` (however many
+    connections it opens), else the connection (peer address and port)."""
+    caller = getattr(context, "caller", None)
+    if caller is not None:
+        return f"device {caller.device}"
+    return f"connection {context.peer()}"
 
 
 def caller_of(context) -> Who:
     """Device id (``--device-tokens``), else the client certificate's common name, else the peer's address."""
+    flow = flow_of(context)
     caller = getattr(context, "caller", None)
     if caller is not None:
-        return Who(f"device {caller.device}", caller)
+        return Who(f"device {caller.device}", caller, flow)
     try:
         names = context.auth_context().get("x509_common_name")
     except Exception:  # not every context has TLS details
         names = None
     if names:
-        return Who(f"certificate {names[0].decode(errors='replace')}")
+        return Who(f"certificate {names[0].decode(errors='replace')}", flow=flow)
     peer = context.peer() or "unknown"
     host = peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
-    return Who(f"peer {host.split(':', 1)[1] if ':' in host else host}")
+    return Who(f"peer {host.split(':', 1)[1] if ':' in host else host}", flow=flow)
 
 
 def _remaining(context) -> float | None:
@@ -168,7 +182,7 @@ class InferenceServicer:
     def _who(self, context) -> Who:
         """The caller; its identity is worked out only when a rate limit needs it."""
         if self.limiter is None:
-            return Who("", getattr(context, "caller", None))
+            return Who("", getattr(context, "caller", None), flow_of(context))
         return caller_of(context)
 
     def _gate(self, context) -> None:
@@ -228,7 +242,10 @@ class InferenceServicer:
             job = handlers.parse_infer(InferRequest.from_proto(request), self.spec, self.limits)
             submitting = True
             return _Started(
-                started, job, self.batcher.submit(job.features, timeout_s=timeout, expected=True), timeout=timeout
+                started,
+                job,
+                self.batcher.submit(job.features, timeout_s=timeout, expected=True, flow=who.flow),
+                timeout=timeout,
             )
         except ProtocolError as exc:
             error = exc
@@ -308,6 +325,10 @@ class InferenceServicer:
                         if item.ticket is not None:
                             item.ticket.abandon()
                         return
+                    if self.limiter is not None:  # pace: take the next message when the caller may send it
+                        pause = self.limiter.delay(who.identity)
+                        if pause > 0 and ended.wait(min(pause, PACE_MAX_S)):
+                            return
             except Exception:  # the client cancelled or the stream broke: stop reading
                 pass
             finally:
@@ -325,8 +346,7 @@ class InferenceServicer:
                 if item is None:
                     return
                 try:
-                    reply = pb.ModelStreamInferResponse()
-                    reply.infer_response.MergeFromString(self._finish(item))
+                    reply = _stream_reply(self._finish(item))
                 except ProtocolError as exc:
                     reply = pb.ModelStreamInferResponse(error_message=f"{exc.code.value}: {exc}")
                 finally:
@@ -344,8 +364,19 @@ class InferenceServicer:
                     left.ticket.abandon()
 
 
+def _stream_reply(response: bytes) -> bytes:
+    """A serialised ModelStreamInferResponse holding the serialised ModelInferResponse ``response`` (field 2,
+    length-delimited): written directly rather than parsed into a message and serialised again."""
+    head, n = bytearray(b"\x12"), len(response)
+    while n > 0x7F:
+        head.append(0x80 | (n & 0x7F))
+        n >>= 7
+    head.append(n)
+    return bytes(head) + response
+
+
 def _serialize(reply) -> bytes:
-    """ModelInfer replies come serialised already (:class:`ResponseEncoder`); others are messages."""
+    """ModelInfer and stream replies come serialised already (:class:`ResponseEncoder`); others are messages."""
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 

@@ -214,23 +214,34 @@ def check_bundle(path: str | Path | Bundle, *, trust_key=None) -> AcceptanceResu
     )
 
 
-def device_check(target, release: str) -> tuple[str, bool]:
+def device_check(target, release: str, *, new_root_pem: str | None = None, allow_unsigned: bool = False):
     """The acceptance check of the release folder ``release`` *on the device* of a flash target: in this
     process for a local folder, else ``privsplit edge selftest RELEASE --json`` over ssh with the device's
     own Python. Returns (verdict line, ok); ok is False only when the check ran and found other bits.
 
-    Called by a flash after it verified the signature on the host against the device's trust state and every hash
-    on the device, so the vectors run on the hashes alone (``--allow-unsigned``: the release is not yet ``current``
-    and a first flash has not written the trust root yet)."""
+    Called by a flash once it verified the signature on the host and every hash on the device; the device
+    verifies again by the trust state the flash is installing, then runs the vectors: its own trust root, or,
+    on a device without one, ``new_root_pem`` (the root this flash installs with --trust-key, sent over
+    the ssh session's stdin); ``allow_unsigned`` only for a flash --allow-unsigned."""
     from privsplit.edge.flash import FlashError, LocalTarget
 
     if isinstance(target, LocalTarget):
-        result = check_bundle(release)
+        from privsplit.bundle import public_key_from_pem
+        from privsplit.edge.trust import load_device_bundle
+
+        key = None if new_root_pem is None else public_key_from_pem(new_root_pem, where="the flash's trust key")
+        result = check_bundle(load_device_bundle(release, trust_key=key, allow_unsigned=allow_unsigned))
         return result.summary(), result.ok
-    remote = f"privsplit edge selftest {shlex.quote(release)} --json --allow-unsigned"
+    selftest = f"privsplit edge selftest {shlex.quote(release)} --json"
+    if allow_unsigned:
+        remote = f"{selftest} --allow-unsigned"
+    elif new_root_pem is not None:  # the key file exists only while the check runs
+        remote = f'k=$(mktemp) && cat > "$k" && {{ {selftest} --trust-key "$k"; rc=$?; rm -f "$k"; exit $rc; }}'
+    else:
+        remote = selftest
     cmd = ["ssh", *target._common("-p"), target.destination, remote]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=target.timeout_s)
+        proc = subprocess.run(cmd, input=new_root_pem or "", capture_output=True, text=True, timeout=target.timeout_s)
     except subprocess.TimeoutExpired:
         raise FlashError(
             f"{target}: the on-device acceptance check did not finish within {target.timeout_s:g} s; "

@@ -577,7 +577,11 @@ def flash(
         digests.update({f: sha256_file(root / f) for f in (MANIFEST, SIGNATURE) if f in files})
         sums = "".join(f"{digests[f]}  {f}\n" for f in files)
         trust_change = trust if trust != state else None
-        result = _install(target, root, files, sums, version, keep, started, trust_change)
+        # the device verifies again before running the vectors: by its root, or the one this flash installs
+        new_root = trust.root_pem if state.root_pem is None and not allow_unsigned else None
+        result = _install(
+            target, root, files, sums, version, keep, started, trust_change, new_root=new_root, unsigned=allow_unsigned
+        )
         return replace(result, trust=note)
 
 
@@ -590,9 +594,13 @@ def _install(
     keep: int,
     started: float,
     trust: TrustState | None = None,
+    *,
+    new_root: str | None = None,
+    unsigned: bool = False,
 ) -> FlashResult:
     """Signature and hashes are verified (:func:`authorize`); here: upload, verify every hash on the device, run the
-    reference vectors there (:func:`_accept`), then write the trust state and switch ``current``."""
+    reference vectors there (:func:`_accept`, verified by the device's root or ``new_root``, the PEM this flash
+    installs; ``unsigned``: flash --allow-unsigned), then write the trust state and switch ``current``."""
     state = DeviceState.read(target, sums=sums, version=version, create=True)
     token = f"{int(time.time())}-{secrets.token_hex(4)}"
     staging = f".incoming-{token}"
@@ -637,7 +645,7 @@ def _install(
             "(interrupted or corrupted transfer); current is unchanged' >&2; exit 3\nfi\n",
         )
         # the verified files run their reference vectors on the device before anything moves
-        verdict = _accept(target, staging, cleanup=[staging, staging + ".sha256"])
+        verdict = _accept(target, staging, [staging, staging + ".sha256"], new_root, unsigned)
         script = (
             prelude + replace_current + f"if [ -e releases/{_q(version)} ]; "
             f"then mv -- releases/{_q(version)} releases/{_q('.trash-' + token)}; fi\n"
@@ -652,7 +660,7 @@ def _install(
             f"(cd releases/{_q(version)} && sumcheck ../{_q(version + '.sha256')}) || "
             f"{{ echo 'release {version} changed on the device since it was checked; flash again' >&2; exit 3; }}\n",
         )
-        verdict = _accept(target, version, cleanup=[])
+        verdict = _accept(target, version, [], new_root, unsigned)
         script = prelude
     cleanup = f"rm -rf -- releases/{_q(staging)} releases/{_q(staging + '.sha256')}\n" if not reused else ""
     _sh(target, script + trust_lines + _activation(version, token, history, kept, remove) + cleanup)
@@ -670,15 +678,17 @@ def _install(
     )
 
 
-def _accept(target: Target, release: str, *, cleanup: list[str]) -> str:
+def _accept(target: Target, release: str, cleanup: list[str], new_root: str | None, unsigned: bool) -> str:
     """Run the acceptance check on ``releases/<release>`` on the device (before ``current`` moves); return its
     verdict line. Different bits: remove ``cleanup`` (the staged copy) and raise FlashError; current is unchanged.
 
     The signature was checked on the host against the device's trust state (:func:`authorize`) and every hash on
-    the device, so this step runs the reference vectors only."""
+    the device; the device's selftest verifies the signature again (by its root, or ``new_root``), then runs the
+    reference vectors."""
     from privsplit.edge.acceptance import device_check
 
-    verdict, ok = device_check(target, f"{target.path}/releases/{release}")
+    release_dir = f"{target.path}/releases/{release}"
+    verdict, ok = device_check(target, release_dir, new_root_pem=new_root, allow_unsigned=unsigned)
     if not ok:
         if cleanup:
             _sh(target, f"cd -- {_q(str(target.path))}\nrm -rf -- " + " ".join(f"releases/{_q(c)}" for c in cleanup))

@@ -275,7 +275,7 @@ def run_bench(
         t2 = time.perf_counter()
         raw = pipe.run_encoder(x)
         t3 = time.perf_counter()
-        q = pipe.to_wire(raw)
+        q = pipe.to_wire(raw, pixels)
         t4 = time.perf_counter()
         payload = (
             features_request(

@@ -29,7 +29,9 @@ from privsplit.edge.runtimes import (
     open_runtime,
     parse_runtime,
 )
+from privsplit.edge.trust import find_device
 from privsplit.errors import BundleError, ConfigError, DataError, MissingDependencyError
+from privsplit.noise_keying import NoiseKeying, device_noise_key, frame_keyed_normal
 
 # Which shipped encoder to pick when the default one cannot run here (best for a device first).
 ENCODER_PREFERENCE = ("tflite-int8", "tflite-dynamic", "tflite-fp16", "tflite-fp32", "onnx-int8", "onnx-fp32")
@@ -116,7 +118,15 @@ class EdgePipeline:
     """A verified edge bundle with its encoder opened. Build with :meth:`open`."""
 
     def __init__(
-        self, bundle: Bundle, *, encoder: str, runtime: Runtime, seed: int | None = None, noise: bool = True
+        self,
+        bundle: Bundle,
+        *,
+        encoder: str,
+        runtime: Runtime,
+        seed: int | None = None,
+        noise: bool = True,
+        noise_key: bytes | None = None,
+        noise_keying: NoiseKeying | None = None,
     ) -> None:
         entry = bundle.manifest["encoders"][encoder]
         path, in_spec, out_spec = bundle.encoder(encoder)
@@ -132,6 +142,11 @@ class EdgePipeline:
         self.preprocessor = Preprocessor.from_manifest(bundle.manifest, in_spec)
         self.noise = noise
         self.rng = np.random.default_rng(seed)
+        # ``noise_keying`` overrides the manifest's for measurements only (e.g. reading the seeded holdout draw)
+        self.noise_keying = NoiseKeying(noise_keying or self.wire.noise_keying)
+        self._noise_key = noise_key
+        if self.noise_keying is NoiseKeying.FRAME and noise and self.wire.noise_sigma > 0 and noise_key is None:
+            self._noise_key = device_noise_key(find_device(bundle.root))
         c, h, w = self.wire.shape
         if tuple(out_spec.shape[1:]) != (h, w, c):
             raise BundleError(
@@ -150,6 +165,8 @@ class EdgePipeline:
         threads: int = 1,
         seed: int | None = None,
         noise: bool = True,
+        noise_key: bytes | None = None,
+        noise_keying: NoiseKeying | None = None,
     ) -> EdgePipeline:
         """Verify the bundle (signature with ``trust_key``), pick encoder and backend, open the artefact."""
         if not isinstance(bundle, Bundle):
@@ -161,7 +178,9 @@ class EdgePipeline:
         rt = open_runtime(
             path, artefact=_entry_family(name, bundle.manifest["encoders"][name]), runtime=backend, threads=threads
         )
-        return cls(bundle, encoder=name, runtime=rt, seed=seed, noise=noise)
+        return cls(
+            bundle, encoder=name, runtime=rt, seed=seed, noise=noise, noise_key=noise_key, noise_keying=noise_keying
+        )
 
     # ---- inputs -----------------------------------------------------------------------------------
     def expand(self, inputs: Iterable[str | Path] | np.ndarray, *, bgr: bool = False) -> list[Item]:
@@ -219,15 +238,25 @@ class EdgePipeline:
             and abs(o.scale / w.scale - 1.0) * 256 < 1e-3
         )
 
-    def to_wire(self, raw: np.ndarray) -> np.ndarray:
-        """Raw encoder output (NHWC) -> wire int8 ``(N, C, h, w)``, with the channel noise added."""
+    def to_wire(self, raw: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """Raw encoder output (NHWC) -> wire int8 ``(N, C, h, w)``, with the channel noise added.
+
+        Frame-keyed noise needs the frames' ``pixels`` (the uint8 input the encoder read)."""
         sigma = self.wire.noise_sigma if self.noise else 0.0
         if sigma <= 0 and self._passthrough:
             return np.ascontiguousarray(raw.transpose(0, 3, 1, 2))
         z = self.output.dequantize(raw).transpose(0, 3, 1, 2)
         if sigma > 0:
-            z = z + np.float32(sigma) * self.rng.standard_normal(z.shape, dtype=np.float32)
+            z = z + np.float32(sigma) * self.draw_noise(z.shape, pixels)
         return np.ascontiguousarray(self.wire.quantize(z))
+
+    def draw_noise(self, shape: tuple[int, ...], pixels: np.ndarray | None) -> np.ndarray:
+        """Standard-normal channel noise for one batch: fresh, or keyed on the device secret and each frame."""
+        if self.noise_keying is NoiseKeying.FRESH:
+            return self.rng.standard_normal(shape, dtype=np.float32)
+        if pixels is None or len(pixels) != shape[0] or self._noise_key is None:
+            raise BundleError(f"{self.bundle.root} keys its noise on each frame: pass the frames' pixels to to_wire")
+        return frame_keyed_normal(self._noise_key, pixels, tuple(shape[1:]))
 
     def encode_pixels(self, pixels: np.ndarray) -> WireFeatures:
         """``uint8 (N, size, size, C)`` -> wire features, timing each stage."""
@@ -236,7 +265,7 @@ class EdgePipeline:
         t1 = time.perf_counter()
         raw = self.run_encoder(x)
         t2 = time.perf_counter()
-        q = self.to_wire(raw)
+        q = self.to_wire(raw, pixels)
         t3 = time.perf_counter()
         timing = {"preprocess": (t1 - t0) * 1e3, "encode": (t2 - t1) * 1e3, "quantize": (t3 - t2) * 1e3}
         return WireFeatures(
@@ -275,6 +304,7 @@ class EdgePipeline:
             "signed": self.bundle.signed,
             "verified_key_id": self.bundle.verified_key_id,
             "noise_sigma": self.wire.noise_sigma if self.noise else 0.0,
+            "noise_keying": self.noise_keying.value,
         }
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from privsplit.errors import DataError
 from privsplit.export import measure
 from privsplit.export.formats import ExportFormat
 from privsplit.leakage_gate import GATE_FRAMES, GateQuestion, GateReading, GateRecord
+from privsplit.noise_keying import NoiseKeying
 from privsplit.progress import progress_bar
 
 
@@ -66,9 +67,8 @@ def wire_agreement(a: np.ndarray, b: np.ndarray, noise: np.ndarray, wire) -> tup
 
 def frame_keyed(wire) -> bool:
     """Whether the wire's noise is keyed on the frame (``features.noise_keying: frame``): exact repeats then carry
-    the same noise and their mean is one frame. Wires that do not say draw fresh noise."""
-    keying = getattr(wire, "noise_keying", "fresh")
-    return str(getattr(keying, "value", keying)) == "frame"
+    the same noise and their mean is one frame."""
+    return NoiseKeying(wire.noise_keying) is NoiseKeying.FRAME
 
 
 def represents(agreement: tuple[float, int, float], wire, budget: GateBudget, frames: int) -> bool:

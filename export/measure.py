@@ -14,6 +14,7 @@ import numpy as np
 from privsplit.bundle import FeatureSpec
 from privsplit.data import Dataset, Part, Split
 from privsplit.export.runtime import EncoderArtefact
+from privsplit.noise_keying import NoiseKeying, frame_keyed_normal, stand_in_key
 
 Encode = Callable[[np.ndarray], np.ndarray]
 _NOISE_CHUNK = 256  # the feature probe's default encode batch; noise is drawn in chunks of it
@@ -95,17 +96,25 @@ def artefact_encode_fn(art: EncoderArtefact, wire: FeatureSpec, *, seed: int) ->
     """uint8 images -> the artefact's features + fresh seeded noise, wire-quantized and dequantized.
 
     Noise comes from one torch generator advancing across calls in chunks of 256, like
-    :func:`privsplit.probes.feature_probe.torch_encoder_fn`, so the probe sees the same noise draws.
+    :func:`privsplit.probes.feature_probe.torch_encoder_fn`, so the probe sees the same noise draws. A bundle
+    whose noise is keyed on the frame (``wire.noise_keying``) gets it keyed on a stand-in device secret.
     """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
+    keyed = NoiseKeying(wire.noise_keying) is NoiseKeying.FRAME
 
     def encode(images: np.ndarray) -> np.ndarray:
         out = []
         for s in range(0, len(images), _NOISE_CHUNK):
-            z = art.encode(images[s : s + _NOISE_CHUNK].astype(np.float32) / np.float32(255.0))
-            noise = (wire.noise_sigma * torch.randn(z.shape, generator=gen)).numpy() if wire.noise_sigma > 0 else 0.0
+            chunk = images[s : s + _NOISE_CHUNK]
+            z = art.encode(chunk.astype(np.float32) / np.float32(255.0))
+            if wire.noise_sigma <= 0:
+                noise = 0.0
+            elif keyed:
+                noise = wire.noise_sigma * frame_keyed_normal(stand_in_key(seed), chunk, tuple(z.shape[1:]))
+            else:
+                noise = (wire.noise_sigma * torch.randn(z.shape, generator=gen)).numpy()
             out.append(through_wire(z, noise, wire))
         return np.concatenate(out)
 

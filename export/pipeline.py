@@ -41,10 +41,12 @@ from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
 from privsplit.export.gate import GateBudget, measure_gate, refusal
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
+from privsplit.export.reference_vectors import DEFAULT_COUNT as DEFAULT_REFERENCE_COUNT
 from privsplit.export.reference_vectors import VECTORS_KEY, write_reference_vectors
 from privsplit.export.triton import TritonRepository, check_model_name, write_triton_repository
 from privsplit.export.triton_config import model_config_pb2
 from privsplit.leakage_gate import DEFAULT_MAX_EXCESS, MANIFEST_KEY
+from privsplit.noise_keying import NoiseKeying
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
 from privsplit.run import RunFolder, noise_note
 
@@ -187,6 +189,8 @@ def export_run(
     endorsements: tuple[str | Path, ...] = (),
     max_excess: float | None = DEFAULT_MAX_EXCESS,
     gate_budget: GateBudget = GateBudget(),
+    noise_keying: NoiseKeying = NoiseKeying.FRAME,
+    reference_count: int = DEFAULT_REFERENCE_COUNT,
 ) -> ExportResult:
     """Convert, measure, judge and bundle. ``probe_spec`` (a ``FeatureProbeSpec``) runs the feature
     leakage probe on PyTorch's and each artefact's wire features (``probe_formats``: which; None = all);
@@ -199,6 +203,8 @@ def export_run(
     ``max_excess``: the leakage gate (:mod:`privsplit.export.gate`): with the probe on, refuse to ship when any
     measured excess (private attribute, linkage, every other attribute; one frame and the mean of 16) is above
     it; None turns the gate off. The record goes to the parity report and both manifests.
+    ``noise_keying``: how devices seed the channel noise (:mod:`privsplit.noise_keying`), in the manifest.
+    ``reference_count``: holdout inputs in the on-device acceptance check's reference vectors.
     """
     from privsplit.export.signing import load_private_key
     from privsplit.models import feature_shape
@@ -214,6 +220,8 @@ def export_run(
         isinstance(max_excess, bool) or not isinstance(max_excess, int | float) or not 0 <= max_excess < float("inf")
     ):
         raise ConfigError(f"--max-excess must be a finite number >= 0 or 'off', got {max_excess!r}")
+    if reference_count < 1:
+        raise ConfigError(f"reference_count must be >= 1, got {reference_count}")
     if not 0 <= tolerance < 1:
         raise ConfigError(f"tolerance is a fraction of accuracy in [0, 1), got {tolerance}")
     run = run if isinstance(run, RunFolder) else RunFolder(run)
@@ -262,6 +270,8 @@ def export_run(
             triton_model_name=triton_model_name,
             max_excess=max_excess,
             gate_budget=gate_budget,
+            noise_keying=NoiseKeying.parse(noise_keying),
+            reference_count=reference_count,
         )
     except ExportError as exc:
         if (stage / "parity.json").is_file() and not (stage / "edge").exists():
@@ -334,6 +344,8 @@ def _export(
     triton_model_name,
     max_excess,
     gate_budget,
+    noise_keying,
+    reference_count,
 ) -> ExportResult:
     """Build the whole export in ``out`` (the staging folder); ``final`` is where it will be moved."""
     from privsplit.export.runtime import ort_session
@@ -341,7 +353,13 @@ def _export(
     calib = calibration_set(data, split, count=calibration, seed=seed)
     gen_noise = np.random.default_rng(seed + 1).standard_normal((len(calib), *shape)).astype(np.float32)
     scale, zero_point = wire_quantization(measure.torch_features(model, calib.images) + cfg.noise_sigma * gen_noise)
-    wire = FeatureSpec(shape=shape, scale=scale, zero_point=zero_point, noise_sigma=float(cfg.noise_sigma))
+    wire = FeatureSpec(
+        shape=shape,
+        scale=scale,
+        zero_point=zero_point,
+        noise_sigma=float(cfg.noise_sigma),
+        noise_keying=noise_keying,
+    )
     holdout = measure.holdout_reference(model, data, split, seed=seed + 2, noise_seed=noise_seed, limit=holdout_limit)
     _log(
         f"{len(calib)} calibration images, {len(holdout.labels)} holdout images; wire int8 scale {scale:.4g} "
@@ -482,7 +500,12 @@ def _export(
         }
         # the on-device acceptance check's inputs and expected wire features (signed with the bundle)
         edge_body[VECTORS_KEY] = write_reference_vectors(
-            edge_dir, {f: arts[f] for f in passed}, holdout.images, preprocess=preprocess, wire=wire
+            edge_dir,
+            {f: arts[f] for f in passed},
+            holdout.images,
+            preprocess=preprocess,
+            wire=wire,
+            count=reference_count,
         )
         cloud_body = {
             **common,

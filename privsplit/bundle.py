@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from privsplit.errors import BundleError, require
+from privsplit.noise_keying import NoiseKeying
 
 BUNDLE_SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -131,6 +132,7 @@ class FeatureSpec:
     zero_point: int
     noise_sigma: float
     dtype: str = "int8"
+    noise_keying: NoiseKeying = NoiseKeying.FRESH  # how the device seeds the noise (privsplit.noise_keying)
 
     def quantize(self, z: np.ndarray) -> np.ndarray:
         return _quantize(z, self.scale, self.zero_point, self.dtype)
@@ -145,6 +147,7 @@ class FeatureSpec:
             "scale": self.scale,
             "zero_point": self.zero_point,
             "noise_sigma": self.noise_sigma,
+            "noise_keying": NoiseKeying(self.noise_keying).value,
         }
 
     @classmethod
@@ -158,7 +161,18 @@ class FeatureSpec:
             zero_point=int(data["zero_point"]),
             noise_sigma=float(data["noise_sigma"]),
             dtype=str(data.get("dtype", "int8")),
+            noise_keying=_noise_keying(data.get("noise_keying", NoiseKeying.FRESH.value)),
         )
+
+
+def _noise_keying(value: Any) -> NoiseKeying:
+    try:
+        return NoiseKeying(value)
+    except ValueError:
+        raise BundleError(
+            f"features.noise_keying {value!r} is not one of {', '.join(k.value for k in NoiseKeying)}: "
+            "this bundle needs a newer privsplit, or re-export it"
+        ) from None
 
 
 @dataclass(frozen=True)

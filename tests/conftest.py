@@ -15,6 +15,13 @@ CELEBA = SHARED_DATA / "celeba-10k"
 
 
 def pytest_configure(config):
+    # Frame-keyed bundles off a device key their noise with a per-user file: keep the tests' out of $HOME.
+    import os
+    import tempfile
+
+    os.environ.setdefault(
+        "PRIVSPLIT_NOISE_KEY", str(Path(tempfile.mkdtemp(prefix="privsplit-noise-key-")) / "noise.key")
+    )
     # Two cores: keep torch from oversubscribing when tests run beside other work.
     try:
         import torch
@@ -49,7 +56,7 @@ class Bundles:
     edge: Path  # signed: tflite-int8 (default) + onnx-fp32
     cloud: Path  # signed, the matching server with the purifier
     cloud_plain: Path  # the cloud bundle without the purifier, unsigned
-    noisy: Path  # the edge bundle with noise_sigma 0.5, unsigned
+    noisy: Path  # the edge bundle with fresh channel noise of sigma 0.5, unsigned
     trust_key: Path  # the signer's public key
     key_id: str  # the signer's key id (as generated)
     other_key: Path  # a key that did not sign
@@ -98,7 +105,10 @@ def bundles(tmp_path_factory, digits_run) -> Bundles:
     write_bundle(plain, kind=BundleKind.CLOUD, version=signed.version + "-plain", body={**body, "purifier": None})
     features = load_bundle(edge, kind=BundleKind.EDGE).manifest["features"]
     noisy = rewrite_bundle(
-        edge, root / "noisy", version=signed.version + "-noisy", features={**features, "noise_sigma": 0.5}
+        edge,
+        root / "noisy",
+        version=signed.version + "-noisy",
+        features={**features, "noise_sigma": 0.5, "noise_keying": "fresh"},
     )
     return Bundles(
         edge=edge,

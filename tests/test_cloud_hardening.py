@@ -179,6 +179,32 @@ def test_rate_limit_per_identity(bundles, wire, tmp_path):
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "'peer 127.0.0.1'" in details
 
 
+def test_a_rate_limited_stream_is_slowed_not_refused(bundles, wire, tmp_path):
+    """A stream's reader takes the next message only when the caller may send it: a stream written faster than
+    its rate is served at the rate (each message once, none refused) instead of costing a refusal per message."""
+    tokens = tmp_path / "devices.txt"
+    cam = _add(tokens, "cam-01", tmp_path / "cam1")
+    config = ServeConfig(bundle=bundles.cloud, port=0, device_tokens=tokens, rate_limit=RateLimit(rate=40, burst=1))
+    srv, port = create_server(config)
+    with srv, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stream = [_request(wire, request_id=f"s{i}") for i in range(12)]  # written at once: 11 over the rate
+        replies = [StreamInferResponse.from_proto(r) for r in stub.ModelStreamInfer(iter(stream), metadata=_auth(cam))]
+    assert [r.error_message for r in replies] == [""] * 12
+    assert [r.response.id for r in replies] == [f"s{i}" for i in range(12)]
+    assert srv.metrics.counter("nv_inference_request_failure", "RESOURCE_EXHAUSTED") == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 300_000])
+def test_stream_replies_are_written_as_the_message_protobuf_would(size):
+    from privsplit.cloud.servicer import _stream_reply
+
+    inner = pb.ModelInferResponse(id="x" * size, model_name="m")
+    expected = pb.ModelStreamInferResponse()
+    expected.infer_response.CopyFrom(inner)
+    assert _stream_reply(inner.SerializeToString()) == expected.SerializeToString()
+
+
 def _echo(features):
     class Out:
         probs = np.zeros((len(features), 2), np.float32)

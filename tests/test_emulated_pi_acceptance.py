@@ -117,3 +117,39 @@ def test_a_bundle_without_vectors_still_flashes_and_says_no_check_was_possible(b
     assert "no on-device check was possible" in result.summary()
     proc = _cli("edge", "selftest", tmp_path / "device" / "current", "--allow-unsigned")
     assert proc.returncode == 0 and "no on-device check was possible" in proc.stdout
+
+
+def test_the_device_check_of_a_flash_verifies_by_the_trust_the_flash_installs(bundles, tmp_path):
+    """A flash's check runs on the device after the host's checks, and verifies the signature again first: by
+    the root the flash is installing (a first flash), else by the device's own root; hashes only only for a
+    flash --allow-unsigned. Another key, or none, is refused before any vector runs."""
+    from privsplit.edge.acceptance import device_check
+    from privsplit.edge.flash import LocalTarget
+    from privsplit.edge.trust import public_pem
+    from privsplit.errors import BundleError
+    from privsplit.export import generate_keys
+
+    device = tmp_path / "device"
+    staged = device / "releases" / ".incoming-test"
+    shutil.copytree(bundles.edge, staged)
+    target = LocalTarget(device)
+    verdict, ok = device_check(target, str(staged), new_root_pem=public_pem(bundles.trust_key))
+    assert ok and verdict.startswith("acceptance check passed")
+    other = generate_keys(tmp_path / "other")
+    with pytest.raises(BundleError, match="not by the trusted key"):
+        device_check(target, str(staged), new_root_pem=public_pem(other.public))
+    with pytest.raises(BundleError, match="no trust/root.pub"):  # no root, none given, signatures required
+        device_check(target, str(staged))
+    assert device_check(target, str(staged), allow_unsigned=True)[1]
+
+    shutil.rmtree(staged)
+    flash(bundles.edge, device, trust_key=bundles.trust_key)  # installs the root, then checks by it
+    staged = device / "releases" / ".incoming-next"
+    shutil.copytree(bundles.edge, staged)
+    assert device_check(target, str(staged))[1]  # by the device's own root now
+    unsigned = device / "releases" / ".incoming-unsigned"
+    shutil.copytree(bundles.edge, unsigned)
+    (unsigned / "manifest.sig").unlink()
+    with pytest.raises(BundleError, match="unsigned|manifest.sig"):
+        device_check(target, str(unsigned))
+    assert device_check(target, str(unsigned), allow_unsigned=True)[1]

@@ -1,18 +1,24 @@
 """The README's device commands on an emulated Raspberry Pi, as a user would run them.
 
 A full-system arm64 Debian VM (qemu-system-aarch64, CPU pinned: cortex-a72 = Pi 4, cortex-a76 = Pi 5) boots;
-``pip install privsplit[edge]`` runs in it offline from aarch64 wheels; ``privsplit flash`` installs the signed
-edge bundles over real SSH (--trust-key, --keep, --rollback; the device runs the acceptance check before each
-switch); ``privsplit edge infer`` in the guest asks ``privsplit serve`` on the host (bound to 127.0.0.1, dialled
-as 10.0.2.2); ``privsplit edge bench --json`` records the machine and labels its timings as emulated. Then:
-labels equal the x86 run's, and the INT8 wire features of LiteRT and onnxruntime are identical to x86, on the
-digits bundle and on a 64 px CelebA-shaped bundle. Gate: test_emulated_pi_support (skips without
+``pip install privsplit[edge]`` runs in it offline from aarch64 wheels; ``privsplit flash`` installs both signed
+edge bundles (digits; 64 px CelebA-shaped) over real SSH (--trust-key, --keep, --rollback). Before each switch
+the device runs the bundle's 64 reference vectors through LiteRT and onnxruntime and compares the INT8 wire
+features bit for bit; the vectors are x86's wire features (checked here on the host, through the same
+wire_features.py a device would run), so every flash is the bit-for-bit comparison with x86, for both bundles on
+both CPU models. Then, on the release the rollback made current (digits on cortex-a72, CelebA on cortex-a76: the
+pair of tests covers both), ``privsplit edge selftest`` verifies by the device's trust root and repeats the
+check, ``privsplit edge infer`` asks ``privsplit serve`` on the host (bound to 127.0.0.1, dialled as 10.0.2.2)
+and must give x86's labels, and ``privsplit edge bench --json`` records the machine and labels its timings as
+emulated. Each step's wall time goes into ``emulated-pi-<cpu>.json`` (in ``$PRIVSPLIT_PI_TIMINGS`` when set,
+else the test's tmp folder) and the test's output. Gate: test_emulated_pi_support (skips without
 PRIVSPLIT_EMULATED_PI, FAILS with it when the image is missing or broken).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,7 +36,10 @@ pytestmark = [pytest.mark.slow, gated]  # gated: skips before any training when 
 
 DEVICE = "/srv/privsplit"
 IMAGES = 8  # inputs sent through infer
-VECTORS = 64  # inputs whose wire features are compared bit for bit
+VECTORS = 64  # reference vectors per bundle: inputs whose wire features the device compares bit for bit
+RUNTIMES = {"tflite-int8": "litert", "onnx-int8": "onnxruntime"}
+CPU_NAMES = {"cortex-a72": "Cortex-A72", "cortex-a76": "Cortex-A76"}  # as the guest's /proc/cpuinfo names them
+TIMINGS_ENV = "PRIVSPLIT_PI_TIMINGS"  # a folder for emulated-pi-<cpu>.json (the per-step wall times)
 
 
 def _cli(*args) -> list[str]:
@@ -43,9 +52,8 @@ class Exported:
     edge: Path
     cloud: Path
     version: str
-    pixels: Path  # uint8 (VECTORS, size, size, C) .npy
     pngs: list[Path]
-    x86_wire: dict  # encoder -> int8 wire features on this host
+    x86_wire: dict  # encoder -> int8 wire features of the reference vectors on this host
     x86_labels: list[int]
     port: int = 0
 
@@ -96,29 +104,38 @@ def _export(run_dir: Path, out: Path, keys, name: str):
         sign_key=keys.private,
         tolerance=0.99,  # bit parity between machines is the point here, not the accuracy of a brief training
         version=f"{name}-pi",
+        reference_count=VECTORS,
         progress=False,
     )
 
 
 def _x86(name: str, result, run_dir: Path, work: Path, served: Served) -> Exported:
-    images, _ = holdout(run_dir, VECTORS)
+    """x86's wire features of the bundle's reference inputs (must equal its vectors) and x86's labels."""
+    edge = result.edge.root
+    with np.load(edge / result.edge.manifest["reference_vectors"]["file"]) as npz:
+        vectors = {k: npz[k] for k in npz.files}
+    assert vectors["pixels"].shape[0] == VECTORS
     pixels = work / f"{name}-pixels.npy"
-    np.save(pixels, images)
-    pngs = write_pngs(images[:IMAGES], work / f"{name}-png")
+    np.save(pixels, vectors["pixels"])
     wire = work / f"{name}-x86.npz"
     proc = subprocess.run(
-        [sys.executable, str(TOOL / "wire_features.py"), str(result.edge.root), str(pixels), str(wire)],
+        [sys.executable, str(TOOL / "wire_features.py"), str(edge), str(pixels), str(wire)],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
     with np.load(wire) as npz:
         x86_wire = {k: npz[k] for k in npz.files if not k.startswith("runtime/")}
+    assert sorted(x86_wire) == sorted(RUNTIMES)
+    for encoder, got in x86_wire.items():  # what the device compares against is what x86 computes
+        assert np.array_equal(got, vectors[f"wire/{encoder}"]), f"{name} {encoder}: vectors differ from x86"
+    images, _ = holdout(run_dir, IMAGES)
+    pngs = write_pngs(images, work / f"{name}-png")
     infer = subprocess.run(
         _cli(
             "edge",
             "infer",
-            result.edge.root,
+            edge,
             *pngs,
             "--server",
             f"127.0.0.1:{served.port}",
@@ -131,9 +148,7 @@ def _x86(name: str, result, run_dir: Path, work: Path, served: Served) -> Export
     )
     assert infer.returncode == 0, infer.stderr
     labels = [r["label"] for r in json.loads(infer.stdout)["results"]]
-    return Exported(
-        name, result.edge.root, result.cloud.root, result.edge.version, pixels, pngs, x86_wire, labels, served.port
-    )
+    return Exported(name, edge, result.cloud.root, result.edge.version, pngs, x86_wire, labels, served.port)
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +194,63 @@ def emulated(pi_image, tmp_path_factory, digits_run, celeba_dir):
 
 def _flash(pi, *args) -> subprocess.CompletedProcess:
     target = ["--to", pi.url(DEVICE), "--identity", pi.identity, "--known-hosts", pi.known_hosts]
+    for option in pi.mux_options:  # ride on the VM's shared ssh connection, as ~/.ssh/config could say
+        target += ["--ssh-option", option]
     return subprocess.run(_cli("flash", *args, *target), capture_output=True, text=True, timeout=900)
+
+
+def _identical_to_x86(verdict: str, bundle: Exported, cpu: str) -> None:
+    """The device's acceptance verdict: every encoder ran on its runtime, all values identical to x86's."""
+    assert f"acceptance check passed on aarch64 {CPU_NAMES[cpu]}" in verdict, verdict
+    assert f"({VECTORS} inputs)" in verdict, verdict
+    for encoder, want in bundle.x86_wire.items():
+        assert f"{encoder} ({RUNTIMES[encoder]}): {want.size} values identical" in verdict, (
+            f"{bundle.name} {encoder} on {cpu}: {verdict}"
+        )
+
+
+class Steps:
+    """Wall time of each step of the timed path, and the emulator's CPU time in it (what the step would take
+    on an idle host, give or take the host-side part), written as JSON and printed as a table."""
+
+    def __init__(self, cpu: str) -> None:
+        self.cpu, self.rows, self.started = cpu, {}, time.monotonic()
+        self.load_before = os.getloadavg()
+        self.vm = None
+        self._t, self._cpu = self.started, 0.0
+
+    def done(self, step: str, wall: float | None = None) -> None:
+        now = time.monotonic()
+        cpu = self.vm.cpu_seconds() if self.vm is not None else 0.0
+        self.rows[step] = {
+            "wall_s": round(now - self._t if wall is None else wall, 1),
+            "qemu_cpu_s": round(cpu - self._cpu, 1) if cpu >= self._cpu else None,  # None: qemu has exited
+        }
+        self._t, self._cpu = now, cpu
+
+    def save(self, folder: Path) -> Path:
+        from privsplit.results import save_json
+
+        body = {
+            "cpu": self.cpu,
+            "host_cores": os.cpu_count(),
+            "load_before": [round(x, 2) for x in self.load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "steps": self.rows,
+            "total_wall_s": round(time.monotonic() - self.started, 1),
+            "total_qemu_cpu_s": round(sum(r["qemu_cpu_s"] or 0 for r in self.rows.values()), 1),
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        path = save_json(folder / f"emulated-pi-{self.cpu}.json", body, version=1, kind="emulated-pi-timings")
+        lines = [
+            f"emulated Pi {self.cpu} (load {body['load_before'][0]} -> {body['load_after'][0]}): wall s, qemu CPU s"
+        ]
+        for name, row in [*self.rows.items(), ("total", {"wall_s": body["total_wall_s"],
+                                                          "qemu_cpu_s": body["total_qemu_cpu_s"]})]:  # fmt: skip
+            cpu = "-" if row["qemu_cpu_s"] is None else f"{row['qemu_cpu_s']:.1f}"
+            lines.append(f"  {name:<48} {row['wall_s']:7.1f} {cpu:>7}")
+        print("\n" + "\n".join(lines) + f"\n  -> {path}")
+        return path
 
 
 @pytest.mark.parametrize("cpu", ["cortex-a72", "cortex-a76"])
@@ -187,78 +258,64 @@ def test_the_device_commands_on_an_emulated_pi_match_x86(emulated, cpu, tmp_path
     from vm import HOST_FROM_GUEST, EmulatedPi, install_privsplit
 
     image, wheel, keys, exported, _ = emulated
-    digits, celeba = exported["digits"], exported["celeba64"]
-    timings: dict[str, float] = {}
-    t = time.monotonic()
+    # both bundles are flashed (and checked bit for bit) on both CPU models, digits first (its release number is
+    # older: the other order is a downgrade); the rollback makes digits current. The checks after it run on one
+    # release per CPU model: digits (DEVICE/current) on the Pi 4 model, CelebA (DEVICE/releases/V) on the Pi 5's
+    first, second = exported["digits"], exported["celeba64"]
+    checked = first if cpu == "cortex-a72" else second
+    release = f"{DEVICE}/current" if checked is first else f"{DEVICE}/releases/{checked.version}"
+    steps = Steps(cpu)
     with EmulatedPi(image, cpu=cpu, workdir=tmp_path / "vm") as pi:
-        timings["boot"] = pi.boot_seconds
-        timings["pip install privsplit[edge]"] = install_privsplit(pi, wheel)
-        t_step = time.monotonic()
+        steps.vm = pi
+        steps.done("boot", pi.boot_seconds)
+        steps.done("pip install privsplit[edge]", install_privsplit(pi, wheel))
 
-        # flash over SSH: digits, then the CelebA-shaped bundle, then roll back to digits (keep 2)
-        for bundle in (digits, celeba):
-            done = _flash(pi, bundle.edge, "--trust-key", keys.public, "--keep", "2")
-            assert done.returncode == 0, done.stderr
-            assert "acceptance check passed on aarch64" in done.stdout  # run on the device, over ssh
+        # flash over SSH: the first bundle (installs the trust root), the second, then roll back (keep 2)
+        done = _flash(pi, first.edge, "--trust-key", keys.public, "--keep", "2")
+        assert done.returncode == 0, done.stderr
+        _identical_to_x86(done.stdout, first, cpu)  # run on the device, over ssh, before current moved
+        steps.done(f"flash {first.name} --trust-key (+ check on device)")
+        done = _flash(pi, second.edge, "--keep", "2")
+        assert done.returncode == 0, done.stderr
+        _identical_to_x86(done.stdout, second, cpu)
+        steps.done(f"flash {second.name} --keep 2 (+ check on device)")
         back = _flash(pi, "--rollback")
-        assert back.returncode == 0 and f"current -> releases/{digits.version}" in back.stdout, back.stderr
-        assert pi.ssh(f"readlink {DEVICE}/current").stdout.strip() == f"releases/{digits.version}"
-        selftest = pi.ssh(f"privsplit edge selftest {DEVICE}/current --json", step="selftest")
-        assert json.loads(selftest.stdout)["status"] == "passed"
-        timings["flash x2 + rollback + selftest"] = time.monotonic() - t_step
-        t_step = time.monotonic()
+        assert back.returncode == 0 and f"current -> releases/{first.version}" in back.stdout, back.stderr
+        assert pi.ssh(f"readlink {DEVICE}/current").stdout.strip() == f"releases/{first.version}"
+        steps.done("flash --rollback")
 
-        # inputs to the guest: the PNGs for infer, the pixels and the script for the wire features
-        pi.ssh("mkdir -p /tmp/in")
-        pi.put([TOOL / "wire_features.py", digits.pixels, celeba.pixels], "/tmp/in/")
-        for bundle in (digits, celeba):
-            pi.ssh(f"mkdir -p /tmp/in/{bundle.name}-png")
-            pi.put(bundle.pngs, f"/tmp/in/{bundle.name}-png/")
-        for bundle in (digits, celeba):
-            release = f"{DEVICE}/releases/{bundle.version}"
-            pi.ssh(
-                f"/opt/privsplit/bin/python /tmp/in/wire_features.py {release} /tmp/in/{bundle.pixels.name} "
-                f"/tmp/in/{bundle.name}-arm.npz",
-                step="wire features in the guest",
-            )
-            pi.get(f"/tmp/in/{bundle.name}-arm.npz", tmp_path / f"{bundle.name}-arm.npz")
-            with np.load(tmp_path / f"{bundle.name}-arm.npz") as npz:
-                runtimes = {k.split("/", 1)[1]: str(npz[k]) for k in npz.files if k.startswith("runtime/")}
-                assert runtimes == {"tflite-int8": "litert", "onnx-int8": "onnxruntime"}
-                for encoder, want in bundle.x86_wire.items():
-                    got = npz[encoder]
-                    assert got.shape == want.shape == (VECTORS, *want.shape[1:])
-                    differ = int((got != want).sum())
-                    assert differ == 0, f"{bundle.name} {encoder} on {cpu}: {differ} of {got.size} int8 values differ"
-        timings["wire features (2 bundles x 2 runtimes)"] = time.monotonic() - t_step
-        t_step = time.monotonic()
+        # the same check at any time, verified by the trust root the first flash installed
+        selftest = json.loads(pi.ssh(f"privsplit edge selftest {release} --json", step="selftest").stdout)
+        assert selftest["status"] == "passed" and selftest["inputs"] == VECTORS
+        assert {c["encoder"]: (c["runtime"], c["values"], c["mismatched"]) for c in selftest["checks"]} == {
+            e: (RUNTIMES[e], w.size, 0) for e, w in checked.x86_wire.items()
+        }
+        steps.done(f"edge selftest ({checked.name})")
 
         # infer in the guest against privsplit serve on the host (10.0.2.2 is the host's loopback)
-        for bundle in (digits, celeba):
-            release = f"{DEVICE}/releases/{bundle.version}"
-            got = pi.ssh(
-                f"privsplit edge infer {release} /tmp/in/{bundle.name}-png --server {HOST_FROM_GUEST}:{bundle.port} "
-                "--json",
-                step="edge infer in the guest",
-            )
-            report = json.loads(got.stdout)
-            assert report["failed"] == 0
-            assert [r["label"] for r in report["results"]] == bundle.x86_labels
-        timings["infer (2 bundles)"] = time.monotonic() - t_step
-        t_step = time.monotonic()
-
-        pi.ssh(
-            f"privsplit edge bench {DEVICE}/current --runs 20 --warmup 2 --server {HOST_FROM_GUEST}:{digits.port} "
-            "--json /tmp/bench.json",
-            step="edge bench in the guest",
+        pi.ssh("mkdir -p /tmp/in")
+        pi.put(checked.pngs, "/tmp/in/")
+        got = pi.ssh(
+            f"privsplit edge infer {release} /tmp/in --server {HOST_FROM_GUEST}:{checked.port} --json",
+            step="edge infer in the guest",
         )
-        pi.get("/tmp/bench.json", tmp_path / "bench.json")
-        bench = json.loads((tmp_path / "bench.json").read_text())
+        report = json.loads(got.stdout)
+        assert report["failed"] == 0
+        assert [r["label"] for r in report["results"]] == checked.x86_labels
+        steps.done(f"edge infer ({checked.name}, {IMAGES} images)")
+
+        bench = json.loads(
+            pi.ssh(
+                f"privsplit edge bench {release} --runs 20 --warmup 2 --server {HOST_FROM_GUEST}:{checked.port} "
+                "--json /tmp/bench.json >/dev/null && cat /tmp/bench.json",
+                step="edge bench in the guest",
+            ).stdout
+        )
         machine = bench["platform"]
         assert machine["machine"] == "aarch64"
-        assert {"cortex-a72": "Cortex-A72", "cortex-a76": "Cortex-A76"}[cpu] in machine["cpu"]
+        assert CPU_NAMES[cpu] in machine["cpu"]
         assert machine["emulated"] == f"qemu-system-aarch64:{cpu}" and machine["timings"].startswith("emulated")
         assert bench["runs"] == 20 and bench["p50_ms"] > 0
-        timings["bench"] = time.monotonic() - t_step
-    timings["total (boot to power-off)"] = time.monotonic() - t
-    print(f"\nemulated Pi {cpu}: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+        steps.done("edge bench --json")
+    steps.done("power-off")
+    steps.save(Path(os.environ.get(TIMINGS_ENV) or tmp_path))

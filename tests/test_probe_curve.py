@@ -233,3 +233,36 @@ def test_frontier_plot_on_fixed_numbers(tmp_path):
     assert line.get_label() == "best attacker by chance 0.552" and list(line.get_xdata()) == [0.552, 0.552]
     plt.close(fig)
     assert fr.frontier_points(rows, "celeba") == []
+
+
+def test_frontier_unforeseen_columns_read_the_probe_files(tmp_path):
+    from privsplit.probes.attribute_sweep import AttributeExcess, AttributeSweepResult
+    from privsplit.probes.linkage import LinkageResult, LinkageScore
+
+    fr = _frontier()
+    scores = (
+        LinkageScore("cosine", 0.58, 0.04, 0.01, 0.002, null_auc=0.51),
+        LinkageScore("lda", 0.55, 0.03, 0.0, 0.001),
+    )
+    LinkageResult(scores, 100, 100, 300, 900, 200, 200).save(tmp_path / "probe_linkage.tflite-int8.json")
+    rows = tuple(
+        AttributeExcess(name, ba, "logistic", 0.5, 0.52, 0.53, ba - 0.02, ba + 0.02)
+        for name, ba in (("Bald", 0.70), ("Eyeglasses", 0.60), ("Young", 0.54))
+    )
+    AttributeSweepResult(rows, task="Smiling").save(tmp_path / "probe_attributes.tflite-int8.json")
+    (tmp_path / "probe_features.tflite-int8.frames16.json").write_text(
+        json.dumps({"attribute": {"balanced_accuracy": 0.62}})
+    )
+    row = fr.unforeseen_row(tmp_path, {"attribute": {"balanced_accuracy": 0.57}})
+    assert row["frames16_raise"] == pytest.approx(0.05)
+    assert row["linkage_auc"] == pytest.approx(0.58) and row["linkage_excess"] == pytest.approx(0.07)
+    assert row["attributes_worst_excess"] == pytest.approx(0.17) and row["attributes_over_0_05"] == 2
+    assert row["attributes_median_excess"] == pytest.approx(0.07)
+    empty = fr.unforeseen_row(tmp_path / "none", {"attribute": {"balanced_accuracy": 0.5}})
+    assert set(empty) == set(fr.UNFORESEEN) and all(v is None for v in empty.values())
+    digits = fr.TARGETS["digits"]
+    seeds = {s: {**_seed(0.98, 0.55), **row} for s in (0, 1)}
+    agg = fr.aggregate(seeds, seeds, digits)
+    assert agg["linkage_excess"]["mean"] == pytest.approx(0.07)
+    text = fr.table([{"target": "digits", "method": "balanced", "strength": "default", **agg}])
+    assert "linkage AUC" in text and "0.580" in text

@@ -54,6 +54,7 @@ def test_every_stage_ran_and_reported_progress(quickstart, summary):
         "output-leakage probe",
         "export",
         "flash",
+        "repeated frames",
         "start the cloud service",
         "edge inference",
         "device latency",
@@ -69,6 +70,17 @@ def test_every_stage_ran_and_reported_progress(quickstart, summary):
     # non-terminal stderr: no redrawn progress bars
     assert "it/s]" not in proc.stderr
     assert summary["service"]["exit_code"] == 0
+
+
+def test_repeated_frames_gain_nothing_with_frame_keyed_noise(summary):
+    """The shipped bundle keys its noise on the frame, so the mean of 16 exact repeats reads as one frame; digits
+    has no identities or other attributes, and the summary says so."""
+    u = summary["unforeseen"]
+    assert u["noise_keying"] == "frame"
+    shipped = {r["frames"]: r["balanced_accuracy"] for r in u["frames"] if r["source"] == "tflite-int8"}
+    assert set(shipped) == {1, 16} and abs(shipped[16] - shipped[1]) <= 0.01
+    assert "digits has no identities" in u["not_measured"]["linkage"]
+    assert "digits has no identities" in u["not_measured"]["attributes"]
 
 
 def test_accuracy_above_chance_everywhere(summary):

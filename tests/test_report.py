@@ -187,3 +187,50 @@ def test_document_builds_from_a_summary_without_nulls(tmp_path):
         m.update(attribute_null_mean=None, attribute_null_q95=None)
     md = to_markdown(build_document(summary, {}), relative_to=tmp_path)
     assert "did not record its chance level" in md and "its chance level was not recorded" in md
+
+
+def test_the_unforeseen_section_reads_frames_linkage_and_attributes(tmp_path):
+    """Repeated frames against one frame (and the +0.01 goal), linkage and the sweep, read from the run's files."""
+    from privsplit.probes.attribute_sweep import AttributeExcess, AttributeSweepResult
+    from privsplit.probes.linkage import LinkageResult, LinkageScore
+    from privsplit.report.document import Document
+    from privsplit.report.unforeseen import add_unforeseen_section, unforeseen_summary
+
+    run = _run_folder(tmp_path, 0.533, 0.538)
+    one = json.loads((run / "probe_features.json").read_text())
+    for name, ba in (
+        ("probe_features.tflite-int8.json", 0.570),
+        ("probe_features.tflite-int8.frames16.json", 0.575),
+        ("probe_features.tflite-int8.frames16.jitter2.json", 0.640),
+    ):
+        (run / name).write_text(json.dumps({**one, "attribute": {**one["attribute"], "balanced_accuracy": ba}}))
+    scores = (LinkageScore("cosine", 0.585, 0.04, 0.01, 0.001, null_auc=0.503),)
+    LinkageResult(scores, 100, 120, 300, 900, 240, 240).save(run / "probe_linkage.tflite-int8.json")
+    rows = tuple(
+        AttributeExcess(n, ba, "mlp", 0.5, 0.55, 0.53, ba - 0.02, ba + 0.02)
+        for n, ba in (("Bald", 0.70), ("Young", 0.56))
+    )
+    AttributeSweepResult(rows, task="Smiling").save(run / "probe_attributes.tflite-int8.json")
+
+    u = unforeseen_summary(run, "celeba:somewhere", noise_keying="frame")
+    assert [(r["source"], r["frames"], r["jitter"]) for r in u["frames"]] == [
+        ("torch", 1, 0.0),
+        ("tflite-int8", 1, 0.0),
+        ("tflite-int8", 16, 0.0),
+        ("tflite-int8", 16, 2.0),
+    ]
+    assert u["linkage"][0]["excess"] == pytest.approx(0.082) and u["attributes"][0]["over_goal"] == ["Bald"]
+    doc = Document("t", "s")
+    add_unforeseen_section(doc, u, {})
+    md = to_markdown(doc, relative_to=tmp_path)
+    assert "mean of 16: 0.575 against 0.570 for one frame (+0.005; within the +0.01 goal)" in md
+    assert "sensor noise 2 grey levels: 0.640 against 0.570 for one frame (+0.070; **over** the +0.01 goal)" in md
+    assert "keys its channel noise on a device secret and the frame" in md
+    assert "Bald (+0.150)" in md and "0.585 (cosine)" in md
+
+    digits = unforeseen_summary(tmp_path / "nothing", "digits", noise_keying="fresh")
+    doc = Document("t", "s")
+    add_unforeseen_section(doc, digits, {})
+    md = to_markdown(doc, relative_to=tmp_path)
+    assert "Identity linkage: not measured (digits has no identities" in md
+    assert "Repeated frames: not measured" in md and "shrinks the noise by √K" in md

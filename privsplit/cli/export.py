@@ -118,6 +118,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace an existing export in DIR; also ship a run whose protected training collapsed",
     )
+    p.add_argument(
+        "--noise-keying",
+        choices=("fresh", "frame"),
+        default="frame",
+        help="how devices seed the channel noise: frame = keyed on a device secret and the exact frame, so an exact "
+        "repeat gets the same noise and averaging repeats gains nothing (the secret is DEVICE/trust/noise.key, made "
+        "on first use; off a device $PRIVSPLIT_NOISE_KEY or ~/.config/privsplit/noise.key); fresh = a new draw per "
+        "request, which averages away over repeated frames; default %(default)s",
+    )
     p.add_argument("--strict", action="store_true", help="exit non-zero when any requested format failed parity")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
@@ -127,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from privsplit.errors import ConfigError
     from privsplit.export.formats import parse_formats
     from privsplit.export.pipeline import export_run
+    from privsplit.noise_keying import NoiseKeying
     from privsplit.proto.wire import DEFAULT_MODEL_NAME
 
     if args.triton_model_name is not None and not args.triton:
@@ -167,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         release=args.release,
         endorsements=tuple(args.endorsement),
         max_excess=max_excess if not args.no_probe else None,
+        noise_keying=NoiseKeying.parse(args.noise_keying),
     )
     print(result.parity.summary())
     print(f"edge bundle  {result.edge.root} ({', '.join(result.shipped)}; default {result.default_encoder})")

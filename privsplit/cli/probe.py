@@ -81,6 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "RUN/probe_*[.ENCODER].framesK.json (.noisefree.json)",
     )
     feats.add_argument(
+        "--frame-jitter",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="with --frames K: perturb each copy's pixels by N(0, S) grey levels first, as a camera's next frame of a "
+        "still scene differs (noise keyed on the exact frame then no longer repeats); default 0 = exact repeats",
+    )
+    feats.add_argument(
         "--bundle",
         type=Path,
         metavar="DIR",

@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=1024,
         metavar="N",
-        help="requests that may wait; more are refused with RESOURCE_EXHAUSTED (default %(default)s)",
+        help="requests that may wait; when full, the caller holding the most of them is refused with "
+        "RESOURCE_EXHAUSTED (default %(default)s)",
     )
     p.add_argument(
         "--queue-timeout-ms",
@@ -166,7 +167,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_float,
         metavar="R",
         help="at most R requests/s per caller (device id, else client certificate name, else IP address; each "
-        "stream message counts); more get RESOURCE_EXHAUSTED (default: no limit)",
+        "stream message counts): more calls get RESOURCE_EXHAUSTED, a faster stream is read at R/s (default: no "
+        "limit)",
     )
     p.add_argument(
         "--rate-burst",

@@ -98,6 +98,7 @@ class AttributeSweepResult:
     features_from: str = ""
     frames: int = 1
     noise_free: bool = False
+    frame_jitter: float = 0.0
 
     def row(self, name: str) -> AttributeExcess:
         for r in self.rows:
@@ -122,6 +123,7 @@ class AttributeSweepResult:
             "features_from": self.features_from,
             "frames": self.frames,
             "noise_free": self.noise_free,
+            "frame_jitter": self.frame_jitter,
             "rows": [r.to_json() for r in self.rows],
             "median_excess": self.median_excess,
             "worst": self.worst.name,
@@ -135,6 +137,7 @@ class AttributeSweepResult:
             features_from=str(data.get("features_from", "")),
             frames=int(data.get("frames", 1)),
             noise_free=bool(data.get("noise_free", False)),
+            frame_jitter=float(data.get("frame_jitter", 0.0)),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -152,7 +155,7 @@ class AttributeSweepResult:
     def summary(self) -> str:
         from privsplit.probes.frames import Frames
 
-        frames = Frames(self.frames, self.noise_free).described
+        frames = Frames(self.frames, self.noise_free, self.frame_jitter).described
         lines = [
             f"every other attribute ({len(self.rows)}; task {self.task}{frames}): excess = best - max(chance, "
             f"task floor, null); median {self.median_excess:+.3f}, over 0.05: {len(self.over(0.05))}, "
@@ -241,4 +244,6 @@ def probe_attribute_sweep(
                 ci_high=best.ci_high,
             )
         )
-    return AttributeSweepResult(rows=tuple(rows), task=data.task, frames=frames.count, noise_free=frames.noise_free)
+    return AttributeSweepResult(
+        rows=tuple(rows), task=data.task, frames=frames.count, noise_free=frames.noise_free, frame_jitter=frames.jitter
+    )

@@ -30,11 +30,16 @@ class Frames:
 
     count: int = 1
     noise_free: bool = False
+    jitter: float = 0.0  # sensor noise: each copy's pixels + N(0, jitter) grey levels, rounded and clipped
 
     def __post_init__(self) -> None:
         check_frames(self.count)
         if self.noise_free and self.count != 1:
             raise ConfigError("the noise-free limit averages nothing: give count 1 with noise_free")
+        if not (np.isfinite(self.jitter) and 0 <= self.jitter <= 64):
+            raise ConfigError(f"frame jitter is a pixel noise std in grey levels in [0, 64], got {self.jitter!r}")
+        if self.jitter > 0 and self.count == 1:
+            raise ConfigError("frame jitter perturbs repeated frames: give --frames K with K >= 2")
 
     @classmethod
     def parse(cls, text: str) -> Frames:
@@ -54,29 +59,45 @@ class Frames:
     @property
     def tag(self) -> str:
         """File-name tag: ``""`` for one frame, ``.framesK``, ``.noisefree``."""
-        return ".noisefree" if self.noise_free else ("" if self.count == 1 else f".frames{self.count}")
+        if self.noise_free:
+            return ".noisefree"
+        if self.count == 1:
+            return ""
+        return f".frames{self.count}" + (f".jitter{self.jitter:g}" if self.jitter else "")
 
     @property
     def described(self) -> str:
         if self.noise_free:
             return " (noise-free: the limit of averaging frames)"
-        return "" if self.count == 1 else f" (mean of {self.count} noisy frames)"
+        if self.count == 1:
+            return ""
+        jitter = f", each with sensor noise of {self.jitter:g} grey levels" if self.jitter else ""
+        return f" (mean of {self.count} noisy frames{jitter})"
 
 
-def averaged_encoder(encode: Encoder, frames: int | Frames) -> Encoder:
+def averaged_encoder(encode: Encoder, frames: int | Frames, *, seed: int = 0) -> Encoder:
     """``images -> mean of frames draws of encode(images)`` as float32; the encoder itself when ``frames`` is 1.
 
     Each draw calls ``encode`` again, so an encoder that adds fresh noise per call (the device's) is averaged over
-    independent noise; an integer (wire) output is averaged as the numbers the operator receives.
+    independent noise; an integer (wire) output is averaged as the numbers the operator receives. With
+    ``jitter`` each copy is first perturbed like a camera's next frame of a still scene (pixel noise drawn from
+    ``seed``), so an encoder whose noise is keyed on the exact frame sees ``count`` different frames.
     """
-    frames = frames.count if isinstance(frames, Frames) else check_frames(frames)
-    if frames == 1:
+    frames = frames if isinstance(frames, Frames) else Frames(check_frames(frames))
+    if frames.count == 1:
         return encode
+    rng = np.random.default_rng(seed)
+
+    def copy(images: np.ndarray) -> np.ndarray:
+        if not frames.jitter:
+            return images
+        noisy = images.astype(np.float32) + np.float32(frames.jitter) * rng.standard_normal(images.shape, np.float32)
+        return np.clip(np.rint(noisy), 0, 255).astype(images.dtype)
 
     def mean_of_frames(images: np.ndarray) -> np.ndarray:
-        total = np.asarray(encode(images), dtype=np.float64)
-        for _ in range(frames - 1):
-            total += np.asarray(encode(images), dtype=np.float64)
-        return (total / frames).astype(np.float32)
+        total = np.asarray(encode(copy(images)), dtype=np.float64)
+        for _ in range(frames.count - 1):
+            total += np.asarray(encode(copy(images)), dtype=np.float64)
+        return (total / frames.count).astype(np.float32)
 
     return mean_of_frames

@@ -106,6 +106,7 @@ class LinkageResult:
     probes: int
     frames: int = 1
     noise_free: bool = False
+    frame_jitter: float = 0.0
     features_from: str = ""
 
     @property
@@ -139,6 +140,7 @@ class LinkageResult:
             "probes": self.probes,
             "frames": self.frames,
             "noise_free": self.noise_free,
+            "frame_jitter": self.frame_jitter,
             "features_from": self.features_from,
             "best_attacker": self.best.attacker,
             "best_auc": self.best.auc,
@@ -158,6 +160,7 @@ class LinkageResult:
             probes=int(data["probes"]),
             frames=int(data.get("frames", 1)),
             noise_free=bool(data.get("noise_free", False)),
+            frame_jitter=float(data.get("frame_jitter", 0.0)),
             features_from=str(data.get("features_from", "")),
         )
 
@@ -176,7 +179,7 @@ class LinkageResult:
     def summary(self) -> str:
         from privsplit.probes.frames import Frames
 
-        frames = Frames(self.frames, self.noise_free).described
+        frames = Frames(self.frames, self.noise_free, self.frame_jitter).described
         null = "" if self.null_auc is None else f"; null (same attackers on noise) {self.null_auc:.3f}"
         lines = [
             f"identity linkage on {self.test_identities} unseen people ({self.positive_pairs} same-person pairs, "
@@ -395,4 +398,4 @@ def probe_encoder_linkage(
     testable = np.ones(len(data), dtype=bool)
     testable[split[Part.MEMBERS]] = False
     result = probe_linkage(features, np.asarray(data.labels["identity"]), spec, testable=testable)
-    return replace(result, frames=frames.count, noise_free=frames.noise_free)
+    return replace(result, frames=frames.count, noise_free=frames.noise_free, frame_jitter=frames.jitter)

@@ -119,13 +119,14 @@ def run_quickstart(config: QuickstartConfig, *, force: bool = False, resume: boo
         save_json(layout.state, state)
 
     # train x models, probe, purifier, outputs, export, flash, serve, infer, device latency, cloud latency, stop
-    log = StageLog(len(models) + 10, progress=config.progress, on_record=save)
+    log = StageLog(len(models) + 11, progress=config.progress, on_record=save)
     save()
     log.say(f"{config.data} (task {config.task}, private {config.private}) into {layout.root}")
     _train(config, layout, models, log, state)
     _probe_features(config, layout, models, log)
     _purify(config, layout, log)
     _export_and_flash(config, layout, log)
+    _repeated_frames(config, layout, log)
     _serve_and_measure(config, layout, log, state)
     state["complete"] = True
     save()  # final: the report reads only saved results, so `privsplit report` rebuilds the same one
@@ -257,6 +258,32 @@ def _export_and_flash(config, layout, log) -> None:
         layout.measure.mkdir(parents=True, exist_ok=True)
         flashed.save(layout.flash)
         st.detail = f"{flashed.uploaded_bytes / 1024:.0f} KB, signature and hashes verified"
+
+
+FRAMES = 16  # the repeated-frames stage: the private attribute from the mean of this many copies of each image
+
+
+def _repeated_frames(config, layout, log) -> None:
+    """The private-attribute probe on the shipped TFLite encoder as the device runs it, from one frame and from
+    the mean of 16 exact repeats; digits has no identities or other attributes (the report says so)."""
+    from privsplit.probes.frames import Frames
+    from privsplit.quickstart.bundle_probe import probe_bundle_features
+    from privsplit.run import RunFolder
+
+    folder = RunFolder(layout.run(PROTECTED))
+    with log.stage(f"repeated frames: the private attribute from 1 and {FRAMES} frames") as st:
+        readings = []
+        for frames in (Frames(), Frames(FRAMES)):
+            result = probe_bundle_features(
+                folder,
+                layout.export,
+                _feature_spec(config),
+                encoder="tflite-int8",
+                progress=config.progress,
+                frames=frames,
+            )
+            readings.append(result.attribute.balanced_accuracy if result.attribute else float("nan"))
+        st.detail = f"best attacker {readings[0]:.3f} from one frame, {readings[1]:.3f} from the mean of {FRAMES}"
 
 
 def _holdout(config, layout):

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privsplit.report.document import Document, Figure, Table, to_html, to_markdown
-from privsplit.report.layout import QuickstartLayout
+from privsplit.report.layout import PROTECTED, QuickstartLayout
 from privsplit.report.summary import build_summary
+from privsplit.report.unforeseen import add_unforeseen_section, unforeseen_figures
 from privsplit.results import save_json
 
 
@@ -317,6 +318,8 @@ def build_document(s: dict, figures: dict[str, Path]) -> Document:
     ):
         if key in figures:
             doc.sections[-1].add(Figure(figures[key], caption))
+    if s.get("unforeseen"):
+        add_unforeseen_section(doc, s["unforeseen"], figures)
     _outputs(doc, s)
     for key, caption in (
         ("roc", "ROC curves of the membership attacks (log FPR), without and with the purifier."),
@@ -348,6 +351,9 @@ def _figures(layout: QuickstartLayout, s: dict) -> dict[str, Path]:
         "training": plot_training(layout.root, s, plots / "training.png"),
         "latency": qp.plot_latency(layout, plots / "latency.png") if layout.measure.is_dir() else None,
     }
+    if s.get("unforeseen"):
+        protected = layout.root if s["source"] == "run" else layout.run(PROTECTED)
+        found.update(unforeseen_figures(protected, s["unforeseen"], plots))
     if s["outputs_file"]:
         from privsplit.probes.output_results import OutputProbeResult
         from privsplit.report.output_plots import plot_inversion_grid, plot_roc

@@ -12,6 +12,7 @@ from typing import Any
 from privsplit import __version__
 from privsplit.errors import RunError
 from privsplit.report.layout import PROTECTED, QuickstartLayout
+from privsplit.report.unforeseen import unforeseen_summary
 from privsplit.results import read_json
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -257,6 +258,9 @@ def build_summary(root: str | Path) -> dict[str, Any]:
     outputs = _maybe(outputs_path, "the output-leakage probe")
     parity = _maybe(layout.parity, "the export parity report")
     flash = _maybe(layout.flash, "the flash record")
+    protected = layout.root if kind == "run" else layout.run(PROTECTED)
+    edge = _maybe(layout.edge_bundle / "manifest.json", "the edge bundle's manifest") if kind != "run" else None
+    keying = ((edge or {}).get("features") or {}).get("noise_keying", "fresh" if edge else None)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "kind": "privsplit-summary",
@@ -277,6 +281,7 @@ def build_summary(root: str | Path) -> dict[str, Any]:
         "device_latency": _device(layout) if layout.measure.is_dir() else [],
         "cloud": _cloud(layout),
         "service": state.get("service"),
+        "unforeseen": unforeseen_summary(protected, config["data"], noise_keying=keying),
         "stages": state["stages"],
         "total_seconds": state.get("total_seconds"),
     }

@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,12 +206,6 @@ def build(*, force: bool = False, progress=print) -> Image:
     _check_tools()
     if os.geteuid() != 0:
         raise PiError("permissions", "debootstrap and chroot need root: run as root (CI does)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = final.parent / f"{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    log = work / "build.log"
-    root = work / "rootfs"
     times: dict[str, float] = {}
     t0 = time.monotonic()
 
@@ -217,7 +213,9 @@ def build(*, force: bool = False, progress=print) -> Image:
         times[name] = round(time.monotonic() - t0, 1)
         progress(f"emulated-pi: {name} ({times[name]:.0f} s)")
 
-    try:
+    with _published(final, "build") as work:
+        log = work / "build.log"
+        root = work / "rootfs"
         step("debootstrap first stage")
         run(
             "debootstrap first stage",
@@ -277,15 +275,6 @@ def build(*, force: bool = False, progress=print) -> Image:
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (work / "ready.json").write_text(json.dumps(info, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
-    except PiError:
-        _keep_log(work, final)
-        raise
-    except (OSError, KeyboardInterrupt) as exc:
-        _keep_log(work, final)
-        raise PiError("build", f"{type(exc).__name__}: {exc}") from None
     return Image(final)
 
 
@@ -298,6 +287,27 @@ def unmount_under(root: Path) -> None:
     prefix = str(root.resolve()) + "/"
     for point in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+
+
+@contextmanager
+def _published(final: Path, step: str) -> Iterator[Path]:
+    """A fresh ``FINAL.partial-PID`` folder to build in; renamed over ``final`` when the block ends, or, when it
+    fails, removed with only its build log kept beside (``FINAL.failed-build.log``) and a one-line PiError."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = final.parent / f"{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except PiError:
+        _keep_log(work, final)
+        raise
+    except (OSError, KeyboardInterrupt) as exc:
+        _keep_log(work, final)
+        raise PiError(step, f"{type(exc).__name__}: {exc}") from None
 
 
 def _keep_log(work: Path, final: Path) -> None:
@@ -376,12 +386,9 @@ def build_user_root(*, progress=print) -> Path:
     if os.geteuid() != 0:
         raise PiError("permissions", "debootstrap and chroot need root: run as root (CI does)")
     final = user_root_folder()
-    work = final.parent / f"{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log = work / "build.log"
-    root = work / "root"
-    try:
+    with _published(final, "qemu-user root") as work:
+        log = work / "build.log"
+        root = work / "root"
         progress("emulated-pi: qemu-user root: debootstrap --foreign")
         run(
             "qemu-user root: debootstrap",
@@ -404,13 +411,4 @@ def build_user_root(*, progress=print) -> Path:
             shutil.copy2(work / "wheels" / name, dest / name)
         shutil.rmtree(work / "wheels")
         (work / "ready").write_text(json.dumps({"recipe": recipe_hash(), "debs": len(debs), "wheels": wheels}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
-    except PiError:
-        _keep_log(work, final)
-        raise
-    except (OSError, KeyboardInterrupt) as exc:
-        _keep_log(work, final)
-        raise PiError("qemu-user root", f"{type(exc).__name__}: {exc}") from None
     return final / "root"

@@ -1,17 +1,25 @@
 """Boot a built image under qemu-system-aarch64 with a pinned CPU model and reach it over SSH.
 
 ``with EmulatedPi(image, cpu="cortex-a72") as pi:`` boots (``-snapshot``: the image is never written, every
-boot starts clean), waits for a real ``ssh true`` and gives ``pi.ssh(cmd)``, ``pi.put(src, dest)`` and the
-``ssh://`` URL, identity and known_hosts file ``privsplit flash`` needs. In the guest the host's loopback
-services are at 10.0.2.2 (qemu user networking), and every ssh session has ``PRIVSPLIT_EMULATED`` set.
+boot starts clean), waits until an authenticated ssh connection is up and gives ``pi.ssh(cmd)``,
+``pi.put(src, dest)`` and the ``ssh://`` URL, identity and known_hosts file ``privsplit flash`` needs. In the
+guest the host's loopback services are at 10.0.2.2 (qemu user networking), and every ssh session has
+``PRIVSPLIT_EMULATED`` set.
 Pi 4 = ``cortex-a72``, Pi 5 = ``cortex-a76``. Every wait has a deadline; failures are one-line PiErrors.
+
+Under TCG an ssh handshake costs the guest seconds (sshd re-executes itself, key exchange, signature), so one
+connection is opened once the console says sshd is up and every later ssh/scp rides on it (OpenSSH connection
+sharing: ``ControlPath``; ``mux_options`` hands the same to ``privsplit flash --ssh-option``).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from image import Image, PiError
 
 CPU_MODELS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
 HOST_FROM_GUEST = "10.0.2.2"
+SSHD_UP = "privsplit-pi: sshd up"  # the image's init prints it on the console once sshd runs
 
 
 def free_port() -> int:
@@ -49,6 +58,9 @@ class EmulatedPi:
         self.known_hosts = self.workdir / "known_hosts"
         self.identity = self.workdir / "id_ed25519"
         self.boot_seconds = 0.0
+        # the shared connection's socket: a short path of its own (a unix socket path holds at most ~104 bytes)
+        self._mux_dir = Path(tempfile.mkdtemp(prefix="pi-ssh-"))
+        self.control_path = self._mux_dir / "mux"
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -59,7 +71,7 @@ class EmulatedPi:
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.console}",
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
             "-append", f"root=/dev/vda rw console=ttyAMA0 init=/sbin/privsplit-init privsplit.cpu={self.cpu} quiet",
-            "-drive", f"file={img.disk},format=raw,if=none,id=hd,snapshot=on",
+            "-drive", f"file={img.disk},format=raw,if=none,id=hd,snapshot=on,cache=unsafe",  # throwaway: no flush
             "-device", "virtio-blk-device,drive=hd",
             "-netdev", f"user,id=n,hostfwd=tcp:127.0.0.1:{self.port}-:22",
             "-device", "virtio-net-device,netdev=n",
@@ -77,31 +89,74 @@ class EmulatedPi:
                 self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
         except FileNotFoundError:
+            shutil.rmtree(self._mux_dir, ignore_errors=True)
             raise PiError("boot", "qemu-system-aarch64 not found (apt-get install qemu-system-arm)") from None
-        deadline = started + self.boot_timeout
+        try:
+            self._wait_for_sshd(started + self.boot_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.boot_seconds = time.monotonic() - started
+        return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time the emulator has used so far (user + system, all its threads): what the guest's work costs
+        apart from waiting for a shared host's cores (0.0 where /proc does not tell)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+    def _wait_for_sshd(self, deadline: float) -> None:
+        assert self.proc is not None
         while True:
             if self.proc.poll() is not None:
                 err = (self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else "").strip()
                 raise PiError("boot", f"qemu exited {self.proc.returncode}: {err or self._console_tail()}")
-            # the forwarded port accepts before sshd runs: only a real command proves the guest is up
-            if self._try_ssh():
-                break
+            # the forwarded port accepts before sshd runs: wait for the console's word (costs the guest nothing),
+            # then only a real authenticated connection proves the guest is up
+            if self._sshd_announced() and self._open_master():
+                return
             if time.monotonic() > deadline:
-                tail = self._console_tail()
-                self.stop()
-                raise PiError("boot", f"no ssh answer within {self.boot_timeout:g} s (console: {tail})")
-            time.sleep(2)
-        self.boot_seconds = time.monotonic() - started
-        return self
+                raise PiError("boot", f"no ssh answer within {self.boot_timeout:g} s (console: {self._console_tail()})")
+            time.sleep(0.5)
 
-    def _try_ssh(self) -> bool:
+    def _sshd_announced(self) -> bool:
         try:
+            return SSHD_UP in self.console.read_text(errors="replace")
+        except OSError:
+            return False
+
+    def _open_master(self) -> bool:
+        """Open the shared connection (``ssh -M -f -N``: authenticates, then waits in the background)."""
+        cmd = [*self.ssh_base(connect_timeout=10)]
+        cmd[1:1] = ["-M", "-f", "-N", "-o", "ControlPersist=yes"]
+        try:
+            # the background master keeps no pipe of ours open: its output goes to /dev/null
             proc = subprocess.run(
-                [*self.ssh_base(connect_timeout=5), "true"], capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
             )
         except subprocess.TimeoutExpired:
             return False
+        return proc.returncode == 0 and self._master_alive()
+
+    def _master_alive(self) -> bool:
+        check = [*self.ssh_base()]
+        check[1:1] = ["-O", "check"]
+        proc = subprocess.run(check, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         return proc.returncode == 0
+
+    def _close_master(self) -> None:
+        close = [*self.ssh_base()]
+        close[1:1] = ["-O", "exit"]
+        try:
+            subprocess.run(close, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            pass
+        shutil.rmtree(self._mux_dir, ignore_errors=True)
 
     def _console_tail(self) -> str:
         try:
@@ -111,6 +166,12 @@ class EmulatedPi:
         return " | ".join(lines[-3:]) or "no console output"
 
     def stop(self) -> None:
+        try:
+            self._power_off()
+        finally:
+            self._close_master()
+
+    def _power_off(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         if not self.boot_seconds:  # never answered: nothing to power off cleanly
@@ -148,10 +209,16 @@ class EmulatedPi:
 
     # ---- access -----------------------------------------------------------------------------------------
     @property
+    def mux_options(self) -> list[str]:
+        """``-o`` values that make an ssh/scp ride on the shared connection (it connects on its own without one)."""
+        return [f"ControlPath={self.control_path}"]
+
+    @property
     def ssh_options(self) -> list[str]:
         return [
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "LogLevel=ERROR", "-i", str(self.identity),
+            *(arg for opt in self.mux_options for arg in ("-o", opt)),
         ]  # fmt: skip
 
     def ssh_base(self, *, connect_timeout: int = 15) -> list[str]:
@@ -190,17 +257,22 @@ class EmulatedPi:
             raise PiError("scp", f"scp from the guest exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
 
 
+PIP_RUNNER = "/usr/lib/python3/dist-packages/pip/__pip-runner__.py"  # what `pip --python V` runs V with
+
+
 def install_privsplit(pi: EmulatedPi, wheel: Path, *, venv: str = "/opt/privsplit") -> float:
     """``pip install privsplit[edge]`` in the guest, offline, from the project's wheel and the image's aarch64
-    wheels (a venv without its own pip, driven by the system pip: 3x faster than a plain venv + pip under
-    emulation); ``privsplit`` goes on the PATH of ssh sessions. Returns the seconds it took."""
+    wheels, into a venv without a pip of its own (installing pip into it costs a minute under emulation): the
+    system pip runs with the venv's Python, as ``pip --python VENV`` would after a start-up of its own that
+    costs the guest 10-50 s. ``--no-compile``: a module is compiled when first imported, not every file of
+    the wheels. ``privsplit`` goes on the PATH of ssh sessions. Returns the seconds it took."""
     from image import GUEST_WHEELS
 
     started = time.monotonic()
     pi.put([wheel], "/tmp/")
     pi.ssh(
-        f"python3 -m venv --without-pip {venv} && python3 -m pip --python {venv}/bin/python install --quiet "
-        f"--no-compile --no-index --find-links {GUEST_WHEELS} --find-links /tmp "
+        f"python3 -m venv --without-pip {venv} && {venv}/bin/python {PIP_RUNNER} install --quiet "
+        f"--disable-pip-version-check --no-compile --no-index --find-links {GUEST_WHEELS} --find-links /tmp "
         f"{shlex.quote(f'privsplit[edge] @ file:///tmp/{wheel.name}')} "
         f"&& ln -sf {venv}/bin/privsplit /usr/local/bin/privsplit",
         timeout=600,
