@@ -128,6 +128,8 @@ class Leakage:
     attribute_chance: float | None = None
     attribute_task_floor: float | None = None
     reconstruction_baseline_ssim: float | None = None
+    attribute_null: float | None = None  # the best attacker's permutation null (chance level of best-of-N)
+    attribute_attacker: str | None = None  # which attacker (family@training set) read the best
 
 
 def leakage(encode: Encode, data: Dataset, split: Split, *, spec, progress: bool) -> Leakage:
@@ -142,4 +144,8 @@ def leakage(encode: Encode, data: Dataset, split: Split, *, spec, progress: bool
         attribute_chance=None if attr is None else float(attr.chance),
         attribute_task_floor=None if attr is None else float(attr.task_floor),
         reconstruction_baseline_ssim=None if rec is None else float(rec.baseline_ssim),
+        attribute_null=None
+        if attr is None or attr.permutation_null_mean is None
+        else float(attr.permutation_null_mean),
+        attribute_attacker=None if attr is None else str(attr.best),
     )

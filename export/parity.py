@@ -88,6 +88,7 @@ class ParityReport:
         None  # server.onnx / purifier.onnx vs torch: {"server": {...}, "purifier": {...}|None}
     )
     noise_seed: int | None = None  # the run's holdout noise seed (the noise every accuracy here includes)
+    gate: Mapping[str, Any] | None = None  # the leakage gate's record (privsplit.leakage_gate.GateRecord JSON)
 
     def format(self, name: str) -> FormatParity:
         for row in self.formats:
@@ -162,4 +163,8 @@ class ParityReport:
             )
         if ref.reconstruction_baseline_ssim is not None:
             lines.append(f"reconstruction SSIM of the mean-image baseline {ref.reconstruction_baseline_ssim:.3f}")
+        if self.gate is not None:
+            from privsplit.leakage_gate import GateRecord
+
+            lines.append(GateRecord.from_json(self.gate).summary())
         return "\n".join(lines)

@@ -39,11 +39,13 @@ from privsplit.export.artefacts import EncoderFactory, check_purifier_parity, lo
 from privsplit.export.bundle_writer import default_release, write_bundle
 from privsplit.export.calibration import calibration_set, wire_quantization
 from privsplit.export.formats import ALL_FORMATS, DEFAULT_PREFERENCE, ExportFormat
+from privsplit.export.gate import GateBudget, measure_gate, refusal
 from privsplit.export.parity import FormatParity, ParityReport, TorchReference
 from privsplit.export.reference_vectors import DEFAULT_COUNT as DEFAULT_REFERENCE_COUNT
 from privsplit.export.reference_vectors import VECTORS_KEY, write_reference_vectors
 from privsplit.export.triton import TritonRepository, check_model_name, write_triton_repository
 from privsplit.export.triton_config import model_config_pb2
+from privsplit.leakage_gate import DEFAULT_MAX_EXCESS, MANIFEST_KEY
 from privsplit.noise_keying import NoiseKeying
 from privsplit.proto.wire import DEFAULT_MODEL_NAME
 from privsplit.run import RunFolder, noise_note
@@ -111,15 +113,16 @@ def _swap_in(stage: Path, out: Path) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def _format_row(fmt, factory, holdout, wire, server_session, shape, progress) -> tuple[FormatParity, object | None]:
+def _format_row(fmt, factory, holdout, wire, server_session, shape, progress):
+    """``(row, artefact or None, its noise-free holdout outputs or None)``."""
     started = time.perf_counter()
     try:
         path = factory.make(fmt)
         art = factory.open_checked(fmt, path, shape)
     except ExportError as exc:
-        return FormatParity(fmt.value, False, str(exc), seconds=time.perf_counter() - started), None
+        return FormatParity(fmt.value, False, str(exc), seconds=time.perf_counter() - started), None, None
     except Exception as exc:  # a converter crash fails this format only; the reason is reported
-        return FormatParity(fmt.value, False, f"conversion failed: {type(exc).__name__}: {exc}"[:500]), None
+        return FormatParity(fmt.value, False, f"conversion failed: {type(exc).__name__}: {exc}"[:500]), None, None
     feats = art.encode(holdout.unit)
     error = measure.feature_error(holdout.features, feats)
     acc = measure.server_accuracy(server_session, measure.through_wire(feats, holdout.noise, wire), holdout.labels)
@@ -140,7 +143,7 @@ def _format_row(fmt, factory, holdout, wire, server_session, shape, progress) ->
         f"(torch {100 * holdout.torch_accuracy:.2f} %)",
         progress,
     )
-    return row, art
+    return row, art, feats
 
 
 def judge(row: FormatParity, tolerance: float, sizes: dict[str, int]) -> FormatParity:
@@ -184,6 +187,8 @@ def export_run(
     ship_collapsed: bool = False,
     release: int | None = None,
     endorsements: tuple[str | Path, ...] = (),
+    max_excess: float | None = DEFAULT_MAX_EXCESS,
+    gate_budget: GateBudget = GateBudget(),
     noise_keying: NoiseKeying = NoiseKeying.FRAME,
     reference_count: int = DEFAULT_REFERENCE_COUNT,
 ) -> ExportResult:
@@ -195,6 +200,9 @@ def export_run(
     ``release``: the bundles' anti-rollback number (default: the Unix time). ``endorsements``: key endorsement
     files (``privsplit keys endorse``) shipped in the edge bundle, so devices rooted in an older key rotate to
     ``sign_key``. The cloud bundle lists the sha256 of the edge manifest (``accepted_manifest_hashes``).
+    ``max_excess``: the leakage gate (:mod:`privsplit.export.gate`): with the probe on, refuse to ship when any
+    measured excess (private attribute, linkage, every other attribute; one frame and the mean of 16) is above
+    it; None turns the gate off. The record goes to the parity report and both manifests.
     ``noise_keying``: how devices seed the channel noise (:mod:`privsplit.noise_keying`), in the manifest.
     ``reference_count``: holdout inputs in the on-device acceptance check's reference vectors.
     """
@@ -208,6 +216,10 @@ def export_run(
         model_config_pb2()  # tritonclient installed? (before minutes of conversion, not after)
     if calibration < 1:
         raise ConfigError(f"--calibration must be >= 1, got {calibration}")
+    if max_excess is not None and (
+        isinstance(max_excess, bool) or not isinstance(max_excess, int | float) or not 0 <= max_excess < float("inf")
+    ):
+        raise ConfigError(f"--max-excess must be a finite number >= 0 or 'off', got {max_excess!r}")
     if reference_count < 1:
         raise ConfigError(f"reference_count must be >= 1, got {reference_count}")
     if not 0 <= tolerance < 1:
@@ -256,6 +268,8 @@ def export_run(
             progress=progress,
             triton=triton,
             triton_model_name=triton_model_name,
+            max_excess=max_excess,
+            gate_budget=gate_budget,
             noise_keying=NoiseKeying.parse(noise_keying),
             reference_count=reference_count,
         )
@@ -328,6 +342,8 @@ def _export(
     progress,
     triton,
     triton_model_name,
+    max_excess,
+    gate_budget,
     noise_keying,
     reference_count,
 ) -> ExportResult:
@@ -366,23 +382,48 @@ def _export(
         )
 
         factory = EncoderFactory(model, work, calib=calib, progress=progress)
-        rows, arts = [], {}
+        rows, arts, outputs = [], {}, {}
         for fmt in formats:
             _log(f"{fmt.value}: converting", progress)
-            row, art = _format_row(fmt, factory, holdout, wire, server_session, shape, progress)
+            row, art, feats = _format_row(fmt, factory, holdout, wire, server_session, shape, progress)
             rows.append(row)
             if art is not None:
-                arts[fmt] = art
+                arts[fmt], outputs[fmt] = art, feats
         sizes = {r.format: r.size_bytes for r in rows if r.size_bytes}
         rows = [judge(r, tolerance, sizes) for r in rows]
 
         reference = TorchReference(task_accuracy=holdout.torch_accuracy)
+        probed: dict = {}
         if probe_spec is not None:
-            rows, reference = _probe(
+            rows, reference, probed = _probe(
                 model, data, split, rows, arts, wire, probe_spec, probe_formats, seed, reference, progress
             )
 
         passed = [ExportFormat(r.format) for r in rows if r.passed]
+        gate = None
+        if probe_spec is None:
+            _log(
+                "the feature probe is skipped, so the leakage gate measures nothing",
+                progress and max_excess is not None,
+            )
+        elif passed:
+            gate = measure_gate(
+                data=data,
+                split=split,
+                arts=arts,
+                shipped=passed,
+                representative=next(f for f in DEFAULT_PREFERENCE if f in passed),
+                probed={f: leak for f, leak in probed.items() if f in passed},
+                holdout=holdout,
+                holdout_outputs=outputs,
+                wire=wire,
+                probe_spec=probe_spec,
+                max_excess=max_excess,
+                seed=seed,
+                budget=gate_budget,
+                progress=progress,
+            )
+            _log(f"measured in {gate.seconds:.0f} s; " + gate.summary().replace("\n", "\n    "), progress)
         report = ParityReport(
             run=str(run.path.name),
             holdout_size=len(holdout.labels),
@@ -396,6 +437,7 @@ def _export(
             probe=None if probe_spec is None else probe_spec.to_json(),
             cloud=cloud_parity,
             noise_seed=noise_seed,
+            gate=None if gate is None else gate.to_json(),
         )
         report.save(out / "parity.json")
         for r in rows:
@@ -404,6 +446,8 @@ def _export(
                 shutil.copy2(work / ExportFormat(r.format).filename, out / "rejected" / ExportFormat(r.format).filename)
         if not passed:
             raise ExportError(f"no format passed parity (see {out / 'parity.json'}): nothing shipped")
+        if gate is not None and not gate.passed:
+            raise ExportError(refusal(gate, out / "parity.json"))
 
         edge_dir, final_cloud = out / "edge", out / "cloud"
         edge_dir.mkdir()
@@ -424,6 +468,8 @@ def _export(
             "model": cfg.to_json(),
             "release": release,
         }
+        if gate is not None:  # what the leakage gate measured, signed with the bundles (`privsplit verify` prints it)
+            common[MANIFEST_KEY] = gate.to_json()
         preprocess = PreprocessSpec(
             size=cfg.image_size,
             channels=cfg.in_channels,
@@ -516,7 +562,7 @@ def _probe(model, data, split, rows, arts, wire, spec, probe_formats, seed, refe
         reconstruction_ssim=ref.reconstruction_ssim,
         reconstruction_baseline_ssim=ref.reconstruction_baseline_ssim,
     )
-    out = []
+    out, probed = [], {}
     for row in rows:
         fmt = ExportFormat(row.format)
         if fmt in arts and (probe_formats is None or fmt in probe_formats):
@@ -531,10 +577,11 @@ def _probe(model, data, split, rows, arts, wire, spec, probe_formats, seed, refe
                 )
             except PrivsplitError as exc:
                 raise ExportError(f"the feature probe failed on {fmt.value}: {exc}") from exc
+            probed[fmt] = got
             row = replace(
                 row,
                 attribute_balanced_accuracy=got.attribute_balanced_accuracy,
                 reconstruction_ssim=got.reconstruction_ssim,
             )
         out.append(row)
-    return out, reference
+    return out, reference, probed

@@ -40,7 +40,8 @@ class BundleError(PrivsplitError):
 
 
 class ExportError(PrivsplitError):
-    """A conversion produced a wrong artefact (I/O dtype or shape) or no format passed parity."""
+    """A conversion produced a wrong artefact (I/O dtype or shape), no format passed parity, or the leakage gate
+    refused to ship (a measured excess above ``--max-excess``)."""
 
     exit_code = 5
 
@@ -84,7 +85,7 @@ EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(2, "bad option or dataset; run folder or run file missing, incomplete or damaged (re-train)"),
     ExitCode(3, "bundle missing, damaged, tampered, unsigned or signed by an untrusted key (re-export)"),
     ExitCode(4, "an optional package is not installed (the message names the pip package)"),
-    ExitCode(5, "no exported format passed parity"),
+    ExitCode(5, "no exported format passed parity, or the leakage gate refused it (excess above --max-excess)"),
     ExitCode(6, "the server refused a request (gRPC status named in the message)"),
     ExitCode(7, "the server could not be reached within the retry budget"),
     ExitCode(8, "a flash failed; the device's current release is unchanged"),

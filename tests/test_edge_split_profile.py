@@ -40,7 +40,9 @@ def test_distance_correlation_known_cases():
 
 def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
     cfg = RunFolder(digits_run).config().model
-    spec = SplitProfileSpec(runtime=SplitRuntime.ONNXRUNTIME, runs=5, samples=96, bandwidth_mbps=2.0)
+    spec = SplitProfileSpec(
+        runtime=SplitRuntime.ONNXRUNTIME, runs=5, samples=96, bandwidth_mbps=2.0, attack_samples=150, attack_epochs=5
+    )
     profile = profile_splits(digits_run, spec)
     splits = [r.split for r in profile.rows]
     assert splits == list(range(1, cfg.split + cfg.head_blocks + 1))
@@ -61,23 +63,31 @@ def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
     reason = f"lowest end-to-end latency ({fastest.total_ms:.2f} ms; no budget given)"
     assert suggest(rows, spec) == (fastest.split, True, reason)
     budget = max(r.total_ms for r in rows) + 1
-    floor = min(r.dcor for r in rows)
-    least = min((r for r in rows if r.dcor <= floor + 0.01), key=lambda r: (r.total_ms, r.split))
+    # digits' slant is the one label beyond the task: every split measures its excess, and the budget picks by it
+    assert all(r.attribute_worst == "slant" and r.leakage == r.attribute_excess for r in rows)
+    floor = min(r.leakage for r in rows)
+    least = min((r for r in rows if r.leakage <= floor + 0.01), key=lambda r: (r.total_ms, r.split))
     assert suggest(rows, replace(spec, budget_ms=budget)) == (
         least.split,
         True,
         (
-            f"lowest leakage indicator (dCor² {least.dcor:.3f}, within 0.01 of the lowest, then fastest) "
+            f"lowest measured leakage (excess {least.leakage:+.3f}, within 0.01 of the lowest, then fastest) "
             f"of the {len(rows)} split(s) within {budget:g} ms ({least.total_ms:.2f} ms)"
         ),
     )
+    without = [replace(r, attribute_excess=None) for r in rows]  # nothing measured: dCor² decides, as before
+    floor = min(r.dcor for r in rows)
+    least = min((r for r in rows if r.dcor <= floor + 0.01), key=lambda r: (r.total_ms, r.split))
+    assert suggest(without, replace(spec, budget_ms=budget))[:2] == (least.split, True)
+    assert "lowest leakage indicator (dCor²" in suggest(without, replace(spec, budget_ms=budget))[2]
     assert suggest(rows, replace(spec, budget_ms=1e-6)) == (
         fastest.split,
         False,
         f"no split fits 1e-06 ms; the fastest takes {fastest.total_ms:.2f} ms",
     )
     slow_link = profile_splits(
-        digits_run, replace(spec, runtime=SplitRuntime.TORCH, bandwidth_mbps=0.01, runs=3, samples=32)
+        digits_run,
+        replace(spec, runtime=SplitRuntime.TORCH, bandwidth_mbps=0.01, runs=3, samples=32, measure_leakage=False),
     )
     assert slow_link.suggested == splits[-1]  # at 10 kbit/s the fewest bytes win
 
@@ -98,6 +108,10 @@ def test_profile_rows_and_suggestions(digits_run, tmp_path, capsys):
             "1000",
             "--json",
             str(out),
+            "--attack-samples",
+            "100",
+            "--attack-epochs",
+            "3",
             "--quiet",
         ]
     )

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from privsplit.cli._common import non_negative_float, positive_int, seed_int
+from privsplit.leakage_gate import DEFAULT_MAX_EXCESS, parse_max_excess
 
 _FORMATS = "tflite-fp32,tflite-fp16,tflite-dynamic,tflite-int8,onnx-fp32,onnx-int8"
 
@@ -88,6 +89,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="training budget of the probe's attackers (default: the probe's own)",
     )
     p.add_argument(
+        "--max-excess",
+        type=parse_max_excess,
+        default=argparse.SUPPRESS,
+        metavar="E",
+        help="leakage gate: refuse to ship (exit 5) when, on the shipped artefacts' int8 wire features, the best "
+        "attacker reads more than E above max(chance, task floor, null) on the private attribute, identity "
+        "linkage (verification AUC over max(0.5, null)) or any other attribute, on one frame or the mean of 16; "
+        f"'off' turns it off (default {DEFAULT_MAX_EXCESS:g}; the record goes to parity.json and both manifests, "
+        "and `privsplit verify` prints it)",
+    )
+    p.add_argument(
         "--version", dest="bundle_version", metavar="STR", help="bundle version string (default RUNNAME-<content hash>)"
     )
     p.add_argument(
@@ -130,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
     if args.triton_model_name is not None and not args.triton:
         raise ConfigError("--triton-model-name names the Triton ensemble: pass --triton too")
 
+    max_excess = getattr(args, "max_excess", DEFAULT_MAX_EXCESS)
+    if args.no_probe and hasattr(args, "max_excess") and max_excess is not None:
+        raise ConfigError(
+            "--max-excess gates on the feature probe's measurements and --no-probe skips them: drop --no-probe, "
+            "or pass --max-excess off"
+        )
     probe_spec = None
     if not args.no_probe:
         from privsplit.probes.feature_spec import FeatureProbeSpec
@@ -158,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         triton_model_name=args.triton_model_name or DEFAULT_MODEL_NAME,
         release=args.release,
         endorsements=tuple(args.endorsement),
+        max_excess=max_excess if not args.no_probe else None,
         noise_keying=NoiseKeying.parse(args.noise_keying),
     )
     print(result.parity.summary())

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Verify a bundle written by `privsplit export`: the Ed25519 signature of manifest.json "
         "(with --trust-key, or on a device release DEVICE/current against DEVICE/trust/root.pub), every file's size "
         "and sha256, no unlisted files. Exits 0 when signed by the trusted key and intact, else non-zero with one "
-        "line naming the offending file; a signature that cannot be checked (no key) fails unless --allow-unsigned.",
+        "line naming the offending file; a signature that cannot be checked (no key) fails unless --allow-unsigned. "
+        "Then prints what the export's leakage gate measured (or that the bundle records none).",
     )
     verify.add_argument("bundle", type=Path, metavar="BUNDLE", help="OUT/edge, OUT/cloud or DEVICE/current")
     add_trust_args(verify)
@@ -89,4 +90,7 @@ def _verify(args: argparse.Namespace) -> int:
         f"ok: {bundle.kind.value} bundle {bundle.version} (release {bundle.release}), "
         f"{len(bundle.manifest['files'])} files intact; {sig}; manifest sha256 {bundle.manifest_sha256}"
     )
+    from privsplit.leakage_gate import manifest_gate_summary
+
+    print(manifest_gate_summary(bundle.manifest))  # what the export's leakage gate measured (signed with it)
     return 0

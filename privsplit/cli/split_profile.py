@@ -1,4 +1,5 @@
-"""``privsplit split-profile RUN``: latency, bytes and a leakage indicator per candidate split; a suggestion."""
+"""``privsplit split-profile RUN``: latency, bytes, measured leakage and dCor² per candidate split; a ranking and
+a suggestion."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ from privsplit.cli._common import add_json_out, non_negative_float, non_negative
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "split-profile",
-        help="per candidate split: device latency, bytes on the wire, leakage indicator; suggest a split",
+        help="per candidate split: device latency, bytes on the wire, measured leakage; rank and suggest a split",
         description="Neurosurgeon-style split-point profile of a run's architecture: for each candidate split, the "
         "latency of the encoder prefix (onnxruntime on an exported prefix, or torch eager), of the server layers "
-        "after it, the bytes of the int8 request, the uplink time at --bandwidth-mbps, and a cheap leakage "
-        "indicator (dCor², the bias-corrected squared distance correlation between input and the trained network's "
-        "activation at that cut; with a "
-        "private attribute, a logistic-regression probe's balanced accuracy). Suggests the split with the lowest "
-        "leakage indicator within --budget-ms (or the fastest without a budget). Latency is measured on this machine: "
-        "each module warmed up (--warmup), then --runs timed runs interleaved across all modules, median reported.",
+        "after it, the bytes of the int8 request, the uplink time at --bandwidth-mbps, the leakage measured by "
+        "trained attackers (logistic regression and an MLP on the trained network's activations at that cut, "
+        "held-out test, nulls beside): the private attribute's excess over max(chance, task floor, null), identity "
+        "linkage's verification-AUC excess over max(0.5, null) where the data has identities, and the largest excess "
+        "of every other attribute; and dCor² (bias-corrected squared distance correlation between input and "
+        "activation). Ranks the splits by measured leakage (the largest excess; then dCor², then latency) and "
+        "suggests the split with the lowest measured leakage within --budget-ms (or the fastest without a budget). "
+        "Latency is measured on this machine: each module warmed up (--warmup), then --runs timed runs interleaved "
+        "across all modules, median reported.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder written by `privsplit train`")
     p.add_argument(
@@ -67,7 +71,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="holdout images for the leakage indicator (default %(default)s)",
     )
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sample and projections (default %(default)s)")
+    p.add_argument(
+        "--attack-samples",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="trained attackers' budget: at most N training images (attacker part) and N test images (holdout) "
+        "per split (default %(default)s)",
+    )
+    p.add_argument(
+        "--attributes",
+        default="all",
+        metavar="all|none|A,B",
+        help="other attributes the attackers read at each split (default all two-class labels but task and private)",
+    )
+    p.add_argument(
+        "--attack-epochs",
+        type=positive_int,
+        default=20,
+        metavar="N",
+        help="the MLP attacker's epochs (early stopping; default %(default)s)",
+    )
+    p.add_argument(
+        "--no-leakage",
+        action="store_true",
+        help="train no attacker: dCor² only (ranked by it), as before measured leakage",
+    )
+    p.add_argument(
+        "--seed", type=seed_int, default=0, help="seed of the samples, projections and attackers (default %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_json_out(p)
     p.set_defaults(handler=run)
@@ -86,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
         runs=args.runs,
         samples=args.samples,
         seed=args.seed,
+        attack_samples=args.attack_samples,
+        attributes=args.attributes,
+        attack_epochs=args.attack_epochs,
+        measure_leakage=not args.no_leakage,
     )
     result = profile_splits(args.run, spec, progress=not args.quiet)
     print(result.summary())

@@ -1,23 +1,30 @@
-"""Where to split (Neurosurgeon-style, with a privacy column): per candidate split of the run's
+"""Where to split (Neurosurgeon-style, with privacy columns): per candidate split of the run's
 architecture, the device latency of the encoder prefix, the server latency of the rest, the bytes on
-the wire, and a cheap leakage indicator; then the split to use for an uplink bandwidth and budget.
+the wire, the leakage measured by trained attackers and a cheap leakage indicator; the splits ranked by measured
+leakage, and the split to use for an uplink bandwidth and budget.
 
 For split ``k`` the prefix is the architecture's encoder at ``k`` blocks (blocks + the 1x1 bottleneck
 to ``feature_channels``, what a device would run after training at ``k``); its latency does not depend
 on weights, so fresh modules are timed (``runtime``: onnxruntime on an exported prefix, closest to a
 device, or torch eager). Bytes are the serialised int8 request of the features at ``k``.
 
-The leakage indicator is the bias-corrected squared distance correlation (Szekely & Rizzo 2014;
-NoPeek uses distance correlation the same way) between the
-input images and the *trained* network's activations at cut ``k`` on holdout images (the run's own
-encoder up to its split, then its server blocks), and, when the run has a private attribute, the
-balanced accuracy of a logistic-regression probe on channel-pooled activations beside its chance.
-It indicates how much of the input a cut carries; it is not the full attribute / reconstruction probe
-(``privsplit probe``), and a model re-trained adversarially at ``k`` would leak less.
+Measured leakage (:mod:`privsplit.probes.split_leakage`): on the *trained* network's activations at cut ``k`` (the
+run's own encoder up to its split, then its server blocks; no channel noise), trained logistic-regression and MLP
+attackers on a budget answer the export gate's questions, each read as an excess over its floor and null: the
+private attribute, identity linkage (where the data has identities) and the largest excess of every other
+attribute. A split's **leakage** is the largest of these excesses. A model re-trained adversarially at ``k`` would
+leak less: the profile measures the run's network as it is.
+
+The leakage indicator kept beside it is the bias-corrected squared distance correlation (Szekely & Rizzo 2014;
+NoPeek uses it the same way) between the input images and those activations on holdout images: how much of the
+input a cut carries, with no attacker trained.
+
+Ranking (``rank``, 1 = least leakage): by measured leakage, then dCor², then end-to-end latency; when the data has
+no label to attack, by dCor², then latency.
 
 Suggestion: minimise ``device + uplink + server`` (Neurosurgeon) when no budget is given; with
-``budget_ms``, the split with the lowest leakage indicator among those within the budget (indicators
-within 0.01 of the lowest count as ties: the fastest of them); when none fits, the fastest, flagged
+``budget_ms``, the split with the lowest measured leakage (dCor² when none is measured) among those within the
+budget (values within 0.01 of the lowest count as ties: the fastest of them); when none fits, the fastest, flagged
 ``within_budget: false``.
 """
 
@@ -35,7 +42,8 @@ import numpy as np
 from privsplit.errors import ConfigError
 from privsplit.results import check_schema, from_dict, read_json, save_json, to_dict
 
-PROFILE_SCHEMA_VERSION = 1
+PROFILE_SCHEMA_VERSION = 2  # 2: measured leakage per split (excesses of trained attackers) and the rank
+PROFILE_KIND = "split-profile"
 _HINT = "re-run `privsplit split-profile RUN --json FILE`"
 _PROJECT_DIM = 1024  # activations are randomly projected to this many dims for distances (JL lemma)
 _CHUNK = 32
@@ -58,6 +66,11 @@ class SplitProfileSpec:
     runs: int = 100  # timed calls per module, interleaved across modules in ROUNDS rounds; the median is reported
     samples: int = 256  # holdout images for the leakage indicator
     seed: int = 0
+    attack_samples: int = 1000  # trained attackers: training (attacker part) and test (holdout) images, each at most
+    linkage_images: int = 2000  # images of people with 2+ images for the linkage attackers, at most
+    attributes: str = "all"  # other attributes attacked: 'all', 'none' or A,B
+    attack_epochs: int = 20  # the MLP attacker's budget
+    measure_leakage: bool = True  # False: dCor² only (no attacker trained)
 
     def __post_init__(self) -> None:
         if not self.bandwidth_mbps > 0:
@@ -66,6 +79,19 @@ class SplitProfileSpec:
             raise ConfigError(f"--budget-ms must be > 0, got {self.budget_ms}")
         if self.threads < 1 or self.runs < 1 or self.samples < 8 or self.rtt_ms < 0 or self.warmup < 0:
             raise ConfigError("need threads >= 1, warmup >= 0, runs >= 1, samples >= 8 and rtt >= 0")
+        if self.attack_samples < 20 or self.linkage_images < 8 or self.attack_epochs < 1:
+            raise ConfigError("need --attack-samples >= 20, linkage images >= 8 and attack epochs >= 1")
+
+    @property
+    def budget(self):
+        from privsplit.probes.split_leakage import AttackBudget
+
+        return AttackBudget(
+            samples=self.attack_samples,
+            linkage_images=self.linkage_images,
+            attributes=self.attributes,
+            epochs=self.attack_epochs,
+        )
 
     def to_json(self) -> dict:
         return to_dict(self)
@@ -86,10 +112,31 @@ class SplitRow:
     uplink_ms: float
     total_ms: float
     dcor: float  # bias-corrected squared distance correlation of input and activation (leakage indicator)
-    private_balanced_accuracy: float | None
+    private_balanced_accuracy: float | None  # the best trained attacker's (None: no private attribute)
+    private_floor: float | None = None  # max(chance, task floor)
+    private_null: float | None = None  # the attackers' permutation null
+    private_excess: float | None = None  # best - max(floor, null)
+    linkage_auc: float | None = None  # best verification AUC (None: no identities)
+    linkage_null: float | None = None
+    linkage_excess: float | None = None  # AUC - max(0.5, null)
+    attribute_worst: str | None = None  # the other attribute with the largest excess
+    attribute_balanced_accuracy: float | None = None
+    attribute_floor: float | None = None
+    attribute_null: float | None = None
+    attribute_excess: float | None = None
+    rank: int = 0  # 1 = least measured leakage (see the module doc)
+
+    @property
+    def leakage(self) -> float | None:
+        """The largest measured excess of the three questions (None when none could be asked)."""
+        found = [v for v in (self.private_excess, self.linkage_excess, self.attribute_excess) if v is not None]
+        return max(found) if found else None
+
+    def rank_key(self) -> tuple:
+        return (self.leakage if self.leakage is not None else self.dcor, self.dcor, self.total_ms, self.split)
 
     def to_json(self) -> dict:
-        return to_dict(self)
+        return {**to_dict(self), "leakage": self.leakage}
 
     @classmethod
     def from_json(cls, data: dict) -> SplitRow:
@@ -112,11 +159,14 @@ class SplitProfile:
         return next(r for r in self.rows if r.split == split)
 
     def to_json(self) -> dict:
-        return {"schema_version": PROFILE_SCHEMA_VERSION, **to_dict(self)}
+        body = {**to_dict(self), "rows": [r.to_json() for r in self.rows]}
+        return {"schema_version": PROFILE_SCHEMA_VERSION, "kind": PROFILE_KIND, **body}
 
     @classmethod
     def from_json(cls, data: dict, *, source: str = "split profile") -> SplitProfile:
-        return from_dict(cls, check_schema(data, version=PROFILE_SCHEMA_VERSION, source=source, hint=_HINT))
+        data = check_schema(data, version=PROFILE_SCHEMA_VERSION, kind=PROFILE_KIND, source=source, hint=_HINT)
+        rows = tuple(SplitRow.from_json(r) for r in data["rows"])
+        return from_dict(cls, {**data, "rows": rows})
 
     def save(self, path: str | Path) -> None:
         save_json(path, self.to_json())
@@ -127,10 +177,13 @@ class SplitProfile:
 
     def summary(self) -> str:
         s = self.spec
-        priv = self.private_chance is not None
+
+        def col(v, spec="+.3f"):
+            return "-" if v is None else format(v, spec)
+
         head = (
-            f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} "
-            f"{'uplink':>8} {'server':>8} {'total':>8} {'dCor²':>6}" + (" private" if priv else "")
+            f"{'split':>5} {'features':>12} {'bytes':>7} {'device':>8} {'uplink':>8} {'server':>8} {'total':>8} "
+            f"{'dCor²':>6} {'private':>8} {'linkage':>8} {'other':>8} {'leakage':>8} {'rank':>4}  worst other"
         )
         lines = [
             f"split profile of {self.run} ({self.arch}, {self.image_size} px) "
@@ -142,14 +195,18 @@ class SplitProfile:
         for r in self.rows:
             mark = ("*" if r.split == self.suggested else " ") + ("t" if r.trained else " ")
             shape = "x".join(map(str, r.feature_shape))
-            line = (
+            lines.append(
                 f"{r.split:>3}{mark} {shape:>12} {r.request_bytes:>7} {r.device_ms:>8.3f} {r.uplink_ms:>8.3f} "
-                f"{r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f}"
+                f"{r.server_ms:>8.3f} {r.total_ms:>8.3f} {r.dcor:>6.3f} {col(r.private_excess):>8} "
+                f"{col(r.linkage_excess):>8} {col(r.attribute_excess):>8} {col(r.leakage):>8} {r.rank:>4}  "
+                f"{r.attribute_worst or '-'}"
             )
-            lines.append(line + (f" {r.private_balanced_accuracy:>7.3f}" if priv else ""))
         lines.append(
             f"(ms: median of {s.runs} runs per module after {s.warmup} warm-up runs, interleaved; * suggested, "
-            "t the run's split" + (f"; private-attribute chance {self.private_chance:.3f})" if priv else ")")
+            "t the run's split; private / linkage / other: excess of the best trained attacker over max(chance, task "
+            "floor, null) (linkage: AUC over max(0.5, null)) on the noise-free activations; leakage: the largest; "
+            "rank 1 = least leakage"
+            + (f"; private-attribute chance {self.private_chance:.3f})" if self.private_chance is not None else ")")
         )
         lines.append(f"suggested split {self.suggested}: {self.reason}")
         return "\n".join(lines)
@@ -281,16 +338,32 @@ def _projector(dim: int, seed: int):
     return lambda z: proj.transform(z).astype(np.float64)
 
 
-def _private_probe(acts_pooled: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def _measured_columns(private, linkage, worst) -> dict:
+    """SplitRow fields from :func:`privsplit.probes.split_leakage.measure_cut`'s readings (rounded to 4 places)."""
 
-    xtr, xte, ytr, yte = train_test_split(acts_pooled, labels, test_size=0.5, random_state=seed, stratify=labels)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(xtr, ytr)
-    return float(balanced_accuracy_score(yte, clf.predict(xte)))
+    def r4(v):
+        return None if v is None else round(float(v), 4)
+
+    out: dict = {}
+    if private is not None:
+        out.update(
+            private_balanced_accuracy=r4(private.best),
+            private_floor=r4(private.floor),
+            private_null=r4(private.null),
+            private_excess=r4(private.excess),
+        )
+    if linkage is not None:
+        out.update(linkage_auc=r4(linkage.best), linkage_null=r4(linkage.null), linkage_excess=r4(linkage.excess))
+    if worst is not None:
+        name, got = worst
+        out.update(
+            attribute_worst=name,
+            attribute_balanced_accuracy=r4(got.best),
+            attribute_floor=r4(got.floor),
+            attribute_null=r4(got.null),
+            attribute_excess=r4(got.excess),
+        )
+    return out
 
 
 # ---- the profile -----------------------------------------------------------------------------------------
@@ -320,16 +393,26 @@ def suggest(rows: list[SplitRow], spec: SplitProfileSpec) -> tuple[int, bool, st
     fits = [r for r in rows if r.total_ms <= spec.budget_ms]
     if not fits:
         return fastest.split, False, f"no split fits {spec.budget_ms:g} ms; the fastest takes {fastest.total_ms:.2f} ms"
-    floor = min(r.dcor for r in fits)
-    best = min((r for r in fits if r.dcor <= floor + LEAKAGE_TIE), key=lambda r: (r.total_ms, r.split))
+    measured = all(r.leakage is not None for r in fits)
+    value = (lambda r: r.leakage) if measured else (lambda r: r.dcor)
+    floor = min(value(r) for r in fits)
+    best = min((r for r in fits if value(r) <= floor + LEAKAGE_TIE), key=lambda r: (r.total_ms, r.split))
+    what = f"measured leakage (excess {best.leakage:+.3f}" if measured else f"leakage indicator (dCor² {best.dcor:.3f}"
     return (
         best.split,
         True,
         (
-            f"lowest leakage indicator (dCor² {best.dcor:.3f}, within {LEAKAGE_TIE} of the lowest, then "
+            f"lowest {what}, within {LEAKAGE_TIE} of the lowest, then "
             f"fastest) of the {len(fits)} split(s) within {spec.budget_ms:g} ms ({best.total_ms:.2f} ms)"
         ),
     )
+
+
+def ranked(rows: list[SplitRow]) -> list[SplitRow]:
+    """``rows`` with ``rank`` filled: 1 = the least measured leakage (see the module doc), in split order."""
+    order = sorted(rows, key=lambda r: r.rank_key())
+    rank = {r.split: i + 1 for i, r in enumerate(order)}
+    return [replace(r, rank=rank[r.split]) for r in rows]
 
 
 def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress: bool = False) -> SplitProfile:
@@ -352,9 +435,16 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
     torch.manual_seed(spec.seed)
     x_dim = int(np.prod(images.shape[1:]))
     x_proj = _projector(x_dim, spec.seed)(images.reshape(len(images), -1).astype(np.float32))
-    private = data.private_labels[idx] if data.private is not None else None
-    chance = None if private is None else 1.0 / len(data.classes[data.private])
+    chance = None if data.private is None else 1.0 / len(data.classes[data.private])
     cuts = _cut_modules(model)
+    attack_spec, sets, attributes = None, None, ()
+    if spec.measure_leakage:
+        from privsplit.probes.split_leakage import AttackSets, other_attributes
+
+        budget = spec.budget
+        attack_spec = budget.spec(spec.seed)
+        sets = AttackSets.draw(data, split, budget, spec.seed)
+        attributes = other_attributes(data, spec.attributes)
     rows = []
     candidates = _candidates(cfg)
     image = (cfg.in_channels, cfg.image_size, cfg.image_size)
@@ -375,14 +465,19 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
                 probe_shape = cut(model.preprocess(images[:1])).shape
             acts = _activations(cut, images, model.preprocess, _projector(int(np.prod(probe_shape[1:])), spec.seed + k))
             dcor = distance_correlation(x_proj, acts)
-            priv = None
-            if private is not None:
-                with torch.no_grad():
-                    pooled = []
-                    for s in range(0, len(images), _CHUNK):
-                        a = cut(model.preprocess(images[s : s + _CHUNK]))
-                        pooled.append(torch.cat([a.mean((2, 3)), a.std((2, 3))], 1).numpy())
-                priv = _private_probe(np.concatenate(pooled), private, spec.seed)
+            measured = {}
+            if sets is not None:
+                from privsplit.probes.split_leakage import measure_cut
+
+                project = _projector(int(np.prod(probe_shape[1:])), spec.seed + k)
+
+                def at_cut(rows_, cut=cut, project=project):
+                    return _activations(cut, data.images[rows_], model.preprocess, project).astype(np.float32)
+
+                private, linkage, worst = measure_cut(
+                    at_cut, data, split, sets, attributes=attributes, spec=attack_spec, seed=spec.seed
+                )
+                measured = _measured_columns(private, linkage, worst)
             rows.append(
                 SplitRow(
                     split=k,
@@ -394,17 +489,21 @@ def profile_splits(run, spec: SplitProfileSpec = SplitProfileSpec(), *, progress
                     uplink_ms=round(uplink_ms, 4),
                     total_ms=round(device_ms + uplink_ms + server_ms + spec.rtt_ms, 4),
                     dcor=round(dcor, 4),
-                    private_balanced_accuracy=None if priv is None else round(priv, 4),
+                    private_balanced_accuracy=measured.pop("private_balanced_accuracy", None),
+                    **measured,
                 )
             )
             if progress:
                 import sys
 
+                leak = rows[-1].leakage
                 print(
-                    f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}",
+                    f"split-profile: split {k}: device {device_ms:.3f} ms, {nbytes} B, dCor² {dcor:.3f}"
+                    + ("" if leak is None else f", measured leakage {leak:+.3f}"),
                     file=sys.stderr,
                     flush=True,
                 )
+    rows = ranked(rows)
     chosen, ok, reason = suggest(rows, spec)
     return SplitProfile(
         run=run.path.name,
