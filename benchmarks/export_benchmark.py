@@ -98,6 +98,7 @@ def main(argv=None) -> int:
         probe_spec=spec,
         probe_formats=parse_formats(args.probe_formats),
         overwrite=True,
+        max_excess=None,  # the benchmark times and measures every run; the leakage gate is not what it tests
     )
     seconds = time.perf_counter() - started
     report = result.parity
