@@ -312,6 +312,12 @@ def run_one(
     return row
 
 
+def point_folder(out: Path, target: str, method: str, strength: str, seed: int) -> Path:
+    """Where one (target, method, strength, seed) keeps its run, export and probe."""
+    slug = strength.replace(" ", "_").replace("(", "").replace(")", "")
+    return out / "cache" / target / method / slug / f"seed{seed}"
+
+
 def sweep(args: argparse.Namespace) -> list[dict]:
     methods = METHODS if args.methods is None else json.loads(Path(args.methods).read_text())
     rows = []
@@ -323,8 +329,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
             for strength, flags in methods[method].items():
                 seeds = {}
                 for seed in args.seeds:
-                    slug = strength.replace(" ", "_").replace("(", "").replace(")", "")
-                    folder = args.out / "cache" / name / method / slug / f"seed{seed}"
+                    folder = point_folder(args.out, name, method, strength, seed)
                     # the null reading for the protected recipes (the baseline's attacker is far above any null)
                     null = args.null and method != UNPROTECTED
                     seeds[seed] = run_one(target, flags, seed, folder, args, null=null)
@@ -431,8 +436,7 @@ def unforeseen_plots(rows: Sequence[Mapping], name: str, args: argparse.Namespac
     for r in rows:
         if r["target"] != name:
             continue
-        slug = r["strength"].replace(" ", "_").replace("(", "").replace(")", "")
-        run = args.out / "cache" / name / r["method"] / slug / f"seed{args.seeds[0]}" / "run"
+        run = point_folder(args.out, name, r["method"], r["strength"], args.seeds[0]) / "run"
         label = r["method"] if r["strength"] == "-" else f"{r['method']} {r['strength']}"
         if (run / "probe_linkage.tflite-int8.json").is_file():
             linkage[label] = LinkageResult.load(run / "probe_linkage.tflite-int8.json")

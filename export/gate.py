@@ -250,12 +250,8 @@ def measure_gate(
                 readings.append(private_reading(probed[fmt], fmt.value, 1, max_excess))
             elif fmt in own:
                 _log(f"private attribute on {fmt.value}", progress)
-                leak = measure.leakage(
-                    measure.artefact_encode_fn(arts[fmt], wire, seed=seed + 3),
-                    data,
-                    split,
-                    spec=gate_probe,
-                    progress=False,
+                leak = measure.artefact_leakage(
+                    arts[fmt], wire, data, split, seed=seed + 3, spec=gate_probe, progress=False
                 )
                 readings.append(private_reading(leak, fmt.value, 1, max_excess))
 

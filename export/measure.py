@@ -132,6 +132,13 @@ class Leakage:
     attribute_attacker: str | None = None  # which attacker (family@training set) read the best
 
 
+def artefact_leakage(
+    art: EncoderArtefact, wire: FeatureSpec, data: Dataset, split: Split, *, seed: int, spec, progress: bool
+) -> Leakage:
+    """:func:`leakage` on what ``art`` puts on the wire (:func:`artefact_encode_fn`, noise seeded ``seed``)."""
+    return leakage(artefact_encode_fn(art, wire, seed=seed), data, split, spec=spec, progress=progress)
+
+
 def leakage(encode: Encode, data: Dataset, split: Split, *, spec, progress: bool) -> Leakage:
     """Run the feature-leakage probe on ``encode`` and keep the headline figures."""
     from privsplit.probes.feature_probe import probe_features

@@ -568,12 +568,8 @@ def _probe(model, data, split, rows, arts, wire, spec, probe_formats, seed, refe
         if fmt in arts and (probe_formats is None or fmt in probe_formats):
             _log(f"feature-leakage probe on {fmt.value}'s wire features", progress)
             try:
-                got = measure.leakage(
-                    measure.artefact_encode_fn(arts[fmt], wire, seed=seed + 3),
-                    data,
-                    split,
-                    spec=spec,
-                    progress=progress,
+                got = measure.artefact_leakage(
+                    arts[fmt], wire, data, split, seed=seed + 3, spec=spec, progress=progress
                 )
             except PrivsplitError as exc:
                 raise ExportError(f"the feature probe failed on {fmt.value}: {exc}") from exc

@@ -15,12 +15,9 @@ from privsplit.results import read_json
 
 FRAMES_GOAL = 0.01  # averaging K frames may raise an attacker by at most this over one frame (issue 26)
 ATTRIBUTE_GOAL = 0.05  # no other attribute more than this over its own floor and null
-_FEATURES = re.compile(
-    r"^probe_features(?:\.(?P<enc>[a-z]+-[a-z0-9]+))?"
-    r"(?:\.frames(?P<k>\d+)(?:\.jitter(?P<j>[0-9.]+?))?|(?P<nf>\.noisefree))?\.json$"
-)
-_OTHER = re.compile(
-    r"^probe_(?P<kind>linkage|attributes)(?:\.(?P<enc>[a-z]+-[a-z0-9]+))?"
+# RUN/probe_KIND[.ENCODER][.framesK[.jitterS] | .noisefree].json, as the probes name their results (Frames.tag)
+_RESULT = re.compile(
+    r"^probe_(?P<kind>features|linkage|attributes)(?:\.(?P<enc>[a-z]+-[a-z0-9]+))?"
     r"(?:\.frames(?P<k>\d+)(?:\.jitter(?P<j>[0-9.]+?))?|(?P<nf>\.noisefree))?\.json$"
 )
 _NO_LABELS = {
@@ -41,8 +38,8 @@ def _tag(match: re.Match) -> dict:
 def _frames_rows(run: Path) -> list[dict]:
     rows = []
     for path in sorted(run.glob("probe_features*.json")):
-        match = _FEATURES.match(path.name)
-        if match is None:
+        match = _RESULT.match(path.name)
+        if match is None or match["kind"] != "features":
             continue
         attr = (read_json(path, what="a feature-leakage probe") or {}).get("attribute") or {}
         if attr.get("balanced_accuracy") is None:
@@ -68,8 +65,8 @@ def _order(row: dict) -> tuple:
 def _other_rows(run: Path, kind: str) -> list[dict]:
     rows = []
     for path in sorted(run.glob(f"probe_{kind}*.json")):
-        match = _OTHER.match(path.name)
-        if match is None:
+        match = _RESULT.match(path.name)
+        if match is None or match["kind"] != kind:
             continue
         data = read_json(path, what=f"a {kind} probe")
         row = {**_tag(match), "file": path.name}
