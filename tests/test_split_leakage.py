@@ -41,6 +41,20 @@ def blinded_run(digits_run, tmp_path_factory):
     return path
 
 
+_V1_ROW = {
+    "split",
+    "trained",
+    "feature_shape",
+    "request_bytes",
+    "device_ms",
+    "server_ms",
+    "uplink_ms",
+    "total_ms",
+    "dcor",
+    "private_balanced_accuracy",
+}
+
+
 def test_a_split_known_to_carry_nothing_ranks_first_and_one_known_to_leak_last(blinded_run, tmp_path):
     cfg = RunFolder(blinded_run).config().model
     spec = SplitProfileSpec(runtime=SplitRuntime.TORCH, runs=2, warmup=0, samples=64, attack_epochs=10)
@@ -68,6 +82,12 @@ def test_a_split_known_to_carry_nothing_ranks_first_and_one_known_to_leak_last(b
     assert data["schema_version"] == PROFILE_SCHEMA_VERSION == 2 and data["kind"] == "split-profile"
     assert data["rows"][0]["leakage"] == pytest.approx(first.leakage)
     assert SplitProfile.load(out) == profile
-    out.write_text(json.dumps({**data, "schema_version": 1}))
+    out.write_text(json.dumps({**data, "schema_version": 3}))
     with pytest.raises(ResultError, match="re-run `privsplit split-profile"):
         SplitProfile.load(out)
+    version_1 = {k: v for k, v in data.items() if k != "kind"} | {"schema_version": 1}
+    version_1["rows"] = [{k: v for k, v in r.items() if k in _V1_ROW} for r in data["rows"]]
+    out.write_text(json.dumps(version_1))
+    old = SplitProfile.load(out)  # a file of the previous version loads, its rows unmeasured and unranked
+    assert [r.split for r in old.rows] == [r.split for r in profile.rows]
+    assert all(r.leakage is None and r.rank == 0 for r in old.rows)

@@ -164,6 +164,9 @@ class SplitProfile:
 
     @classmethod
     def from_json(cls, data: dict, *, source: str = "split profile") -> SplitProfile:
+        if isinstance(data, dict) and data.get("schema_version") == 1 and "kind" not in data:
+            # version 1 (before measured leakage): no kind, no excess columns; its rows load unranked (rank 0)
+            data = {**data, "schema_version": PROFILE_SCHEMA_VERSION, "kind": PROFILE_KIND}
         data = check_schema(data, version=PROFILE_SCHEMA_VERSION, kind=PROFILE_KIND, source=source, hint=_HINT)
         rows = tuple(SplitRow.from_json(r) for r in data["rows"])
         return from_dict(cls, {**data, "rows": rows})
