@@ -112,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="what the encoder does to the adversaries (default entropy)",
     )
     _add_objective_args(p)
+    _add_guard_args(p)
     p.add_argument(
         "--arch",
         choices=["small-cnn", "mobilenet-v2"],
@@ -194,6 +195,29 @@ def _add_objective_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_guard_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guards (what the features leak that --private does not name)")
+    g.add_argument(
+        "--attributes-weight",
+        type=non_negative_float,
+        metavar="W",
+        help="attribute guard: adversaries read every --guard-attributes label at once; the encoder pushes each "
+        "towards what the task label alone says about it (weight W; default 0 = off)",
+    )
+    g.add_argument(
+        "--guard-attributes",
+        metavar="all|A,B",
+        help="the labels the attribute guard reads (default all binary labels besides --task and --private)",
+    )
+    g.add_argument(
+        "--identity-weight",
+        type=non_negative_float,
+        metavar="W",
+        help="identity guard: a metric adversary learns to pick the photo of the same person in a batch; the "
+        "encoder pushes its choice to uniform (weight W; default 0 = off; needs a dataset with identities)",
+    )
+
+
 def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("membership defence (what the returned scores leak about the training set)")
     g.add_argument(
@@ -244,6 +268,9 @@ def build_config(args: argparse.Namespace):
         "distill_weight": args.distill_weight,
         "leakage_budget": args.leakage_budget,
         "utility_budget": args.utility_budget,
+        "attributes_weight": args.attributes_weight,
+        "guard_attributes": args.guard_attributes,
+        "identity_weight": args.identity_weight,
         "epochs": args.epochs,
         "head_finetune_epochs": args.head_epochs,
         "adv_weight": args.adv_weight,

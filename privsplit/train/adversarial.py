@@ -42,6 +42,8 @@ class EpochStats:
     adversary_weight: float | None = None  # the attribute term's weight this epoch (moves with a leakage budget)
     reference_leakage: float | None = None  # the epoch's best adversary, balanced accuracy on reference features
     leakage_floor: float | None = None  # the task floor on reference, beside it
+    attributes_guard_loss: float | None = None  # the attribute guard's own BCE (privsplit.train.guards)
+    identity_guard_loss: float | None = None  # the identity guard's own InfoNCE (chance: ln of the pairs per batch)
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,10 @@ def describe(s: EpochStats) -> str:
         text += f" | adversary CE {s.adversary_loss:.3f} acc {s.adversary_accuracy:.3f}"
     if s.reconstruction_mse is not None:
         text += f" | decoder MSE {s.reconstruction_mse:.4f}"
+    if s.attributes_guard_loss is not None:
+        text += f" | attribute guard BCE {s.attributes_guard_loss:.3f}"
+    if s.identity_guard_loss is not None:
+        text += f" | identity guard NCE {s.identity_guard_loss:.3f}"
     if s.reference_leakage is not None:
         text += f" | reference leakage {s.reference_leakage:.3f} (aim {s.leakage_floor:.3f})"
         text += f" weight {s.adversary_weight:g}"

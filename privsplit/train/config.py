@@ -48,6 +48,9 @@ _STRONG = dict(
 # the objective's fields and what every run written before they existed trained with
 _OBJECTIVE_OF_EARLIER_VERSIONS = {k: v for k, v in _STRONG.items() if k != "adv_weight"}
 
+# the guards' fields and what every run written before they existed trained with (no guard)
+_GUARDS_OFF = dict(attributes_weight=0.0, guard_attributes="all", identity_weight=0.0)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -89,6 +92,10 @@ class TrainConfig:
     # with a leakage budget: the reference accuracy the adversarial epochs may lose against the warm start's last
     # epoch; below it the controller halves the pressure whatever the leakage (the task comes first)
     utility_budget: float | None = 0.01
+    # guards (privsplit.train.guards): adversaries for what training never named, off at weight 0
+    attributes_weight: float = 0.0  # every other attribute at once, pushed towards p(attribute | task)
+    guard_attributes: str = "all"  # which ones, with attributes_weight: 'all' binary labels or A,B,...
+    identity_weight: float = 0.0  # identity linkage: a metric adversary's same-person choice pushed to uniform
     adversaries: tuple[str, ...] = ("cnn", "linear")
     adv_steps: int = 3
     adv_lr: float = 2e-3
@@ -124,7 +131,15 @@ class TrainConfig:
             raise ConfigError(f"utility-budget must be in [0, 1) accuracy, got {self.utility_budget}")
         if self.leakage_budget is not None and not 0 <= self.leakage_budget < 0.5:
             raise ConfigError(f"leakage-budget must be in [0, 0.5) balanced accuracy, got {self.leakage_budget}")
-        for name in ("adv_weight", "rec_weight", "noise_sigma", "weight_decay", "distill_weight"):
+        for name in (
+            "adv_weight",
+            "rec_weight",
+            "noise_sigma",
+            "weight_decay",
+            "distill_weight",
+            "attributes_weight",
+            "identity_weight",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.membership_defense.is_dp and (self.head_finetune_epochs > 0 or self.rec_weight > 0):
@@ -178,6 +193,9 @@ class TrainConfig:
         data = to_dict(self)
         if self.membership_defense == MembershipDefense():  # no defence: the config of earlier versions, unchanged
             del data["membership_defense"]
+        if all(getattr(self, k) == v for k, v in _GUARDS_OFF.items()):  # no guard: as earlier versions wrote it
+            for k in _GUARDS_OFF:
+                del data[k]
         if all(getattr(self, k) == v for k, v in _OBJECTIVE_OF_EARLIER_VERSIONS.items()):
             for k in _OBJECTIVE_OF_EARLIER_VERSIONS:  # the earlier objective: the config of earlier versions
                 del data[k]
@@ -187,4 +205,4 @@ class TrainConfig:
     def from_json(cls, data: dict) -> TrainConfig:
         """A config that lacks the objective's fields was written before they existed: it trained the earlier
         objective (uniform target, no warm start, no distillation, a fixed weight), not today's defaults."""
-        return from_dict(cls, {**_OBJECTIVE_OF_EARLIER_VERSIONS, **data})
+        return from_dict(cls, {**_OBJECTIVE_OF_EARLIER_VERSIONS, **_GUARDS_OFF, **data})

@@ -27,7 +27,7 @@ from torch import nn
 
 from privsplit.data import Dataset, Part, Split
 from privsplit.errors import ConfigError
-from privsplit.models import SplitModel
+from privsplit.models import SplitModel, feature_shape
 from privsplit.progress import progress_bar
 from privsplit.train import checkpoint as ckpt
 from privsplit.train.adversarial import (
@@ -46,6 +46,7 @@ from privsplit.train.adversarial import (
 from privsplit.train.config import AdversaryTarget, TrainConfig
 from privsplit.train.device import BatchFeeder, DevicePolicy
 from privsplit.train.distributed import DistContext
+from privsplit.train.guards import Guards, attribute_prior, guard_labels, pair_batches
 from privsplit.train.membership_defense import DefenseKind, task_loss
 from privsplit.train.selena import teacher_targets
 
@@ -190,6 +191,7 @@ def train_split_model(
         targets=targets,
     )
     adv = _Adversaries(model, config, num_private, dist=dist, prior=prior)
+    ctx.guards = _guards(model, data, members, config, dist, device)
 
     params = list(model.encoder.parameters()) + list(model.head.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -243,6 +245,19 @@ def train_split_model(
         state.selected = state.best_epoch
     model.eval().cpu()
     return TrainResult(model=model, history=tuple(state.history), selected_epoch=state.selected)
+
+
+def _guards(model: SplitModel, data: Dataset, members: np.ndarray, config: TrainConfig, dist, device) -> Guards | None:
+    """The run's guards (None when none is on); their labels and the attribute prior on members."""
+    labels = guard_labels(data, config)
+    if labels is None:
+        return None
+    if labels.identity is not None and dist.world > 1:
+        raise ConfigError("--identity-weight trains in one process (its batches hold same-person pairs): drop --nproc")
+    prior = None
+    if labels.attributes is not None:
+        prior = attribute_prior(data.task_labels[members], labels.attributes[members], data.num_classes(data.task))
+    return Guards(feature_shape(model.config), labels, config, prior=prior, device=device, dist=dist)
 
 
 def _end_epoch(state, stats, checkpointing, dist, model, opt, sched, head_opt, progress) -> None:
@@ -366,6 +381,7 @@ class _Loop:
         self.prior: torch.Tensor | None = prior  # p(private | task) on members: what the conditional target aims at
         self._floor: float | None = None
         self.targets: torch.Tensor | None = None if targets is None else targets.to(self.device)
+        self.guards: Guards | None = None  # attribute and identity guards (privsplit.train.guards)
 
     def _labels(self, index: np.ndarray):
         idx = torch.as_tensor(index).to(self.device)
@@ -393,12 +409,16 @@ class _Loop:
         config, model, dist, feeder = self.config, self.model, self.dist, self.feeder
         rng = _reseed(self.seed, epoch)
         model.train()
-        adversarial = adv.active and epoch > config.warmup  # a warm start trains the task alone first
+        # a warm start trains the task alone first
+        adversarial = (adv.active or self.guards is not None) and epoch > config.warmup
+        guards = self.guards if adversarial else None
         teacher = self.teacher if adversarial and config.distill_weight > 0 else None
         if adversarial:
             adv.reset()
+        if guards is not None:
+            guards.reset()
         _rank_stream(self.seed, epoch, dist)
-        if adversarial:
+        if adversarial and adv.active:
             adv.requires_grad(True)
             # warm the fresh adversaries up on features of a sample computed once (cheap: no
             # encoder pass per warm-up step), then keep them in step with the encoder below
@@ -415,26 +435,44 @@ class _Loop:
                     px = feeder.pixels(pool[j]) if adv.use_rec else None
                     adv.step(z_pool[torch.as_tensor(j).to(self.device)], p, px)
         sums = np.zeros(8)  # ce*n, priv*n, correct, n, adv_loss, adv_acc, rec, adv_n
-        batches = _batches(len(self.members), config.batch_size, rng, dist.world)
+        guard_sums = np.zeros(4)  # attribute BCE, its steps, identity NCE, its steps
+        if self.guards is not None and self.guards.use_identity:  # batches that hold same-person pairs
+            batches, pairs = pair_batches(self.guards.identity[self.members], config.batch_size, rng, dist.world)
+        else:
+            batches = _batches(len(self.members), config.batch_size, rng, dist.world)
+            pairs = [0] * len(batches)
         flips = [_flips(len(b), self.hflip) for b in batches]  # one draw per global batch; each rank takes its shard
         shards = [dist.shard(self.members[b]) for b in batches]
+        if guards is not None:
+            self._warm_guards(guards, shards, pairs)
         bar = progress_bar(range(len(batches)), desc=f"epoch {epoch}/{config.epochs}", enabled=self.progress)
         for k, (idx, x) in zip(bar, feeder.stream(shards)):
             x = _augment(x, dist.shard(flips[k]) if flips[k] is not None else None)
             y, p = self._labels(idx)
             px = feeder.pixels(idx) if adv.use_rec else None
+            rows = torch.as_tensor(idx).to(self.device)
             if adversarial:
                 with torch.no_grad(), self.policy.autocast():
                     z_det = model.features(x).float()
-                for _ in range(config.adv_steps):
-                    with self.policy.autocast():
-                        a_loss, a_acc, rec = adv.step(z_det, p, px)
-                sums[4:] += (a_loss, a_acc or 0.0, rec or 0.0, 1)
-                adv.requires_grad(False)
+                if adv.active:
+                    for _ in range(config.adv_steps):
+                        with self.policy.autocast():
+                            a_loss, a_acc, rec = adv.step(z_det, p, px)
+                    sums[4:] += (a_loss, a_acc or 0.0, rec or 0.0, 1)
+                    adv.requires_grad(False)
+                if guards is not None:
+                    for _ in range(config.adv_steps):
+                        bce, nce = guards.step(z_det, rows, pairs[k])
+                    guard_sums += (bce or 0.0, bce is not None, nce or 0.0, nce is not None)
+                    guards.requires_grad(False)
             with self.policy.autocast():
                 z, logits = joint(x)
                 ce = self._task_ce(logits.float(), y, idx)
-                priv = adv.privacy_loss(z.float(), p, px, y) if adversarial else torch.zeros((), device=self.device)
+                priv = torch.zeros((), device=self.device)
+                if adversarial and adv.active:
+                    priv = priv + adv.privacy_loss(z.float(), p, px, y)
+                if guards is not None:
+                    priv = priv + guards.privacy_loss(z.float(), rows, y, pairs[k])
             loss = self.task_loss(logits.float(), y, ce, k) + priv
             if teacher is not None:  # keep the warm-started task posterior (distillation on the same noisy input)
                 with torch.no_grad():
@@ -444,6 +482,8 @@ class _Loop:
                 )
             if adversarial:
                 adv.requires_grad(True)
+                if guards is not None:
+                    guards.requires_grad(True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -453,6 +493,7 @@ class _Loop:
             bar.set_postfix(acc=f"{sums[2] / sums[3]:.3f}")
         self._recalibrate(rng)
         ce_n, priv_n, correct, n, a_loss, a_acc, rec, adv_n = dist.sum(sums.tolist())
+        g_bce, g_bce_n, g_nce, g_nce_n = dist.sum(guard_sums.tolist())
         n, k = max(1.0, n), max(1.0, adv_n)
         weight, leakage = adv.weight, None
         reference_accuracy = self.reference_accuracy()
@@ -478,7 +519,22 @@ class _Loop:
             adversary_weight=weight if adversarial and adv.use_attr else None,
             reference_leakage=leakage,
             leakage_floor=self.floor if leakage is not None else None,
+            attributes_guard_loss=g_bce / g_bce_n if g_bce_n else None,
+            identity_guard_loss=g_nce / g_nce_n if g_nce_n else None,
         )
+
+    def _warm_guards(self, guards: Guards, shards: list[np.ndarray], pairs: list[int]) -> None:
+        """Warm fresh guards up on the features of the epoch's first batches, computed once (as the adversaries)."""
+        first = list(range(min(8, len(shards))))
+        with torch.no_grad(), self.policy.autocast():
+            feats = [
+                self.model.features(_augment(self.feeder.gather(shards[j]), _flips(len(shards[j]), self.hflip))).float()
+                for j in first
+            ]
+        rows = [torch.as_tensor(shards[j]).to(self.device) for j in first]
+        for step in range(self.config.adv_warmup_steps):
+            j = step % len(first)
+            guards.step(feats[j], rows[j], pairs[j])
 
     @property
     def floor(self) -> float:

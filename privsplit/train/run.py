@@ -19,6 +19,7 @@ from privsplit.train.adversarial import accuracy
 from privsplit.train.collapse import TrainingCollapsed, check_collapse
 from privsplit.train.config import TrainConfig
 from privsplit.train.device import DeviceKind, DevicePolicy, resolve_device
+from privsplit.train.guards import guard_labels
 from privsplit.train.loop import Checkpointing, train_split_model
 
 METRICS_SCHEMA_VERSION = 1
@@ -105,6 +106,7 @@ def _train_run(
     data = load_dataset(data_spec, task=task, private=private, image_size=image_size, limit=limit)
     split = make_split(len(data), fractions, seed=seed)
     members = split[Part.MEMBERS]
+    guard_labels(data, config)  # a guard whose labels the data lacks is refused before anything starts
     try:
         arch = Arch(config.arch)
     except ValueError:
