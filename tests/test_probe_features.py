@@ -269,3 +269,14 @@ def test_torch_encoder_fn_adds_fresh_seeded_noise(digits_run):
     assert not np.allclose(first, a(images))  # the next transmission draws fresh noise
     clean = torch_encoder_fn(model, noise=False)(images)
     assert 0.3 < float(np.std(first - clean)) < 0.7  # noise sigma 0.5
+
+
+def test_cli_no_reconstruction_skips_the_decoder(digits_run, tmp_path, capsys):
+    from privsplit.cli.main import main
+
+    out = tmp_path / "probe.json"
+    rc = main(["probe", "features", str(digits_run.path), "--json", str(out), "--epochs", "2", "--no-reconstruction"])
+    assert rc == 0 and "mean-image baseline" not in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["reconstruction"] is None and data["spec"]["reconstruction"] is False
+    assert data["task"]["accuracy"] > 0.5

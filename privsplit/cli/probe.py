@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="skip the attackers trained on members+reference+attacker (the largest and slowest training set)",
     )
     feats.add_argument(
+        "--no-reconstruction",
+        action="store_true",
+        help="skip the reconstruction attack (its decoder trains longest: about 25 min at CelebA scale on 2 cores); "
+        "for runs that ask only --identity or --attributes",
+    )
+    feats.add_argument(
         "--null",
         action="store_true",
         help="also train every attacker on features that carry nothing (noise) and report the best: the chance "

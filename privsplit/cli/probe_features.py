@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         spec = replace(spec, pooled=False)
     if args.null:
         spec = replace(spec, null=True)
+    if args.no_reconstruction:
+        spec = replace(spec, reconstruction=False)
     # the dataset is loaded once for the extra probes (a bad name or a missing label fails before any attacker trains)
     extra = folder.dataset() if args.identity or args.attributes is not None else None
     if args.identity and "identity" not in extra.labels:
