@@ -87,3 +87,17 @@ def test_probe_on_a_folder_that_is_not_a_run(capsys, tmp_path):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "privsplit train" in err[0]
+
+
+def test_train_threads_sets_torch_threads_for_the_run(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        argv = ["train", "--data", "digits", "--limit", "120", "--epochs", "1", "--head-epochs", "0", "--quiet"]
+        assert main([*argv, "--threads", "1", "--out", str(tmp_path / "r")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", "digits", "--threads", "0", "--out", str(tmp_path / "s")])
+    assert exit_.value.code == 2 and "--threads: '0' must be > 0" in capsys.readouterr().err
