@@ -21,7 +21,10 @@ interrupted sweep resumes where it stopped.
 Methods are a mapping ``name -> {strength: [extra train flags]}`` (``--methods FILE.json`` replaces the
 default ones below), so objectives added to ``privsplit train`` later join the sweep by their flags, e.g.
 ``{"conditional": {"w1": ["--adversary-target", "conditional", "--adv-weight", "1"]}}``. A method named
-``unprotected`` is the baseline every goal is measured against.
+``unprotected`` is the baseline every goal is measured against. ``benchmarks/methods/guards.json`` sweeps the
+identity and attribute guards against the default (CelebA only: digits has no identities)::
+
+    python benchmarks/privacy_frontier.py --targets celeba --unforeseen --methods benchmarks/methods/guards.json
 """
 
 from __future__ import annotations
