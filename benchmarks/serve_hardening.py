@@ -5,9 +5,10 @@ real `privsplit serve` process.
   reading a reply. ``--clients`` other clients, each its own connection, send unary requests one at a time (as
   fast as answered, or ``--client-rate`` a second, like a camera): on the unloaded server, during the flood's
   first seconds (``burst``: the writes HTTP/2's buffers still take in, i.e. a client sending at full speed)
-  and once the flood is held (its written count unchanged for 1 s, or after 60 s). Rounds interleaved; each
-  round's p99 ratios to its own unloaded p99, medians over rounds (the machine's load drifts). The server's
-  RSS is sampled throughout. ``--rate-limit R`` serves with ``--rate-limit`` and ``--device-tokens``: each
+  and once the flood is held (its written count unchanged for 1 s, or after ``--hold-wait``, 60 s: a flood
+  that ``--stream-pace`` paces is measured still paced). Rounds interleaved; each round's p99 ratios to its
+  own unloaded p99, medians over rounds (the machine's load drifts). The server's RSS is sampled throughout.
+  ``--rate-limit R`` serves with ``--rate-limit`` and ``--device-tokens``: each
   client and the flood are then devices of their own. ``--serve-args`` passes more ``privsplit serve`` options.
 * **fuzz**: ``--cases`` (10,000) hypothesis examples of malformed and hostile ModelInfer requests
   (tests/cloud_fuzz_strategies.py: huge and deep shapes, wrong datatypes, mismatched byte counts, parameter,
@@ -45,7 +46,7 @@ from cloud_benchmark import RESULTS, Target, digits_bundle, feature_request, fre
 from privsplit.cloud.devices import token_digest  # noqa: E402
 from privsplit.results import save_json  # noqa: E402
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the fuzz RSS trace, growth after --settle and the slope per 1,000 cases
 GOAL_FUZZ_RSS, GOAL_FLOOD_MB, GOAL_P99_RATIO = 0.10, 50.0, 2.0
 READY_EVERY = 250
 CALL_TIMEOUT_S = 10.0
@@ -55,13 +56,13 @@ def log(msg: str) -> None:
     print(f"[serve-hardening] {msg}", file=sys.stderr, flush=True)
 
 
-def launch(command: list[str], port: int, wait_s: float = 120) -> Target:
+def launch(command: list[str], port: int, log_path: Path, wait_s: float = 120) -> Target:
     """``privsplit serve`` in its own session; ready once grpc.health.v1 answers SERVING (no token needed)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     log(f"starting: {' '.join(command)}")
-    stderr = open(RESULTS / "serve_hardening.server.log", "w")  # noqa: SIM115 (kept open with the process)
+    stderr = open(log_path, "w")  # noqa: SIM115 (kept open with the process)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + wait_s
@@ -139,7 +140,8 @@ def closed_loop(
 
     def one(k: int) -> None:
         md = auth(tokens[k] if tokens else None)
-        with grpc.insecure_channel(target) as channel:
+        # its own TCP connection: channels of one process to one target share one unless told not to
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             stub.ModelInfer(message, timeout=30, metadata=md)  # connect first
             slot = time.monotonic()
@@ -206,7 +208,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
         sampler.start()
         burst = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
         held_at = None
-        while time.monotonic() - started < args.seconds + 60:
+        while time.monotonic() - started < args.seconds + args.hold_wait:
             now = time.monotonic() - started
             recent = [n for t, n in timeline if t >= now - 1.0]
             if len(recent) >= 4 and len(set(recent)) == 1:
@@ -283,7 +285,7 @@ def fuzz(server: Target, pid: int, proc: subprocess.Popen, bundle: Path, args) -
     )
     codes: dict[str, int] = {}
     tally = {"cases": 0, "crashes": 0, "hangs": 0, "not_ready": 0, "internal": 0}
-    rss: list[float] = []
+    rss: list[tuple[int, float]] = []  # (cases, MB) every READY_EVERY cases of the measured run
 
     def ready() -> bool:
         try:
@@ -311,9 +313,9 @@ def fuzz(server: Target, pid: int, proc: subprocess.Popen, bundle: Path, args) -
                 raise SystemExit(f"the server died (exit {proc.returncode}) after {tally['cases']} cases")
             if not ready():
                 tally["not_ready"] += 1
-            rss.append(rss_mb(pid))
+            rss.append((tally["cases"], rss_mb(pid)))
             if tally["cases"] % (READY_EVERY * 8) == 0:
-                log(f"fuzz: {tally['cases']} cases, RSS {rss[-1]:.1f} MB, codes {codes}")
+                log(f"fuzz: {tally['cases']} cases, RSS {rss[-1][1]:.1f} MB, codes {codes}")
 
     junk = [b"\xff" * 7, b"\x0a\xff\xff\xff\xff\x0f", bytes(range(256)), b"\x0a" * 1000]
     strategy = st.one_of(requests(version, good), hostile_requests(version, good, shape))
@@ -334,7 +336,9 @@ def fuzz(server: Target, pid: int, proc: subprocess.Popen, bundle: Path, args) -
     warm = dict(tally)
     tally.update(cases=0, crashes=0, hangs=0, not_ready=0, internal=0)
     codes.clear()
+    rss.clear()
     before = rss_mb(pid)
+    rss.append((0, before))
     start = time.monotonic()
     log(f"fuzz: {args.cases} cases")
     while tally["cases"] < args.cases:  # hypothesis may stop a run early; go on until the count is reached
@@ -343,16 +347,40 @@ def fuzz(server: Target, pid: int, proc: subprocess.Popen, bundle: Path, args) -
     after = rss_mb(pid)
     still_ready = ready() and proc.poll() is None
     channel.close()
+    if rss[-1][0] != tally["cases"]:
+        rss.append((tally["cases"], after))
     return {
         **tally,
         "warmup": warm,
         "codes": codes,
         "seconds": seconds,
         "ready_at_end": still_ready,
+        "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
         "rss_before_mb": before,
         "rss_after_mb": after,
-        "rss_max_mb": max([after, *rss]),
+        "rss_max_mb": max(mb for _, mb in rss),
         "rss_growth": (after - before) / before,
+        **rss_trend(rss, args.settle),
+    }
+
+
+def rss_trend(trace: list[tuple[int, float]], settle: int) -> dict:
+    """What the RSS trace says beside the total growth: the growth from ``settle`` cases on (the allocator's
+    warm-up is over by then, or it is not warm-up), and the least-squares slope over those cases in MB and in %
+    of the ``settle`` reading per 1,000 cases. A leak shows as a slope that stays; warm-up as a level."""
+    late = [(n, mb) for n, mb in trace if n >= settle]
+    if len(late) < 2:
+        return {"rss_trace": trace, "settle_cases": settle}
+    n = np.array([c for c, _ in late], float)
+    mb = np.array([m for _, m in late])
+    slope = float(np.polyfit(n / 1000.0, mb, 1)[0])
+    return {
+        "rss_trace": trace,
+        "settle_cases": settle,
+        "rss_at_settle_mb": float(mb[0]),
+        "rss_growth_after_settle": float((mb[-1] - mb[0]) / mb[0]),
+        "rss_slope_mb_per_1000": slope,
+        "rss_slope_per_1000": slope / float(mb[0]),
     }
 
 
@@ -428,6 +456,22 @@ def fuzz_rows(f: dict) -> list[tuple[str, str]]:
             f"{f['rss_before_mb']:.1f} -> {f['rss_after_mb']:.1f} MB ({f['rss_growth']:+.1%})",
         ),
         ("fuzz status codes", ", ".join(f"{k} {v}" for k, v in sorted(f["codes"].items()))),
+        *trend_rows(f),
+    ]
+
+
+def trend_rows(f: dict) -> list[tuple[str, str]]:
+    if "rss_slope_mb_per_1000" not in f:
+        return []
+    per_1000 = [f"{mb:.1f}" for n, mb in f["rss_trace"] if n % 1000 == 0 or n == f["cases"]]
+    return [
+        ("fuzz server RSS every 1,000 cases (MB)", " ".join(per_1000)),
+        (
+            f"fuzz RSS from case {f['settle_cases']} on",
+            f"{f['rss_at_settle_mb']:.1f} -> {f['rss_after_mb']:.1f} MB ({f['rss_growth_after_settle']:+.1%}), slope "
+            f"{f['rss_slope_mb_per_1000']:+.2f} MB ({f['rss_slope_per_1000']:+.2%}) per 1,000 cases",
+        ),
+        ("MALLOC_ARENA_MAX", str(f["malloc_arena_max"] or "unset (glibc default)")),
     ]
 
 
@@ -459,6 +503,12 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=10_000, help="fuzz cases (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=300, help="fuzz cases before the RSS baseline (default %(default)s)")
     ap.add_argument(
+        "--settle",
+        type=int,
+        default=2000,
+        help="cases of the measured run after which the RSS growth and slope are also given (default %(default)s)",
+    )
+    ap.add_argument(
         "--flood", type=int, default=100_000, help="requests the flooding stream writes (default %(default)s)"
     )
     ap.add_argument("--clients", type=int, default=4, help="other clients during the flood (default %(default)s)")
@@ -467,6 +517,13 @@ def main() -> int:
     )
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per flood phase (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="unloaded/flooded rounds, interleaved (default %(default)s)")
+    ap.add_argument(
+        "--hold-wait",
+        type=float,
+        default=60.0,
+        help="seconds after the burst phase to wait for the flood to be held before the held phase; a paced "
+        "flood is never held, it is then measured still paced (default %(default)s)",
+    )
     ap.add_argument("--parts", default="flood,fuzz", help="what to run: flood, fuzz or both (default %(default)s)")
     ap.add_argument(
         "--serve-args", default="", help="more `privsplit serve` options, e.g. '--stream-window 16' (default: none)"
@@ -494,10 +551,11 @@ def main() -> int:
     command += shlex.split(args.serve_args)
     tokens = None
     if args.rate_limit is not None:
-        tokens = device_tokens(RESULTS / "serve_hardening.devices", args.clients + 1)
-        command += ["--device-tokens", str(RESULTS / "serve_hardening.devices"), "--rate-limit", f"{args.rate_limit:g}"]
+        devices = args.out.with_suffix(".devices")
+        tokens = device_tokens(devices, args.clients + 1)
+        command += ["--device-tokens", str(devices), "--rate-limit", f"{args.rate_limit:g}"]
         command += [] if args.rate_burst is None else ["--rate-burst", str(args.rate_burst)]
-    server = launch(command, port)
+    server = launch(command, port, args.out.with_suffix(".server.log"))
     if server.error or server.proc is None:
         log(f"the server did not start: {server.error}")
         return 1
