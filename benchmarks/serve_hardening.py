@@ -88,6 +88,37 @@ def device_tokens(path: Path, count: int) -> list[str]:
     return tokens
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served(metrics_port: int) -> int:
+    """Successful inference requests the server has answered (its Prometheus counter)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("nv_inference_request_success")
+        )
+    )
+
+
+def measured(server: Target, pid: int, metrics_port: int, request, args, tokens) -> dict:
+    """:func:`closed_loop` plus what the server did meanwhile: its CPU (cores) and the requests it answered for
+    others than these clients (the flood's, a second)."""
+    cpu0, n0, t0 = cpu_s(pid), served(metrics_port), time.monotonic()
+    out = closed_loop(server.target, request, args.clients, args.seconds, tokens, args.client_rate)
+    seconds = time.monotonic() - t0
+    others = served(metrics_port) - n0 - out["requests"] - args.clients  # each client connects with one request
+    return {**out, "server_cores": (cpu_s(pid) - cpu0) / seconds, "flood_served_per_s": max(others, 0) / seconds}
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -170,7 +201,7 @@ def closed_loop(
     }
 
 
-def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[str] | None) -> dict:
+def flood(server: Target, pid: int, metrics_port: int, request, bundle: Path, args, tokens: list[str] | None) -> dict:
     """Rounds of: other clients on the unloaded server; the flood starts and the same clients run at once
     (``burst``: the flood's first writes, which HTTP/2 buffers on both sides take in); then, once the flood
     has been held (its written count unchanged for 1 s), the clients again (``held``). ``tokens``: a device
@@ -182,7 +213,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
     peak = base_rss
     for r in range(args.rounds):
         load = os.getloadavg()[0]
-        unloaded = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
+        unloaded = measured(server, pid, metrics_port, request, args, clients)
         proc = subprocess.Popen(
             [sys.executable, __file__, "--flood-client", server.target, str(args.flood), str(bundle), flood_token],
             stdout=subprocess.PIPE,
@@ -206,7 +237,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
         threading.Thread(target=follow, daemon=True).start()
         sampler = threading.Thread(target=sample)
         sampler.start()
-        burst = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
+        burst = measured(server, pid, metrics_port, request, args, clients)
         held_at = None
         while time.monotonic() - started < args.seconds + args.hold_wait:
             now = time.monotonic() - started
@@ -215,7 +246,7 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
                 held_at = now
                 break
             time.sleep(0.2)
-        held = closed_loop(server.target, request, args.clients, args.seconds, clients, args.client_rate)
+        held = measured(server, pid, metrics_port, request, args, clients)
         stop.set()
         sampler.join()
         written = timeline[-1][1]
@@ -224,7 +255,10 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
         peak = max([peak, *samples])
         log(
             f"round {r + 1}: p99 unloaded {unloaded['p99_ms']:.2f} ms, flood burst {burst['p99_ms']:.2f} ms, "
-            f"flood held {held['p99_ms']:.2f} ms; the flood wrote {written} of {args.flood} (held after "
+            f"flood held {held['p99_ms']:.2f} ms; the flood served {burst['flood_served_per_s']:.0f} / "
+            f"{held['flood_served_per_s']:.0f} a second, server CPU {unloaded['server_cores']:.2f} / "
+            f"{burst['server_cores']:.2f} / {held['server_cores']:.2f} cores; the flood wrote {written} of "
+            f"{args.flood} (held after "
             f"{held_at if held_at is None else round(held_at, 1)} s); server RSS peak {max(samples):.1f} MB; "
             f"load average {load:.1f}"
         )
@@ -255,6 +289,11 @@ def flood(server: Target, pid: int, request, bundle: Path, args, tokens: list[st
         # each round's flooded p99 over the same round's unloaded one (the machine's load drifts), median over rounds
         "p99_ratio_burst": statistics.median(r["burst"]["p99_ms"] / r["unloaded"]["p99_ms"] for r in rounds),
         "p99_ratio_held": statistics.median(r["held"]["p99_ms"] / r["unloaded"]["p99_ms"] for r in rounds),
+        "flood_served_per_s_burst": statistics.median(r["burst"]["flood_served_per_s"] for r in rounds),
+        "flood_served_per_s_held": statistics.median(r["held"]["flood_served_per_s"] for r in rounds),
+        "server_cores": {
+            k: statistics.median(r[k]["server_cores"] for r in rounds) for k in ("unloaded", "burst", "held")
+        },
         "errors_unloaded": sum(r["unloaded"]["errors"] for r in rounds),
         "errors_flooded": sum(r["burst"]["errors"] + r["held"]["errors"] for r in rounds),
         "load_average": [r["load_average"] for r in rounds],
@@ -491,6 +530,14 @@ def flood_rows(fl: dict) -> list[tuple[str, str]]:
             "p99 ratio to the same round's unloaded (median)",
             f"burst {fl['p99_ratio_burst']:.2f}x, held {fl['p99_ratio_held']:.2f}x",
         ),
+        (
+            "flood requests served a second: burst / held (median)",
+            f"{fl['flood_served_per_s_burst']:.0f} / {fl['flood_served_per_s_held']:.0f}",
+        ),
+        (
+            "server CPU, cores: unloaded / burst / held (median)",
+            " / ".join(f"{fl['server_cores'][k]:.2f}" for k in ("unloaded", "burst", "held")),
+        ),
         ("other clients' errors: unloaded / flooded", f"{fl['errors_unloaded']} / {fl['errors_flooded']}"),
         ("load average (1 min) at each round's start", ", ".join(f"{x:.1f}" for x in fl["load_average"])),
     ]
@@ -546,8 +593,9 @@ def main() -> int:
         ap.error("--rate-limit measures the flood only: add --parts flood")
     RESULTS.mkdir(parents=True, exist_ok=True)
     bundle = digits_bundle(args.bundle)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     command = [sys.executable, "-m", "privsplit.cli.main", "serve", str(bundle), "--port", str(port)]  # defaults
+    command += ["--metrics-port", str(metrics_port)]  # the flood's served count
     command += shlex.split(args.serve_args)
     tokens = None
     if args.rate_limit is not None:
@@ -572,7 +620,7 @@ def main() -> int:
         }
         if "flood" in parts:
             log(f"flood: {args.rounds} rounds of {args.seconds:g} s, {args.clients} other clients")
-            report["flood"] = flood(server, pid, request, bundle, args, tokens)
+            report["flood"] = flood(server, pid, metrics_port, request, bundle, args, tokens)
         if "fuzz" in parts:
             report["fuzz"] = fuzz(server, pid, server.proc, bundle, args)
     finally:
