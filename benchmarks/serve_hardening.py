@@ -109,14 +109,21 @@ def served(metrics_port: int) -> int:
     )
 
 
-def measured(server: Target, pid: int, metrics_port: int, request, args, tokens) -> dict:
+def measured(server: Target, pid: int, metrics_port: int, request, args, tokens, flooder: int | None = None) -> dict:
     """:func:`closed_loop` plus what the server did meanwhile: its CPU (cores) and the requests it answered for
-    others than these clients (the flood's, a second)."""
+    others than these clients (the flood's, a second); with ``flooder`` (its pid) the flooding client's CPU too
+    (on this machine it competes with the server and the clients for the same cores)."""
     cpu0, n0, t0 = cpu_s(pid), served(metrics_port), time.monotonic()
+    flood0 = cpu_s(flooder) if flooder else 0.0
     out = closed_loop(server.target, request, args.clients, args.seconds, tokens, args.client_rate)
     seconds = time.monotonic() - t0
     others = served(metrics_port) - n0 - out["requests"] - args.clients  # each client connects with one request
-    return {**out, "server_cores": (cpu_s(pid) - cpu0) / seconds, "flood_served_per_s": max(others, 0) / seconds}
+    return {
+        **out,
+        "server_cores": (cpu_s(pid) - cpu0) / seconds,
+        "flood_served_per_s": max(others, 0) / seconds,
+        "flood_client_cores": (cpu_s(flooder) - flood0) / seconds if flooder else 0.0,
+    }
 
 
 def rss_mb(pid: int) -> float:
@@ -129,7 +136,9 @@ def rss_mb(pid: int) -> float:
 # ---- the flooding client (a subprocess: --flood-client) --------------------------------------------------
 def flood_client(target: str, count: int, bundle: Path, token: str) -> None:
     """One stream, ``count`` requests written as fast as gRPC takes them, no reply ever read (``token``: its
-    device token, ``-``: none). Prints how many it has written, 5 times a second, until killed."""
+    device token, ``-``: none). Prints ``ready`` once connected, starts when a line arrives on stdin (so that
+    this interpreter's start-up is not part of the burst phase), then prints how many it has written, 5 times a
+    second, until killed."""
     import grpc
 
     from privsplit.proto.inference import open_inference_grpc_pb2_grpc as pb_grpc
@@ -143,7 +152,10 @@ def flood_client(target: str, count: int, bundle: Path, token: str) -> None:
             yield message
 
     channel = grpc.insecure_channel(target)
+    grpc.channel_ready_future(channel).result(timeout=60)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    print("ready", flush=True)
+    sys.stdin.readline()
     _replies = stub.ModelStreamInfer(requests(), timeout=3600, metadata=auth(token))  # never read
     while True:
         print(written[0], flush=True)
@@ -216,9 +228,15 @@ def flood(server: Target, pid: int, metrics_port: int, request, bundle: Path, ar
         unloaded = measured(server, pid, metrics_port, request, args, clients)
         proc = subprocess.Popen(
             [sys.executable, __file__, "--flood-client", server.target, str(args.flood), str(bundle), flood_token],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
+        assert proc.stdin is not None and proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit("the flooding client did not connect")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
         started = time.monotonic()
         timeline: list[tuple[float, int]] = [(0.0, 0)]
 
@@ -237,7 +255,7 @@ def flood(server: Target, pid: int, metrics_port: int, request, bundle: Path, ar
         threading.Thread(target=follow, daemon=True).start()
         sampler = threading.Thread(target=sample)
         sampler.start()
-        burst = measured(server, pid, metrics_port, request, args, clients)
+        burst = measured(server, pid, metrics_port, request, args, clients, proc.pid)
         held_at = None
         while time.monotonic() - started < args.seconds + args.hold_wait:
             now = time.monotonic() - started
@@ -246,7 +264,7 @@ def flood(server: Target, pid: int, metrics_port: int, request, bundle: Path, ar
                 held_at = now
                 break
             time.sleep(0.2)
-        held = measured(server, pid, metrics_port, request, args, clients)
+        held = measured(server, pid, metrics_port, request, args, clients, proc.pid)
         stop.set()
         sampler.join()
         written = timeline[-1][1]
@@ -293,6 +311,9 @@ def flood(server: Target, pid: int, metrics_port: int, request, bundle: Path, ar
         "flood_served_per_s_held": statistics.median(r["held"]["flood_served_per_s"] for r in rounds),
         "server_cores": {
             k: statistics.median(r[k]["server_cores"] for r in rounds) for k in ("unloaded", "burst", "held")
+        },
+        "flood_client_cores": {
+            k: statistics.median(r[k]["flood_client_cores"] for r in rounds) for k in ("burst", "held")
         },
         "errors_unloaded": sum(r["unloaded"]["errors"] for r in rounds),
         "errors_flooded": sum(r["burst"]["errors"] + r["held"]["errors"] for r in rounds),
@@ -510,7 +531,10 @@ def trend_rows(f: dict) -> list[tuple[str, str]]:
             f"{f['rss_at_settle_mb']:.1f} -> {f['rss_after_mb']:.1f} MB ({f['rss_growth_after_settle']:+.1%}), slope "
             f"{f['rss_slope_mb_per_1000']:+.2f} MB ({f['rss_slope_per_1000']:+.2%}) per 1,000 cases",
         ),
-        ("MALLOC_ARENA_MAX", str(f["malloc_arena_max"] or "unset (glibc default)")),
+        (
+            "MALLOC_ARENA_MAX given to the server",
+            str(f["malloc_arena_max"] or "unset: `privsplit serve` limits its arenas to 2 (privsplit.cloud.memory)"),
+        ),
     ]
 
 
@@ -537,6 +561,10 @@ def flood_rows(fl: dict) -> list[tuple[str, str]]:
         (
             "server CPU, cores: unloaded / burst / held (median)",
             " / ".join(f"{fl['server_cores'][k]:.2f}" for k in ("unloaded", "burst", "held")),
+        ),
+        (
+            "flooding client's own CPU, cores: burst / held (median)",
+            " / ".join(f"{fl['flood_client_cores'][k]:.2f}" for k in ("burst", "held")),
         ),
         ("other clients' errors: unloaded / flooded", f"{fl['errors_unloaded']} / {fl['errors_flooded']}"),
         ("load average (1 min) at each round's start", ", ".join(f"{x:.1f}" for x in fl["load_average"])),

@@ -404,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
             raise MissingDependencyError(INSTALL_HINT)
         return serve_kserve(config)
     config = build_config(args)
+    from privsplit.cloud.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any server thread starts: see privsplit.cloud.memory
     if config.workers > 1:
         from privsplit.cloud.workers import supervise
 
