@@ -63,8 +63,8 @@ class StreamPace:
     """While other callers use the server, each stream flow is read at most ``rate`` messages a second on
     average, ``burst`` at once (:mod:`privsplit.cloud.pacing`)."""
 
-    rate: float = 100.0
-    burst: int = 100
+    rate: float = 60.0  # a camera-class device's highest frame rate (one request per frame): it is never paced
+    burst: int = 60
 
     def __post_init__(self) -> None:
         if not self.rate > 0 or self.rate == float("inf"):

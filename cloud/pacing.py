@@ -1,4 +1,4 @@
-"""Shared-server stream pacing (``privsplit serve --stream-pace R``, default 100 a second, burst 100).
+"""Shared-server stream pacing (``privsplit serve --stream-pace R``, default 60 a second, burst 60).
 
 A stream that writes as fast as it can (a flood, or a client that never reads its replies) costs the server
 CPU for every message it reads, decodes and answers. The fair batcher keeps its requests from queueing ahead
@@ -10,8 +10,9 @@ message and HTTP/2 flow control holds the rest on the client's side. Nothing is 
 
 A stream alone on the server is never paced, so a fast client (a batch job, ``edge bench``) keeps the whole
 server while nobody else needs it; and a camera-class device sends one request per frame, 30 (at most 60)
-a second, under the default 100, so it is not paced either. ``--stream-pace off`` turns this off.
-Unary calls are not paced (each has its own RPC; ``--rate-limit`` bounds their rate per caller).
+a second: at the default 60 its bucket refills as fast as it sends, so it is not slowed either.
+``--stream-pace off`` turns this off. Unary calls are not paced (each has its own RPC; ``--rate-limit``
+bounds their rate per caller).
 """
 
 from __future__ import annotations

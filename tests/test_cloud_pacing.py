@@ -95,7 +95,7 @@ def test_stream_pace_is_validated_and_the_cli_default_is_on():
         StreamPace(rate=5, burst=0)
     parser = build_parser()
     assert build_config(parser.parse_args(["serve", "B"])).stream_pace == DEFAULT_STREAM_PACE
-    assert DEFAULT_STREAM_PACE == StreamPace(rate=100.0, burst=100)
+    assert DEFAULT_STREAM_PACE == StreamPace(rate=60.0, burst=60)
     assert build_config(parser.parse_args(["serve", "B", "--stream-pace", "off"])).stream_pace is None
     assert build_config(parser.parse_args(["serve", "B", "--stream-pace", "30"])).stream_pace == StreamPace(30.0, 30)
     with pytest.raises(SystemExit):

@@ -197,10 +197,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stream-pace",
         type=_stream_pace,
-        default=100.0,
+        default=60.0,
         metavar="R",
         help="while other callers use the server, read each stream (a device, else a connection) at most R "
-        "messages/s, R at once; a stream alone is never paced, a camera (30-60 frames/s) never reaches it; 'off': "
+        "messages/s, R at once; a stream alone is never paced, a camera (30-60 frames/s) is never slowed; 'off': "
         "read as fast as it comes (a flood then takes the server's CPU from the others) (default %(default)g)",
     )
     p.add_argument(
