@@ -59,6 +59,26 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class StreamPace:
+    """While other callers use the server, each stream flow is read at most ``rate`` messages a second on
+    average, ``burst`` at once (:mod:`privsplit.cloud.pacing`)."""
+
+    rate: float = 60.0  # a camera-class device's highest frame rate (one request per frame): it is never paced
+    burst: int = 60
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0 or self.rate == float("inf"):
+            raise ConfigError(
+                f"--stream-pace must be a finite number > 0 (messages per second) or 'off', got {self.rate}"
+            )
+        if self.burst < 1:
+            raise ConfigError(f"the stream pace's burst must be >= 1, got {self.burst}")
+
+
+DEFAULT_STREAM_PACE = StreamPace()
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """Server certificate chain and key (PEM); with ``client_ca``, clients must present a certificate
     signed by it (mutual TLS)."""
@@ -80,7 +100,8 @@ class ServeConfig:
     """Everything ``privsplit serve`` takes. ``token``: the shared bearer token clients must send;
     ``device_tokens``: a file of per-device token digests re-read while serving (either or both; neither: no
     auth). ``rate_limit``: per caller identity. ``stream_window``: requests of one stream read ahead of its
-    replies (then the server stops reading it: backpressure). ``reply_load``: put ``queue_us`` and
+    replies (then the server stops reading it: backpressure). ``stream_pace``: how fast a stream is read while
+    others use the server (None: as fast as it comes). ``reply_load``: put ``queue_us`` and
     ``batch_size`` (other tenants' load) in every reply."""
 
     bundle: Path
@@ -93,6 +114,7 @@ class ServeConfig:
     device_tokens: Path | None = None
     rate_limit: RateLimit | None = None
     stream_window: int = 64
+    stream_pace: StreamPace | None = DEFAULT_STREAM_PACE
     reply_load: bool = False
     trust_key: Path | None = None
     metrics_port: int | None = None

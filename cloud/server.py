@@ -31,6 +31,7 @@ from privsplit.cloud.drain import QUIET_S, WINDOW_MAX_S, ArrivalCounter
 from privsplit.cloud.health_port import HealthListener
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelHost
+from privsplit.cloud.pacing import StreamPacer
 from privsplit.cloud.ratelimit import RateLimiter
 from privsplit.cloud.rpc_pool import DaemonThreadPool
 from privsplit.cloud.servicer import SERVICE_NAME, InferenceServicer, ServingState, add_to_server
@@ -92,6 +93,7 @@ class CloudServer:
             devices=self.devices,
             limiter=None if config.rate_limit is None else RateLimiter(config.rate_limit),
             stream_window=config.stream_window,
+            pacer=None if config.stream_pace is None else StreamPacer(config.stream_pace),
             reply_load=config.reply_load,
         )
         add_to_server(servicer, self._server)
@@ -213,6 +215,8 @@ def serve(config: ServeConfig, *, log=None, on_ready=None) -> int:
         )
         if config.rate_limit is not None:
             security += f", {config.rate_limit.rate:g} requests/s per caller (burst {config.rate_limit.burst})"
+        if config.stream_pace is not None:
+            security += f", streams paced to {config.stream_pace.rate:g} messages/s while shared"
         security += f", at most {config.rpc_limit} RPCs at once"
         log(
             f"listening on {config.host}:{port} ({security}); model {spec.name!r} version {spec.version!r}, "

@@ -15,6 +15,8 @@ writes fast and never reads cannot grow the server's memory. Submitted requests 
 rate limit a stream is also read no faster than its caller's rate: once the caller's bucket is empty the
 reader waits for a token (at most :data:`PACE_MAX_S` at a time) before it takes the next message, so a
 flooding stream costs the server its rate's worth of work, not a refusal per message it manages to write.
+By default, while other callers use the server, each stream is also read no faster than ``--stream-pace``
+(:mod:`privsplit.cloud.pacing`): a flood cannot take the CPU the others' requests need.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from privsplit.cloud.config import BatchConfig
 from privsplit.cloud.devices import DeviceTokens
 from privsplit.cloud.metrics import Metrics
 from privsplit.cloud.model_host import ModelSpec
+from privsplit.cloud.pacing import StreamPacer
 from privsplit.cloud.ratelimit import RateLimiter
 from privsplit.proto.inference import open_inference_grpc_pb2 as pb
 from privsplit.proto.messages import InferRequest, ModelRef, ResponseEncoder
@@ -153,6 +156,7 @@ class InferenceServicer:
         devices: DeviceTokens | None = None,
         limiter: RateLimiter | None = None,
         stream_window: int = 64,
+        pacer: StreamPacer | None = None,
         reply_load: bool = False,
     ) -> None:
         self.spec = spec
@@ -163,8 +167,10 @@ class InferenceServicer:
         self.devices = devices
         self.limiter = limiter
         self.stream_window = stream_window
+        self.pacer = pacer
         self.reply_load = reply_load
         self.peak_stream_backlog = 0  # most requests one stream had read and not yet answered (tests read it)
+        self.paced_waits = 0  # times a stream reader waited for --stream-pace (tests read it)
         self._encoder = ResponseEncoder()
 
     # ---- admission ------------------------------------------------------------------------------------
@@ -233,6 +239,8 @@ class InferenceServicer:
     # ---- inference ------------------------------------------------------------------------------------
     def _start(self, request, timeout: float | None, who: Who) -> _Started:
         started = time.perf_counter()
+        if self.pacer is not None:
+            self.pacer.seen(who.flow)
         self.batcher.expect()  # lets the model thread wait for this request to join a batch
         submitting = False
         try:
@@ -293,6 +301,16 @@ class InferenceServicer:
         except ProtocolError as exc:
             _abort(context, exc)
 
+    def _paced(self, flow, ended: threading.Event) -> bool:
+        """Wait until the stream of ``flow`` may read its next message (:mod:`privsplit.cloud.pacing`);
+        False: the RPC ended meanwhile."""
+        assert self.pacer is not None
+        while (pause := self.pacer.delay(flow)) > 0:
+            self.paced_waits += 1
+            if ended.wait(pause):
+                return False
+        return True
+
     def ModelStreamInfer(self, request_iterator, context):
         """Requests are queued as they arrive (so they batch with others); replies go back in request
         order. A failed request gets a reply with ``error_message``; the stream stays open. At most
@@ -329,6 +347,8 @@ class InferenceServicer:
                         pause = self.limiter.delay(who.identity)
                         if pause > 0 and ended.wait(min(pause, PACE_MAX_S)):
                             return
+                    if self.pacer is not None and not self._paced(who.flow, ended):
+                        return
             except Exception:  # the client cancelled or the stream broke: stop reading
                 pass
             finally:

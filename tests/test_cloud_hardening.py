@@ -323,3 +323,24 @@ def test_load_figures_go_back_only_when_the_operator_turns_them_on(bundles, wire
             assert keys == {"compute_us", "queue_us", "batch_size"} and reply.parameters["batch_size"] == 2
         else:
             assert keys == {"compute_us"}
+
+
+def test_serve_limits_malloc_arenas_unless_the_operator_set_them():
+    """`privsplit serve` limits glibc's malloc arenas (the fuzz's RSS growth, privsplit.cloud.memory) and passes
+    the limit on to the processes it starts (its --workers) through the environment; an operator's own
+    MALLOC_ARENA_MAX wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from privsplit.cloud.memory import limit_malloc_arenas; "
+        "print(limit_malloc_arenas(), os.environ.get('MALLOC_ARENA_MAX'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["2", "2"]
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "8"}, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["None", "8"]

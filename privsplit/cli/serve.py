@@ -17,6 +17,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _stream_pace(text: str) -> float | None:
+    """Messages per second, or ``off`` (None)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0 (messages/s) or 'off'") from None
+
+
 class Engine(enum.Enum):
     """The server around the bundle: privsplit's own (default) or KServe's ModelServer (the kserve extra)."""
 
@@ -185,6 +195,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "client that never reads cannot grow server memory) (default %(default)s)",
     )
     p.add_argument(
+        "--stream-pace",
+        type=_stream_pace,
+        default=60.0,
+        metavar="R",
+        help="while other callers use the server, read each stream (a device, else a connection) at most R "
+        "messages/s, R at once; a stream alone is never paced, a camera (30-60 frames/s) is never slowed; 'off': "
+        "read as fast as it comes (a flood then takes the server's CPU from the others) (default %(default)g)",
+    )
+    p.add_argument(
         "--reply-load",
         action="store_true",
         help="put queue_us and batch_size in every reply (they reveal other tenants' load; off by default, "
@@ -254,7 +273,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from privsplit.cloud.config import BatchConfig, RateLimit, ServeConfig, TlsConfig
+    from privsplit.cloud.config import BatchConfig, RateLimit, ServeConfig, StreamPace, TlsConfig
     from privsplit.errors import ConfigError
     from privsplit.proto.channel import read_token
 
@@ -291,6 +310,9 @@ def build_config(args: argparse.Namespace):
         device_tokens=args.device_tokens,
         rate_limit=rate,
         stream_window=args.stream_window,
+        stream_pace=None
+        if args.stream_pace is None
+        else StreamPace(rate=args.stream_pace, burst=max(1, round(args.stream_pace))),
         reply_load=args.reply_load,
         trust_key=args.trust_key,
         metrics_port=args.metrics_port,
@@ -332,6 +354,7 @@ _OWN_SERVER_ONLY = {
     "rpc_threads": "--rpc-threads",
     "insecure": "--insecure",
     "stream_window": "--stream-window",
+    "stream_pace": "--stream-pace",
     "reply_load": "--reply-load",
 }
 
@@ -381,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
             raise MissingDependencyError(INSTALL_HINT)
         return serve_kserve(config)
     config = build_config(args)
+    from privsplit.cloud.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any server thread starts: see privsplit.cloud.memory
     if config.workers > 1:
         from privsplit.cloud.workers import supervise
 
