@@ -441,8 +441,11 @@ def _second_stage(root: Path, log: Path) -> None:
     # these are made here in a second (and replaced by _configure's, pinned on the host)
     (root / "etc/ssh").mkdir(parents=True, exist_ok=True)
     run("ssh host keys", ["ssh-keygen", "-A", "-f", str(root)], timeout=120, log=log)
-    (root / "proc").mkdir(exist_ok=True)
-    run("second stage (host dpkg)", ["mount", "-t", "proc", "proc", str(root / "proc")], timeout=30, log=log)
+    proc = root / "proc"
+    if proc.is_symlink():  # the first stage leaves proc -> /proc (a mount there would land on the host's /proc)
+        proc.unlink()
+    proc.mkdir(exist_ok=True)
+    run("second stage (host dpkg)", ["mount", "-t", "proc", "proc", str(proc)], timeout=30, log=log)
     try:
         cmd = ["dpkg", f"--root={root}", "--force-architecture", "--force-depends", "--force-confold"]
         cmd += ["--force-confdef", "--force-unsafe-io", *(f"--path-exclude={p}" for p in PATH_EXCLUDE)]
