@@ -1,7 +1,8 @@
 """``python tools/emulated_pi build|status|boot``: the emulated Raspberry Pi (see docs/guides/emulated-pi.md).
 
-build    build the arm64 Debian image once (cached in ~/.cache/privsplit/emulated-pi/<recipe>/; override with
-         PRIVSPLIT_PI_CACHE); prints the folder
+build    build the arm64 Debian image once (cached in ~/.cache/privsplit/emulated-pi/: the base <recipe>/, then
+         <recipe>-edge-<layer>/ with privsplit[edge]'s dependencies preinstalled, which the VM boots; override
+         with PRIVSPLIT_PI_CACHE); prints the folder
 status   print the image folder and what it holds, or exit 1 when there is none
 boot     boot it (--cpu cortex-a72 = Pi 4, cortex-a76 = Pi 5), print the ssh command and wait for Ctrl-C
 

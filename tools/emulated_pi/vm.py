@@ -14,6 +14,7 @@ sharing: ``ControlPath``; ``mux_options`` hands the same to ``privsplit flash --
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -66,7 +67,7 @@ class EmulatedPi:
     def command(self) -> list[str]:
         img = self.image
         return [
-            "nice", "-n", "10", "qemu-system-aarch64",
+            "qemu-system-aarch64",
             "-M", "virt", "-cpu", self.cpu, "-smp", str(self.smp), "-m", str(self.memory_mb),
             "-nographic", "-no-reboot", "-monitor", "none", "-serial", f"file:{self.console}",
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
@@ -257,25 +258,24 @@ class EmulatedPi:
             raise PiError("scp", f"scp from the guest exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
 
 
-PIP_RUNNER = "/usr/lib/python3/dist-packages/pip/__pip-runner__.py"  # what `pip --python V` runs V with
-
-
-def install_privsplit(pi: EmulatedPi, wheel: Path, *, venv: str = "/opt/privsplit") -> float:
+def install_privsplit(pi: EmulatedPi, wheel: Path) -> tuple[float, list[str]]:
     """``pip install privsplit[edge]`` in the guest, offline, from the project's wheel and the image's aarch64
-    wheels, into a venv without a pip of its own (installing pip into it costs a minute under emulation): the
-    system pip runs with the venv's Python, as ``pip --python VENV`` would after a start-up of its own that
-    costs the guest 10-50 s. ``--no-compile``: a module is compiled when first imported, not every file of
-    the wheels. ``privsplit`` goes on the PATH of ssh sessions. Returns the seconds it took."""
-    from image import GUEST_WHEELS
+    wheels, into the image's venv (/opt/privsplit), whose dependencies the image's edge layer preinstalled from
+    the same wheels: pip resolves every requirement, finds the dependencies satisfied and installs the project's
+    wheel. The guest's system pip runs with the venv's Python, as ``pip --python VENV`` would after a start-up of
+    its own. ``--no-compile``: a module is compiled when first imported. ``privsplit`` goes on the PATH of ssh
+    sessions. Returns the seconds it took and the names pip installed (from its ``--report``)."""
+    from image import EDGE_VENV, GUEST_WHEELS, PIP_RUNNER
 
     started = time.monotonic()
     pi.put([wheel], "/tmp/")
-    pi.ssh(
-        f"python3 -m venv --without-pip {venv} && {venv}/bin/python {PIP_RUNNER} install --quiet "
-        f"--disable-pip-version-check --no-compile --no-index --find-links {GUEST_WHEELS} --find-links /tmp "
+    report = pi.ssh(
+        f"{EDGE_VENV}/bin/python {PIP_RUNNER} install --quiet --disable-pip-version-check --no-compile --no-index "
+        f"--find-links {GUEST_WHEELS} --find-links /tmp --report /tmp/pip-report.json "
         f"{shlex.quote(f'privsplit[edge] @ file:///tmp/{wheel.name}')} "
-        f"&& ln -sf {venv}/bin/privsplit /usr/local/bin/privsplit",
+        f"&& ln -sf {EDGE_VENV}/bin/privsplit /usr/local/bin/privsplit && cat /tmp/pip-report.json",
         timeout=600,
         step="pip install privsplit[edge] in the guest",
-    )
-    return time.monotonic() - started
+    ).stdout
+    installed = [item["metadata"]["name"] for item in json.loads(report)["install"]]
+    return time.monotonic() - started, installed
