@@ -16,11 +16,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_models import tiny_digits_model  # noqa: E402
+
 from privsplit.data import Part, SplitFractions, load_dataset, make_split  # noqa: E402
 from privsplit.data.dataset import LabeledImages  # noqa: E402
 from privsplit.data.spec import register_loader  # noqa: E402
 from privsplit.errors import ConfigError  # noqa: E402
-from privsplit.models import Arch, ModelConfig, build_split_model  # noqa: E402
 from privsplit.probes.linkage import LinkageSpec, probe_linkage  # noqa: E402
 from privsplit.train import TrainConfig  # noqa: E402
 from privsplit.train.adversarial import accuracy, linear_attack  # noqa: E402
@@ -56,21 +57,7 @@ def stamped():
 
 
 def _model():
-    config = ModelConfig(
-        arch=Arch.SMALL_CNN,
-        in_channels=1,
-        image_size=16,
-        num_classes=10,
-        split=1,
-        feature_channels=4,
-        width=16,
-        noise_sigma=0.3,
-        num_private_classes=None,
-        mean=(0.3,),
-        std=(0.3,),
-    )
-    torch.manual_seed(0)
-    return build_split_model(config)
+    return tiny_digits_model(feature_channels=4, noise_sigma=0.3)
 
 
 def _train(stamped, **changes):

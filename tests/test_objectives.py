@@ -12,11 +12,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_models import tiny_digits_model  # noqa: E402
+
 from privsplit.data import Part, SplitFractions, load_dataset, make_split  # noqa: E402
 from privsplit.data.dataset import LabeledImages  # noqa: E402
 from privsplit.data.spec import register_loader  # noqa: E402
 from privsplit.errors import ConfigError  # noqa: E402
-from privsplit.models import Arch, ModelConfig, build_split_model  # noqa: E402
 from privsplit.train import AdversaryTarget, PrivacyPreset, TrainConfig, TrainingCollapsed, train_run  # noqa: E402
 from privsplit.train.adversarial import accuracy, next_adversary_weight  # noqa: E402
 from privsplit.train.collapse import check_collapse  # noqa: E402
@@ -35,21 +36,7 @@ def _load_digits_high(path, *, image_size: int, limit: int | None) -> LabeledIma
 
 
 def _model(data):
-    config = ModelConfig(
-        arch=Arch.SMALL_CNN,
-        in_channels=1,
-        image_size=16,
-        num_classes=10,
-        split=1,
-        feature_channels=4,
-        width=16,
-        noise_sigma=0.5,
-        num_private_classes=2,
-        mean=(0.3,),
-        std=(0.3,),
-    )
-    torch.manual_seed(0)
-    return build_split_model(config)
+    return tiny_digits_model(feature_channels=4, noise_sigma=0.5, num_private_classes=2)
 
 
 @pytest.fixture(scope="module")
