@@ -22,6 +22,7 @@ import time
 from collections.abc import Hashable
 
 from privsplit.cloud.config import StreamPace
+from privsplit.cloud.token_buckets import TokenBuckets
 
 ACTIVE_S = 1.0  # another flow seen this recently: the server is shared
 MAX_FLOWS = 10_000  # buckets kept; beyond it the full ones (idle streams) are dropped
@@ -34,7 +35,7 @@ class StreamPacer:
         self.pace = pace
         self._clock = clock
         self._lock = threading.Lock()
-        self._buckets: dict[Hashable, list[float]] = {}  # flow -> [tokens, last refill]
+        self._buckets = TokenBuckets(pace.rate, pace.burst, max_keys=MAX_FLOWS, clock=clock)
         # the flow seen last and the last one seen that differs from it: enough to answer "another flow is active"
         self._latest: tuple[Hashable, float] | None = None
         self._other: tuple[Hashable, float] | None = None
@@ -61,29 +62,4 @@ class StreamPacer:
     def delay(self, flow: Hashable) -> float:
         """Seconds ``flow``'s stream must wait before it reads its next message (0: read it now; a token is
         taken). While the flow is alone on the server it is free and its bucket fills."""
-        rate, burst = self.pace.rate, float(self.pace.burst)
-        now = self._clock()
-        with self._lock:
-            bucket = self._buckets.get(flow)
-            if bucket is None:
-                if len(self._buckets) >= MAX_FLOWS:
-                    self._forget_full(now)
-                bucket = self._buckets[flow] = [burst, now]
-            tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
-            bucket[1] = now
-            if not self._shared(flow, now):
-                bucket[0] = tokens
-                return 0.0
-            if tokens >= 1.0:
-                bucket[0] = tokens - 1.0
-                return 0.0
-            bucket[0] = tokens
-        return (1.0 - tokens) / rate
-
-    def _forget_full(self, now: float) -> None:
-        rate, burst = self.pace.rate, float(self.pace.burst)
-        full = [k for k, (t, last) in self._buckets.items() if t + (now - last) * rate >= burst]
-        for key in full:
-            del self._buckets[key]
-        if len(self._buckets) >= MAX_FLOWS:  # all busy: start over rather than grow
-            self._buckets.clear()
+        return self._buckets.take(flow, count=self.shared(flow))

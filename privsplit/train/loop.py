@@ -450,7 +450,7 @@ class _Loop:
             x = _augment(x, dist.shard(flips[k]) if flips[k] is not None else None)
             y, p = self._labels(idx)
             px = feeder.pixels(idx) if adv.use_rec else None
-            rows = torch.as_tensor(idx).to(self.device)
+            rows = torch.as_tensor(idx).to(self.device) if guards is not None else None  # the guards' labels
             if adversarial:
                 with torch.no_grad(), self.policy.autocast():
                     z_det = model.features(x).float()
