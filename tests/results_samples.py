@@ -47,9 +47,9 @@ def samples() -> dict:
         std=(0.2, 0.25, 0.3),
     )
     data = DataConfig(spec="digits", task="label", private=None, image_size=32, limit=200)
-    run = RunConfig(
-        data=data, model=model, seed=3, train=TrainConfig.preset("strong", epochs=2, adversaries=("linear",)).to_json()
-    )
+    # no --private, so the run resolved the attribute guard's auto weight to 0 (what RunConfig records)
+    train = TrainConfig.preset("strong", epochs=2, adversaries=("linear",), attributes_weight=0.0)
+    run = RunConfig(data=data, model=model, seed=3, train=train.to_json())
     mia = MIAMetrics(
         auc=0.61, advantage=0.2, tpr_at_1pct_fpr=0.05, tpr_at_01pct_fpr=0.01, n_members=120, n_nonmembers=120
     )

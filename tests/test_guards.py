@@ -25,7 +25,16 @@ from privsplit.errors import ConfigError  # noqa: E402
 from privsplit.probes.linkage import LinkageSpec, probe_linkage  # noqa: E402
 from privsplit.train import TrainConfig  # noqa: E402
 from privsplit.train.adversarial import accuracy, linear_attack  # noqa: E402
-from privsplit.train.guards import attribute_prior, guard_labels, guarded_attributes, pair_batches  # noqa: E402
+from privsplit.train.guards import (  # noqa: E402
+    DEFAULT_ATTRIBUTES_WEIGHT,
+    attribute_prior,
+    attributes_weight,
+    describe_guards,
+    guard_labels,
+    guarded_attributes,
+    pair_batches,
+    resolve_guards,
+)
 from privsplit.train.loop import train_split_model  # noqa: E402
 
 PEOPLE, BITS = 100, 8
@@ -171,11 +180,28 @@ def test_identity_guard_on_data_without_identities_is_refused():
     assert guard_labels(data, TrainConfig()) is None
 
 
+def test_attribute_guard_is_on_by_default_where_there_is_a_private_attribute_and_others_to_guard(stamped):
+    data, _ = stamped
+    assert attributes_weight(data, TrainConfig()) == 0.0  # no --private: the presets add no guard
+    private = load_dataset("digits-stamped", private="bit0", image_size=16, limit=200)
+    labels = guard_labels(private, TrainConfig())
+    assert labels is not None and labels.attributes_weight == DEFAULT_ATTRIBUTES_WEIGHT == 1.0
+    assert set(labels.names) == {f"bit{b}" for b in range(1, BITS)} | {"slant"}
+    assert resolve_guards(private, TrainConfig()).attributes_weight == 1.0  # what the run records
+    assert "attribute guard on 8 labels (weight 1)" in describe_guards(labels)
+    assert guard_labels(private, TrainConfig(attributes_weight=0.0)) is None  # 0 turns it off
+    assert TrainConfig.unprotected().attributes_weight == 0.0
+    digits = load_dataset("digits", private="slant", image_size=16, limit=100)  # nothing else to guard: off
+    assert guard_labels(digits, TrainConfig()) is None and describe_guards(None) == "no guards"
+    with pytest.raises(ConfigError, match="no binary attribute besides .* drop --attributes-weight"):
+        guard_labels(digits, TrainConfig(attributes_weight=2.0))  # asked for: refused, not ignored
+
+
 def test_config_without_guards_is_written_as_earlier_versions_and_old_configs_read_unguarded():
-    plain = TrainConfig().to_json()
+    plain = TrainConfig(attributes_weight=0.0).to_json()
     assert not {"attributes_weight", "identity_weight", "guard_attributes"} & set(plain)
     guarded = TrainConfig(identity_weight=2.0).to_json()
-    assert guarded["identity_weight"] == 2.0 and guarded["attributes_weight"] == 0.0
+    assert guarded["identity_weight"] == 2.0 and guarded["attributes_weight"] is None  # auto, decided per run
     back = TrainConfig.from_json(json.loads(json.dumps(guarded)))
     assert back == TrainConfig(identity_weight=2.0)
     assert TrainConfig.from_json(plain).identity_weight == 0.0

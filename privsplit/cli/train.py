@@ -209,7 +209,8 @@ def _add_guard_args(p: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         metavar="W",
         help="attribute guard: adversaries read every --guard-attributes label at once; the encoder pushes each "
-        "towards what the task label alone says about it (weight W; default 0 = off)",
+        "towards what the task label alone says about it (weight W, 0 = off; default: 1 where a --private "
+        "attribute is given and the data has other binary labels, as on CelebA; off elsewhere)",
     )
     g.add_argument(
         "--guard-attributes",

@@ -93,7 +93,10 @@ class TrainConfig:
     # epoch; below it the controller halves the pressure whatever the leakage (the task comes first)
     utility_budget: float | None = 0.01
     # guards (privsplit.train.guards): adversaries for what training never named, off at weight 0
-    attributes_weight: float = 0.0  # every other attribute at once, pushed towards p(attribute | task)
+    # every other binary attribute at once, pushed towards p(attribute | task). None: auto, weight 1 where the
+    # data has a private attribute and others to guard (3 CelebA seeds: linkage and the other attributes lower,
+    # no task cost), off elsewhere; a run records the weight it trained with (guards.resolve_guards)
+    attributes_weight: float | None = None
     guard_attributes: str = "all"  # which ones, with attributes_weight: 'all' binary labels or A,B,...
     identity_weight: float = 0.0  # identity linkage: a metric adversary's same-person choice pushed to uniform
     adversaries: tuple[str, ...] = ("cnn", "linear")
@@ -140,7 +143,7 @@ class TrainConfig:
             "attributes_weight",
             "identity_weight",
         ):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.membership_defense.is_dp and (self.head_finetune_epochs > 0 or self.rec_weight > 0):
             raise ConfigError(
@@ -182,6 +185,7 @@ class TrainConfig:
             feature_channels=32,
             head_finetune_epochs=0,
             **_OBJECTIVE_OF_EARLIER_VERSIONS,  # no adversaries: written as earlier versions wrote it
+            **_GUARDS_OFF,
         )
         base.update(overrides)
         return cls(**base)

@@ -19,7 +19,7 @@ from privsplit.train.adversarial import accuracy
 from privsplit.train.collapse import TrainingCollapsed, check_collapse
 from privsplit.train.config import TrainConfig
 from privsplit.train.device import DeviceKind, DevicePolicy, resolve_device
-from privsplit.train.guards import guard_labels
+from privsplit.train.guards import describe_guards, guard_labels, resolve_guards
 from privsplit.train.loop import Checkpointing, train_split_model
 
 METRICS_SCHEMA_VERSION = 1
@@ -106,7 +106,8 @@ def _train_run(
     data = load_dataset(data_spec, task=task, private=private, image_size=image_size, limit=limit)
     split = make_split(len(data), fractions, seed=seed)
     members = split[Part.MEMBERS]
-    guard_labels(data, config)  # a guard whose labels the data lacks is refused before anything starts
+    config = resolve_guards(data, config)  # the attribute guard's auto weight, decided for this data and recorded
+    guards = guard_labels(data, config)  # a guard whose labels the data lacks is refused before anything starts
     try:
         arch = Arch(config.arch)
     except ValueError:
@@ -134,7 +135,7 @@ def _train_run(
         print(
             f"privsplit train: {data.source} task={data.task} private={data.private} {data.image_size}px, "
             f"{len(data)} images ({sizes}) on {policy.describe()}{procs}, "
-            f"membership defence {config.membership_defense.describe()}",
+            f"membership defence {config.membership_defense.describe()}, {describe_guards(guards)}",
             file=sys.stderr,
             flush=True,
         )
