@@ -1,7 +1,9 @@
 """Guards: adversaries for what training never named (the private attribute has its own, in ``adversarial``).
 
-Two guards, each off unless its weight is above zero, each re-initialised every adversarial epoch like the
-attribute adversaries (warm-up, ``adv_steps`` steps per encoder step, the same architectures):
+Two guards, each off at weight zero, with the attribute adversaries' architectures, warm-up and ``adv_steps``
+steps per encoder step. The attribute guard is on by default where there is something to guard
+(:func:`attributes_weight`) and re-initialised every adversarial epoch like the attribute adversaries; the identity
+guard's adversaries are made once and keep learning across epochs:
 
 - **Attribute guard** (``attributes_weight``): one multi-label head per adversary architecture reads every guarded
   attribute at once (binary cross-entropy per attribute). The encoder pushes each attribute's posterior towards
@@ -27,6 +29,7 @@ from privsplit.errors import ConfigError
 from privsplit.models import ATTRIBUTE_ATTACKERS
 
 IDENTITY_LABEL = "identity"
+DEFAULT_ATTRIBUTES_WEIGHT = 1.0  # the presets' attribute guard where the data has a private and other attributes
 EMBEDDING_DIM = 64
 TEMPERATURE = 0.1
 
@@ -38,6 +41,7 @@ class GuardLabels:
     names: tuple[str, ...]
     attributes: np.ndarray | None  # (N, K) float32 0/1, None without an attribute guard
     identity: np.ndarray | None  # (N,) int64, None without an identity guard
+    attributes_weight: float = 0.0  # the attribute guard's weight, its *auto* decided (:func:`attributes_weight`)
 
 
 def guarded_attributes(labels, classes, *, choice: str, exclude: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,13 +59,32 @@ def guarded_attributes(labels, classes, *, choice: str, exclude: tuple[str, ...]
     return names
 
 
+def attributes_weight(data, config) -> float:
+    """The attribute guard's weight for ``data``: ``config.attributes_weight``, or where that is None (the
+    presets' *auto*) :data:`DEFAULT_ATTRIBUTES_WEIGHT` on data with a private attribute and another binary label
+    to guard, else 0 (digits, Fashion-MNIST, a run without ``--private``)."""
+    if config.attributes_weight is not None:
+        return float(config.attributes_weight)
+    if not data.private:
+        return 0.0
+    exclude = tuple(n for n in (data.task, data.private) if n)
+    others = guarded_attributes(data.labels, data.classes, choice=config.guard_attributes, exclude=exclude)
+    return DEFAULT_ATTRIBUTES_WEIGHT if others else 0.0
+
+
+def resolve_guards(data, config):
+    """``config`` with the attribute guard's *auto* weight decided for ``data`` (what a run records)."""
+    return config.with_(attributes_weight=attributes_weight(data, config))
+
+
 def guard_labels(data, config) -> GuardLabels | None:
     """The labels ``config``'s guards need from ``data`` (None when no guard is on); a missing label raises."""
-    if config.attributes_weight <= 0 and config.identity_weight <= 0:
+    weight = attributes_weight(data, config)
+    if weight <= 0 and config.identity_weight <= 0:
         return None
     names: tuple[str, ...] = ()
     attributes = identity = None
-    if config.attributes_weight > 0:
+    if weight > 0:
         exclude = tuple(n for n in (data.task, data.private) if n)
         names = guarded_attributes(data.labels, data.classes, choice=config.guard_attributes, exclude=exclude)
         if not names:
@@ -77,7 +100,19 @@ def guard_labels(data, config) -> GuardLabels | None:
                 "drop --identity-weight"
             )
         identity = np.asarray(data.labels[IDENTITY_LABEL], dtype=np.int64)
-    return GuardLabels(names=names, attributes=attributes, identity=identity)
+    return GuardLabels(names=names, attributes=attributes, identity=identity, attributes_weight=weight)
+
+
+def describe_guards(labels: GuardLabels | None) -> str:
+    """The run header's words for its guards: which are on, over what, at what weight."""
+    if labels is None:
+        return "no guards"
+    parts = []
+    if labels.attributes is not None:
+        parts.append(f"attribute guard on {len(labels.names)} labels (weight {labels.attributes_weight:g})")
+    if labels.identity is not None:
+        parts.append("identity guard")
+    return ", ".join(parts)
 
 
 def attribute_prior(task: np.ndarray, attributes: np.ndarray, num_task: int) -> torch.Tensor:
@@ -129,16 +164,18 @@ def pair_batches(
 
 
 class Guards:
-    """The attribute and identity guards of one run, re-initialised with :meth:`reset` every adversarial epoch."""
+    """The attribute and identity guards of one run; :meth:`reset` starts every adversarial epoch."""
 
     def __init__(self, shape, labels: GuardLabels, config, *, prior: torch.Tensor | None, device, dist) -> None:
         self.shape, self.config, self.device, self.dist = shape, config, device, dist
         self.attributes = None if labels.attributes is None else torch.as_tensor(labels.attributes).to(device)
         self.identity = labels.identity
         self.prior = None if prior is None else prior.to(device)
+        self.attributes_weight = labels.attributes_weight
         self.attribute_nets: list[nn.Module] = []
         self.identity_nets: list[nn.Module] = []
-        self.opt: torch.optim.Optimizer | None = None
+        self.opt: torch.optim.Optimizer | None = None  # the attribute adversaries', new every epoch
+        self.identity_opt: torch.optim.Optimizer | None = None  # the identity adversaries', kept across epochs
 
     @property
     def use_attributes(self) -> bool:
@@ -149,15 +186,23 @@ class Guards:
         return self.identity is not None
 
     def reset(self) -> None:
+        """Fresh attribute adversaries for the epoch; the identity adversaries are made once and keep learning
+        (a face metric needs more same-person pairs than one epoch holds: re-initialised, they never left chance)."""
         k = 0 if self.attributes is None else self.attributes.shape[1]
         names = self.config.adversaries
-        self.attribute_nets = [ATTRIBUTE_ATTACKERS[n](self.shape, k) for n in names] if k else []
-        self.identity_nets = (
-            [ATTRIBUTE_ATTACKERS[n](self.shape, EMBEDDING_DIM) for n in names] if self.use_identity else []
-        )
-        for m in self.modules:
-            m.to(self.device)
-        self.opt = torch.optim.Adam(self.parameters(), lr=self.config.adv_lr)
+        self.attribute_nets = [ATTRIBUTE_ATTACKERS[n](self.shape, k).to(self.device) for n in names] if k else []
+        self.opt = self._adam(self.attribute_nets)
+        if self.use_identity and not self.identity_nets:
+            self.identity_nets = [ATTRIBUTE_ATTACKERS[n](self.shape, EMBEDDING_DIM).to(self.device) for n in names]
+            self.identity_opt = self._adam(self.identity_nets)
+
+    def _adam(self, nets: list[nn.Module]) -> torch.optim.Optimizer | None:
+        params = [p for m in nets for p in m.parameters()]
+        return torch.optim.Adam(params, lr=self.config.adv_lr) if params else None
+
+    @property
+    def _optimisers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.opt, self.identity_opt) if o is not None]
 
     @property
     def modules(self) -> list[nn.Module]:
@@ -177,8 +222,8 @@ class Guards:
     def step(self, z: torch.Tensor, rows: torch.Tensor, pairs: int) -> tuple[float | None, float | None]:
         """One optimiser step of every guard on detached features ``z`` of dataset ``rows`` (the first
         ``2 * pairs`` laid out as same-person pairs); returns (attribute BCE, identity InfoNCE), None where off."""
-        assert self.opt is not None
-        self.opt.zero_grad(set_to_none=True)
+        for opt in self._optimisers:
+            opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=z.device)
         bce = nce = None
         if self.attribute_nets:
@@ -197,7 +242,8 @@ class Guards:
         if loss.requires_grad:
             loss.backward()
             self.dist.average_gradients(self.parameters())
-            self.opt.step()
+            for opt in self._optimisers:
+                opt.step()
         return bce, nce
 
     def privacy_loss(self, z: torch.Tensor, rows: torch.Tensor, task: torch.Tensor, pairs: int) -> torch.Tensor:
@@ -207,7 +253,7 @@ class Guards:
         if self.attribute_nets:
             target = self.prior[task] if self.prior is not None else torch.full_like(self.attributes[rows], 0.5)
             for a in self.attribute_nets:
-                total = total + self.config.attributes_weight * F.binary_cross_entropy_with_logits(a(z).float(), target)
+                total = total + self.attributes_weight * F.binary_cross_entropy_with_logits(a(z).float(), target)
         if self.identity_nets and pairs >= 2:
             for net in self.identity_nets:
                 logits = self._pair_logits(net, z, pairs)
