@@ -1,13 +1,21 @@
-"""Attribute excess and linkage AUC per recipe from `benchmarks/unforeseen_readings.py` results.
+"""Plots of the guards' CelebA readings (`benchmarks/unforeseen_readings.py` results in docs/results/data/guards/).
 
-Draws docs/assets/guards_celeba_seed1.png from docs/results/data/guards/{base,a1,g13}-seed1/ (CelebA seed 1: the
-default, the attribute guard at weight 1, identity 3 + attribute 1; docs/results/unforeseen.md says how they were
-made):
+- ``docs/assets/guards_celeba_seed1.png``: every read attribute's excess and the linkage AUC per recipe, seed 1;
+- ``docs/assets/guards_frontier.png``: the measured frontier, task cost (INT8 task accuracy minus the same seed's
+  unprotected run's) against linkage AUC and against the worst and mean attribute excess, one point per recipe:
+  the mean over its seeds with a 95% t-interval where it has several, the seeds' own points beside.
+
+``docs/results/data/guards/index.json`` names each reading's recipe, seed and task accuracy;
+docs/results/unforeseen.md says how they were made::
 
     python benchmarks/guards_plot.py
 """
 
+from __future__ import annotations
+
 import json
+import math
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -16,35 +24,128 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-root = Path("docs/results/data/guards")
-recipes = [
-    ("base-seed1", "default (0.904)"),
-    ("a1-seed1", "attribute guard 1 (0.9025)"),
+ROOT = Path("docs/results/data/guards")
+ASSETS = Path("docs/assets")
+SEED1 = [
+    ("base-seed1", "no guard (0.905)"),
+    ("a1-seed1", "attribute guard 1, the default (0.903)"),
     ("g13-seed1", "identity 3 + attribute 1 (0.871)"),
 ]
-rows = {
-    k: {r["name"]: r["excess"] for r in json.loads((root / k / "probe_attributes.json").read_text())["rows"]}
-    for k, _ in recipes
-}
-names = sorted(rows["base-seed1"], key=lambda n: -rows["base-seed1"][n])
-fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 1]})
-w = 0.27
-x = np.arange(len(names))
-for i, (k, label) in enumerate(recipes):
-    ax.bar(x + (i - 1) * w, [rows[k][n] for n in names], w, label=label)
-ax.axhline(0.05, color="k", ls="--", lw=1, label="goal 0.05")
-ax.set_xticks(x, names, rotation=40, ha="right")
-ax.set_ylabel("excess = best - max(chance, floor, null)")
-ax.set_title("Other attributes, INT8 wire features (one frame)")
-ax.legend(fontsize=8)
-aucs = [json.loads((root / k / "probe_linkage.json").read_text()) for k, _ in recipes]
-best = [max(s["auc"] for s in a["scores"]) for a in aucs]
-bx.bar(range(3), best, color=["C0", "C1", "C2"])
-bx.axhline(0.53, color="k", ls="--", lw=1)
-bx.axhline(0.504, color="grey", ls=":", lw=1)
-bx.set_ylim(0.48, 0.6)
-bx.set_xticks(range(3), ["default", "attr 1", "id 3 + attr 1"], rotation=20)
-bx.set_title("Linkage AUC (goal 0.53, null 0.504)")
-fig.suptitle("CelebA 10k seed 1, task accuracy in brackets")
-fig.tight_layout()
-fig.savefig("docs/assets/guards_celeba_seed1.png", dpi=110)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student t, 97.5%, by degrees of freedom
+
+
+def excess(reading: str) -> dict[str, float]:
+    rows = json.loads((ROOT / reading / "probe_attributes.json").read_text())["rows"]
+    return {r["name"]: r["excess"] for r in rows}
+
+
+def linkage(reading: str) -> float:
+    return max(s["auc"] for s in json.loads((ROOT / reading / "probe_linkage.json").read_text())["scores"])
+
+
+def seed1_bars() -> Path:
+    rows = {k: excess(k) for k, _ in SEED1}
+    names = sorted(rows["base-seed1"], key=lambda n: -rows["base-seed1"][n])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 1]})
+    w, x = 0.27, np.arange(len(names))
+    for i, (k, label) in enumerate(SEED1):
+        ax.bar(x + (i - 1) * w, [rows[k][n] for n in names], w, label=label)
+    ax.axhline(0.05, color="k", ls="--", lw=1, label="goal 0.05")
+    ax.set_xticks(x, names, rotation=40, ha="right")
+    ax.set_ylabel("excess = best - max(chance, floor, null)")
+    ax.set_title("Other attributes, INT8 wire features (one frame)")
+    ax.legend(fontsize=8)
+    bx.bar(range(len(SEED1)), [linkage(k) for k, _ in SEED1], color=[f"C{i}" for i in range(len(SEED1))])
+    bx.axhline(0.53, color="k", ls="--", lw=1)
+    bx.axhline(0.504, color="grey", ls=":", lw=1)
+    bx.set_ylim(0.48, 0.6)
+    bx.set_xticks(range(len(SEED1)), ["no guard", "attr 1", "id 3 + attr 1"], rotation=20)
+    bx.set_title("Linkage AUC (goal 0.53, null 0.504)")
+    fig.suptitle("CelebA 10k seed 1, INT8 task accuracy in brackets")
+    fig.tight_layout()
+    out = ASSETS / "guards_celeba_seed1.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    m = float(np.mean(values))
+    if len(values) < 2:
+        return m, math.nan
+    return m, T975[len(values) - 1] * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
+def frontier_rows() -> list[dict]:
+    index = json.loads((ROOT / "index.json").read_text())
+    by_recipe: dict[str, list[dict]] = defaultdict(list)
+    for r in index["readings"]:
+        ex = [v for k, v in excess(r["reading"]).items() if k != index["private"]]  # the other attributes
+        by_recipe[r["recipe"]].append(
+            {
+                "seed": r["seed"],
+                "cost": 100 * (index["unprotected_int8"][str(r["seed"])] - r["task_int8"]),
+                "linkage": linkage(r["reading"]),
+                "worst": max(ex),
+                "mean": float(np.mean(ex)),
+            }
+        )
+    rows = []
+    for recipe, seeds in by_recipe.items():
+        row = {"recipe": recipe, "seeds": seeds}
+        for key in ("cost", "linkage", "worst", "mean"):
+            row[key] = mean_ci([s[key] for s in seeds])
+        rows.append(row)
+    return rows
+
+
+def frontier() -> Path:
+    rows = frontier_rows()
+    panels = [("linkage", "best linkage AUC (goal 0.53)", 0.53), ("worst", "worst attribute excess (goal 0.05)", 0.05)]
+    panels.append(("mean", "mean attribute excess", None))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    for ax, (key, label, goal) in zip(axes, panels):
+        for i, row in enumerate(rows):
+            (cx, cxe), (y, ye) = row["cost"], row[key]
+            n = len(row["seeds"])
+            ax.errorbar(
+                cx,
+                y,
+                xerr=None if math.isnan(cxe) else cxe,
+                yerr=None if math.isnan(ye) else ye,
+                fmt="o",
+                color=f"C{i}",
+                capsize=3,
+                label=f"{row['recipe']} ({n} seed{'s' * (n > 1)})",
+            )
+            if n > 1:
+                ax.scatter(
+                    [s["cost"] for s in row["seeds"]], [s[key] for s in row["seeds"]], s=12, color=f"C{i}", alpha=0.4
+                )
+        if goal is not None:
+            ax.axhline(goal, color="k", ls="--", lw=1)
+        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("task cost, points (unprotected INT8 - recipe INT8; budget 1)")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("CelebA 10k: the guards' frontier (mean and 95% t-interval over seeds; faint: each seed)")
+    fig.tight_layout()
+    out = ASSETS / "guards_frontier.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    for out in (seed1_bars(), frontier()):
+        print(out)
+    for row in frontier_rows():
+        cells = [
+            f"{k} {row[k][0]:+.3f}" + ("" if math.isnan(row[k][1]) else f" +- {row[k][1]:.3f}")
+            for k in ("cost", "linkage", "worst", "mean")
+        ]
+        print(f"{row['recipe']} ({len(row['seeds'])} seeds): " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

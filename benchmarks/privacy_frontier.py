@@ -47,12 +47,13 @@ KIND = "privacy_frontier"
 UNPROTECTED = "unprotected"
 
 # name -> strength -> extra `privsplit train` flags. "balanced" is the default objective (adversaries aimed at the
-# task floor under a leakage budget, warm start + distillation); its leakage budget is the strength. "strong" is
+# task floor under a leakage budget, warm start + distillation, and the attribute guard where the data has other
+# attributes; "no guard" is it without the guard, the default before December 2026); "strong" is
 # the earlier default (uniform entropy adversaries at a fixed weight, towards chance); "noise only" is the
 # 4-channel bottleneck and channel noise without adversaries.
 METHODS: dict[str, dict[str, list[str]]] = {
     UNPROTECTED: {"-": ["--unprotected"]},
-    "balanced": {"default": [], "budget 0": ["--leakage-budget", "0"]},
+    "balanced": {"default": [], "budget 0": ["--leakage-budget", "0"], "no guard": ["--attributes-weight", "0"]},
     "strong": {"w3": ["--privacy", "strong"]},
     "noise only": {"-": ["--adv-weight", "0"]},
 }
