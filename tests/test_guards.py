@@ -33,6 +33,7 @@ from privsplit.train.guards import (  # noqa: E402
     guard_labels,
     guarded_attributes,
     pair_batches,
+    positive_weight,
     resolve_guards,
 )
 from privsplit.train.loop import train_split_model  # noqa: E402
@@ -159,6 +160,44 @@ def test_attribute_prior_is_the_attribute_rate_within_each_task_class():
     prior = attribute_prior(task, attrs, 2).numpy()
     assert prior[0] == pytest.approx([3 / 5, 1 / 5])  # add-one smoothed: (2 + 1) / (3 + 2)
     assert prior[1] == pytest.approx([3 / 4, 3 / 4])
+
+
+def test_balanced_prior_is_what_a_class_weighted_adversary_outputs_on_task_only_features():
+    rng = np.random.default_rng(0)
+    task = rng.integers(0, 2, size=4000)
+    hat = (rng.random(4000) < np.where(task == 1, 0.08, 0.03)).astype(np.float32)[:, None]  # rare, task-tied
+    prior = attribute_prior(task, hat, 2, balanced=True)
+    weight = positive_weight(hat)
+    rate = (hat.sum() + 1) / (len(hat) + 2)
+    assert float(weight[0]) == pytest.approx((1 - rate) / rate)
+    # the weighted cross-entropy's minimiser within each task class, found numerically, is the balanced prior
+    q = torch.linspace(0.001, 0.999, 9999)
+    for t in (0, 1):
+        p = hat[task == t, 0].mean()
+        loss = -(float(weight[0]) * p * torch.log(q) + (1 - p) * torch.log(1 - q))
+        assert float(q[loss.argmin()]) == pytest.approx(float(prior[t, 0]), abs=0.01)
+    # a rare attribute's balanced prior sits around 0.5, not at its 5% rate: both classes count alike
+    plain = attribute_prior(task, hat, 2)
+    assert float(plain.max()) < 0.1 and 0.3 < float(prior[0, 0]) < float(prior[1, 0]) < 0.7
+
+
+def test_configs_of_the_first_guards_read_unweighted_and_new_ones_balanced():
+    assert TrainConfig().attributes_balanced is True
+    first = TrainConfig(attributes_weight=1.0).to_json()
+    del first["attributes_balanced"]  # what the first guarded runs wrote (December 2026)
+    assert TrainConfig.from_json(first).attributes_balanced is False
+    assert TrainConfig.from_json(TrainConfig(attributes_weight=1.0).to_json()).attributes_balanced is True
+    assert "attributes_balanced" not in TrainConfig.unprotected().to_json()
+
+
+def test_cli_sets_the_guard_balance(tmp_path):
+    from privsplit.cli.main import build_parser
+    from privsplit.cli.train import build_config
+
+    parse = build_parser().parse_args
+    base = ["train", "--data", "celeba:x", "--out", str(tmp_path)]
+    assert build_config(parse(base)).attributes_balanced is True
+    assert build_config(parse([*base, "--no-attributes-balanced"])).attributes_balanced is False
 
 
 def test_guarded_attributes_leave_out_the_task_the_private_attribute_and_identity(stamped):

@@ -218,6 +218,14 @@ def _add_guard_args(p: argparse.ArgumentParser) -> None:
         help="the labels the attribute guard reads (default all binary labels besides --task and --private)",
     )
     g.add_argument(
+        "--attributes-balanced",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the attribute guard weighs each attribute's two classes equally, as balanced accuracy does, so a rare "
+        "attribute (hats, baldness) counts as much as a common one (default on; --no-attributes-balanced: "
+        "unweighted, as the first guards trained)",
+    )
+    g.add_argument(
         "--identity-weight",
         type=non_negative_float,
         metavar="W",
@@ -278,6 +286,7 @@ def build_config(args: argparse.Namespace):
         "utility_budget": args.utility_budget,
         "attributes_weight": args.attributes_weight,
         "guard_attributes": args.guard_attributes,
+        "attributes_balanced": args.attributes_balanced,
         "identity_weight": args.identity_weight,
         "epochs": args.epochs,
         "head_finetune_epochs": args.head_epochs,

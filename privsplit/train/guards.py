@@ -115,13 +115,33 @@ def describe_guards(labels: GuardLabels | None) -> str:
     return ", ".join(parts)
 
 
-def attribute_prior(task: np.ndarray, attributes: np.ndarray, num_task: int) -> torch.Tensor:
-    """``p(attribute = 1 | task)`` per task class (add-one smoothed): (num_task, K)."""
+def attribute_prior(task: np.ndarray, attributes: np.ndarray, num_task: int, *, balanced: bool = False) -> torch.Tensor:
+    """``p(attribute = 1 | task)`` per task class (add-one smoothed): (num_task, K).
+
+    ``balanced``: the same after each attribute's two classes are weighed to equal mass (:func:`positive_weight`):
+    what an adversary trained with that weight outputs on features that carry the task and nothing else."""
     ones = np.ones((num_task, attributes.shape[1]))
     total = np.full((num_task, 1), 2.0)
     np.add.at(ones, task, attributes)
     np.add.at(total, task, 1.0)
-    return torch.as_tensor(ones / total, dtype=torch.float32)
+    prior = ones / total
+    if balanced:
+        rate = _rate(attributes)
+        pos, neg = prior / rate, (1 - prior) / (1 - rate)
+        prior = pos / (pos + neg)
+    return torch.as_tensor(prior, dtype=torch.float32)
+
+
+def _rate(attributes: np.ndarray) -> np.ndarray:
+    return (attributes.sum(0) + 1.0) / (len(attributes) + 2.0)
+
+
+def positive_weight(attributes: np.ndarray) -> torch.Tensor:
+    """Per attribute, the weight of its positives that gives both classes equal mass: ``(1 - rate) / rate``. A rare
+    attribute (a hat on 5% of faces) then counts as much as a common one, as it does in the balanced accuracy an
+    attacker is scored by; without it the guard's adversaries learn to say "no hat" and push for little."""
+    rate = _rate(attributes)
+    return torch.as_tensor((1 - rate) / rate, dtype=torch.float32)
 
 
 def pair_batches(
@@ -166,11 +186,22 @@ def pair_batches(
 class Guards:
     """The attribute and identity guards of one run; :meth:`reset` starts every adversarial epoch."""
 
-    def __init__(self, shape, labels: GuardLabels, config, *, prior: torch.Tensor | None, device, dist) -> None:
+    def __init__(
+        self,
+        shape,
+        labels: GuardLabels,
+        config,
+        *,
+        prior: torch.Tensor | None,
+        device,
+        dist,
+        pos_weight: torch.Tensor | None = None,
+    ) -> None:
         self.shape, self.config, self.device, self.dist = shape, config, device, dist
         self.attributes = None if labels.attributes is None else torch.as_tensor(labels.attributes).to(device)
         self.identity = labels.identity
         self.prior = None if prior is None else prior.to(device)
+        self.pos_weight = None if pos_weight is None else pos_weight.to(device)  # None: unweighted (before 12-07)
         self.attributes_weight = labels.attributes_weight
         self.attribute_nets: list[nn.Module] = []
         self.identity_nets: list[nn.Module] = []
@@ -228,7 +259,10 @@ class Guards:
         bce = nce = None
         if self.attribute_nets:
             target = self.attributes[rows]
-            terms = [F.binary_cross_entropy_with_logits(a(z).float(), target) for a in self.attribute_nets]
+            terms = [
+                F.binary_cross_entropy_with_logits(a(z).float(), target, pos_weight=self.pos_weight)
+                for a in self.attribute_nets
+            ]
             loss = loss + sum(terms)
             bce = float(sum(t.item() for t in terms) / len(terms))
         if self.identity_nets and pairs >= 2:

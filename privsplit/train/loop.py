@@ -46,7 +46,7 @@ from privsplit.train.adversarial import (
 from privsplit.train.config import AdversaryTarget, TrainConfig
 from privsplit.train.device import BatchFeeder, DevicePolicy
 from privsplit.train.distributed import DistContext
-from privsplit.train.guards import Guards, attribute_prior, guard_labels, pair_batches
+from privsplit.train.guards import Guards, attribute_prior, guard_labels, pair_batches, positive_weight
 from privsplit.train.membership_defense import DefenseKind, task_loss
 from privsplit.train.selena import teacher_targets
 
@@ -254,10 +254,13 @@ def _guards(model: SplitModel, data: Dataset, members: np.ndarray, config: Train
         return None
     if labels.identity is not None and dist.world > 1:
         raise ConfigError("--identity-weight trains in one process (its batches hold same-person pairs): drop --nproc")
-    prior = None
+    prior = pos_weight = None
     if labels.attributes is not None:
-        prior = attribute_prior(data.task_labels[members], labels.attributes[members], data.num_classes(data.task))
-    return Guards(feature_shape(model.config), labels, config, prior=prior, device=device, dist=dist)
+        attributes, balanced = labels.attributes[members], config.attributes_balanced
+        prior = attribute_prior(data.task_labels[members], attributes, data.num_classes(data.task), balanced=balanced)
+        pos_weight = positive_weight(attributes) if balanced else None
+    shape = feature_shape(model.config)
+    return Guards(shape, labels, config, prior=prior, device=device, dist=dist, pos_weight=pos_weight)
 
 
 def _end_epoch(state, stats, checkpointing, dist, model, opt, sched, head_opt, progress) -> None:
