@@ -43,6 +43,17 @@ def linkage(reading: str) -> float:
     return max(s["auc"] for s in json.loads((ROOT / reading / "probe_linkage.json").read_text())["scores"])
 
 
+def save(fig, title: str, name: str, *, bottom: float = 0.0) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    if bottom:  # room for a legend below the panels
+        fig.subplots_adjust(bottom=bottom)
+    out = ASSETS / name
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def seed1_bars() -> Path:
     rows = {k: excess(k) for k, _ in SEED1}
     names = sorted(rows["base-seed1"], key=lambda n: -rows["base-seed1"][n])
@@ -61,12 +72,7 @@ def seed1_bars() -> Path:
     bx.set_ylim(0.48, 0.6)
     bx.set_xticks(range(len(SEED1)), ["no guard", "attr 1", "id 3 + attr 1"], rotation=20)
     bx.set_title("Linkage AUC (goal 0.53, null 0.504)")
-    fig.suptitle("CelebA 10k seed 1, INT8 task accuracy in brackets")
-    fig.tight_layout()
-    out = ASSETS / "guards_celeba_seed1.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, "CelebA 10k seed 1, INT8 task accuracy in brackets", "guards_celeba_seed1.png")
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -103,7 +109,7 @@ def frontier() -> Path:
     rows = frontier_rows()
     panels = [("linkage", "best linkage AUC (goal 0.53)", 0.53), ("worst", "worst attribute excess (goal 0.05)", 0.05)]
     panels.append(("mean", "mean attribute excess", None))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 5.2))
     for ax, (key, label, goal) in zip(axes, panels):
         for i, row in enumerate(rows):
             (cx, cxe), (y, ye) = row["cost"], row[key]
@@ -125,15 +131,16 @@ def frontier() -> Path:
         if goal is not None:
             ax.axhline(goal, color="k", ls="--", lw=1)
         ax.axvline(1.0, color="grey", ls=":", lw=1)
-        ax.set_xlabel("task cost, points (unprotected INT8 - recipe INT8; budget 1)")
+        ax.set_xlabel("task cost, points (unprotected - recipe, INT8)")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("CelebA 10k: the guards' frontier (mean and 95% t-interval over seeds; faint: each seed)")
-    fig.tight_layout()
-    out = ASSETS / "guards_frontier.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3)
+    return save(
+        fig,
+        "CelebA 10k: the guards' frontier (mean and 95% t-interval over seeds; faint: each seed)",
+        "guards_frontier.png",
+        bottom=0.25,
+    )
 
 
 def main() -> None:
