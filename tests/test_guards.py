@@ -181,12 +181,13 @@ def test_balanced_prior_is_what_a_class_weighted_adversary_outputs_on_task_only_
     assert float(plain.max()) < 0.1 and 0.3 < float(prior[0, 0]) < float(prior[1, 0]) < 0.7
 
 
-def test_configs_of_the_first_guards_read_unweighted_and_new_ones_balanced():
-    assert TrainConfig().attributes_balanced is True
+def test_configs_of_the_first_guards_read_unweighted_and_balanced_ones_balanced():
+    assert TrainConfig().attributes_balanced is False
     first = TrainConfig(attributes_weight=1.0).to_json()
     del first["attributes_balanced"]  # what the first guarded runs wrote (December 2026)
     assert TrainConfig.from_json(first).attributes_balanced is False
-    assert TrainConfig.from_json(TrainConfig(attributes_weight=1.0).to_json()).attributes_balanced is True
+    balanced = TrainConfig(attributes_weight=1.0, attributes_balanced=True).to_json()
+    assert TrainConfig.from_json(balanced).attributes_balanced is True
     assert "attributes_balanced" not in TrainConfig.unprotected().to_json()
 
 
@@ -196,8 +197,8 @@ def test_cli_sets_the_guard_balance(tmp_path):
 
     parse = build_parser().parse_args
     base = ["train", "--data", "celeba:x", "--out", str(tmp_path)]
-    assert build_config(parse(base)).attributes_balanced is True
-    assert build_config(parse([*base, "--no-attributes-balanced"])).attributes_balanced is False
+    assert build_config(parse(base)).attributes_balanced is False
+    assert build_config(parse([*base, "--attributes-balanced"])).attributes_balanced is True
 
 
 def test_guarded_attributes_leave_out_the_task_the_private_attribute_and_identity(stamped):
@@ -224,10 +225,10 @@ def test_attribute_guard_is_on_by_default_where_there_is_a_private_attribute_and
     assert attributes_weight(data, TrainConfig()) == 0.0  # no --private: the presets add no guard
     private = load_dataset("digits-stamped", private="bit0", image_size=16, limit=200)
     labels = guard_labels(private, TrainConfig())
-    assert labels is not None and labels.attributes_weight == DEFAULT_ATTRIBUTES_WEIGHT == 1.0
+    assert labels is not None and labels.attributes_weight == DEFAULT_ATTRIBUTES_WEIGHT == 3.0
     assert set(labels.names) == {f"bit{b}" for b in range(1, BITS)} | {"slant"}
-    assert resolve_guards(private, TrainConfig()).attributes_weight == 1.0  # what the run records
-    assert "attribute guard on 8 labels (weight 1)" in describe_guards(labels)
+    assert resolve_guards(private, TrainConfig()).attributes_weight == 3.0  # what the run records
+    assert "attribute guard on 8 labels (weight 3)" in describe_guards(labels)
     assert guard_labels(private, TrainConfig(attributes_weight=0.0)) is None  # 0 turns it off
     assert TrainConfig.unprotected().attributes_weight == 0.0
     digits = load_dataset("digits", private="slant", image_size=16, limit=100)  # nothing else to guard: off

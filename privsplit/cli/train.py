@@ -209,7 +209,7 @@ def _add_guard_args(p: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         metavar="W",
         help="attribute guard: adversaries read every --guard-attributes label at once; the encoder pushes each "
-        "towards what the task label alone says about it (weight W, 0 = off; default: 1 where a --private "
+        "towards what the task label alone says about it (weight W, 0 = off; default: 3 where a --private "
         "attribute is given and the data has other binary labels, as on CelebA; off elsewhere)",
     )
     g.add_argument(
@@ -222,8 +222,7 @@ def _add_guard_args(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the attribute guard weighs each attribute's two classes equally, as balanced accuracy does, so a rare "
-        "attribute (hats, baldness) counts as much as a common one (default on; --no-attributes-balanced: "
-        "unweighted, as the first guards trained)",
+        "attribute (hats, baldness) counts as much as a common one (default off: unweighted)",
     )
     g.add_argument(
         "--identity-weight",

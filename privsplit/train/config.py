@@ -49,9 +49,7 @@ _STRONG = dict(
 _OBJECTIVE_OF_EARLIER_VERSIONS = {k: v for k, v in _STRONG.items() if k != "adv_weight"}
 
 # the guards' fields and what every run written before they existed trained with (no guard)
-_GUARDS_OFF = dict(attributes_weight=0.0, guard_attributes="all", identity_weight=0.0, attributes_balanced=True)
-# what runs with a guard but without the field trained with (the first guards, December 2026)
-_GUARDS_OF_EARLIER_VERSIONS = dict(attributes_balanced=False)
+_GUARDS_OFF = dict(attributes_weight=0.0, guard_attributes="all", identity_weight=0.0, attributes_balanced=False)
 
 
 @dataclass(frozen=True)
@@ -95,14 +93,15 @@ class TrainConfig:
     # epoch; below it the controller halves the pressure whatever the leakage (the task comes first)
     utility_budget: float | None = 0.01
     # guards (privsplit.train.guards): adversaries for what training never named, off at weight 0
-    # every other binary attribute at once, pushed towards p(attribute | task). None: auto, weight 1 where the
-    # data has a private attribute and others to guard (3 CelebA seeds: linkage and the other attributes lower,
-    # no task cost), off elsewhere; a run records the weight it trained with (guards.resolve_guards)
+    # every other binary attribute at once, pushed towards p(attribute | task). None: auto, weight 3 where the
+    # data has a private attribute and others to guard (CelebA: linkage and the other attributes lower at no task
+    # cost), off elsewhere; a run records the weight it trained with (guards.resolve_guards)
     attributes_weight: float | None = None
     guard_attributes: str = "all"  # which ones, with attributes_weight: 'all' binary labels or A,B,...
     # the attribute guard weighs each attribute's two classes equally (a rare hat counts as a common fringe), as
-    # balanced accuracy does; runs written before this field existed trained unweighted
-    attributes_balanced: bool = True
+    # balanced accuracy does; off by default: on CelebA seed 1 it lowered the worst attribute at weight 1 but raised
+    # the private attribute and linkage's TPR, and weight 3 unweighted did better on every count
+    attributes_balanced: bool = False
     identity_weight: float = 0.0  # identity linkage: a metric adversary's same-person choice pushed to uniform
     adversaries: tuple[str, ...] = ("cnn", "linear")
     adv_steps: int = 3
@@ -214,5 +213,4 @@ class TrainConfig:
     def from_json(cls, data: dict) -> TrainConfig:
         """A config that lacks the objective's fields was written before they existed: it trained the earlier
         objective (uniform target, no warm start, no distillation, a fixed weight), not today's defaults."""
-        guards = {**_GUARDS_OFF, **(_GUARDS_OF_EARLIER_VERSIONS if "attributes_weight" in data else {})}
-        return from_dict(cls, {**_OBJECTIVE_OF_EARLIER_VERSIONS, **guards, **data})
+        return from_dict(cls, {**_OBJECTIVE_OF_EARLIER_VERSIONS, **_GUARDS_OFF, **data})
