@@ -26,10 +26,13 @@ import numpy as np
 
 ROOT = Path("docs/results/data/guards")
 ASSETS = Path("docs/assets")
-SEED1 = [
-    ("base-seed1", "no guard (0.905)"),
-    ("a1-seed1", "attribute guard 1, the default (0.903)"),
-    ("g13-seed1", "identity 3 + attribute 1 (0.871)"),
+SEED1 = [  # reading, legend, short name
+    ("base-seed1", "no guard (0.905)", "no guard"),
+    ("a1-seed1", "attribute guard 1 (0.903)", "attr 1"),
+    ("a3-seed1", "attribute guard 3, unweighted (0.9065)", "attr 3"),
+    ("ab3-seed1", "attribute guard 3, balanced: the default (0.908)", "attr 3 bal."),
+    ("a1n15-seed1", "attribute guard 1, noise 1.5 (0.8995)", "attr 1, noise 1.5"),
+    ("g13-seed1", "identity 3 + attribute 1 (0.871)", "id 3 + attr 1"),
 ]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student t, 97.5%, by degrees of freedom
 
@@ -55,22 +58,22 @@ def save(fig, title: str, name: str, *, bottom: float = 0.0) -> Path:
 
 
 def seed1_bars() -> Path:
-    rows = {k: excess(k) for k, _ in SEED1}
+    rows = {k: excess(k) for k, _, _ in SEED1}
     names = sorted(rows["base-seed1"], key=lambda n: -rows["base-seed1"][n])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 1]})
-    w, x = 0.27, np.arange(len(names))
-    for i, (k, label) in enumerate(SEED1):
-        ax.bar(x + (i - 1) * w, [rows[k][n] for n in names], w, label=label)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [3, 1]})
+    w, x = 0.8 / len(SEED1), np.arange(len(names))
+    for i, (k, label, _) in enumerate(SEED1):
+        ax.bar(x + (i - (len(SEED1) - 1) / 2) * w, [rows[k][n] for n in names], w, label=label)
     ax.axhline(0.05, color="k", ls="--", lw=1, label="goal 0.05")
     ax.set_xticks(x, names, rotation=40, ha="right")
     ax.set_ylabel("excess = best - max(chance, floor, null)")
     ax.set_title("Other attributes, INT8 wire features (one frame)")
     ax.legend(fontsize=8)
-    bx.bar(range(len(SEED1)), [linkage(k) for k, _ in SEED1], color=[f"C{i}" for i in range(len(SEED1))])
+    bx.bar(range(len(SEED1)), [linkage(k) for k, _, _ in SEED1], color=[f"C{i}" for i in range(len(SEED1))])
     bx.axhline(0.53, color="k", ls="--", lw=1)
     bx.axhline(0.504, color="grey", ls=":", lw=1)
     bx.set_ylim(0.48, 0.6)
-    bx.set_xticks(range(len(SEED1)), ["no guard", "attr 1", "id 3 + attr 1"], rotation=20)
+    bx.set_xticks(range(len(SEED1)), [short for _, _, short in SEED1], rotation=30, ha="right")
     bx.set_title("Linkage AUC (goal 0.53, null 0.504)")
     return save(fig, "CelebA 10k seed 1, INT8 task accuracy in brackets", "guards_celeba_seed1.png")
 

@@ -181,13 +181,14 @@ def test_balanced_prior_is_what_a_class_weighted_adversary_outputs_on_task_only_
     assert float(plain.max()) < 0.1 and 0.3 < float(prior[0, 0]) < float(prior[1, 0]) < 0.7
 
 
-def test_configs_of_the_first_guards_read_unweighted_and_balanced_ones_balanced():
-    assert TrainConfig().attributes_balanced is False
+def test_configs_of_the_first_guards_read_unweighted_and_new_ones_balanced():
+    assert TrainConfig().attributes_balanced is True
     first = TrainConfig(attributes_weight=1.0).to_json()
     del first["attributes_balanced"]  # what the first guarded runs wrote (December 2026)
     assert TrainConfig.from_json(first).attributes_balanced is False
-    balanced = TrainConfig(attributes_weight=1.0, attributes_balanced=True).to_json()
-    assert TrainConfig.from_json(balanced).attributes_balanced is True
+    assert TrainConfig.from_json(TrainConfig(attributes_weight=1.0).to_json()).attributes_balanced is True
+    unweighted = TrainConfig(attributes_weight=3.0, attributes_balanced=False).to_json()
+    assert TrainConfig.from_json(unweighted).attributes_balanced is False
     assert "attributes_balanced" not in TrainConfig.unprotected().to_json()
 
 
@@ -197,8 +198,8 @@ def test_cli_sets_the_guard_balance(tmp_path):
 
     parse = build_parser().parse_args
     base = ["train", "--data", "celeba:x", "--out", str(tmp_path)]
-    assert build_config(parse(base)).attributes_balanced is False
-    assert build_config(parse([*base, "--attributes-balanced"])).attributes_balanced is True
+    assert build_config(parse(base)).attributes_balanced is True
+    assert build_config(parse([*base, "--no-attributes-balanced"])).attributes_balanced is False
 
 
 def test_guarded_attributes_leave_out_the_task_the_private_attribute_and_identity(stamped):

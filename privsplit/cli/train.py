@@ -222,7 +222,8 @@ def _add_guard_args(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the attribute guard weighs each attribute's two classes equally, as balanced accuracy does, so a rare "
-        "attribute (hats, baldness) counts as much as a common one (default off: unweighted)",
+        "attribute (hats, baldness) counts as much as a common one (default on; --no-attributes-balanced: "
+        "unweighted, as the first guards trained)",
     )
     g.add_argument(
         "--identity-weight",
