@@ -29,9 +29,8 @@ from privsplit.errors import ConfigError
 from privsplit.models import ATTRIBUTE_ATTACKERS
 
 IDENTITY_LABEL = "identity"
-DEFAULT_ATTRIBUTES_WEIGHT = (
-    3.0  # the presets' attribute guard where there are other attributes (balanced, 3 CelebA seeds)
-)
+# the presets' attribute guard where there are other attributes to guard (balanced; 3 CelebA seeds, no task cost)
+DEFAULT_ATTRIBUTES_WEIGHT = 3.0
 EMBEDDING_DIM = 64
 TEMPERATURE = 0.1
 
@@ -203,7 +202,7 @@ class Guards:
         self.attributes = None if labels.attributes is None else torch.as_tensor(labels.attributes).to(device)
         self.identity = labels.identity
         self.prior = None if prior is None else prior.to(device)
-        self.pos_weight = None if pos_weight is None else pos_weight.to(device)  # None: unweighted (before 12-07)
+        self.pos_weight = None if pos_weight is None else pos_weight.to(device)  # None: unweighted (the first guards)
         self.attributes_weight = labels.attributes_weight
         self.attribute_nets: list[nn.Module] = []
         self.identity_nets: list[nn.Module] = []
