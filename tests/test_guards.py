@@ -232,6 +232,10 @@ def test_attribute_guard_is_on_by_default_where_there_is_a_private_attribute_and
     assert "attribute guard on 8 labels (weight 3)" in describe_guards(labels)
     assert guard_labels(private, TrainConfig(attributes_weight=0.0)) is None  # 0 turns it off
     assert TrainConfig.unprotected().attributes_weight == 0.0
+    from privsplit.train.membership_defense import MembershipDefense
+
+    dp = TrainConfig(membership_defense=MembershipDefense.parse("dp-sgd"), head_finetune_epochs=0)
+    assert attributes_weight(private, dp) == 0.0  # DP-SGD's own loop trains no adversaries: recorded as off
     digits = load_dataset("digits", private="slant", image_size=16, limit=100)  # nothing else to guard: off
     assert guard_labels(digits, TrainConfig()) is None and describe_guards(None) == "no guards"
     with pytest.raises(ConfigError, match="no binary attribute besides .* drop --attributes-weight"):

@@ -63,10 +63,11 @@ def guarded_attributes(labels, classes, *, choice: str, exclude: tuple[str, ...]
 def attributes_weight(data, config) -> float:
     """The attribute guard's weight for ``data``: ``config.attributes_weight``, or where that is None (the
     presets' *auto*) :data:`DEFAULT_ATTRIBUTES_WEIGHT` on data with a private attribute and another binary label
-    to guard, else 0 (digits, Fashion-MNIST, a run without ``--private``)."""
+    to guard, else 0 (digits, Fashion-MNIST, a run without ``--private``, a DP-SGD run: its own loop trains no
+    adversaries)."""
     if config.attributes_weight is not None:
         return float(config.attributes_weight)
-    if not data.private:
+    if not data.private or config.membership_defense.is_dp:
         return 0.0
     exclude = tuple(n for n in (data.task, data.private) if n)
     others = guarded_attributes(data.labels, data.classes, choice=config.guard_attributes, exclude=exclude)
