@@ -236,6 +236,8 @@ def test_attribute_guard_is_on_by_default_where_there_is_a_private_attribute_and
 
     dp = TrainConfig(membership_defense=MembershipDefense.parse("dp-sgd"), head_finetune_epochs=0)
     assert attributes_weight(private, dp) == 0.0  # DP-SGD's own loop trains no adversaries: recorded as off
+    with pytest.raises(ConfigError, match="dp-sgd trains no guards .* drop --attributes-weight"):
+        dp.with_(attributes_weight=1.0)  # asked for: refused, not ignored
     digits = load_dataset("digits", private="slant", image_size=16, limit=100)  # nothing else to guard: off
     assert guard_labels(digits, TrainConfig()) is None and describe_guards(None) == "no guards"
     with pytest.raises(ConfigError, match="no binary attribute besides .* drop --attributes-weight"):

@@ -155,6 +155,12 @@ class TrainConfig:
                 "--membership-defense dp-sgd has no head fine-tune and no reconstruction adversary: "
                 "add --head-epochs 0 --rec-weight 0 (or --unprotected)"
             )
+        guards = [n for n in ("attributes_weight", "identity_weight") if (getattr(self, n) or 0) > 0]
+        if self.membership_defense.is_dp and guards:
+            flags = " and ".join(f"--{n.replace('_', '-')}" for n in guards)
+            raise ConfigError(
+                f"--membership-defense dp-sgd trains no guards (its own loop has no adversaries): drop {flags}"
+            )
         from privsplit.models import ATTRIBUTE_ATTACKERS
 
         unknown = [a for a in self.adversaries if a not in ATTRIBUTE_ATTACKERS]
