@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from privacy_frontier import interval  # the benchmarks' one across-seed interval (Student t)
 
 ROOT = Path("docs/results/data/guards")
 ASSETS = Path("docs/assets")
@@ -34,7 +35,6 @@ SEED1 = [  # reading, legend, short name
     ("a1n15-seed1", "attribute guard 1, noise 1.5 (0.8995)", "attr 1, noise 1.5"),
     ("g13-seed1", "identity 3 + attribute 1 (0.871)", "id 3 + attr 1"),
 ]
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student t, 97.5%, by degrees of freedom
 
 
 def excess(reading: str) -> dict[str, float]:
@@ -79,10 +79,9 @@ def seed1_bars() -> Path:
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    m = float(np.mean(values))
-    if len(values) < 2:
-        return m, math.nan
-    return m, T975[len(values) - 1] * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    """(mean, half-width of its 95% t-interval; NaN for one seed), from the benchmarks' one interval."""
+    mean, low, high = interval(values)
+    return mean, (high - low) / 2
 
 
 def frontier_rows() -> list[dict]:

@@ -69,9 +69,13 @@ def attributes_weight(data, config) -> float:
         return float(config.attributes_weight)
     if not data.private or config.membership_defense.is_dp:
         return 0.0
+    return DEFAULT_ATTRIBUTES_WEIGHT if _other_attributes(data, config) else 0.0
+
+
+def _other_attributes(data, config) -> tuple[str, ...]:
+    """The binary labels ``config.guard_attributes`` names in ``data``, less the task and the private attribute."""
     exclude = tuple(n for n in (data.task, data.private) if n)
-    others = guarded_attributes(data.labels, data.classes, choice=config.guard_attributes, exclude=exclude)
-    return DEFAULT_ATTRIBUTES_WEIGHT if others else 0.0
+    return guarded_attributes(data.labels, data.classes, choice=config.guard_attributes, exclude=exclude)
 
 
 def resolve_guards(data, config):
@@ -87,8 +91,7 @@ def guard_labels(data, config) -> GuardLabels | None:
     names: tuple[str, ...] = ()
     attributes = identity = None
     if weight > 0:
-        exclude = tuple(n for n in (data.task, data.private) if n)
-        names = guarded_attributes(data.labels, data.classes, choice=config.guard_attributes, exclude=exclude)
+        names = _other_attributes(data, config)
         if not names:
             raise ConfigError(
                 f"--attributes-weight: {data.source} has no binary attribute besides the task and the private "
